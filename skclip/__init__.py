@@ -1,0 +1,11 @@
+"""skclip: few-shot image classification with CLIP, the scikit-learn way.
+
+Public API: :class:`CLIPFeaturizer` turns images into CLIP embeddings;
+:class:`TipAdapterClassifier` is the Tip-Adapter few-shot classifier on top of them.
+"""
+
+from ._version import __version__
+from .featurizer import CLIPFeaturizer
+from .tip_adapter import TipAdapterClassifier
+
+__all__ = ["CLIPFeaturizer", "TipAdapterClassifier", "__version__"]

@@ -1,0 +1,333 @@
+"""CLIPFeaturizer: images in, L2-normalized CLIP image embeddings out."""
+
+from __future__ import annotations
+
+import os
+from collections import deque
+from collections.abc import Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from numbers import Integral
+from typing import Any
+
+import numpy as np
+import torch
+from sklearn.base import BaseEstimator, TransformerMixin
+from sklearn.utils import check_random_state
+from sklearn.utils._param_validation import Interval, StrOptions
+from tqdm.auto import tqdm
+
+from ._images import CLIPPreprocessor, ImageLoadError, describe, open_image
+from ._models import DEFAULT_MODEL, LoadedCLIP, load_clip, resolve_device
+
+
+def _as_items(X: Any) -> list:
+    """The inputs as a flat list of images (paths, PIL images or arrays)."""
+    from PIL import Image
+
+    if isinstance(X, (str, os.PathLike, Image.Image)):
+        raise ValueError(
+            f"Expected a sequence of images, got a single {type(X).__name__}; wrap it in a list: "
+            "featurizer.transform([image])."
+        )
+    if hasattr(X, "iloc"):  # pandas Series or DataFrame
+        if X.ndim == 2:
+            if X.shape[1] != 1:
+                raise ValueError(
+                    f"Expected a one-column DataFrame of images, got {X.shape[1]} columns "
+                    f"({list(X.columns)}); select the image column first."
+                )
+            X = X.iloc[:, 0]
+        return X.tolist()
+    if isinstance(X, np.ndarray):
+        if X.dtype.kind in "OUS":
+            if X.ndim == 2 and X.shape[1] == 1:
+                X = X[:, 0]
+            if X.ndim != 1:
+                raise ValueError(
+                    f"Expected a 1-D array of file paths or images, got shape {X.shape}."
+                )
+            return X.tolist() if X.dtype.kind in "US" else list(X)
+        if X.ndim in (3, 4):  # a stack of images: (n, H, W) or (n, H, W, C)
+            return list(X)
+        raise ValueError(
+            f"Got a numeric array of shape {X.shape}: pass a list of images, or a stack of shape "
+            "(n_images, height, width) or (n_images, height, width, channels)."
+        )
+    if not isinstance(X, Sequence) and not hasattr(X, "__iter__"):
+        raise ValueError(f"Expected a sequence of images, got {type(X).__name__}.")
+    return list(X)
+
+
+class CLIPFeaturizer(TransformerMixin, BaseEstimator):
+    """Turn images into L2-normalized CLIP image embeddings.
+
+    Images can be file paths (``str`` or :class:`pathlib.Path`), PIL images or numpy
+    arrays (``HxW`` grayscale, ``HxWx3`` RGB or ``HxWx4`` RGBA, ``uint8``), given as a
+    list, an array, or a one-column pandas DataFrame/Series. Each image is opened
+    (EXIF orientation applied, converted to RGB), preprocessed exactly like the
+    checkpoint's ``CLIPImageProcessor`` and encoded by the CLIP vision tower. Decoding
+    runs in worker threads while the model runs, so the model does not wait on JPEG
+    decoding.
+
+    The model is loaded lazily on first use and shared process-wide with every other
+    skclip estimator naming the same checkpoint, device and dtype; the estimator
+    itself stores only parameters, so cloning and pickling are cheap.
+
+    Parameters
+    ----------
+    model : str or path-like, default="openai/clip-vit-base-patch32"
+        Hugging Face hub id or local folder of a ``transformers`` CLIP checkpoint.
+        Without internet, pass a folder written by ``save_pretrained``.
+    device : str, default="auto"
+        ``"auto"`` (CUDA when available, else CPU), ``"cpu"``, ``"cuda"``, ``"cuda:N"``
+        or ``"mps"``.
+    dtype : {"auto", "float32", "float16", "bfloat16"}, default="auto"
+        Model precision; ``"auto"`` is float16 on CUDA, float32 on CPU. Outputs are
+        always float32.
+    batch_size : int, default=32
+        Images per forward pass. Results do not depend on it.
+    normalize : bool, default=True
+        L2-normalize each embedding (what CLIP similarity and Tip-Adapter expect).
+    augment : int, default=0
+        If ``k > 0``, :meth:`fit_transform` returns for each image the mean of ``k``
+        random views (random resized crop with scale 0.5-1, horizontal flip), then
+        L2-normalized: the cache-key recipe of the Tip-Adapter paper. :meth:`transform`
+        always encodes the clean, center-cropped view. So in a Pipeline, training
+        images get augmented keys while queries are encoded as usual.
+    random_state : int, RandomState instance or None, default=None
+        Seeds the augmentation. Each image gets its own stream derived from the seed
+        and its position, so results do not depend on ``batch_size`` or ``n_jobs``.
+    n_jobs : int or None, default=None
+        Threads that decode and preprocess images. ``None`` means
+        ``min(8, os.cpu_count())``; ``-1`` means all CPUs.
+    progress : bool or "auto", default="auto"
+        Show a tqdm progress bar. ``"auto"`` shows it for inputs of more than one batch
+        when writing to a terminal.
+
+    Attributes
+    ----------
+    n_features_in_ : int
+        Always 1: each sample is one image.
+
+    See Also
+    --------
+    TipAdapterClassifier : Few-shot classifier for these embeddings.
+
+    Notes
+    -----
+    ``fit`` learns nothing: the featurizer is stateless, and ``transform`` may be
+    called without ``fit``. ``fit_transform`` differs from ``fit().transform()`` only
+    when ``augment > 0`` (see above).
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from skclip import CLIPFeaturizer
+    >>> images = [np.full((64, 48, 3), c, dtype=np.uint8) for c in (0, 128, 255)]
+    >>> featurizer = CLIPFeaturizer(model=tiny_clip_path)  # a local CLIP folder
+    >>> X = featurizer.fit_transform(images)
+    >>> X.shape[0], X.dtype
+    (3, dtype('float32'))
+    >>> bool(np.allclose(np.linalg.norm(X, axis=1), 1.0, atol=1e-5))
+    True
+    """
+
+    _parameter_constraints: dict = {
+        "model": [str, os.PathLike],
+        "device": [str, torch.device],
+        "dtype": [StrOptions({"auto", "float32", "float16", "bfloat16"})],
+        "batch_size": [Interval(Integral, 1, None, closed="left")],
+        "normalize": ["boolean"],
+        "augment": [Interval(Integral, 0, None, closed="left")],
+        "random_state": ["random_state"],
+        "n_jobs": [Integral, None],
+        "progress": ["boolean", StrOptions({"auto"})],
+    }
+
+    def __init__(
+        self,
+        model: str | os.PathLike = DEFAULT_MODEL,
+        device: str = "auto",
+        dtype: str = "auto",
+        batch_size: int = 32,
+        normalize: bool = True,
+        augment: int = 0,
+        random_state: int | np.random.RandomState | None = None,
+        n_jobs: int | None = None,
+        progress: bool | str = "auto",
+    ) -> None:
+        self.model = model
+        self.device = device
+        self.dtype = dtype
+        self.batch_size = batch_size
+        self.normalize = normalize
+        self.augment = augment
+        self.random_state = random_state
+        self.n_jobs = n_jobs
+        self.progress = progress
+
+    # -- sklearn API -------------------------------------------------------------------
+    def fit(self, X: Any, y: Any = None) -> CLIPFeaturizer:
+        """Validate the parameters; nothing is learned.
+
+        Parameters
+        ----------
+        X : sequence of images
+            Ignored apart from a check that it is a non-empty sequence of images.
+        y : ignored
+
+        Returns
+        -------
+        self : CLIPFeaturizer
+        """
+        self._validate_params()
+        resolve_device(self.device)
+        self._check_items(X)
+        self.n_features_in_ = 1
+        return self
+
+    def transform(self, X: Any) -> np.ndarray:
+        """Embed images (clean, center-cropped view).
+
+        Parameters
+        ----------
+        X : sequence of images, array or one-column DataFrame
+            File paths, PIL images or numpy arrays.
+
+        Returns
+        -------
+        embeddings : ndarray of shape (n_images, embedding_dim), dtype float32
+            Rows in input order, L2-normalized when ``normalize=True``.
+        """
+        self._validate_params()
+        return self._embed(self._check_items(X), n_views=0, random_state=None)
+
+    def fit_transform(self, X: Any, y: Any = None, **fit_params: Any) -> np.ndarray:
+        """Fit, then embed; with ``augment=k > 0`` each row is the mean of ``k`` random views.
+
+        Parameters
+        ----------
+        X : sequence of images, array or one-column DataFrame
+        y : ignored
+
+        Returns
+        -------
+        embeddings : ndarray of shape (n_images, embedding_dim), dtype float32
+        """
+        self.fit(X, y)
+        return self._embed(self._check_items(X), n_views=self.augment, random_state=self.random_state)
+
+    def get_feature_names_out(self, input_features: Any = None) -> np.ndarray:
+        """Output feature names: ``clipfeaturizer0`` ... ``clipfeaturizer{d-1}``.
+
+        Loads the model (to read the embedding dimension) if it is not loaded yet.
+
+        Returns
+        -------
+        feature_names_out : ndarray of str objects
+        """
+        dim = self._clip().embedding_dim
+        return np.asarray([f"clipfeaturizer{i}" for i in range(dim)], dtype=object)
+
+    def __sklearn_tags__(self):
+        tags = super().__sklearn_tags__()
+        tags.requires_fit = False
+        tags.input_tags.two_d_array = False
+        tags.input_tags.string = True
+        tags.non_deterministic = False
+        return tags
+
+    # -- internals -----------------------------------------------------------------------
+    def _clip(self) -> LoadedCLIP:
+        return load_clip(self.model, self.device, self.dtype)
+
+    @staticmethod
+    def _check_items(X: Any) -> list:
+        items = _as_items(X)
+        if len(items) == 0:
+            raise ValueError("Found 0 images: CLIPFeaturizer needs at least one image.")
+        return items
+
+    def _n_threads(self) -> int:
+        cpus = os.cpu_count() or 1
+        if self.n_jobs is None:
+            return min(8, cpus)
+        if self.n_jobs < 0:
+            return max(1, cpus + 1 + self.n_jobs)
+        if self.n_jobs == 0:
+            raise ValueError("n_jobs=0 is not valid: use None, a positive number or -1.")
+        return int(self.n_jobs)
+
+    def _embed(self, items: list, n_views: int, random_state: Any) -> np.ndarray:
+        clip = self._clip()
+        preprocess = CLIPPreprocessor(clip.image_config)
+        seed = None
+        if n_views > 0:
+            seed = int(check_random_state(random_state).randint(np.iinfo(np.int32).max))
+
+        def prepare(start: int) -> tuple[np.ndarray | None, list[str]]:
+            """Decode and preprocess one batch; errors are collected, not raised."""
+            arrays, errors = [], []
+            for i in range(start, min(start + self.batch_size, len(items))):
+                try:
+                    img = open_image(items[i], i)
+                    if n_views == 0:
+                        arrays.append(preprocess(img))
+                    else:
+                        rng = np.random.default_rng([seed, i])
+                        arrays.extend(preprocess.random_view(img, rng) for _ in range(n_views))
+                except ImageLoadError as exc:
+                    errors.append(str(exc))
+                except Exception as exc:  # noqa: BLE001 - any decoder failure names the file
+                    errors.append(f"Cannot process {describe(items[i], i)}: {exc!r}")
+            return (np.stack(arrays) if arrays and not errors else None), errors
+
+        starts = range(0, len(items), self.batch_size)
+        out = np.empty((len(items), clip.embedding_dim), dtype=np.float32)
+        errors: list[str] = []
+        show = {True: False, False: True, "auto": None if len(items) > self.batch_size else True}
+        with tqdm(total=len(items), unit="img", desc="CLIP", disable=show[self.progress]) as bar:
+            for start, (pixels, batch_errors) in zip(starts, self._prefetch(prepare, starts)):
+                errors.extend(batch_errors)
+                if pixels is not None and not errors:
+                    emb = self._forward(clip, pixels)
+                    if n_views > 0:
+                        emb = emb.reshape(-1, n_views, emb.shape[1]).mean(axis=1)
+                        if self.normalize:
+                            emb /= np.linalg.norm(emb, axis=1, keepdims=True)
+                    out[start : start + len(emb)] = emb
+                bar.update(min(self.batch_size, len(items) - start))
+        if errors:
+            raise ImageLoadError(
+                f"{len(errors)} of {len(items)} images could not be used:\n  " + "\n  ".join(errors)
+            )
+        return out
+
+    def _prefetch(self, fn: Any, starts: Sequence[int]) -> Iterator[Any]:
+        """``map(fn, starts)`` computed ahead in threads, in order, with bounded look-ahead."""
+        n_threads = self._n_threads()
+        with ThreadPoolExecutor(max_workers=n_threads, thread_name_prefix="skclip-decode") as pool:
+            pending: deque = deque()
+            it = iter(starts)
+            for start in it:
+                pending.append(pool.submit(fn, start))
+                if len(pending) >= 2 * n_threads:
+                    break
+            while pending:
+                result = pending.popleft().result()
+                nxt = next(it, None)
+                if nxt is not None:
+                    pending.append(pool.submit(fn, nxt))
+                yield result
+
+    def _forward(self, clip: LoadedCLIP, pixels: np.ndarray) -> np.ndarray:
+        """Embed a ready batch of pixels: (B, 3, H, W) float32 -> (B, d) float32."""
+        tensor = torch.from_numpy(pixels)
+        with torch.inference_mode():
+            if clip.device.type == "cuda":
+                tensor = tensor.pin_memory().to(clip.device, non_blocking=True)
+            tensor = tensor.to(device=clip.device, dtype=clip.dtype)
+            emb = clip.model.get_image_features(pixel_values=tensor).pooler_output.float()
+            if self.normalize:
+                emb = torch.nn.functional.normalize(emb, dim=-1)
+            return emb.cpu().numpy()

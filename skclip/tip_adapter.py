@@ -1,0 +1,464 @@
+"""Tip-Adapter: a training-free cache model on top of zero-shot CLIP.
+
+Zhang et al., "Tip-Adapter: Training-free Adaption of CLIP for Few-shot
+Classification", ECCV 2022 (arXiv:2207.09519). For L2-normalized query features
+``f``, cache keys ``K`` (the training features), one-hot cache values ``V`` and
+text weights ``W`` (the CLIP text embeddings of the class names)::
+
+    logits = 100 * f @ W.T + alpha * exp(-beta * (1 - f @ K.T)) @ V
+
+The formula lives in :func:`tip_adapter_logits` only; the classifier's
+``decision_function`` and the Tip-Adapter-F training loss both call it.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from numbers import Integral, Real
+from typing import Any
+
+import numpy as np
+import torch
+from scipy.special import softmax
+from sklearn import get_config
+from sklearn.base import BaseEstimator, ClassifierMixin
+from sklearn.model_selection import train_test_split
+from sklearn.preprocessing import normalize
+from sklearn.utils import check_random_state, gen_batches
+from sklearn.utils._param_validation import Interval, StrOptions
+from sklearn.utils.multiclass import check_classification_targets
+from sklearn.utils.validation import check_is_fitted, validate_data
+
+from ._models import DEFAULT_MODEL, load_clip, resolve_device
+from .text import clean_class_name, resolve_templates, text_weights
+
+#: CLIP's learned logit scale (temperature 0.01), fixed as in the paper.
+CLIP_LOGIT_SCALE = 100.0
+
+
+def tip_adapter_logits(
+    queries: torch.Tensor,
+    keys: torch.Tensor,
+    values: torch.Tensor,
+    text_weights: torch.Tensor | None,
+    alpha: float,
+    beta: float,
+    exclude: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """Tip-Adapter logits ``100 f W^T + alpha exp(-beta (1 - f K^T)) V``.
+
+    Parameters
+    ----------
+    queries : Tensor of shape (n_queries, d)
+        L2-normalized query features ``f``.
+    keys : Tensor of shape (n_keys, d)
+        Cache keys ``K`` (may require grad, as in Tip-Adapter-F).
+    values : Tensor of shape (n_keys, n_classes)
+        Cache values ``V`` (one-hot labels).
+    text_weights : Tensor of shape (n_classes, d) or None
+        Zero-shot text weights ``W``; ``None`` gives the cache term alone.
+    alpha, beta : float
+        Residual ratio and sharpness.
+    exclude : bool Tensor of shape (n_queries, n_keys), optional
+        Affinities to drop from the cache term (``True`` = excluded), e.g. each
+        training sample's own key while fine-tuning.
+
+    Returns
+    -------
+    logits : Tensor of shape (n_queries, n_classes)
+
+    Examples
+    --------
+    >>> import torch
+    >>> f = torch.tensor([[1.0, 0.0]])
+    >>> K, V = torch.eye(2), torch.eye(2)
+    >>> tip_adapter_logits(f, K, V, None, alpha=1.0, beta=1.0)
+    tensor([[1.0000, 0.3679]])
+    """
+    affinity = queries @ keys.T
+    if affinity.requires_grad:  # training: out of place, autograd needs the inputs
+        cache = torch.exp(beta * (affinity - 1.0))
+    else:  # inference: in place, one (n_queries, n_keys) buffer instead of three
+        cache = affinity.sub_(1.0).mul_(beta).exp_()
+    if exclude is not None:
+        cache = cache.masked_fill(exclude, 0.0)
+    logits = alpha * (cache @ values)
+    if text_weights is not None:
+        logits = logits + CLIP_LOGIT_SCALE * (queries @ text_weights.T)
+    return logits
+
+
+class TipAdapterClassifier(ClassifierMixin, BaseEstimator):
+    """Tip-Adapter few-shot classifier on CLIP image features.
+
+    ``fit`` builds a cache model: keys are the L2-normalized training features,
+    values their one-hot labels. A query ``f`` is scored by zero-shot CLIP plus a
+    soft nearest-neighbour vote over the cache with an exponential kernel::
+
+        logits = 100 * f @ W.T + alpha * exp(-beta * (1 - f @ K.T)) @ V
+
+    ``W`` are the CLIP text embeddings of the class names, prompt-ensembled. Nothing
+    is trained unless ``fine_tune=True`` (Tip-Adapter-F), which trains the keys with
+    cross-entropy for a few epochs.
+
+    Parameters
+    ----------
+    alpha : float, default=1.0
+        Residual ratio: weight of the cache term against zero-shot CLIP. ``alpha=0``
+        is exactly zero-shot CLIP. The default and ``beta``'s follow the paper's
+        ImageNet ablation (Tables 5-6 of arXiv:2207.09519: alpha=1.0, beta=5.5 were
+        best for training-free Tip-Adapter). The reference code's per-dataset configs
+        instead start from alpha 1.17, beta 1 and *search*; for your own data, tune both
+        with ``GridSearchCV`` on training data only.
+    beta : float, default=5.5
+        Sharpness of the affinity kernel ``exp(-beta (1 - cos))``; larger values let only
+        the closest keys vote.
+    clip_model : str, path-like or None, default="openai/clip-vit-base-patch32"
+        CLIP checkpoint whose *text* tower encodes the class names into ``W``. Use the
+        same checkpoint as the featurizer. ``None`` (with ``text_features=None``) gives a
+        pure cache model over any features, with no zero-shot term.
+    templates : "auto", "simple" or list of str, default="auto"
+        Prompt templates with one ``{}`` for the class name. ``"auto"`` is the 7-prompt
+        ImageNet ensemble of the CLIP paper; ``"simple"`` is ``"a photo of a {}."``.
+    class_names : dict, list of str or None, default=None
+        Names to put into the prompts: a dict mapping each label to a name, or a list in
+        ``classes_`` order. By default ``str(label)`` with ``_`` and ``-`` as spaces.
+    text_features : array-like of shape (n_classes, n_features), default=None
+        Ready text weights (rows in ``classes_`` order); skips text encoding.
+    fine_tune : bool, default=False
+        Train the cache keys (Tip-Adapter-F): AdamW, cosine learning-rate schedule,
+        cross-entropy on the Tip-Adapter logits at the current ``alpha`` and ``beta``.
+    epochs : int, default=20
+        Fine-tuning epochs.
+    lr : float, default=1e-3
+        Fine-tuning learning rate (AdamW with ``eps=1e-4``).
+    batch_size : int, default=256
+        Fine-tuning mini-batch size.
+    validation_fraction : float or None, default=None
+        If set, fine-tuning holds out this stratified fraction of the training data,
+        scores it after every epoch and keeps the keys of the best epoch; the held-out
+        samples are not in the cache. If ``None``, the last epoch's keys are kept. The
+        test set is never used to pick an epoch.
+    leave_one_out : bool, default=True
+        While fine-tuning, drop each training sample's affinity with its *own* key. The
+        keys are the training samples, so that affinity is 1 and would let every
+        sample vote for its own label: the loss would be trivially low and the keys
+        would barely move. Set ``False`` only to reproduce the reference code.
+    device : str, default="auto"
+        Where the text tower and fine-tuning run: ``"auto"`` (CUDA if available),
+        ``"cpu"``, ``"cuda"``, ``"cuda:N"``, ``"mps"``. Prediction runs on the CPU.
+    random_state : int, RandomState instance or None, default=None
+        Seeds the fine-tuning shuffles and the validation split.
+    verbose : int, default=0
+        Print the loss (and validation accuracy) per fine-tuning epoch if > 0.
+
+    Attributes
+    ----------
+    classes_ : ndarray of shape (n_classes,)
+        Class labels.
+    n_features_in_ : int
+        Feature dimension seen in ``fit``.
+    feature_names_in_ : ndarray of shape (n_features_in_,)
+        Defined only when ``X`` had string feature names.
+    cache_keys_ : ndarray of shape (n_keys, n_features)
+        Cache keys: the normalized training features, or the fine-tuned keys.
+    cache_values_ : ndarray of shape (n_keys, n_classes)
+        One-hot labels of the keys.
+    text_features_ : ndarray of shape (n_classes, n_features) or None
+        Text weights ``W``; ``None`` for a pure cache model.
+    loss_curve_ : list of float
+        Mean training loss per fine-tuning epoch (only with ``fine_tune=True``).
+    validation_scores_ : list of float or None
+        Held-out accuracy per epoch (only with ``fine_tune=True``).
+    best_epoch_ : int
+        1-based epoch whose keys were kept (only with ``fine_tune=True``).
+
+    See Also
+    --------
+    CLIPFeaturizer : Produces the image features this classifier expects.
+
+    Notes
+    -----
+    Features are L2-normalized inside ``fit`` and ``predict`` (idempotent for
+    normalized input). Prediction is computed in chunks of queries bounded by
+    scikit-learn's ``working_memory`` setting (see :func:`sklearn.config_context`).
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from skclip import TipAdapterClassifier
+    >>> rng = np.random.RandomState(0)
+    >>> X = rng.normal(size=(40, 8)) + np.repeat(np.eye(8)[:2] * 3, 20, axis=0)
+    >>> y = np.repeat(["cat", "dog"], 20)
+    >>> clf = TipAdapterClassifier(clip_model=None).fit(X, y)  # cache model only
+    >>> clf.predict(X[[0, -1]])
+    array(['cat', 'dog'], dtype='<U3')
+    >>> clf.predict_proba(X[:1]).shape
+    (1, 2)
+    """
+
+    _parameter_constraints: dict = {
+        "alpha": [Interval(Real, 0, None, closed="left")],
+        "beta": [Interval(Real, 0, None, closed="left")],
+        "clip_model": [str, os.PathLike, None],
+        "templates": [StrOptions({"auto", "simple"}), list, tuple],
+        "class_names": [dict, list, tuple, None],
+        "text_features": ["array-like", None],
+        "fine_tune": ["boolean"],
+        "epochs": [Interval(Integral, 1, None, closed="left")],
+        "lr": [Interval(Real, 0, None, closed="neither")],
+        "batch_size": [Interval(Integral, 1, None, closed="left")],
+        "validation_fraction": [Interval(Real, 0, 1, closed="neither"), None],
+        "leave_one_out": ["boolean"],
+        "device": [str, torch.device],
+        "random_state": ["random_state"],
+        "verbose": ["verbose"],
+    }
+
+    def __init__(
+        self,
+        alpha: float = 1.0,
+        beta: float = 5.5,
+        clip_model: str | os.PathLike | None = DEFAULT_MODEL,
+        templates: str | list[str] = "auto",
+        class_names: dict | list[str] | None = None,
+        text_features: Any = None,
+        fine_tune: bool = False,
+        epochs: int = 20,
+        lr: float = 1e-3,
+        batch_size: int = 256,
+        validation_fraction: float | None = None,
+        leave_one_out: bool = True,
+        device: str = "auto",
+        random_state: int | np.random.RandomState | None = None,
+        verbose: int = 0,
+    ) -> None:
+        self.alpha = alpha
+        self.beta = beta
+        self.clip_model = clip_model
+        self.templates = templates
+        self.class_names = class_names
+        self.text_features = text_features
+        self.fine_tune = fine_tune
+        self.epochs = epochs
+        self.lr = lr
+        self.batch_size = batch_size
+        self.validation_fraction = validation_fraction
+        self.leave_one_out = leave_one_out
+        self.device = device
+        self.random_state = random_state
+        self.verbose = verbose
+
+    # -- fit -------------------------------------------------------------------------------
+    def fit(self, X: Any, y: Any) -> TipAdapterClassifier:
+        """Build the cache model (and fine-tune its keys if ``fine_tune=True``).
+
+        Parameters
+        ----------
+        X : array-like of shape (n_samples, n_features)
+            Image features, e.g. from :class:`CLIPFeaturizer`; normalized inside.
+        y : array-like of shape (n_samples,)
+            Labels of any type (strings give the class names for the prompts).
+
+        Returns
+        -------
+        self : TipAdapterClassifier
+        """
+        self._validate_params()
+        for name in ("alpha", "beta", "lr"):
+            if not math.isfinite(getattr(self, name)):
+                raise ValueError(f"{name} must be finite, got {getattr(self, name)!r}.")
+        X, y = validate_data(self, X, y, dtype=[np.float64, np.float32], y_numeric=False)
+        check_classification_targets(y)
+        self.classes_, y_enc = np.unique(y, return_inverse=True)
+        X = normalize(X)
+        self.text_features_ = self._text_weights(X.shape[1], X.dtype)
+        n_classes = len(self.classes_)
+        values = np.eye(n_classes, dtype=X.dtype)[y_enc]
+        if self.fine_tune:
+            X, values = self._fine_tune(X, y_enc, values)
+        self.cache_keys_, self.cache_values_ = X, values
+        return self
+
+    def _text_weights(self, n_features: int, dtype: np.dtype) -> np.ndarray | None:
+        n_classes = len(self.classes_)
+        if self.text_features is not None:
+            W = np.asarray(self.text_features, dtype=dtype)
+            if W.ndim != 2 or W.shape[0] != n_classes:
+                raise ValueError(
+                    f"text_features must have shape (n_classes, n_features) = ({n_classes}, "
+                    f"{n_features}) with rows in classes_ order; got shape {W.shape}."
+                )
+            if W.shape[1] != n_features:
+                raise ValueError(
+                    f"text_features have dimension {W.shape[1]} but X has {n_features} features."
+                )
+            if not np.all(np.isfinite(W)):
+                raise ValueError("text_features contain NaN or infinity.")
+            return normalize(W)
+        if self.clip_model is None:
+            return None
+        templates = resolve_templates(self.templates)
+        names = self._class_names()
+        clip = load_clip(self.clip_model, self.device, "auto")
+        if clip.embedding_dim != n_features:
+            raise ValueError(
+                f"X has {n_features} features but the text embeddings of clip_model="
+                f"{os.fspath(self.clip_model)!r} have dimension {clip.embedding_dim}: the image "
+                "features must come from the same CLIP checkpoint as clip_model (set "
+                "CLIPFeaturizer(model=...) and TipAdapterClassifier(clip_model=...) alike)."
+            )
+        return text_weights(clip, names, templates).astype(dtype)
+
+    def _class_names(self) -> list[str]:
+        if self.class_names is None:
+            return [clean_class_name(c) for c in self.classes_]
+        if isinstance(self.class_names, dict):
+            missing = [c for c in self.classes_ if c not in self.class_names]
+            if missing:
+                raise ValueError(
+                    f"class_names has no name for the labels {missing}; give a name for each of "
+                    f"{list(self.classes_)}."
+                )
+            return [str(self.class_names[c]) for c in self.classes_]
+        names = list(self.class_names)
+        if len(names) != len(self.classes_):
+            raise ValueError(
+                f"class_names has {len(names)} names but there are {len(self.classes_)} classes "
+                f"{list(self.classes_)}; give one name per class in classes_ order, or a dict."
+            )
+        return [str(n) for n in names]
+
+    # -- Tip-Adapter-F ---------------------------------------------------------------------
+    def _fine_tune(
+        self, X: np.ndarray, y_enc: np.ndarray, values: np.ndarray
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """Train the keys; returns (keys, values) of the samples kept in the cache."""
+        rng = check_random_state(self.random_state)
+        dev = resolve_device(self.device)
+        train = np.arange(len(X))
+        val = None
+        if self.validation_fraction is not None:
+            try:
+                train, val = train_test_split(
+                    train, test_size=self.validation_fraction, stratify=y_enc, random_state=rng
+                )
+            except ValueError as exc:
+                raise ValueError(
+                    f"validation_fraction={self.validation_fraction} cannot hold out a stratified "
+                    f"part of {len(X)} samples in {len(self.classes_)} classes ({exc}); use more "
+                    "samples per class or validation_fraction=None."
+                ) from exc
+            train.sort()
+            val.sort()
+
+        def t(a: np.ndarray) -> torch.Tensor:
+            return torch.as_tensor(a, dtype=torch.float32, device=dev)
+
+        feats, vals, labels = t(X[train]), t(values[train]), torch.as_tensor(y_enc[train], device=dev)
+        W = None if self.text_features_ is None else t(self.text_features_)
+        keys = torch.nn.Parameter(feats.clone())
+        n, n_batches = len(train), math.ceil(len(train) / self.batch_size)
+        opt = torch.optim.AdamW([keys], lr=self.lr, eps=1e-4)
+        sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=self.epochs * n_batches)
+        self.loss_curve_, self.validation_scores_ = [], ([] if val is not None else None)
+        best_score, best_keys, self.best_epoch_ = -np.inf, None, self.epochs
+        for epoch in range(self.epochs):
+            order = rng.permutation(n)
+            total = 0.0
+            for b in range(n_batches):
+                idx = torch.as_tensor(order[b * self.batch_size : (b + 1) * self.batch_size], device=dev)
+                exclude = None
+                if self.leave_one_out:
+                    exclude = torch.zeros(len(idx), n, dtype=torch.bool, device=dev)
+                    exclude[torch.arange(len(idx), device=dev), idx] = True
+                logits = tip_adapter_logits(
+                    feats[idx], keys, vals, W, self.alpha, self.beta, exclude=exclude
+                )
+                loss = torch.nn.functional.cross_entropy(logits, labels[idx])
+                opt.zero_grad()
+                loss.backward()
+                opt.step()
+                sched.step()
+                total += loss.item() * len(idx)
+            self.loss_curve_.append(total / n)
+            msg = f"epoch {epoch + 1}/{self.epochs}: loss {self.loss_curve_[-1]:.4f}"
+            if val is not None:
+                with torch.no_grad():
+                    pred = tip_adapter_logits(t(X[val]), keys, vals, W, self.alpha, self.beta)
+                    score = float((pred.argmax(1).cpu().numpy() == y_enc[val]).mean())
+                self.validation_scores_.append(score)
+                msg += f", validation accuracy {score:.4f}"
+                if score > best_score:
+                    best_score, best_keys, self.best_epoch_ = score, keys.detach().clone(), epoch + 1
+            if self.verbose:
+                print(msg)
+        final = best_keys if best_keys is not None else keys.detach()
+        return final.cpu().numpy().astype(X.dtype), values[train]
+
+    # -- predict ---------------------------------------------------------------------------
+    def _logits(self, X: Any) -> np.ndarray:
+        check_is_fitted(self)
+        X = validate_data(self, X, dtype=[np.float64, np.float32], reset=False)
+        X = normalize(X).astype(self.cache_keys_.dtype, copy=False)
+        keys = torch.from_numpy(self.cache_keys_)
+        values = torch.from_numpy(self.cache_values_)
+        W = None if self.text_features_ is None else torch.from_numpy(self.text_features_)
+        out = np.empty((X.shape[0], len(self.classes_)), dtype=X.dtype)
+        # Two (chunk, n_keys) buffers live at a time: the affinities and a matmul temporary.
+        row_bytes = 2 * keys.shape[0] * X.itemsize
+        chunk = max(1, int(get_config()["working_memory"] * 2**20) // row_bytes)
+        with torch.no_grad():
+            for rows in gen_batches(X.shape[0], chunk):
+                q = torch.from_numpy(X[rows])
+                out[rows] = tip_adapter_logits(q, keys, values, W, self.alpha, self.beta).numpy()
+        return out
+
+    def decision_function(self, X: Any) -> np.ndarray:
+        """Tip-Adapter logits.
+
+        Parameters
+        ----------
+        X : array-like of shape (n_samples, n_features)
+
+        Returns
+        -------
+        scores : ndarray of shape (n_samples, n_classes), or (n_samples,) for two classes
+            For two classes, the logit of ``classes_[1]`` minus that of ``classes_[0]``,
+            following scikit-learn's convention.
+        """
+        logits = self._logits(X)
+        return logits[:, 1] - logits[:, 0] if len(self.classes_) == 2 else logits
+
+    def predict_proba(self, X: Any) -> np.ndarray:
+        """Class probabilities: the softmax of the logits.
+
+        Parameters
+        ----------
+        X : array-like of shape (n_samples, n_features)
+
+        Returns
+        -------
+        proba : ndarray of shape (n_samples, n_classes)
+        """
+        return softmax(self._logits(X), axis=1)
+
+    def predict(self, X: Any) -> np.ndarray:
+        """Predict class labels.
+
+        Parameters
+        ----------
+        X : array-like of shape (n_samples, n_features)
+
+        Returns
+        -------
+        y_pred : ndarray of shape (n_samples,)
+        """
+        logits = self._logits(X)
+        return self.classes_[np.argmax(logits, axis=1)]
+
+    def __sklearn_tags__(self):
+        tags = super().__sklearn_tags__()
+        tags.non_deterministic = False
+        return tags
