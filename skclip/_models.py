@@ -201,8 +201,8 @@ def load_clip(
     Examples
     --------
     >>> from skclip._models import load_clip
-    >>> clip = load_clip(tiny_clip_path)  # doctest: +SKIP
-    >>> clip.embedding_dim  # doctest: +SKIP
+    >>> clip = load_clip(tiny_clip_path)  # a local folder, or a hub id with internet
+    >>> clip.embedding_dim
     16
     """
     name = os.fspath(name_or_path)

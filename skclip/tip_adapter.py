@@ -265,10 +265,7 @@ class TipAdapterClassifier(ClassifierMixin, BaseEstimator):
         -------
         self : TipAdapterClassifier
         """
-        self._validate_params()
-        for name in ("alpha", "beta", "lr"):
-            if not math.isfinite(getattr(self, name)):
-                raise ValueError(f"{name} must be finite, got {getattr(self, name)!r}.")
+        self._validate_params()  # also rejects NaN and infinite alpha, beta, lr
         X, y = validate_data(self, X, y, dtype=[np.float64, np.float32], y_numeric=False)
         check_classification_targets(y)
         self.classes_, y_enc = np.unique(y, return_inverse=True)
@@ -315,18 +312,18 @@ class TipAdapterClassifier(ClassifierMixin, BaseEstimator):
         if self.class_names is None:
             return [clean_class_name(c) for c in self.classes_]
         if isinstance(self.class_names, dict):
-            missing = [c for c in self.classes_ if c not in self.class_names]
+            missing = [c for c in self.classes_.tolist() if c not in self.class_names]
             if missing:
                 raise ValueError(
                     f"class_names has no name for the labels {missing}; give a name for each of "
-                    f"{list(self.classes_)}."
+                    f"{self.classes_.tolist()}."
                 )
             return [str(self.class_names[c]) for c in self.classes_]
         names = list(self.class_names)
         if len(names) != len(self.classes_):
             raise ValueError(
                 f"class_names has {len(names)} names but there are {len(self.classes_)} classes "
-                f"{list(self.classes_)}; give one name per class in classes_ order, or a dict."
+                f"{self.classes_.tolist()}; give one name per class in classes_ order, or a dict."
             )
         return [str(n) for n in names]
 

@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from conftest import TINY_DIM, TINY_IMAGE_SIZE, make_image
+from helpers import TINY_DIM, TINY_IMAGE_SIZE, make_image
 from PIL import Image
 from sklearn.base import clone
 from sklearn.linear_model import LogisticRegression

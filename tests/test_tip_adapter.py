@@ -1,0 +1,371 @@
+"""TipAdapterClassifier: the formula, the text head, Tip-Adapter-F, sklearn integration."""
+
+from __future__ import annotations
+
+import pickle
+
+import numpy as np
+import pytest
+import sklearn
+import torch
+from helpers import TINY_DIM, clip_like_task
+from sklearn.model_selection import GridSearchCV, StratifiedKFold, cross_val_score
+from sklearn.pipeline import Pipeline
+from sklearn.preprocessing import normalize
+from sklearn.utils.estimator_checks import parametrize_with_checks
+
+from skclip import CLIPFeaturizer, TipAdapterClassifier
+from skclip._models import load_clip
+from skclip.text import IMAGENET_TEMPLATES, SIMPLE_TEMPLATES
+
+
+def _unit(rng, n, d):
+    X = rng.normal(size=(n, d))
+    return X / np.linalg.norm(X, axis=1, keepdims=True)
+
+
+def numpy_tip_logits(Xq, K, y_enc, W, alpha, beta, n_classes):
+    """Independent implementation of the paper's formula, straight from the definition."""
+    V = np.zeros((len(K), n_classes))
+    V[np.arange(len(K)), y_enc] = 1.0
+    logits = alpha * np.exp(-beta * (1.0 - Xq @ K.T)) @ V
+    if W is not None:
+        logits = logits + 100.0 * Xq @ W.T
+    return logits
+
+
+@pytest.fixture
+def features():
+    rng = np.random.default_rng(0)
+    X, Xq = _unit(rng, 30, 12), _unit(rng, 17, 12)
+    y = np.array(["b", "a", "c"] * 10)
+    W = _unit(rng, 3, 12)
+    return X, y, Xq, W
+
+
+@pytest.mark.parametrize("alpha, beta", [(1.0, 5.5), (0.5, 1.0), (3.0, 7.0), (10.0, 0.0), (1.17, 50.0)])
+def test_decision_function_equals_numpy_formula(features, alpha, beta):
+    X, y, Xq, W = features
+    clf = TipAdapterClassifier(alpha=alpha, beta=beta, clip_model=None, text_features=W).fit(X, y)
+    y_enc = np.searchsorted(clf.classes_, y)
+    expected = numpy_tip_logits(Xq, X, y_enc, W, alpha, beta, 3)
+    np.testing.assert_allclose(clf.decision_function(Xq), expected, atol=1e-6, rtol=0)
+    np.testing.assert_array_equal(clf.predict(Xq), clf.classes_[expected.argmax(1)])
+
+
+def test_alpha_zero_is_zero_shot_clip(features):
+    X, y, Xq, W = features
+    clf = TipAdapterClassifier(alpha=0.0, clip_model=None, text_features=W).fit(X, y)
+    # zero-shot CLIP: 100 * cosine similarity of the normalized image and text features
+    zero_shot = 100.0 * (normalize(Xq) @ normalize(W).T)
+    np.testing.assert_allclose(clf.decision_function(Xq), zero_shot, atol=1e-12, rtol=0)
+    # bit-for-bit: the cache term adds exactly 0 to the same product computed by torch
+    same_backend = 100.0 * (torch.from_numpy(normalize(Xq)) @ torch.from_numpy(normalize(W)).T)
+    np.testing.assert_array_equal(clf.decision_function(Xq), same_backend.numpy())
+
+
+def test_cache_only_mode(features):
+    X, y, Xq, _ = features
+    clf = TipAdapterClassifier(alpha=2.0, beta=3.0, clip_model=None).fit(X, y)
+    assert clf.text_features_ is None
+    y_enc = np.searchsorted(clf.classes_, y)
+    expected = numpy_tip_logits(Xq, X, y_enc, None, 2.0, 3.0, 3)
+    np.testing.assert_allclose(clf.decision_function(Xq), expected, atol=1e-6, rtol=0)
+
+
+def test_inputs_are_normalized_inside(features):
+    X, y, Xq, W = features
+    a = TipAdapterClassifier(clip_model=None, text_features=W).fit(X, y)
+    b = TipAdapterClassifier(clip_model=None, text_features=5 * W).fit(7 * X, y)
+    np.testing.assert_allclose(a.decision_function(Xq), b.decision_function(3 * Xq), atol=1e-9)
+    np.testing.assert_allclose(np.linalg.norm(b.cache_keys_, axis=1), 1.0)
+
+
+@pytest.mark.parametrize(
+    "labels",
+    [
+        np.array(["dog", "cat", "bird"]),
+        np.array([0, 1, 2]),
+        np.array([42, 3, 10]),  # non-contiguous ints
+        np.array([-1.0, 0.0, 7.0]),  # integral floats (sklearn rejects continuous targets)
+    ],
+)
+def test_any_label_type(features, labels):
+    X, y, Xq, W = features
+    y_enc = np.searchsorted(np.unique(y), y)
+    y_new = labels[y_enc]
+    clf = TipAdapterClassifier(clip_model=None, text_features=W).fit(X, y_new)
+    np.testing.assert_array_equal(clf.classes_, np.sort(labels))
+    pred = clf.predict(Xq)
+    assert set(pred) <= set(labels)
+    ref = TipAdapterClassifier(clip_model=None, text_features=W).fit(X, y)
+    # same classes in the same sorted order -> same predictions, relabelled
+    order = np.argsort(labels)
+    mapping = dict(zip(np.unique(y), labels[order]))
+    np.testing.assert_array_equal(pred, [mapping[p] for p in ref.predict(Xq)])
+
+
+def test_predict_proba_and_binary_decision_function(features):
+    X, y, Xq, W = features
+    clf = TipAdapterClassifier(clip_model=None, text_features=W).fit(X, y)
+    proba = clf.predict_proba(Xq)
+    np.testing.assert_allclose(proba.sum(axis=1), 1.0, atol=1e-12)
+    np.testing.assert_array_equal(clf.classes_[proba.argmax(1)], clf.predict(Xq))
+    mask = y != "c"
+    binary = TipAdapterClassifier(clip_model=None, text_features=W[:2]).fit(X[mask], y[mask])
+    logits = numpy_tip_logits(Xq, X[mask], np.searchsorted(["a", "b"], y[mask]), W[:2], 1.0, 5.5, 2)
+    dec = binary.decision_function(Xq)
+    assert dec.shape == (len(Xq),)
+    np.testing.assert_allclose(dec, logits[:, 1] - logits[:, 0], atol=1e-6)
+    np.testing.assert_array_equal(binary.predict(Xq), np.where(dec > 0, "b", "a"))
+
+
+def test_chunked_prediction_equals_one_shot(features):
+    X, y, Xq, W = features
+    clf = TipAdapterClassifier(clip_model=None, text_features=W).fit(X, y)
+    full = clf.decision_function(Xq)
+    with sklearn.config_context(working_memory=1e-6):  # forces one query per chunk
+        np.testing.assert_allclose(clf.decision_function(Xq), full, atol=1e-12)
+
+
+def test_float32_input_stays_float32(features):
+    X, y, Xq, W = features
+    clf = TipAdapterClassifier(clip_model=None, text_features=W).fit(X.astype(np.float32), y)
+    assert clf.cache_keys_.dtype == np.float32
+    out = clf.decision_function(Xq.astype(np.float32))
+    assert out.dtype == np.float32
+    np.testing.assert_allclose(
+        out, numpy_tip_logits(Xq, X, np.searchsorted(clf.classes_, y), W, 1.0, 5.5, 3), atol=1e-4
+    )
+
+
+def test_text_features_validation(features):
+    X, y, _, W = features
+    with pytest.raises(ValueError, match=r"shape \(n_classes, n_features\) = \(3, 12\)"):
+        TipAdapterClassifier(clip_model=None, text_features=W[:2]).fit(X, y)
+    with pytest.raises(ValueError, match="dimension 5 but X has 12"):
+        TipAdapterClassifier(clip_model=None, text_features=W[:, :5]).fit(X, y)
+
+
+@pytest.mark.parametrize(
+    "params, match",
+    [
+        ({"alpha": -1.0}, "alpha"),
+        ({"beta": -0.5}, "beta"),
+        ({"alpha": float("inf")}, "alpha"),
+        ({"beta": float("nan")}, "beta"),
+        ({"epochs": 0}, "epochs"),
+        ({"lr": 0.0}, "lr"),
+        ({"validation_fraction": 1.5}, "validation_fraction"),
+        ({"templates": "fancy"}, "templates"),
+        ({"device": "tpu", "fine_tune": True}, "Unknown device"),
+    ],
+)
+def test_invalid_parameters(features, params, match):
+    X, y, _, _ = features
+    with pytest.raises(ValueError, match=match):
+        TipAdapterClassifier(clip_model=None, **params).fit(X, y)
+
+
+# -- text head from a real (tiny) CLIP --------------------------------------------------------
+def _manual_text_weights(clip, names, templates):
+    W = []
+    for name in names:
+        tok = clip.tokenizer([t.format(name) for t in templates], padding=True, return_tensors="pt")
+        with torch.inference_mode():
+            e = clip.model.get_text_features(**tok).pooler_output
+        e = torch.nn.functional.normalize(e, dim=-1).mean(0)
+        W.append(torch.nn.functional.normalize(e, dim=0).numpy())
+    return np.stack(W)
+
+
+def test_text_weights_are_prompt_ensembled_class_names(tiny_clip_path):
+    clip = load_clip(tiny_clip_path, "cpu", "float32")
+    rng = np.random.default_rng(0)
+    X = _unit(rng, 6, TINY_DIM)
+    y = np.array(["golden_retriever", "tabby-cat", "red fox"] * 2)
+    clf = TipAdapterClassifier(clip_model=tiny_clip_path, device="cpu").fit(X, y)
+    names = ["golden retriever", "red fox", "tabby cat"]  # classes_ order, cleaned
+    np.testing.assert_allclose(
+        clf.text_features_, _manual_text_weights(clip, names, IMAGENET_TEMPLATES), atol=1e-5
+    )
+    custom = ["a {} on a production line.", "a close-up photo of a {}."]
+    names2 = {"golden_retriever": "dog", "tabby-cat": "cat", "red fox": "fox"}
+    clf2 = TipAdapterClassifier(
+        clip_model=tiny_clip_path, templates=custom, class_names=names2, device="cpu"
+    ).fit(X, y)
+    np.testing.assert_allclose(
+        clf2.text_features_, _manual_text_weights(clip, ["dog", "fox", "cat"], custom), atol=1e-5
+    )
+    clf3 = TipAdapterClassifier(
+        clip_model=tiny_clip_path, templates="simple", class_names=["d", "f", "c"], device="cpu"
+    ).fit(X, y)
+    np.testing.assert_allclose(
+        clf3.text_features_, _manual_text_weights(clip, ["d", "f", "c"], SIMPLE_TEMPLATES), atol=1e-5
+    )
+
+
+def test_text_is_encoded_once_per_model_templates_names(tiny_clip_path, monkeypatch):
+    clip = load_clip(tiny_clip_path, "cpu", "float32")
+    calls = []
+    original = clip.model.get_text_features
+
+    def counting(*args, **kwargs):
+        calls.append(1)
+        return original(*args, **kwargs)
+
+    monkeypatch.setattr(clip.model, "get_text_features", counting)
+    X = _unit(np.random.default_rng(1), 4, TINY_DIM)
+    y = np.array(["never seen a", "never seen b"] * 2)
+    for alpha in (0.5, 1.0, 2.0):
+        TipAdapterClassifier(alpha=alpha, clip_model=tiny_clip_path, device="cpu").fit(X, y)
+    assert len(calls) == 1
+
+
+def test_class_names_errors(tiny_clip_path):
+    X = _unit(np.random.default_rng(2), 4, TINY_DIM)
+    y = np.array(["a", "b", "a", "b"])
+    with pytest.raises(ValueError, match=r"no name for the labels \['b'\]"):
+        TipAdapterClassifier(clip_model=tiny_clip_path, class_names={"a": "x"}).fit(X, y)
+    with pytest.raises(ValueError, match="1 names but there are 2 classes"):
+        TipAdapterClassifier(clip_model=tiny_clip_path, class_names=["x"]).fit(X, y)
+
+
+def test_feature_dimension_mismatch_names_both(tiny_clip_path):
+    X = _unit(np.random.default_rng(3), 4, 24)
+    y = np.array(["a", "b", "a", "b"])
+    with pytest.raises(ValueError) as info:
+        TipAdapterClassifier(clip_model=tiny_clip_path, device="cpu").fit(X, y)
+    msg = str(info.value)
+    assert "24 features" in msg and f"dimension {TINY_DIM}" in msg and tiny_clip_path in msg
+
+
+def test_pipeline_gridsearch_and_cross_val(tiny_clip_path, image_folder):
+    paths, labels = image_folder
+    pipe = Pipeline(
+        [
+            ("clip", CLIPFeaturizer(model=tiny_clip_path, device="cpu")),
+            ("tip", TipAdapterClassifier(clip_model=tiny_clip_path, device="cpu")),
+        ]
+    )
+    pipe.fit(paths, labels)
+    assert set(pipe.predict(paths)) <= set(labels)
+    # The tiny CLIP's text tower is random, so only a cache-dominated model can be accurate.
+    pipe.set_params(tip__alpha=100.0).fit(paths, labels)
+    assert pipe.score(paths, labels) > 0.8
+    grid = GridSearchCV(
+        pipe, {"tip__alpha": [0.0, 1.0, 3.0], "tip__beta": [1.0, 5.5]}, cv=StratifiedKFold(3)
+    ).fit(paths, labels)
+    assert grid.best_params_["tip__alpha"] in (0.0, 1.0, 3.0)
+    assert len(grid.cv_results_["mean_test_score"]) == 6
+    assert set(grid.predict(paths[:4])) <= set(labels)
+    scores = cross_val_score(pipe, paths, labels, cv=StratifiedKFold(3))
+    assert scores.shape == (3,) and np.all((0 <= scores) & (scores <= 1))
+
+
+def test_pickle_holds_no_weights(features):
+    X, y, Xq, W = features
+    clf = TipAdapterClassifier(clip_model="some/model", text_features=W).fit(X, y)
+    blob = pickle.dumps(clf)
+    assert len(blob) < 20_000
+    np.testing.assert_array_equal(pickle.loads(blob).predict(Xq), clf.predict(Xq))
+
+
+# -- Tip-Adapter-F ----------------------------------------------------------------------------
+TIPF = dict(clip_model=None, fine_tune=True, lr=1e-2, epochs=20, random_state=0)
+
+
+@pytest.fixture(scope="module")
+def task():
+    return clip_like_task(seed=0)
+
+
+def test_tipf_loss_decreases_and_beats_training_free(task):
+    Xtr, ytr, Xte, yte, W = task
+    free = TipAdapterClassifier(clip_model=None, text_features=W).fit(Xtr, ytr)
+    zero_shot = TipAdapterClassifier(alpha=0, clip_model=None, text_features=W).fit(Xtr, ytr)
+    tuned = TipAdapterClassifier(text_features=W, **TIPF).fit(Xtr, ytr)
+    assert len(tuned.loss_curve_) == 20 and tuned.validation_scores_ is None
+    assert tuned.loss_curve_[-1] < 0.6 * tuned.loss_curve_[0]
+    assert tuned.best_epoch_ == 20
+    acc_zs, acc_free, acc_tuned = (m.score(Xte, yte) for m in (zero_shot, free, tuned))
+    assert acc_free > acc_zs
+    assert acc_tuned > acc_free + 0.015, (acc_zs, acc_free, acc_tuned)
+    assert not np.allclose(tuned.cache_keys_, free.cache_keys_)
+
+
+def test_tipf_self_match_guard_changes_result(task):
+    Xtr, ytr, Xte, yte, W = task
+    guarded = TipAdapterClassifier(text_features=W, **TIPF).fit(Xtr, ytr)
+    naive = TipAdapterClassifier(text_features=W, leave_one_out=False, **TIPF).fit(Xtr, ytr)
+    # Without the guard each sample matches its own key: the loss collapses to ~0 ...
+    assert naive.loss_curve_[-1] < 0.01 < guarded.loss_curve_[-1]
+    # ... the keys learn something else, and generalize worse here.
+    assert np.abs(naive.cache_keys_ - guarded.cache_keys_).max() > 0.05
+    assert guarded.score(Xte, yte) > naive.score(Xte, yte)
+
+
+def test_tipf_is_seeded(task):
+    Xtr, ytr, _, _, W = task
+    params = {**TIPF, "batch_size": 32, "epochs": 3}
+    a = TipAdapterClassifier(text_features=W, **params).fit(Xtr, ytr)
+    b = TipAdapterClassifier(text_features=W, **params).fit(Xtr, ytr)
+    c = TipAdapterClassifier(text_features=W, **{**params, "random_state": 1}).fit(Xtr, ytr)
+    np.testing.assert_array_equal(a.cache_keys_, b.cache_keys_)
+    assert not np.array_equal(a.cache_keys_, c.cache_keys_)
+    TipAdapterClassifier(text_features=W, **{**params, "random_state": None}).fit(Xtr, ytr)
+
+
+def test_tipf_validation_picks_best_epoch_on_held_out_training_data(task):
+    Xtr, ytr, _, _, W = task
+    clf = TipAdapterClassifier(text_features=W, validation_fraction=0.25, **TIPF).fit(Xtr, ytr)
+    assert len(clf.validation_scores_) == 20
+    assert clf.validation_scores_[clf.best_epoch_ - 1] == max(clf.validation_scores_)
+    assert clf.best_epoch_ == 1 + int(np.argmax(clf.validation_scores_))  # first best on ties
+    assert len(clf.cache_keys_) == int(len(Xtr) * 0.75)  # held-out samples are not keys
+    np.testing.assert_array_equal(clf.cache_values_.sum(0), np.full(8, 12))  # stratified
+
+
+def test_tipf_validation_needs_enough_samples():
+    X = _unit(np.random.default_rng(0), 4, 6)
+    with pytest.raises(ValueError, match="validation_fraction"):
+        TipAdapterClassifier(**TIPF, validation_fraction=0.2).fit(X, ["a", "b", "c", "d"])
+
+
+def test_tipf_verbose_prints_progress(task, capsys):
+    Xtr, ytr, _, _, W = task
+    TipAdapterClassifier(text_features=W, verbose=1, **{**TIPF, "epochs": 2}).fit(Xtr, ytr)
+    assert "epoch 2/2: loss" in capsys.readouterr().out
+
+
+# -- scikit-learn's own estimator checks ------------------------------------------------------
+@parametrize_with_checks(
+    [
+        TipAdapterClassifier(clip_model=None),
+        TipAdapterClassifier(clip_model=None, alpha=2.0, beta=1.0),
+        TipAdapterClassifier(clip_model=None, fine_tune=True, epochs=3, random_state=0),
+    ]
+)
+def test_sklearn_estimator_checks(estimator, check):
+    check(estimator)
+
+
+def _text_features_checks():
+    from sklearn.utils.estimator_checks import check_estimator
+
+    rng = np.random.default_rng(0)
+    est = TipAdapterClassifier(clip_model=None, text_features=_unit(rng, 3, 2))
+    return check_estimator(est, on_fail=None)
+
+
+def test_sklearn_checks_with_text_features_fail_only_where_shapes_differ():
+    """Every check that passes must be one whose data fit the fixed text_features; every
+    failing check must fail with our shape error, not another bug."""
+    results = _text_features_checks()
+    passed = [r["check_name"] for r in results if r["status"] == "passed"]
+    failed = [r for r in results if r["status"] == "failed"]
+    assert passed, "some checks (API, params, cloning) must pass"
+    for r in failed:
+        exc = r["exception"]
+        messages = str(exc) + str(exc.__cause__) + str(exc.__context__)
+        assert "text_features" in messages, (r["check_name"], exc)
