@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import torch
 from PIL import Image, ImageOps
 
 
@@ -120,7 +121,12 @@ class CLIPPreprocessor:
     Equal (to float rounding) to ``transformers.CLIPImageProcessor``: resize the
     shortest side with the checkpoint's resampling filter (bicubic for CLIP), center
     crop (zero-padding images smaller than the crop), rescale to [0, 1], normalize
-    with the checkpoint's mean and std. Output: float32 array, shape ``(3, H, W)``.
+    with the checkpoint's mean and std.
+
+    It works in two steps so the expensive part runs in decode threads and the cheap
+    part runs batched on the model's device: calling it on an image does the
+    geometric part and returns a ``uint8`` array of shape ``(3, H, W)``;
+    :meth:`normalize` turns a batch of those into the model's float input.
 
     Parameters
     ----------
@@ -130,9 +136,7 @@ class CLIPPreprocessor:
 
     def __init__(self, config: dict) -> None:
         self.config = dict(config)
-        self._mean = np.asarray(config["image_mean"], dtype=np.float32).reshape(3, 1, 1)
-        self._std = np.asarray(config["image_std"], dtype=np.float32).reshape(3, 1, 1)
-        self._scale = np.float32(config["rescale_factor"] if config["do_rescale"] else 1.0)
+        self._scale = config["rescale_factor"] if config["do_rescale"] else 1.0
 
     @property
     def output_size(self) -> tuple[int, int]:
@@ -156,26 +160,31 @@ class CLIPPreprocessor:
         new_long = int(edge * long / short)
         return (edge, new_long) if width <= height else (new_long, edge)
 
-    def _finish(self, arr: np.ndarray) -> np.ndarray:
-        """HxWx3 uint8 -> normalized float32 3xHxW."""
-        out = arr.transpose(2, 0, 1).astype(np.float32) * self._scale
+    def normalize(self, pixels: torch.Tensor, dtype: torch.dtype = torch.float32) -> torch.Tensor:
+        """Rescale and normalize a ``uint8`` batch ``(B, 3, H, W)`` into model input.
+
+        Runs wherever ``pixels`` lives (CPU or GPU); computes in float32, returns ``dtype``.
+        """
+        out = pixels.to(torch.float32).mul_(self._scale)
         if self.config["do_normalize"]:
-            out -= self._mean
-            out /= self._std
-        return out
+            mean = torch.tensor(self.config["image_mean"], device=out.device).view(1, 3, 1, 1)
+            std = torch.tensor(self.config["image_std"], device=out.device).view(1, 3, 1, 1)
+            out.sub_(mean).div_(std)
+        return out.to(dtype)
 
     def __call__(self, img: Image.Image) -> np.ndarray:
-        """Preprocess one RGB image into a float32 ``(3, H, W)`` array."""
+        """Resize and center-crop one RGB image into a ``uint8`` ``(3, H, W)`` array."""
         if self.config["do_resize"]:
             img = img.resize(self._resize_shape(*img.size), resample=self.config["resample"])
         arr = np.asarray(img)
         if self.config["do_center_crop"]:
             arr = _center_crop(arr, *self.config["crop_size"])
-        return self._finish(arr)
+        return np.ascontiguousarray(arr.transpose(2, 0, 1))
 
     def random_view(self, img: Image.Image, rng: np.random.Generator) -> np.ndarray:
-        """A random augmented view: random resized crop (scale 0.5-1, aspect 3/4-4/3)
-        to the output size, then a horizontal flip with probability 1/2.
+        """A random augmented view, ``uint8`` ``(3, H, W)``: random resized crop (scale
+        0.5-1, aspect 3/4-4/3) to the output size, then a horizontal flip with
+        probability 1/2.
 
         This is the augmentation the Tip-Adapter paper uses to build its cache keys.
         """
@@ -186,7 +195,7 @@ class CLIPPreprocessor:
         )
         if rng.random() < 0.5:
             view = view.transpose(Image.Transpose.FLIP_LEFT_RIGHT)
-        return self._finish(np.asarray(view))
+        return np.ascontiguousarray(np.asarray(view).transpose(2, 0, 1))
 
 
 def _center_crop(arr: np.ndarray, crop_h: int, crop_w: int) -> np.ndarray:

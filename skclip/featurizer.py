@@ -98,8 +98,11 @@ class CLIPFeaturizer(TransformerMixin, BaseEstimator):
         Seeds the augmentation. Each image gets its own stream derived from the seed
         and its position, so results do not depend on ``batch_size`` or ``n_jobs``.
     n_jobs : int or None, default=None
-        Threads that decode and preprocess images. ``None`` means
-        ``min(8, os.cpu_count())``; ``-1`` means all CPUs.
+        Threads that decode and preprocess images while the model runs. ``None`` means
+        1 when the model runs on the CPU (it already uses every core, and decoding costs
+        about a tenth of a ViT-B/32 forward, so more threads only contend with it; see
+        ``benchmarks/bench_featurizer.py``) and ``min(8, os.cpu_count())`` on a GPU.
+        ``-1`` means all CPUs.
     progress : bool or "auto", default="auto"
         Show a tqdm progress bar. ``"auto"`` shows it for inputs of more than one batch
         when writing to a terminal.
@@ -140,7 +143,11 @@ class CLIPFeaturizer(TransformerMixin, BaseEstimator):
         "normalize": ["boolean"],
         "augment": [Interval(Integral, 0, None, closed="left")],
         "random_state": ["random_state"],
-        "n_jobs": [Integral, None],
+        "n_jobs": [
+            Interval(Integral, None, -1, closed="right"),
+            Interval(Integral, 1, None, closed="left"),
+            None,
+        ],
         "progress": ["boolean", StrOptions({"auto"})],
     }
 
@@ -248,14 +255,12 @@ class CLIPFeaturizer(TransformerMixin, BaseEstimator):
             raise ValueError("Found 0 images: CLIPFeaturizer needs at least one image.")
         return items
 
-    def _n_threads(self) -> int:
+    def _n_threads(self, device: torch.device) -> int:
         cpus = os.cpu_count() or 1
         if self.n_jobs is None:
-            return min(8, cpus)
+            return 1 if device.type == "cpu" else min(8, cpus)
         if self.n_jobs < 0:
             return max(1, cpus + 1 + self.n_jobs)
-        if self.n_jobs == 0:
-            raise ValueError("n_jobs=0 is not valid: use None, a positive number or -1.")
         return int(self.n_jobs)
 
     def _embed(self, items: list, n_views: int, random_state: Any) -> np.ndarray:
@@ -287,10 +292,11 @@ class CLIPFeaturizer(TransformerMixin, BaseEstimator):
         errors: list[str] = []
         show = {True: False, False: True, "auto": None if len(items) > self.batch_size else True}
         with tqdm(total=len(items), unit="img", desc="CLIP", disable=show[self.progress]) as bar:
-            for start, (pixels, batch_errors) in zip(starts, self._prefetch(prepare, starts)):
+            batches = self._prefetch(prepare, starts, self._n_threads(clip.device))
+            for start, (pixels, batch_errors) in zip(starts, batches):
                 errors.extend(batch_errors)
                 if pixels is not None and not errors:
-                    emb = self._forward(clip, pixels)
+                    emb = self._forward(clip, preprocess, pixels)
                     if n_views > 0:
                         emb = emb.reshape(-1, n_views, emb.shape[1]).mean(axis=1)
                         if self.normalize:
@@ -303,9 +309,9 @@ class CLIPFeaturizer(TransformerMixin, BaseEstimator):
             )
         return out
 
-    def _prefetch(self, fn: Any, starts: Sequence[int]) -> Iterator[Any]:
+    @staticmethod
+    def _prefetch(fn: Any, starts: Sequence[int], n_threads: int) -> Iterator[Any]:
         """``map(fn, starts)`` computed ahead in threads, in order, with bounded look-ahead."""
-        n_threads = self._n_threads()
         with ThreadPoolExecutor(max_workers=n_threads, thread_name_prefix="skclip-decode") as pool:
             pending: deque = deque()
             it = iter(starts)
@@ -320,13 +326,15 @@ class CLIPFeaturizer(TransformerMixin, BaseEstimator):
                     pending.append(pool.submit(fn, nxt))
                 yield result
 
-    def _forward(self, clip: LoadedCLIP, pixels: np.ndarray) -> np.ndarray:
-        """Embed a ready batch of pixels: (B, 3, H, W) float32 -> (B, d) float32."""
+    def _forward(
+        self, clip: LoadedCLIP, preprocess: CLIPPreprocessor, pixels: np.ndarray
+    ) -> np.ndarray:
+        """Embed a batch of cropped pixels: (B, 3, H, W) uint8 -> (B, d) float32."""
         tensor = torch.from_numpy(pixels)
         with torch.inference_mode():
-            if clip.device.type == "cuda":
+            if clip.device.type == "cuda":  # uint8 over the bus: 4x less than float32
                 tensor = tensor.pin_memory().to(clip.device, non_blocking=True)
-            tensor = tensor.to(device=clip.device, dtype=clip.dtype)
+            tensor = preprocess.normalize(tensor.to(clip.device), clip.dtype)
             emb = clip.model.get_image_features(pixel_values=tensor).pooler_output.float()
             if self.normalize:
                 emb = torch.nn.functional.normalize(emb, dim=-1)

@@ -42,7 +42,10 @@ def _reference_embeddings(clip, processor, images):
 @pytest.mark.parametrize("size", [(48, 40), (40, 48), (32, 32), (100, 33), (20, 25), (500, 375)])
 def test_preprocessing_equals_clip_image_processor(clip, hf_processor, size):
     img = make_image(np.random.default_rng(sum(size)), size)
-    ours = CLIPPreprocessor(clip.image_config)(img)
+    prep = CLIPPreprocessor(clip.image_config)
+    cropped = prep(img)
+    assert cropped.dtype == np.uint8
+    ours = prep.normalize(torch.from_numpy(cropped[None]))[0].numpy()
     theirs = hf_processor(images=[img], return_tensors="np")["pixel_values"][0]
     assert ours.shape == theirs.shape == (3, TINY_IMAGE_SIZE, TINY_IMAGE_SIZE)
     np.testing.assert_allclose(ours, theirs, atol=1e-5)
@@ -236,6 +239,8 @@ def test_invalid_parameters(tiny_clip_path):
     images = [make_image(np.random.default_rng(0))]
     with pytest.raises(ValueError, match="batch_size"):
         CLIPFeaturizer(model=tiny_clip_path, batch_size=0).fit(images)
+    with pytest.raises(ValueError, match="n_jobs"):
+        CLIPFeaturizer(model=tiny_clip_path, n_jobs=0).fit(images)
     with pytest.raises(ValueError, match="augment"):
         CLIPFeaturizer(model=tiny_clip_path, augment=-1).fit(images)
     with pytest.raises(ValueError, match="Unknown device"):
