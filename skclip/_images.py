@@ -7,6 +7,7 @@ GIL while decoding and resizing).
 
 from __future__ import annotations
 
+import io
 import math
 import os
 from pathlib import Path
@@ -76,11 +77,12 @@ def _array_to_image(arr: np.ndarray, index: int) -> Image.Image:
     return Image.fromarray(np.ascontiguousarray(arr))
 
 
-def open_image(item: Any, index: int = 0) -> Image.Image:
+def open_image(item: Any, index: int = 0, data: bytes | None = None) -> Image.Image:
     """Open ``item`` (path, PIL image or array) as an upright RGB PIL image.
 
     EXIF orientation is applied, transparency is composited on white, grayscale,
-    palette, CMYK and 16-bit images are converted to 8-bit RGB.
+    palette, CMYK and 16-bit images are converted to 8-bit RGB. For a path whose bytes
+    were already read (to hash them), pass them as ``data`` to avoid a second read.
 
     Raises
     ------
@@ -88,9 +90,9 @@ def open_image(item: Any, index: int = 0) -> Image.Image:
         With a message naming the file (or input position) that failed.
     """
     if isinstance(item, (str, os.PathLike)):
-        path = Path(item)
+        source = io.BytesIO(data) if data is not None else Path(item)
         try:
-            with Image.open(path) as img:
+            with Image.open(source) as img:
                 img.load()
                 img = ImageOps.exif_transpose(img)
                 return _to_rgb(img)

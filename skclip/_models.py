@@ -8,9 +8,10 @@ lazily on first use.
 
 from __future__ import annotations
 
+import functools
 import os
 import threading
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -46,12 +47,30 @@ class LoadedCLIP:
     image_config: dict
     device: torch.device
     dtype: torch.dtype
-    lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
 
     @property
     def embedding_dim(self) -> int:
         """Dimension of the projected image/text embeddings."""
         return int(self.model.config.projection_dim)
+
+    @functools.cached_property
+    def vision_fingerprint(self) -> str:
+        """Hash of the image tower's weights (names, shapes, dtypes and values).
+
+        Identifies the model in embedding-cache keys across processes: two folders with
+        the same weights share entries, a retrained model with the same name does not.
+        """
+        import hashlib
+
+        h = hashlib.blake2b(digest_size=16)
+        modules = {"vision_model": self.model.vision_model,
+                   "visual_projection": self.model.visual_projection}
+        for prefix, module in modules.items():
+            for name, tensor in module.state_dict().items():
+                t = tensor.detach().cpu().contiguous()
+                h.update(f"{prefix}.{name}:{tuple(t.shape)}:{t.dtype}".encode())
+                h.update(t.view(torch.uint8).numpy().tobytes() if t.numel() else b"")
+        return h.hexdigest()
 
 
 _CACHE: dict[tuple[str, str, str], LoadedCLIP] = {}

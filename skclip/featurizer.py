@@ -16,6 +16,8 @@ from sklearn.utils import check_random_state
 from sklearn.utils._param_validation import Interval, StrOptions
 from tqdm.auto import tqdm
 
+from ._cache import FILE_DIGESTS, MEMORY, CacheInfo, EmbeddingCache, settings_digest
+from ._cache import memory_digest as _digest
 from ._images import CLIPPreprocessor, ImageLoadError, describe, open_image
 from ._models import DEFAULT_MODEL, LoadedCLIP, load_clip, resolve_device
 
@@ -96,7 +98,9 @@ class CLIPFeaturizer(TransformerMixin, BaseEstimator):
         images get augmented keys while queries are encoded as usual.
     random_state : int, RandomState instance or None, default=None
         Seeds the augmentation. Each image gets its own stream derived from the seed
-        and its position, so results do not depend on ``batch_size`` or ``n_jobs``.
+        and the image's *content*, so its views do not depend on ``batch_size``,
+        ``n_jobs`` or where the image sits in the input (a cross-validation fold gets
+        the same keys for an image as the full data set).
     n_jobs : int or None, default=None
         Threads that decode and preprocess images while the model runs. ``None`` means
         1 when the model runs on the CPU (it already uses every core, and decoding costs
@@ -106,6 +110,21 @@ class CLIPFeaturizer(TransformerMixin, BaseEstimator):
     progress : bool or "auto", default="auto"
         Show a tqdm progress bar. ``"auto"`` shows it for inputs of more than one batch
         when writing to a terminal.
+    cache : bool, default=True
+        Reuse embeddings of images encoded before in this process (and in
+        ``cache_dir``). Entries are keyed by the model's weights, the preprocessing,
+        dtype, device type, ``normalize``, the augmentation settings and seed, and the
+        image *content* (a hash of the file's bytes, or of the pixels), so an edited
+        file is encoded again. This is what makes ``GridSearchCV`` over a Pipeline
+        encode each image once: alpha and beta never change the embeddings.
+    cache_dir : str, path-like or None, default=None
+        Also keep embeddings in this folder, shared between processes (e.g.
+        ``GridSearchCV(n_jobs=2)`` workers) and later runs. Writes are atomic; a partial
+        or corrupt entry is ignored and recomputed.
+    cache_size : int, default=100_000
+        Most embeddings kept in memory (least recently used ones are dropped first);
+        100,000 ViT-B/32 embeddings take about 200 MB. The memory cache is shared by all
+        featurizers of the process; the last one used sets its size.
 
     Attributes
     ----------
@@ -149,6 +168,9 @@ class CLIPFeaturizer(TransformerMixin, BaseEstimator):
             None,
         ],
         "progress": ["boolean", StrOptions({"auto"})],
+        "cache": ["boolean"],
+        "cache_dir": [str, os.PathLike, None],
+        "cache_size": [Interval(Integral, 0, None, closed="left")],
     }
 
     def __init__(
@@ -162,6 +184,9 @@ class CLIPFeaturizer(TransformerMixin, BaseEstimator):
         random_state: int | np.random.RandomState | None = None,
         n_jobs: int | None = None,
         progress: bool | str = "auto",
+        cache: bool = True,
+        cache_dir: str | os.PathLike | None = None,
+        cache_size: int = 100_000,
     ) -> None:
         self.model = model
         self.device = device
@@ -172,6 +197,9 @@ class CLIPFeaturizer(TransformerMixin, BaseEstimator):
         self.random_state = random_state
         self.n_jobs = n_jobs
         self.progress = progress
+        self.cache = cache
+        self.cache_dir = cache_dir
+        self.cache_size = cache_size
 
     # -- sklearn API -------------------------------------------------------------------
     def fit(self, X: Any, y: Any = None) -> CLIPFeaturizer:
@@ -236,6 +264,34 @@ class CLIPFeaturizer(TransformerMixin, BaseEstimator):
         dim = self._clip().embedding_dim
         return np.asarray([f"clipfeaturizer{i}" for i in range(dim)], dtype=object)
 
+    @staticmethod
+    def cache_info() -> CacheInfo:
+        """Statistics of the process-wide embedding cache in memory.
+
+        Returns
+        -------
+        info : CacheInfo
+            Named tuple ``(hits, misses, maxsize, currsize)``: images served from the
+            cache (memory or disk) and images encoded since the last
+            :meth:`cache_clear`, the size bound and the number of entries held.
+
+        Examples
+        --------
+        >>> from skclip import CLIPFeaturizer
+        >>> CLIPFeaturizer.cache_clear()
+        >>> CLIPFeaturizer.cache_info().currsize
+        0
+        """
+        return MEMORY.info()
+
+    @staticmethod
+    def cache_clear() -> None:
+        """Empty the process-wide embedding cache in memory and reset its statistics.
+
+        Files in a ``cache_dir`` are left alone; delete the folder to drop them.
+        """
+        MEMORY.clear()
+
     def __sklearn_tags__(self):
         tags = super().__sklearn_tags__()
         tags.requires_fit = False
@@ -266,51 +322,98 @@ class CLIPFeaturizer(TransformerMixin, BaseEstimator):
     def _embed(self, items: list, n_views: int, random_state: Any) -> np.ndarray:
         clip = self._clip()
         preprocess = CLIPPreprocessor(clip.image_config)
+        n, dim = len(items), clip.embedding_dim
         seed = None
         if n_views > 0:
             seed = int(check_random_state(random_state).randint(np.iinfo(np.int32).max))
+        cache = None
+        if self.cache:
+            MEMORY.maxsize = self.cache_size
+            settings = settings_digest(
+                clip.vision_fingerprint, sorted(clip.image_config.items()), str(clip.dtype),
+                clip.device.type, self.normalize, n_views, seed,
+            )
+            cache = EmbeddingCache(settings, dim, self.cache_dir)
+        need_digest = cache is not None or n_views > 0  # augmentation is seeded by content
 
-        def prepare(start: int) -> tuple[np.ndarray | None, list[str]]:
-            """Decode and preprocess one batch; errors are collected, not raised."""
-            arrays, errors = [], []
-            for i in range(start, min(start + self.batch_size, len(items))):
+        # 1. In this thread, only what is cheap: digests of in-memory images and of files
+        #    hashed before and unchanged since; their cache hits need no decoding at all.
+        digests: list[str | None] = [None] * n
+        out = np.empty((n, dim), dtype=np.float32)
+        todo = []
+        for i, item in enumerate(items):
+            if need_digest:
+                is_path = isinstance(item, (str, os.PathLike))
+                digests[i] = FILE_DIGESTS.known(os.fspath(item)) if is_path else _digest(item)
+            vec = cache.get(digests[i]) if cache is not None and digests[i] else None
+            if vec is None:
+                todo.append(i)
+            else:
+                out[i] = vec
+        n_hits = n - len(todo)
+
+        def prepare(batch: list[int]) -> dict:
+            """In a worker thread: hash unknown files, look them up, decode the misses."""
+            found, kept, arrays, errors = [], [], [], []
+            for i in batch:
+                item, data = items[i], None
                 try:
-                    img = open_image(items[i], i)
+                    if need_digest and digests[i] is None:
+                        try:
+                            digests[i], data = FILE_DIGESTS.read(os.fspath(item))
+                        except OSError:
+                            pass  # open_image below says what is wrong with the path
+                        vec = cache.get(digests[i]) if cache is not None and digests[i] else None
+                        if vec is not None:
+                            found.append((i, vec))
+                            continue
+                    img = open_image(item, i, data=data)
                     if n_views == 0:
                         arrays.append(preprocess(img))
                     else:
-                        rng = np.random.default_rng([seed, i])
+                        rng = np.random.default_rng([seed, int(digests[i][:16], 16)])
                         arrays.extend(preprocess.random_view(img, rng) for _ in range(n_views))
+                    kept.append(i)
                 except ImageLoadError as exc:
                     errors.append(str(exc))
                 except Exception as exc:  # noqa: BLE001 - any decoder failure names the file
-                    errors.append(f"Cannot process {describe(items[i], i)}: {exc!r}")
-            return (np.stack(arrays) if arrays and not errors else None), errors
+                    errors.append(f"Cannot process {describe(item, i)}: {exc!r}")
+            pixels = np.stack(arrays) if arrays else None
+            return {"found": found, "kept": kept, "pixels": pixels, "errors": errors}
 
-        starts = range(0, len(items), self.batch_size)
-        out = np.empty((len(items), clip.embedding_dim), dtype=np.float32)
         errors: list[str] = []
-        show = {True: False, False: True, "auto": None if len(items) > self.batch_size else True}
-        with tqdm(total=len(items), unit="img", desc="CLIP", disable=show[self.progress]) as bar:
-            batches = self._prefetch(prepare, starts, self._n_threads(clip.device))
-            for start, (pixels, batch_errors) in zip(starts, batches):
-                errors.extend(batch_errors)
-                if pixels is not None and not errors:
-                    emb = self._forward(clip, preprocess, pixels)
+        batches = [todo[k : k + self.batch_size] for k in range(0, len(todo), self.batch_size)]
+        show = {True: False, False: True, "auto": None if len(todo) > self.batch_size else True}
+        with tqdm(total=n, initial=n_hits, unit="img", desc="CLIP", disable=show[self.progress]) as bar:
+            results = self._prefetch(prepare, batches, self._n_threads(clip.device))
+            for batch, res in zip(batches, results):
+                errors.extend(res["errors"])
+                for i, vec in res["found"]:
+                    out[i] = vec
+                n_hits += len(res["found"])
+                # After a bad file, keep encoding only if the work is kept in the cache
+                # (so the retry after fixing the file is cheap); else just collect errors.
+                if res["pixels"] is not None and (not errors or cache is not None):
+                    emb = self._forward(clip, preprocess, res["pixels"])
                     if n_views > 0:
-                        emb = emb.reshape(-1, n_views, emb.shape[1]).mean(axis=1)
+                        emb = emb.reshape(-1, n_views, dim).mean(axis=1)
                         if self.normalize:
                             emb /= np.linalg.norm(emb, axis=1, keepdims=True)
-                    out[start : start + len(emb)] = emb
-                bar.update(min(self.batch_size, len(items) - start))
+                    out[res["kept"]] = emb
+                    if cache is not None:
+                        for i, vec in zip(res["kept"], emb):
+                            cache.put(digests[i], vec)
+                bar.update(len(batch))
+        if cache is not None:
+            MEMORY.count(hits=n_hits, misses=n - n_hits - len(errors))
         if errors:
             raise ImageLoadError(
-                f"{len(errors)} of {len(items)} images could not be used:\n  " + "\n  ".join(errors)
+                f"{len(errors)} of {n} images could not be used:\n  " + "\n  ".join(errors)
             )
         return out
 
     @staticmethod
-    def _prefetch(fn: Any, starts: Sequence[int], n_threads: int) -> Iterator[Any]:
+    def _prefetch(fn: Any, starts: Sequence[Any], n_threads: int) -> Iterator[Any]:
         """``map(fn, starts)`` computed ahead in threads, in order, with bounded look-ahead."""
         with ThreadPoolExecutor(max_workers=n_threads, thread_name_prefix="skclip-decode") as pool:
             pending: deque = deque()
