@@ -1,11 +1,18 @@
 """skclip: few-shot image classification with CLIP, the scikit-learn way.
 
 Public API: :class:`CLIPFeaturizer` turns images into CLIP embeddings;
-:class:`TipAdapterClassifier` is the Tip-Adapter few-shot classifier on top of them.
+:class:`TipAdapterClassifier` is the Tip-Adapter few-shot classifier on top of them;
+:class:`TipAdapterClassifierCV` chooses its alpha and beta by cross-validation.
 """
 
 from ._version import __version__
 from .featurizer import CLIPFeaturizer
+from .model_selection import TipAdapterClassifierCV
 from .tip_adapter import TipAdapterClassifier
 
-__all__ = ["CLIPFeaturizer", "TipAdapterClassifier", "__version__"]
+__all__ = [
+    "CLIPFeaturizer",
+    "TipAdapterClassifier",
+    "TipAdapterClassifierCV",
+    "__version__",
+]

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import math
 import os
+from collections.abc import Iterator, Sequence
 from numbers import Integral, Real
 from typing import Any
 
@@ -35,6 +36,30 @@ from .text import clean_class_name, resolve_templates, text_weights
 
 #: CLIP's learned logit scale (temperature 0.01), fixed as in the paper.
 CLIP_LOGIT_SCALE = 100.0
+
+
+def zero_shot_logits(queries: torch.Tensor, text_weights: torch.Tensor) -> torch.Tensor:
+    """Zero-shot CLIP logits ``100 f W^T`` (the first Tip-Adapter term)."""
+    return CLIP_LOGIT_SCALE * (queries @ text_weights.T)
+
+
+def cache_logits(
+    affinity: torch.Tensor,
+    values: torch.Tensor,
+    beta: float,
+    exclude: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """Cache-model votes ``exp(-beta (1 - A)) V`` from affinities ``A = f K^T``.
+
+    Modifies ``affinity`` in place unless it requires grad (one buffer, not three).
+    """
+    if affinity.requires_grad:  # training: out of place, autograd needs the inputs
+        weights = torch.exp(beta * (affinity - 1.0))
+    else:
+        weights = affinity.sub_(1.0).mul_(beta).exp_()
+    if exclude is not None:
+        weights = weights.masked_fill(exclude, 0.0)
+    return weights @ values
 
 
 def tip_adapter_logits(
@@ -76,20 +101,177 @@ def tip_adapter_logits(
     >>> tip_adapter_logits(f, K, V, None, alpha=1.0, beta=1.0)
     tensor([[1.0000, 0.3679]])
     """
-    affinity = queries @ keys.T
-    if affinity.requires_grad:  # training: out of place, autograd needs the inputs
-        cache = torch.exp(beta * (affinity - 1.0))
-    else:  # inference: in place, one (n_queries, n_keys) buffer instead of three
-        cache = affinity.sub_(1.0).mul_(beta).exp_()
-    if exclude is not None:
-        cache = cache.masked_fill(exclude, 0.0)
-    logits = alpha * (cache @ values)
+    logits = alpha * cache_logits(queries @ keys.T, values, beta, exclude)
     if text_weights is not None:
-        logits = logits + CLIP_LOGIT_SCALE * (queries @ text_weights.T)
+        logits = logits + zero_shot_logits(queries, text_weights)
     return logits
 
 
-class TipAdapterClassifier(ClassifierMixin, BaseEstimator):
+def tip_adapter_grid(
+    queries: torch.Tensor,
+    keys: torch.Tensor,
+    values: torch.Tensor,
+    text_weights: torch.Tensor | None,
+    alphas: torch.Tensor,
+    betas: Sequence[float],
+) -> Iterator[torch.Tensor]:
+    """Tip-Adapter logits for a whole grid of (alpha, beta), sharing all the work.
+
+    The affinities ``f K^T`` and the zero-shot term are computed once; the cache votes
+    once per beta; every alpha is then a scaled sum. Same terms as
+    :func:`tip_adapter_logits`, so each candidate's logits equal it.
+
+    Yields
+    ------
+    logits : Tensor of shape (n_alphas, n_queries, n_classes)
+        One per beta, in order: ``logits[i]`` is for ``alphas[i]``.
+    """
+    affinity = queries @ keys.T
+    zero_shot = None if text_weights is None else zero_shot_logits(queries, text_weights)
+    for beta in betas:
+        votes = cache_logits(affinity.clone(), values, float(beta))
+        logits = alphas.view(-1, 1, 1) * votes
+        yield logits if zero_shot is None else logits + zero_shot
+
+
+class _BaseTipAdapter(ClassifierMixin, BaseEstimator):
+    """What TipAdapterClassifier and TipAdapterClassifierCV share: input checks, the
+    text head and prediction. Subclasses implement ``fit`` and ``_prediction_params``."""
+
+    def _prediction_params(self) -> tuple[float, float]:
+        """The (alpha, beta) used to predict."""
+        raise NotImplementedError
+
+    def _prepare(self, X: Any, y: Any) -> tuple[np.ndarray, np.ndarray]:
+        """Validate; set ``classes_``, ``n_features_in_`` and ``text_features_``.
+
+        Returns the L2-normalized features and the encoded labels.
+        """
+        X, y = validate_data(self, X, y, dtype=[np.float64, np.float32], y_numeric=False)
+        check_classification_targets(y)
+        self.classes_, y_enc = np.unique(y, return_inverse=True)
+        X = normalize(X)
+        self.text_features_ = self._text_weights(X.shape[1], X.dtype)
+        return X, y_enc
+
+    def _text_weights(self, n_features: int, dtype: np.dtype) -> np.ndarray | None:
+        n_classes = len(self.classes_)
+        if self.text_features is not None:
+            W = np.asarray(self.text_features, dtype=dtype)
+            if W.ndim != 2 or W.shape[0] != n_classes:
+                raise ValueError(
+                    f"text_features must have shape (n_classes, n_features) = ({n_classes}, "
+                    f"{n_features}) with rows in classes_ order; got shape {W.shape}."
+                )
+            if W.shape[1] != n_features:
+                raise ValueError(
+                    f"text_features have dimension {W.shape[1]} but X has {n_features} features."
+                )
+            if not np.all(np.isfinite(W)):
+                raise ValueError("text_features contain NaN or infinity.")
+            return normalize(W)
+        if self.clip_model is None:
+            return None
+        templates = resolve_templates(self.templates)
+        names = self._class_names()
+        clip = load_clip(self.clip_model, self.device, "auto")
+        if clip.embedding_dim != n_features:
+            raise ValueError(
+                f"X has {n_features} features but the text embeddings of clip_model="
+                f"{os.fspath(self.clip_model)!r} have dimension {clip.embedding_dim}: the image "
+                "features must come from the same CLIP checkpoint as clip_model (set "
+                "CLIPFeaturizer(model=...) and TipAdapterClassifier(clip_model=...) alike)."
+            )
+        return text_weights(clip, names, templates).astype(dtype)
+
+    def _class_names(self) -> list[str]:
+        if self.class_names is None:
+            return [clean_class_name(c) for c in self.classes_]
+        if isinstance(self.class_names, dict):
+            missing = [c for c in self.classes_.tolist() if c not in self.class_names]
+            if missing:
+                raise ValueError(
+                    f"class_names has no name for the labels {missing}; give a name for each of "
+                    f"{self.classes_.tolist()}."
+                )
+            return [str(self.class_names[c]) for c in self.classes_]
+        names = list(self.class_names)
+        if len(names) != len(self.classes_):
+            raise ValueError(
+                f"class_names has {len(names)} names but there are {len(self.classes_)} classes "
+                f"{self.classes_.tolist()}; give one name per class in classes_ order, or a dict."
+            )
+        return [str(n) for n in names]
+
+    # -- predict ---------------------------------------------------------------------------
+    def _logits(self, X: Any) -> np.ndarray:
+        check_is_fitted(self)
+        alpha, beta = self._prediction_params()
+        X = validate_data(self, X, dtype=[np.float64, np.float32], reset=False)
+        X = normalize(X).astype(self.cache_keys_.dtype, copy=False)
+        keys = torch.from_numpy(self.cache_keys_)
+        values = torch.from_numpy(self.cache_values_)
+        W = None if self.text_features_ is None else torch.from_numpy(self.text_features_)
+        out = np.empty((X.shape[0], len(self.classes_)), dtype=X.dtype)
+        # Two (chunk, n_keys) buffers live at a time: the affinities and a matmul temporary.
+        row_bytes = 2 * keys.shape[0] * X.itemsize
+        chunk = max(1, int(get_config()["working_memory"] * 2**20) // row_bytes)
+        with torch.no_grad():
+            for rows in gen_batches(X.shape[0], chunk):
+                q = torch.from_numpy(X[rows])
+                out[rows] = tip_adapter_logits(q, keys, values, W, alpha, beta).numpy()
+        return out
+
+    def decision_function(self, X: Any) -> np.ndarray:
+        """Tip-Adapter logits.
+
+        Parameters
+        ----------
+        X : array-like of shape (n_samples, n_features)
+
+        Returns
+        -------
+        scores : ndarray of shape (n_samples, n_classes), or (n_samples,) for two classes
+            For two classes, the logit of ``classes_[1]`` minus that of ``classes_[0]``,
+            following scikit-learn's convention.
+        """
+        logits = self._logits(X)
+        return logits[:, 1] - logits[:, 0] if len(self.classes_) == 2 else logits
+
+    def predict_proba(self, X: Any) -> np.ndarray:
+        """Class probabilities: the softmax of the logits.
+
+        Parameters
+        ----------
+        X : array-like of shape (n_samples, n_features)
+
+        Returns
+        -------
+        proba : ndarray of shape (n_samples, n_classes)
+        """
+        return softmax(self._logits(X), axis=1)
+
+    def predict(self, X: Any) -> np.ndarray:
+        """Predict class labels.
+
+        Parameters
+        ----------
+        X : array-like of shape (n_samples, n_features)
+
+        Returns
+        -------
+        y_pred : ndarray of shape (n_samples,)
+        """
+        logits = self._logits(X)
+        return self.classes_[np.argmax(logits, axis=1)]
+
+    def __sklearn_tags__(self):
+        tags = super().__sklearn_tags__()
+        tags.non_deterministic = False
+        return tags
+
+
+class TipAdapterClassifier(_BaseTipAdapter):
     """Tip-Adapter few-shot classifier on CLIP image features.
 
     ``fit`` builds a cache model: keys are the L2-normalized training features,
@@ -266,11 +448,7 @@ class TipAdapterClassifier(ClassifierMixin, BaseEstimator):
         self : TipAdapterClassifier
         """
         self._validate_params()  # also rejects NaN and infinite alpha, beta, lr
-        X, y = validate_data(self, X, y, dtype=[np.float64, np.float32], y_numeric=False)
-        check_classification_targets(y)
-        self.classes_, y_enc = np.unique(y, return_inverse=True)
-        X = normalize(X)
-        self.text_features_ = self._text_weights(X.shape[1], X.dtype)
+        X, y_enc = self._prepare(X, y)
         n_classes = len(self.classes_)
         values = np.eye(n_classes, dtype=X.dtype)[y_enc]
         if self.fine_tune:
@@ -278,54 +456,8 @@ class TipAdapterClassifier(ClassifierMixin, BaseEstimator):
         self.cache_keys_, self.cache_values_ = X, values
         return self
 
-    def _text_weights(self, n_features: int, dtype: np.dtype) -> np.ndarray | None:
-        n_classes = len(self.classes_)
-        if self.text_features is not None:
-            W = np.asarray(self.text_features, dtype=dtype)
-            if W.ndim != 2 or W.shape[0] != n_classes:
-                raise ValueError(
-                    f"text_features must have shape (n_classes, n_features) = ({n_classes}, "
-                    f"{n_features}) with rows in classes_ order; got shape {W.shape}."
-                )
-            if W.shape[1] != n_features:
-                raise ValueError(
-                    f"text_features have dimension {W.shape[1]} but X has {n_features} features."
-                )
-            if not np.all(np.isfinite(W)):
-                raise ValueError("text_features contain NaN or infinity.")
-            return normalize(W)
-        if self.clip_model is None:
-            return None
-        templates = resolve_templates(self.templates)
-        names = self._class_names()
-        clip = load_clip(self.clip_model, self.device, "auto")
-        if clip.embedding_dim != n_features:
-            raise ValueError(
-                f"X has {n_features} features but the text embeddings of clip_model="
-                f"{os.fspath(self.clip_model)!r} have dimension {clip.embedding_dim}: the image "
-                "features must come from the same CLIP checkpoint as clip_model (set "
-                "CLIPFeaturizer(model=...) and TipAdapterClassifier(clip_model=...) alike)."
-            )
-        return text_weights(clip, names, templates).astype(dtype)
-
-    def _class_names(self) -> list[str]:
-        if self.class_names is None:
-            return [clean_class_name(c) for c in self.classes_]
-        if isinstance(self.class_names, dict):
-            missing = [c for c in self.classes_.tolist() if c not in self.class_names]
-            if missing:
-                raise ValueError(
-                    f"class_names has no name for the labels {missing}; give a name for each of "
-                    f"{self.classes_.tolist()}."
-                )
-            return [str(self.class_names[c]) for c in self.classes_]
-        names = list(self.class_names)
-        if len(names) != len(self.classes_):
-            raise ValueError(
-                f"class_names has {len(names)} names but there are {len(self.classes_)} classes "
-                f"{self.classes_.tolist()}; give one name per class in classes_ order, or a dict."
-            )
-        return [str(n) for n in names]
+    def _prediction_params(self) -> tuple[float, float]:
+        return self.alpha, self.beta
 
     # -- Tip-Adapter-F ---------------------------------------------------------------------
     def _fine_tune(
@@ -393,69 +525,3 @@ class TipAdapterClassifier(ClassifierMixin, BaseEstimator):
                 print(msg)
         final = best_keys if best_keys is not None else keys.detach()
         return final.cpu().numpy().astype(X.dtype), values[train]
-
-    # -- predict ---------------------------------------------------------------------------
-    def _logits(self, X: Any) -> np.ndarray:
-        check_is_fitted(self)
-        X = validate_data(self, X, dtype=[np.float64, np.float32], reset=False)
-        X = normalize(X).astype(self.cache_keys_.dtype, copy=False)
-        keys = torch.from_numpy(self.cache_keys_)
-        values = torch.from_numpy(self.cache_values_)
-        W = None if self.text_features_ is None else torch.from_numpy(self.text_features_)
-        out = np.empty((X.shape[0], len(self.classes_)), dtype=X.dtype)
-        # Two (chunk, n_keys) buffers live at a time: the affinities and a matmul temporary.
-        row_bytes = 2 * keys.shape[0] * X.itemsize
-        chunk = max(1, int(get_config()["working_memory"] * 2**20) // row_bytes)
-        with torch.no_grad():
-            for rows in gen_batches(X.shape[0], chunk):
-                q = torch.from_numpy(X[rows])
-                out[rows] = tip_adapter_logits(q, keys, values, W, self.alpha, self.beta).numpy()
-        return out
-
-    def decision_function(self, X: Any) -> np.ndarray:
-        """Tip-Adapter logits.
-
-        Parameters
-        ----------
-        X : array-like of shape (n_samples, n_features)
-
-        Returns
-        -------
-        scores : ndarray of shape (n_samples, n_classes), or (n_samples,) for two classes
-            For two classes, the logit of ``classes_[1]`` minus that of ``classes_[0]``,
-            following scikit-learn's convention.
-        """
-        logits = self._logits(X)
-        return logits[:, 1] - logits[:, 0] if len(self.classes_) == 2 else logits
-
-    def predict_proba(self, X: Any) -> np.ndarray:
-        """Class probabilities: the softmax of the logits.
-
-        Parameters
-        ----------
-        X : array-like of shape (n_samples, n_features)
-
-        Returns
-        -------
-        proba : ndarray of shape (n_samples, n_classes)
-        """
-        return softmax(self._logits(X), axis=1)
-
-    def predict(self, X: Any) -> np.ndarray:
-        """Predict class labels.
-
-        Parameters
-        ----------
-        X : array-like of shape (n_samples, n_features)
-
-        Returns
-        -------
-        y_pred : ndarray of shape (n_samples,)
-        """
-        logits = self._logits(X)
-        return self.classes_[np.argmax(logits, axis=1)]
-
-    def __sklearn_tags__(self):
-        tags = super().__sklearn_tags__()
-        tags.non_deterministic = False
-        return tags

@@ -1,0 +1,282 @@
+"""Choosing alpha and beta by cross-validation, without refitting per candidate."""
+
+from __future__ import annotations
+
+import os
+from numbers import Integral
+from typing import Any
+
+import numpy as np
+import torch
+from scipy.special import softmax
+from scipy.stats import rankdata
+from sklearn.base import BaseEstimator, ClassifierMixin, clone
+from sklearn.metrics import check_scoring
+from sklearn.model_selection import check_cv
+from sklearn.utils._param_validation import StrOptions
+
+from ._models import DEFAULT_MODEL
+from .tip_adapter import TipAdapterClassifier, _BaseTipAdapter, tip_adapter_grid
+
+#: Default alpha grid: zero-shot (0) plus log-spaced values up to 50, the top of the
+#: reference code's per-dataset search ranges.
+DEFAULT_ALPHAS = np.r_[0.0, np.geomspace(0.1, 50.0, 9)]
+#: Default beta grid: log-spaced from a flat kernel (0.5) to nearly 1-nearest-neighbour (50).
+DEFAULT_BETAS = np.geomspace(0.5, 50.0, 10)
+
+
+class _PrecomputedLogits(ClassifierMixin, BaseEstimator):
+    """Lets a scikit-learn scorer score logits computed elsewhere (the ``X`` it is
+    given *are* the logits), as ``RidgeCV`` does for its leave-one-out predictions."""
+
+    def __init__(self, classes: np.ndarray) -> None:
+        self.classes = classes
+
+    def fit(self, X: Any, y: Any = None) -> _PrecomputedLogits:
+        self.classes_ = self.classes
+        return self
+
+    def decision_function(self, logits: np.ndarray) -> np.ndarray:
+        return logits[:, 1] - logits[:, 0] if logits.shape[1] == 2 else logits
+
+    def predict_proba(self, logits: np.ndarray) -> np.ndarray:
+        return softmax(logits, axis=1)
+
+    def predict(self, logits: np.ndarray) -> np.ndarray:
+        return self.classes_[np.argmax(logits, axis=1)]
+
+
+class TipAdapterClassifierCV(_BaseTipAdapter):
+    """Tip-Adapter with alpha and beta chosen by cross-validation on the training data.
+
+    Like :class:`sklearn.linear_model.RidgeCV`, it scores a whole grid of candidates
+    at the cost of little more than one fit per fold: in each fold the query-key
+    affinities and the zero-shot logits are computed once, the cache votes once per
+    beta, and every alpha is a scaled sum of the two. The best mean score wins (ties go
+    to the first candidate in grid order, smallest alpha then smallest beta, as in
+    ``GridSearchCV``), and the model is refit on all the data with it. Only training
+    data is ever used to choose.
+
+    Parameters
+    ----------
+    alphas : array-like of shape (n_alphas,), default=None
+        Residual ratios to try. ``None`` means ``DEFAULT_ALPHAS``: 0 (zero-shot CLIP)
+        and 9 log-spaced values from 0.1 to 50.
+    betas : array-like of shape (n_betas,), default=None
+        Sharpness values to try. ``None`` means ``DEFAULT_BETAS``: 10 log-spaced values
+        from 0.5 to 50.
+    cv : int, cross-validation generator or iterable, default=5
+        As in ``GridSearchCV``; an int means ``StratifiedKFold(cv)``. With an int, every
+        class needs at least ``cv`` samples, else a ``ValueError`` names the class.
+    scoring : str or callable, default="accuracy"
+        A scikit-learn scorer name or callable. ``"accuracy"`` is computed vectorized
+        for all candidates at once; other scorers are called once per candidate and fold.
+    fine_tune : bool, default=False
+        Tip-Adapter-F: in each fold, train the keys on the fold's training part (at
+        ``alpha`` and ``beta``), then score the grid on its held-out part; refit trains
+        on all the data. This is what the reference code does on the *test* set, done on
+        held-out training data instead.
+    alpha, beta : float, default=1.0, 5.5
+        Only with ``fine_tune=True``: the values the keys are trained with. Prediction
+        uses the chosen ``alpha_`` and ``beta_``.
+    clip_model, templates, class_names, text_features
+        The text head, as in :class:`TipAdapterClassifier`; text is encoded once.
+    epochs, lr, batch_size, leave_one_out, device, random_state, verbose
+        Tip-Adapter-F training, as in :class:`TipAdapterClassifier`.
+
+    Attributes
+    ----------
+    alpha_ : float
+        Chosen residual ratio.
+    beta_ : float
+        Chosen sharpness.
+    best_score_ : float
+        Mean cross-validated score of the chosen candidate.
+    best_index_ : int
+        Index of the chosen candidate in ``cv_results_``.
+    cv_results_ : dict of ndarrays
+        As ``GridSearchCV.cv_results_`` (``params``, ``param_alpha``, ``param_beta``,
+        ``split{k}_test_score``, ``mean_test_score``, ``std_test_score``,
+        ``rank_test_score``); ``pandas.DataFrame(cv_results_)`` works.
+    n_splits_ : int
+        Number of folds.
+    classes_, n_features_in_, cache_keys_, cache_values_, text_features_
+        As in :class:`TipAdapterClassifier`, for the refit model.
+    loss_curve_ : list of float
+        Only with ``fine_tune=True``: training loss of the refit.
+
+    See Also
+    --------
+    TipAdapterClassifier : One alpha and beta, fixed.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from skclip import TipAdapterClassifierCV
+    >>> rng = np.random.RandomState(0)
+    >>> X = rng.normal(size=(60, 8)) + np.repeat(np.eye(8)[:3] * 2, 20, axis=0)
+    >>> y = np.repeat(["ant", "bee", "cat"], 20)
+    >>> clf = TipAdapterClassifierCV(clip_model=None, cv=3).fit(X, y)
+    >>> len(clf.cv_results_["params"]), bool(clf.alpha_ >= 0)
+    (100, True)
+    >>> clf.predict(X[:2])
+    array(['ant', 'ant'], dtype='<U3')
+    """
+
+    _parameter_constraints: dict = {
+        **{
+            k: v
+            for k, v in TipAdapterClassifier._parameter_constraints.items()
+            if k != "validation_fraction"
+        },
+        "alphas": ["array-like", None],
+        "betas": ["array-like", None],
+        "cv": ["cv_object"],
+        "scoring": [StrOptions({"accuracy"}), str, callable],
+    }
+
+    def __init__(
+        self,
+        alphas: Any = None,
+        betas: Any = None,
+        cv: Any = 5,
+        scoring: Any = "accuracy",
+        fine_tune: bool = False,
+        alpha: float = 1.0,
+        beta: float = 5.5,
+        clip_model: str | os.PathLike | None = DEFAULT_MODEL,
+        templates: str | list[str] = "auto",
+        class_names: dict | list[str] | None = None,
+        text_features: Any = None,
+        epochs: int = 20,
+        lr: float = 1e-3,
+        batch_size: int = 256,
+        leave_one_out: bool = True,
+        device: str = "auto",
+        random_state: int | np.random.RandomState | None = None,
+        verbose: int = 0,
+    ) -> None:
+        self.alphas = alphas
+        self.betas = betas
+        self.cv = cv
+        self.scoring = scoring
+        self.fine_tune = fine_tune
+        self.alpha = alpha
+        self.beta = beta
+        self.clip_model = clip_model
+        self.templates = templates
+        self.class_names = class_names
+        self.text_features = text_features
+        self.epochs = epochs
+        self.lr = lr
+        self.batch_size = batch_size
+        self.leave_one_out = leave_one_out
+        self.device = device
+        self.random_state = random_state
+        self.verbose = verbose
+
+    def _prediction_params(self) -> tuple[float, float]:
+        return self.alpha_, self.beta_
+
+    @staticmethod
+    def _check_grid(name: str, values: Any, default: np.ndarray) -> np.ndarray:
+        grid = default if values is None else np.asarray(values, dtype=np.float64)
+        if grid.ndim != 1 or grid.size == 0:
+            raise ValueError(f"{name} must be a non-empty 1-D list of numbers, got {values!r}.")
+        if not np.all(np.isfinite(grid)) or np.any(grid < 0):
+            raise ValueError(f"{name} must hold finite values >= 0, got {grid.tolist()}.")
+        return grid
+
+    def _fold_estimator(self) -> TipAdapterClassifier:
+        """A classifier that builds (and, for Tip-F, trains) one fold's cache."""
+        return TipAdapterClassifier(
+            alpha=self.alpha, beta=self.beta, clip_model=None, fine_tune=self.fine_tune,
+            epochs=self.epochs, lr=self.lr, batch_size=self.batch_size,
+            leave_one_out=self.leave_one_out, device=self.device,
+            random_state=self.random_state, verbose=self.verbose,
+        )
+
+    def fit(self, X: Any, y: Any) -> TipAdapterClassifierCV:
+        """Score every (alpha, beta) by cross-validation, then refit with the best.
+
+        Parameters
+        ----------
+        X : array-like of shape (n_samples, n_features)
+            Image features, e.g. from :class:`CLIPFeaturizer`; normalized inside.
+        y : array-like of shape (n_samples,)
+            Labels.
+
+        Returns
+        -------
+        self : TipAdapterClassifierCV
+        """
+        self._validate_params()
+        alphas = self._check_grid("alphas", self.alphas, DEFAULT_ALPHAS)
+        betas = self._check_grid("betas", self.betas, DEFAULT_BETAS)
+        X, y_enc = self._prepare(X, y)
+        n_classes = len(self.classes_)
+        if self.cv is None or isinstance(self.cv, Integral):
+            n_splits = 5 if self.cv is None else int(self.cv)
+            counts = np.bincount(y_enc, minlength=n_classes)
+            if counts.min() < n_splits:
+                worst = int(np.argmin(counts))
+                raise ValueError(
+                    f"Class {self.classes_.tolist()[worst]!r} has only {counts[worst]} samples, fewer than "
+                    f"cv={n_splits} folds: every fold must be able to hold out each class. Use "
+                    f"cv={max(2, int(counts.min()))} or fewer folds, or pass a splitter."
+                )
+        cv = check_cv(self.cv, y_enc, classifier=True)
+        scorer = None if self.scoring == "accuracy" else check_scoring(self, scoring=self.scoring)
+        W = self.text_features_
+        text = None if W is None else torch.from_numpy(W)
+        alphas_t = torch.as_tensor(alphas, dtype=torch.from_numpy(X[:0]).dtype)  # X's dtype
+
+        fold_scores = []
+        for train, test in cv.split(X, y_enc):
+            present = np.unique(y_enc[train])
+            fold = self._fold_estimator().set_params(text_features=None if W is None else W[present])
+            fold.fit(X[train], y_enc[train])
+            values = np.zeros((len(fold.cache_keys_), n_classes), dtype=X.dtype)
+            values[:, present] = fold.cache_values_
+            grid = tip_adapter_grid(
+                torch.from_numpy(X[test]), torch.from_numpy(fold.cache_keys_),
+                torch.from_numpy(values), text, alphas_t, betas,
+            )
+            scores = np.empty((len(alphas), len(betas)))
+            for ib, logits in enumerate(grid):
+                logits = logits.numpy()
+                if scorer is None:
+                    scores[:, ib] = (logits.argmax(axis=2) == y_enc[test]).mean(axis=1)
+                else:
+                    judge = _PrecomputedLogits(self.classes_).fit(None)
+                    y_true = self.classes_[y_enc[test]]
+                    scores[:, ib] = [scorer(judge, logits[ia], y_true) for ia in range(len(alphas))]
+            fold_scores.append(scores.ravel())  # alpha-major, beta fastest: GridSearchCV order
+
+        self._store_results(np.array(fold_scores), alphas, betas)
+        refit = self._fold_estimator().set_params(text_features=W).fit(X, y_enc)
+        self.cache_keys_ = refit.cache_keys_
+        self.cache_values_ = refit.cache_values_
+        if self.fine_tune:
+            self.loss_curve_ = refit.loss_curve_
+        return self
+
+    def _store_results(self, scores: np.ndarray, alphas: np.ndarray, betas: np.ndarray) -> None:
+        """``cv_results_`` in GridSearchCV's layout, and the chosen candidate."""
+        n_a, n_b = len(alphas), len(betas)
+        mean, std = scores.mean(axis=0), scores.std(axis=0)
+        rank = rankdata(-mean, method="min").astype(np.int32)
+        results: dict[str, Any] = {
+            "params": [{"alpha": float(a), "beta": float(b)} for a in alphas for b in betas],
+            "param_alpha": np.ma.MaskedArray(np.repeat(alphas, n_b), mask=False),
+            "param_beta": np.ma.MaskedArray(np.tile(betas, n_a), mask=False),
+        }
+        for k, split in enumerate(scores):
+            results[f"split{k}_test_score"] = split
+        results.update(mean_test_score=mean, std_test_score=std, rank_test_score=rank)
+        self.cv_results_ = results
+        self.n_splits_ = len(scores)
+        self.best_index_ = int(np.argmin(rank))  # first of the best, in grid order
+        self.best_score_ = float(mean[self.best_index_])
+        self.alpha_ = float(results["params"][self.best_index_]["alpha"])
+        self.beta_ = float(results["params"][self.best_index_]["beta"])
