@@ -11,22 +11,10 @@ import numpy as np
 
 
 def vit_b32_folder(folder: str | None = None) -> str:
-    """Save a randomly initialised CLIP whose *vision tower* has the real ViT-B/32 size
-    (``CLIPConfig()`` defaults: 12 layers, width 768, 32x32 patches, 224 px, 512-d
-    projection) into ``folder``. The text tower is shrunk: these benchmarks time images.
-    """
-    import torch
-    from transformers import CLIPConfig, CLIPImageProcessorPil, CLIPModel
+    """A random CLIP whose image tower has the real ViT-B/32 size, saved to a folder."""
+    from skclip._testing import save_random_clip
 
-    folder = folder or tempfile.mkdtemp(prefix="skclip-bench-vitb32-")
-    config = CLIPConfig(
-        text_config=dict(hidden_size=64, intermediate_size=128, num_hidden_layers=1,
-                         num_attention_heads=2),
-    )
-    torch.manual_seed(0)
-    CLIPModel(config).save_pretrained(folder)
-    CLIPImageProcessorPil().save_pretrained(folder)  # CLIP's defaults: 224 bicubic, crop 224
-    return folder
+    return save_random_clip(folder or tempfile.mkdtemp(prefix="skclip-bench-vitb32-"), "vit-b32")
 
 
 def jpeg_folder(n: int = 200, size: tuple[int, int] = (500, 375), folder: str | None = None) -> list[str]:

@@ -233,14 +233,17 @@ class TipAdapterClassifierCV(_BaseTipAdapter):
 
         fold_scores = []
         for train, test in cv.split(X, y_enc):
-            present = np.unique(y_enc[train])
-            fold = self._fold_estimator().set_params(text_features=None if W is None else W[present])
-            fold.fit(X[train], y_enc[train])
-            values = np.zeros((len(fold.cache_keys_), n_classes), dtype=X.dtype)
-            values[:, present] = fold.cache_values_
+            if self.fine_tune:  # train this fold's keys on its training part only
+                present = np.unique(y_enc[train])
+                fold = self._fold_estimator()
+                fold.set_params(text_features=None if W is None else W[present])
+                fold.fit(X[train], y_enc[train])
+                keys, labels = fold.cache_keys_, present[fold.cache_values_.argmax(axis=1)]
+            else:  # training-free: the fold's cache is its training part, as it is
+                keys, labels = X[train], y_enc[train]
             grid = tip_adapter_grid(
-                torch.from_numpy(X[test]), torch.from_numpy(fold.cache_keys_),
-                torch.from_numpy(values), text, alphas_t, betas,
+                torch.from_numpy(X[test]), torch.from_numpy(np.ascontiguousarray(keys)),
+                torch.from_numpy(labels), text, alphas_t, betas, n_classes,
             )
             scores = np.empty((len(alphas), len(betas)))
             for ib, logits in enumerate(grid):
@@ -254,11 +257,12 @@ class TipAdapterClassifierCV(_BaseTipAdapter):
             fold_scores.append(scores.ravel())  # alpha-major, beta fastest: GridSearchCV order
 
         self._store_results(np.array(fold_scores), alphas, betas)
-        refit = self._fold_estimator().set_params(text_features=W).fit(X, y_enc)
-        self.cache_keys_ = refit.cache_keys_
-        self.cache_values_ = refit.cache_values_
         if self.fine_tune:
+            refit = self._fold_estimator().set_params(text_features=W).fit(X, y_enc)
+            self.cache_keys_, self.cache_values_ = refit.cache_keys_, refit.cache_values_
             self.loss_curve_ = refit.loss_curve_
+        else:
+            self.cache_keys_, self.cache_values_ = X, np.eye(n_classes, dtype=X.dtype)[y_enc]
         return self
 
     def _store_results(self, scores: np.ndarray, alphas: np.ndarray, betas: np.ndarray) -> None:

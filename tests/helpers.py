@@ -5,9 +5,7 @@ from __future__ import annotations
 import numpy as np
 from PIL import Image
 
-#: Sizes of the tiny CLIP built by the root conftest.py.
-TINY_IMAGE_SIZE = 32
-TINY_DIM = 16
+from skclip._testing import TINY_DIM, TINY_IMAGE_SIZE  # noqa: F401 (re-exported for tests)
 
 
 def make_image(rng: np.random.Generator, size: tuple[int, int] = (48, 40), mode: str = "RGB"):
