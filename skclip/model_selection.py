@@ -13,6 +13,7 @@ from scipy.stats import rankdata
 from sklearn.base import BaseEstimator, ClassifierMixin, clone
 from sklearn.metrics import check_scoring
 from sklearn.model_selection import check_cv
+from sklearn.utils import check_random_state
 from sklearn.utils._param_validation import StrOptions
 
 from ._models import DEFAULT_MODEL
@@ -23,6 +24,57 @@ from .tip_adapter import TipAdapterClassifier, _BaseTipAdapter, tip_adapter_grid
 DEFAULT_ALPHAS = np.r_[0.0, np.geomspace(0.1, 50.0, 9)]
 #: Default beta grid: log-spaced from a flat kernel (0.5) to nearly 1-nearest-neighbour (50).
 DEFAULT_BETAS = np.geomspace(0.5, 50.0, 10)
+
+
+def few_shot_split(
+    y: Any, shots: int = 16, random_state: int | np.random.RandomState | None = None
+) -> tuple[np.ndarray, np.ndarray]:
+    """Split into ``shots`` training samples per class and a test set of the rest.
+
+    The protocol of the few-shot papers (CoOp, Tip-Adapter...): K labelled images per
+    class to learn from, every other image to evaluate on.
+
+    Parameters
+    ----------
+    y : array-like of shape (n_samples,)
+        Labels.
+    shots : int, default=16
+        Training samples per class. Every class needs more than ``shots`` samples, so
+        that at least one is left to test on.
+    random_state : int, RandomState instance or None, default=None
+        Seeds which samples are drawn.
+
+    Returns
+    -------
+    train, test : ndarray of int
+        Sorted indices into ``y``.
+
+    Examples
+    --------
+    >>> from skclip.model_selection import few_shot_split
+    >>> y = ["a"] * 5 + ["b"] * 4
+    >>> train, test = few_shot_split(y, shots=2, random_state=0)
+    >>> len(train), len(test)
+    (4, 5)
+    """
+    y = np.asarray(y)
+    if not isinstance(shots, Integral) or shots < 1:
+        raise ValueError(f"shots must be a positive integer, got {shots!r}.")
+    rng = check_random_state(random_state)
+    classes, y_enc, counts = np.unique(y, return_inverse=True, return_counts=True)
+    short = [(c, n) for c, n in zip(classes.tolist(), counts.tolist()) if n <= shots]
+    if short:
+        raise ValueError(
+            f"shots={shots} needs more than {shots} samples in every class (at least one is "
+            f"kept to test on); these classes have too few: "
+            + ", ".join(f"{c!r} ({n})" for c, n in short)
+        )
+    train = np.concatenate(
+        [rng.choice(np.flatnonzero(y_enc == k), shots, replace=False) for k in range(len(classes))]
+    )
+    train.sort()
+    test = np.setdiff1d(np.arange(len(y)), train)
+    return train, test
 
 
 class _PrecomputedLogits(ClassifierMixin, BaseEstimator):

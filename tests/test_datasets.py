@@ -1,0 +1,76 @@
+"""load_image_folder and few_shot_split: layout rules, determinism, clear errors."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from skclip.datasets import load_image_folder
+from skclip.model_selection import few_shot_split
+
+
+def _img(path):
+    path.parent.mkdir(parents=True, exist_ok=True)
+    Image.fromarray(np.zeros((4, 4, 3), np.uint8)).save(path)
+
+
+@pytest.fixture
+def tree(tmp_path):
+    root = tmp_path / "data"
+    _img(root / "scratch" / "b.jpg")
+    _img(root / "scratch" / "a.JPG")  # extensions are case-insensitive
+    _img(root / "ok" / "1.png")
+    _img(root / "ok" / "batch2" / "2.png")  # nested: still class "ok"
+    _img(root / "dent" / "x.webp")
+    (root / "dent" / "notes.txt").write_text("not an image")
+    (root / "dent" / ".DS_Store").write_bytes(b"\0")
+    _img(root / "dent" / ".hidden" / "h.png")  # hidden folder: skipped
+    _img(root / ".thumbnails" / "t.png")  # hidden class folder: skipped
+    _img(root / "stray.png")  # directly in root: not in any class
+    return root
+
+
+def test_layout_and_order(tree):
+    data = load_image_folder(tree)
+    assert data.target_names.tolist() == ["dent", "ok", "scratch"]
+    rel = [str(p)[len(str(tree)) + 1 :] for p in data.filenames]
+    assert rel == ["dent/x.webp", "ok/1.png", "ok/batch2/2.png", "scratch/a.JPG", "scratch/b.jpg"]
+    assert data.target.tolist() == [0, 1, 1, 2, 2]
+    assert data.labels.tolist() == ["dent", "ok", "ok", "scratch", "scratch"]
+    X, y = load_image_folder(tree, return_X_y=True)
+    np.testing.assert_array_equal(X, data.filenames)
+    np.testing.assert_array_equal(y, data.target)
+    with pytest.raises(ValueError, match=r"scratch' has no images with extensions \['.png', '.webp'\]"):
+        load_image_folder(tree, extensions=["png", ".WEBP"])
+
+
+def test_errors_name_the_folder(tmp_path, tree):
+    with pytest.raises(ValueError, match="does not exist"):
+        load_image_folder(tmp_path / "missing")
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    with pytest.raises(ValueError, match=r"empty' has 0 class folder"):
+        load_image_folder(empty)
+    one = tmp_path / "one"
+    _img(one / "only" / "a.png")
+    with pytest.raises(ValueError, match=r"1 class folder\(s\) \['only'\]"):
+        load_image_folder(one)
+    (tree / "blank").mkdir()
+    with pytest.raises(ValueError, match=r"blank' has no images"):
+        load_image_folder(tree)
+
+
+def test_few_shot_split():
+    y = np.array(["a"] * 10 + ["b"] * 6 + ["c"] * 3)
+    train, test = few_shot_split(y, shots=2, random_state=0)
+    assert sorted(np.unique(y[train], return_counts=True)[1]) == [2, 2, 2]
+    assert len(np.intersect1d(train, test)) == 0 and len(train) + len(test) == len(y)
+    again, _ = few_shot_split(y, shots=2, random_state=0)
+    np.testing.assert_array_equal(train, again)
+    other, _ = few_shot_split(y, shots=2, random_state=1)
+    assert not np.array_equal(train, other)
+    with pytest.raises(ValueError, match=r"'c' \(3\)"):
+        few_shot_split(y, shots=3)
+    with pytest.raises(ValueError, match="positive integer"):
+        few_shot_split(y, shots=0)
