@@ -1,0 +1,7 @@
+"""``python -m skclip`` runs the ``skclip`` command."""
+
+import sys
+
+from .cli import main
+
+sys.exit(main())
