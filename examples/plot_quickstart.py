@@ -9,42 +9,28 @@ sub-folder per class, then used to classify new images.
 The checkpoint comes from the ``SKCLIP_MODEL`` environment variable (a hub id or a
 local folder; default ``openai/clip-vit-base-patch32``), the images from the first
 command-line argument. Without an argument a small folder of coloured images is
-generated, so the script runs anywhere::
+generated (``examples/_data.py``), so the script runs anywhere::
 
     python examples/plot_quickstart.py [DATA_DIR]
 """
 
 import os
 import sys
-import tempfile
-from pathlib import Path
 
 import numpy as np
-from PIL import Image
+from _data import make_folder
 from sklearn.model_selection import StratifiedKFold, cross_val_score
 from sklearn.pipeline import Pipeline
 
 from skclip import CLIPFeaturizer, TipAdapterClassifier
-
-
-def generated_folder() -> Path:
-    """Three 'classes' of noisy coloured images, 8 each."""
-    root = Path(tempfile.mkdtemp(prefix="skclip-quickstart-"))
-    rng = np.random.default_rng(0)
-    for name, colour in {"red": (200, 30, 30), "green": (30, 180, 40), "blue": (30, 60, 210)}.items():
-        (root / name).mkdir()
-        for i in range(8):
-            arr = np.clip(np.array(colour) + rng.normal(0, 30, (96, 128, 3)), 0, 255)
-            Image.fromarray(arr.astype(np.uint8)).save(root / name / f"{i}.jpg")
-    return root
+from skclip.datasets import load_image_folder
 
 
 # %%
 # Find the images: data/<class>/<image>.jpg, the folder name is the label.
-data = Path(sys.argv[1]) if len(sys.argv) > 1 else generated_folder()
-paths = sorted(str(p) for p in data.glob("*/*") if p.suffix.lower() in {".jpg", ".jpeg", ".png"})
-labels = np.array([Path(p).parent.name for p in paths])
-print(f"{len(paths)} images, classes: {sorted(set(labels))}")
+data = load_image_folder(sys.argv[1] if len(sys.argv) > 1 else make_folder())
+paths, labels = data.filenames, data.labels  # labels: the folder names, used in the prompts
+print(f"{len(paths)} images, classes: {data.target_names.tolist()}")
 
 # %%
 # One pipeline: CLIP image embeddings, then Tip-Adapter (zero-shot CLIP from the class

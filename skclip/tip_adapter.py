@@ -365,7 +365,7 @@ class TipAdapterClassifier(_BaseTipAdapter):
         Class labels.
     n_features_in_ : int
         Feature dimension seen in ``fit``.
-    feature_names_in_ : ndarray of shape (n_features_in_,)
+    feature_names_in_ : ndarray of shape (n_features,)
         Defined only when ``X`` had string feature names.
     cache_keys_ : ndarray of shape (n_keys, n_features)
         Cache keys: the normalized training features, or the fine-tuned keys.
