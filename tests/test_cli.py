@@ -37,6 +37,9 @@ def test_evaluate_cv_writes_json_and_markdown(data_dir, tiny_clip_path, tmp_path
     md = tmp_path / "report.md"
     assert main(args + ["--report", str(md)]) == 0
     assert md.read_text().startswith("# skclip evaluation")
+    pytest.importorskip("matplotlib")  # in the dev extra, so CI checks the PNG too
+    png = tmp_path / "report_confusion.png"
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
 def test_evaluate_shots_and_test_dir(data_dir, tiny_clip_path, tmp_path, capsys):
