@@ -5,6 +5,7 @@ Public API: :class:`CLIPFeaturizer` turns images into CLIP embeddings;
 :class:`TipAdapterClassifierCV` chooses its alpha and beta by cross-validation.
 """
 
+from ._images import ImageLoadError, ImageLoadWarning
 from ._version import __version__
 from .featurizer import CLIPFeaturizer
 from .model_selection import TipAdapterClassifierCV
@@ -12,6 +13,8 @@ from .tip_adapter import TipAdapterClassifier
 
 __all__ = [
     "CLIPFeaturizer",
+    "ImageLoadError",
+    "ImageLoadWarning",
     "TipAdapterClassifier",
     "TipAdapterClassifierCV",
     "__version__",

@@ -22,6 +22,10 @@ class ImageLoadError(ValueError):
     """An input could not be turned into an image; the message names the input."""
 
 
+class ImageLoadWarning(UserWarning):
+    """Some inputs were not usable images (``CLIPFeaturizer(on_error="warn")``)."""
+
+
 def describe(item: Any, index: int) -> str:
     """A short, human-readable name for input ``item`` at position ``index``."""
     if isinstance(item, (str, os.PathLike)):
@@ -77,6 +81,17 @@ def _array_to_image(arr: np.ndarray, index: int) -> Image.Image:
     return Image.fromarray(np.ascontiguousarray(arr))
 
 
+def _check_size(img: Image.Image, item: Any, index: int) -> None:
+    """Refuse images over Pillow's decompression-bomb limit before decoding them."""
+    limit = Image.MAX_IMAGE_PIXELS
+    if limit is not None and img.size[0] * img.size[1] > limit:
+        raise ImageLoadError(
+            f"Image {describe(item, index)} has {img.size[0]}x{img.size[1]} pixels, more than "
+            f"PIL.Image.MAX_IMAGE_PIXELS={limit} (a guard against decompression bombs). If "
+            "the file is trusted, raise that limit (or set it to None) before encoding."
+        )
+
+
 def open_image(item: Any, index: int = 0, data: bytes | None = None) -> Image.Image:
     """Open ``item`` (path, PIL image or array) as an upright RGB PIL image.
 
@@ -93,6 +108,7 @@ def open_image(item: Any, index: int = 0, data: bytes | None = None) -> Image.Im
         source = io.BytesIO(data) if data is not None else Path(item)
         try:
             with Image.open(source) as img:
+                _check_size(img, item, index)  # from the header, before decoding
                 img.load()
                 img = ImageOps.exif_transpose(img)
                 return _to_rgb(img)

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
+import warnings
 from collections import deque
 from collections.abc import Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -18,7 +20,7 @@ from tqdm.auto import tqdm
 
 from ._cache import FILE_DIGESTS, MEMORY, CacheInfo, EmbeddingCache, settings_digest
 from ._cache import memory_digest as _digest
-from ._images import CLIPPreprocessor, ImageLoadError, describe, open_image
+from ._images import CLIPPreprocessor, ImageLoadError, ImageLoadWarning, describe, open_image
 from ._models import DEFAULT_MODEL, LoadedCLIP, load_clip, resolve_device
 
 
@@ -125,6 +127,13 @@ class CLIPFeaturizer(TransformerMixin, BaseEstimator):
         Most embeddings kept in memory (least recently used ones are dropped first);
         100,000 ViT-B/32 embeddings take about 200 MB. The memory cache is shared by all
         featurizers of the process; the last one used sets its size.
+    on_error : {"raise", "warn"}, default="raise"
+        What to do with inputs that are not usable images (missing, truncated, not an
+        image, too large...). ``"raise"``: an :class:`ImageLoadError` (a ``ValueError``)
+        naming *every* bad input, after the good ones were encoded into the cache, so
+        the retry after fixing them is cheap. ``"warn"``: one ``ImageLoadWarning``
+        naming every bad input, whose rows are NaN (drop them with
+        ``np.isfinite(X).all(axis=1)`` before fitting a classifier).
 
     Attributes
     ----------
@@ -171,6 +180,7 @@ class CLIPFeaturizer(TransformerMixin, BaseEstimator):
         "cache": ["boolean"],
         "cache_dir": [str, os.PathLike, None],
         "cache_size": [Interval(Integral, 0, None, closed="left")],
+        "on_error": [StrOptions({"raise", "warn"})],
     }
 
     def __init__(
@@ -187,6 +197,7 @@ class CLIPFeaturizer(TransformerMixin, BaseEstimator):
         cache: bool = True,
         cache_dir: str | os.PathLike | None = None,
         cache_size: int = 100_000,
+        on_error: str = "raise",
     ) -> None:
         self.model = model
         self.device = device
@@ -200,6 +211,7 @@ class CLIPFeaturizer(TransformerMixin, BaseEstimator):
         self.cache = cache
         self.cache_dir = cache_dir
         self.cache_size = cache_size
+        self.on_error = on_error
 
     # -- sklearn API -------------------------------------------------------------------
     def fit(self, X: Any, y: Any = None) -> CLIPFeaturizer:
@@ -375,25 +387,32 @@ class CLIPFeaturizer(TransformerMixin, BaseEstimator):
                         arrays.extend(preprocess.random_view(img, rng) for _ in range(n_views))
                     kept.append(i)
                 except ImageLoadError as exc:
-                    errors.append(str(exc))
+                    errors.append((i, str(exc)))
                 except Exception as exc:  # noqa: BLE001 - any decoder failure names the file
-                    errors.append(f"Cannot process {describe(item, i)}: {exc!r}")
+                    errors.append((i, f"Cannot process {describe(item, i)}: {exc!r}"))
             pixels = np.stack(arrays) if arrays else None
             return {"found": found, "kept": kept, "pixels": pixels, "errors": errors}
 
-        errors: list[str] = []
+        errors: list[tuple[int, str]] = []
+        keep_going = cache is not None or self.on_error == "warn"
         batches = [todo[k : k + self.batch_size] for k in range(0, len(todo), self.batch_size)]
         show = {True: False, False: True, "auto": None if len(todo) > self.batch_size else True}
-        with tqdm(total=n, initial=n_hits, unit="img", desc="CLIP", disable=show[self.progress]) as bar:
-            results = self._prefetch(prepare, batches, self._n_threads(clip.device))
+        # closing(): the prefetch generator (and its thread pool) is shut down here, in this
+        # thread, on success or error, never later by the garbage collector from whatever
+        # thread it runs in (that deadlocked inside threading's own locks).
+        results = self._prefetch(prepare, batches, self._n_threads(clip.device))
+        with contextlib.closing(results), tqdm(
+            total=n, initial=n_hits, unit="img", desc="CLIP", disable=show[self.progress]
+        ) as bar:
             for batch, res in zip(batches, results):
                 errors.extend(res["errors"])
                 for i, vec in res["found"]:
                     out[i] = vec
                 n_hits += len(res["found"])
-                # After a bad file, keep encoding only if the work is kept in the cache
-                # (so the retry after fixing the file is cheap); else just collect errors.
-                if res["pixels"] is not None and (not errors or cache is not None):
+                # After a bad file, keep encoding only if the work is kept (in the cache,
+                # so the retry after fixing the file is cheap, or in the output with
+                # on_error="warn"); else only collect the remaining errors.
+                if res["pixels"] is not None and (not errors or keep_going):
                     emb = self._forward(clip, preprocess, res["pixels"])
                     if n_views > 0:
                         emb = emb.reshape(-1, n_views, dim).mean(axis=1)
@@ -407,9 +426,13 @@ class CLIPFeaturizer(TransformerMixin, BaseEstimator):
         if cache is not None:
             MEMORY.count(hits=n_hits, misses=n - n_hits - len(errors))
         if errors:
-            raise ImageLoadError(
-                f"{len(errors)} of {n} images could not be used:\n  " + "\n  ".join(errors)
+            message = f"{len(errors)} of {n} images could not be used:\n  " + "\n  ".join(
+                m for _, m in errors
             )
+            if self.on_error == "raise":
+                raise ImageLoadError(message)
+            out[[i for i, _ in errors]] = np.nan
+            warnings.warn(message + "\nTheir rows are NaN.", ImageLoadWarning, stacklevel=3)
         return out
 
     @staticmethod

@@ -161,9 +161,17 @@ class _BaseTipAdapter(ClassifierMixin, BaseEstimator):
 
         Returns the L2-normalized features and the encoded labels.
         """
+        resolve_device(self.device)  # an unknown device or missing CUDA fails here, always
         X, y = validate_data(self, X, y, dtype=[np.float64, np.float32], y_numeric=False)
-        check_classification_targets(y)
-        self.classes_, y_enc = np.unique(y, return_inverse=True)
+        try:
+            check_classification_targets(y)
+            self.classes_, y_enc = np.unique(y, return_inverse=True)
+        except TypeError as exc:  # e.g. strings and numbers together: they cannot be sorted
+            kinds = sorted({type(v).__name__ for v in np.asarray(y, dtype=object).ravel()})
+            raise ValueError(
+                f"Mix of label input types {kinds}: labels must be all strings or all numbers "
+                "(convert them, e.g. y = np.asarray(y).astype(str))."
+            ) from exc
         X = normalize(X)
         self.text_features_ = self._text_weights(X.shape[1], X.dtype)
         return X, y_enc
