@@ -154,3 +154,16 @@ def test_in_a_pipeline_with_the_featurizer(tiny_clip_path, image_folder):
 )
 def test_sklearn_estimator_checks(estimator, check):
     check(estimator)
+
+
+def test_same_random_state_same_choices(task):
+    Xtr, ytr, _, _, W = task
+    params = dict(alphas=[0.5, 2.0], betas=[2.0, 6.0], text_features=W, clip_model=None,
+                  fine_tune=True, epochs=2, lr=1e-2, batch_size=16)
+    cv = StratifiedKFold(3, shuffle=True, random_state=0)
+    a = TipAdapterClassifierCV(cv=cv, random_state=0, **params).fit(Xtr, ytr)
+    b = TipAdapterClassifierCV(cv=cv, random_state=0, **params).fit(Xtr, ytr)
+    np.testing.assert_array_equal(a.cv_results_["mean_test_score"], b.cv_results_["mean_test_score"])
+    np.testing.assert_array_equal(a.cache_keys_, b.cache_keys_)
+    assert (a.alpha_, a.beta_) == (b.alpha_, b.beta_)
+    TipAdapterClassifierCV(cv=cv, random_state=None, **params).fit(Xtr, ytr)  # also works
