@@ -1,0 +1,109 @@
+"""Encoding large image collections on a Dask cluster.
+
+Needs the optional dependencies: ``pip install "skclip[distributed]"``. The core
+package never imports Dask.
+
+Two ways to scale out:
+
+* :func:`transform` encodes a large collection with a ``dask.distributed`` client:
+  the inputs are cut into partitions, each worker process loads the CLIP model once
+  (lazily, on its first partition) and encodes its partitions, and the embeddings come
+  back in input order.
+* scikit-learn's own ``GridSearchCV``/``cross_val_score`` run on the cluster under
+  ``joblib.parallel_config(backend="dask")``: skclip estimators pickle small (no
+  weights), and every worker loads the model once.
+"""
+
+from __future__ import annotations
+
+import math
+import warnings
+from typing import Any
+
+import numpy as np
+from sklearn.base import clone
+
+from ._images import ImageLoadError, ImageLoadWarning
+from .featurizer import CLIPFeaturizer
+
+
+def _encode_partition(featurizer: CLIPFeaturizer, items: list) -> tuple[np.ndarray, str | None]:
+    """On a worker: embed one partition. Bad inputs give NaN rows and a message naming
+    them, instead of an exception that would hide the partition's good embeddings."""
+    feat = clone(featurizer).set_params(on_error="warn", progress=False)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always", ImageLoadWarning)
+        X = feat.transform(items)
+    messages = [str(w.message) for w in caught if issubclass(w.category, ImageLoadWarning)]
+    return X, ("\n".join(messages) if messages else None)
+
+
+def transform(
+    featurizer: CLIPFeaturizer,
+    X: Any,
+    client: Any,
+    partition_size: int | None = None,
+) -> np.ndarray:
+    """Embed images on a Dask cluster, with the same result as ``featurizer.transform(X)``.
+
+    Parameters
+    ----------
+    featurizer : CLIPFeaturizer
+        Its parameters are sent to the workers (never model weights); ``model`` must be
+        loadable on every worker (a hub id, or a folder on a shared file system).
+    X : sequence of images
+        As for :meth:`CLIPFeaturizer.transform`. File paths must be readable by the
+        workers; PIL images and arrays travel with the tasks.
+    client : distributed.Client
+        A client of the cluster to use.
+    partition_size : int, optional
+        Images per task. By default enough for about 4 tasks per worker, and at least
+        one batch.
+
+    Returns
+    -------
+    embeddings : ndarray of shape (n_images, embedding_dim), dtype float32
+        In input order.
+
+    Raises
+    ------
+    ImageLoadError
+        With ``on_error="raise"`` (the featurizer's default), listing every bad input of
+        every partition, after all partitions ran. With ``on_error="warn"``: one
+        ``ImageLoadWarning`` and NaN rows instead.
+
+    Examples
+    --------
+    >>> from dask.distributed import Client, LocalCluster  # doctest: +SKIP
+    >>> from skclip import CLIPFeaturizer
+    >>> from skclip.distributed import transform
+    >>> with Client(LocalCluster(n_workers=2)) as client:  # doctest: +SKIP
+    ...     X = transform(CLIPFeaturizer(model="clip-folder"), paths, client)
+    """
+    featurizer._validate_params()
+    items = CLIPFeaturizer._check_items(X)
+    n_workers = max(1, len(client.scheduler_info().get("workers", {})))
+    if partition_size is None:
+        partition_size = max(featurizer.batch_size, math.ceil(len(items) / (4 * n_workers)))
+    if partition_size < 1:
+        raise ValueError(f"partition_size must be at least 1, got {partition_size}.")
+    starts = range(0, len(items), partition_size)
+    parts = [items[s : s + partition_size] for s in starts]
+    futures = client.map(_encode_partition, [featurizer] * len(parts), parts, pure=False)
+    results = client.gather(futures)  # in the order of the futures: input order
+    out = np.concatenate([emb for emb, _ in results])
+    problems = [
+        f"partition {k} (inputs {s}-{s + len(part) - 1}): {msg}"
+        for k, (s, part, (_, msg)) in enumerate(zip(starts, parts, results))
+        if msg is not None
+    ]
+    if problems:
+        n_bad = int((~np.isfinite(out).all(axis=1)).sum())
+        message = f"{n_bad} of {len(items)} images could not be used:\n" + "\n".join(problems)
+        if featurizer.on_error == "raise":
+            raise ImageLoadError(message)
+        warnings.warn(message, ImageLoadWarning, stacklevel=2)
+    return out
+
+
+__all__ = ["transform"]
