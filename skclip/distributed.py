@@ -17,25 +17,21 @@ Two ways to scale out:
 from __future__ import annotations
 
 import math
-import warnings
 from typing import Any
 
 import numpy as np
 from sklearn.base import clone
 
-from ._images import ImageLoadError, ImageLoadWarning
 from .featurizer import CLIPFeaturizer
 
 
-def _encode_partition(featurizer: CLIPFeaturizer, items: list) -> tuple[np.ndarray, str | None]:
-    """On a worker: embed one partition. Bad inputs give NaN rows and a message naming
-    them, instead of an exception that would hide the partition's good embeddings."""
-    feat = clone(featurizer).set_params(on_error="warn", progress=False)
-    with warnings.catch_warnings(record=True) as caught:
-        warnings.simplefilter("always", ImageLoadWarning)
-        X = feat.transform(items)
-    messages = [str(w.message) for w in caught if issubclass(w.category, ImageLoadWarning)]
-    return X, ("\n".join(messages) if messages else None)
+def _encode_partition(
+    featurizer: CLIPFeaturizer, items: list
+) -> tuple[np.ndarray, list[tuple[int, str]]]:
+    """On a worker: embed one partition, keeping the good embeddings of a partition with
+    bad inputs; those come back as (position in the partition, message naming them)."""
+    feat = clone(featurizer).set_params(progress=False)
+    return feat._embed_collect(items, n_views=0, random_state=None, keep_going=True)
 
 
 def transform(
@@ -92,17 +88,12 @@ def transform(
     futures = client.map(_encode_partition, [featurizer] * len(parts), parts, pure=False)
     results = client.gather(futures)  # in the order of the futures: input order
     out = np.concatenate([emb for emb, _ in results])
-    problems = [
-        f"partition {k} (inputs {s}-{s + len(part) - 1}): {msg}"
-        for k, (s, part, (_, msg)) in enumerate(zip(starts, parts, results))
-        if msg is not None
+    errors = [
+        (start + i, f"partition {k}: {message}")
+        for k, (start, (_, part_errors)) in enumerate(zip(starts, results))
+        for i, message in part_errors
     ]
-    if problems:
-        n_bad = int((~np.isfinite(out).all(axis=1)).sum())
-        message = f"{n_bad} of {len(items)} images could not be used:\n" + "\n".join(problems)
-        if featurizer.on_error == "raise":
-            raise ImageLoadError(message)
-        warnings.warn(message, ImageLoadWarning, stacklevel=2)
+    featurizer._handle_errors(errors, len(items), out)
     return out
 
 

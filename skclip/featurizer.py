@@ -332,6 +332,30 @@ class CLIPFeaturizer(TransformerMixin, BaseEstimator):
         return int(self.n_jobs)
 
     def _embed(self, items: list, n_views: int, random_state: Any) -> np.ndarray:
+        """Embeddings of ``items``; bad inputs handled as ``on_error`` says."""
+        out, errors = self._embed_collect(
+            items, n_views, random_state, keep_going=self.on_error == "warn"
+        )
+        self._handle_errors(errors, len(items), out)
+        return out
+
+    def _handle_errors(self, errors: list[tuple[int, str]], n: int, out: np.ndarray) -> None:
+        """Raise one error naming every bad input, or warn once (their rows are NaN)."""
+        if not errors:
+            return
+        message = f"{len(errors)} of {n} images could not be used:\n  " + "\n  ".join(
+            m for _, m in errors
+        )
+        if self.on_error == "raise":
+            raise ImageLoadError(message)
+        warnings.warn(message + "\nTheir rows are NaN.", ImageLoadWarning, stacklevel=4)
+
+    def _embed_collect(
+        self, items: list, n_views: int, random_state: Any, keep_going: bool
+    ) -> tuple[np.ndarray, list[tuple[int, str]]]:
+        """Embeddings of ``items`` and the ``(position, message)`` of each bad input, whose
+        rows are NaN. After a bad input the rest is encoded only if ``keep_going`` or the
+        cache keeps the work; else the remaining inputs are only checked."""
         clip = self._clip()
         preprocess = CLIPPreprocessor(clip.image_config)
         n, dim = len(items), clip.embedding_dim
@@ -394,7 +418,7 @@ class CLIPFeaturizer(TransformerMixin, BaseEstimator):
             return {"found": found, "kept": kept, "pixels": pixels, "errors": errors}
 
         errors: list[tuple[int, str]] = []
-        keep_going = cache is not None or self.on_error == "warn"
+        keep_going = keep_going or cache is not None
         batches = [todo[k : k + self.batch_size] for k in range(0, len(todo), self.batch_size)]
         show = {True: False, False: True, "auto": None if len(todo) > self.batch_size else True}
         # closing(): the prefetch generator (and its thread pool) is shut down here, in this
@@ -425,15 +449,8 @@ class CLIPFeaturizer(TransformerMixin, BaseEstimator):
                 bar.update(len(batch))
         if cache is not None:
             MEMORY.count(hits=n_hits, misses=n - n_hits - len(errors))
-        if errors:
-            message = f"{len(errors)} of {n} images could not be used:\n  " + "\n  ".join(
-                m for _, m in errors
-            )
-            if self.on_error == "raise":
-                raise ImageLoadError(message)
-            out[[i for i, _ in errors]] = np.nan
-            warnings.warn(message + "\nTheir rows are NaN.", ImageLoadWarning, stacklevel=3)
-        return out
+        out[[i for i, _ in errors]] = np.nan
+        return out, errors
 
     @staticmethod
     def _prefetch(fn: Any, starts: Sequence[Any], n_threads: int) -> Iterator[Any]:
