@@ -279,6 +279,7 @@ class TipAdapterClassifierCV(_BaseTipAdapter):
                 )
         cv = check_cv(self.cv, y_enc, classifier=True)
         scorer = None if self.scoring == "accuracy" else check_scoring(self, scoring=self.scoring)
+        judge = _PrecomputedLogits(self.classes_).fit(None)  # scores precomputed logits
         W = self.text_features_
         text = None if W is None else torch.from_numpy(W)
         alphas_t = torch.as_tensor(alphas, dtype=torch.from_numpy(X[:0]).dtype)  # X's dtype
@@ -298,13 +299,12 @@ class TipAdapterClassifierCV(_BaseTipAdapter):
                 torch.from_numpy(labels), text, alphas_t, betas, n_classes,
             )
             scores = np.empty((len(alphas), len(betas)))
+            y_true = self.classes_[y_enc[test]]
             for ib, logits in enumerate(grid):
                 logits = logits.numpy()
                 if scorer is None:
                     scores[:, ib] = (logits.argmax(axis=2) == y_enc[test]).mean(axis=1)
                 else:
-                    judge = _PrecomputedLogits(self.classes_).fit(None)
-                    y_true = self.classes_[y_enc[test]]
                     scores[:, ib] = [scorer(judge, logits[ia], y_true) for ia in range(len(alphas))]
             fold_scores.append(scores.ravel())  # alpha-major, beta fastest: GridSearchCV order
 
