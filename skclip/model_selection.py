@@ -16,8 +16,10 @@ from sklearn.model_selection import check_cv
 from sklearn.utils import check_random_state
 from sklearn.utils._param_validation import StrOptions
 
+from ._finetune import FineTuneResult, fine_tune_keys
+from ._formula import tip_adapter_grid
 from ._models import DEFAULT_MODEL
-from .tip_adapter import TipAdapterClassifier, _BaseTipAdapter, tip_adapter_grid
+from .tip_adapter import TipAdapterClassifier, _BaseTipAdapter
 
 #: Default alpha grid: zero-shot (0) plus log-spaced values up to 50, the top of the
 #: reference code's per-dataset search ranges.
@@ -189,6 +191,7 @@ class TipAdapterClassifierCV(_BaseTipAdapter):
 
     def __init__(
         self,
+        *,
         alphas: Any = None,
         betas: Any = None,
         cv: Any = 5,
@@ -239,13 +242,15 @@ class TipAdapterClassifierCV(_BaseTipAdapter):
             raise ValueError(f"{name} must hold finite values >= 0, got {grid.tolist()}.")
         return grid
 
-    def _fold_estimator(self) -> TipAdapterClassifier:
-        """A classifier that builds (and, for Tip-F, trains) one fold's cache."""
-        return TipAdapterClassifier(
-            alpha=self.alpha, beta=self.beta, clip_model=None, fine_tune=self.fine_tune,
-            epochs=self.epochs, lr=self.lr, batch_size=self.batch_size,
-            leave_one_out=self.leave_one_out, device=self.device,
-            random_state=self.random_state, verbose=self.verbose,
+    def _fine_tune(
+        self, X: np.ndarray, y_enc: np.ndarray, n_classes: int, W: np.ndarray | None
+    ) -> FineTuneResult:
+        """Tip-Adapter-F keys for one fold's training part (or the refit), at (alpha, beta)."""
+        return fine_tune_keys(
+            X, y_enc, n_classes, W,
+            alpha=self.alpha, beta=self.beta, epochs=self.epochs, lr=self.lr,
+            batch_size=self.batch_size, leave_one_out=self.leave_one_out,
+            device=self.device, random_state=self.random_state, verbose=self.verbose,
         )
 
     def fit(self, X: Any, y: Any) -> TipAdapterClassifierCV:
@@ -287,11 +292,11 @@ class TipAdapterClassifierCV(_BaseTipAdapter):
         fold_scores = []
         for train, test in cv.split(X, y_enc):
             if self.fine_tune:  # train this fold's keys on its training part only
-                present = np.unique(y_enc[train])
-                fold = self._fold_estimator()
-                fold.set_params(text_features=None if W is None else W[present])
-                fold.fit(X[train], y_enc[train])
-                keys, labels = fold.cache_keys_, present[fold.cache_values_.argmax(axis=1)]
+                # Over the classes present in the fold, as a classifier fit on it would.
+                present, fold_y = np.unique(y_enc[train], return_inverse=True)
+                fold_W = None if W is None else W[present]
+                result = self._fine_tune(X[train], fold_y, len(present), fold_W)
+                keys, labels = result.keys, present[fold_y[result.kept]]
             else:  # training-free: the fold's cache is its training part, as it is
                 keys, labels = X[train], y_enc[train]
             grid = tip_adapter_grid(
@@ -310,9 +315,10 @@ class TipAdapterClassifierCV(_BaseTipAdapter):
 
         self._store_results(np.array(fold_scores), alphas, betas)
         if self.fine_tune:
-            refit = self._fold_estimator().set_params(text_features=W).fit(X, y_enc)
-            self.cache_keys_, self.cache_values_ = refit.cache_keys_, refit.cache_values_
-            self.loss_curve_ = refit.loss_curve_
+            result = self._fine_tune(X, y_enc, n_classes, W)
+            self.cache_keys_ = result.keys
+            self.cache_values_ = np.eye(n_classes, dtype=X.dtype)[y_enc[result.kept]]
+            self.loss_curve_ = result.loss_curve
         else:
             self.cache_keys_, self.cache_values_ = X, np.eye(n_classes, dtype=X.dtype)[y_enc]
         return self

@@ -14,7 +14,8 @@ from sklearn.pipeline import Pipeline
 from sklearn.preprocessing import normalize
 from sklearn.utils.estimator_checks import parametrize_with_checks
 
-from skclip import CLIPFeaturizer, TipAdapterClassifier
+from skclip import CLIPFeaturizer, TipAdapterClassifier, TipAdapterClassifierCV
+from skclip._finetune import fine_tune_keys
 from skclip._models import load_clip
 from skclip.text import IMAGENET_TEMPLATES, SIMPLE_TEMPLATES
 
@@ -369,3 +370,28 @@ def test_sklearn_checks_with_text_features_fail_only_where_shapes_differ():
         exc = r["exception"]
         messages = str(exc) + str(exc.__cause__) + str(exc.__context__)
         assert "text_features" in messages, (r["check_name"], exc)
+
+
+@pytest.mark.parametrize("cls", [TipAdapterClassifier, TipAdapterClassifierCV])
+def test_parameters_are_keyword_only(cls):
+    with pytest.raises(TypeError, match="positional"):
+        cls(1.0)
+
+
+def test_fine_tune_keys_is_what_fit_does(task):
+    """The pure training function gives the classifier's keys, curves and kept samples."""
+    Xtr, ytr, _, _, W = task
+    params = dict(alpha=1.0, beta=5.5, epochs=3, lr=1e-2, batch_size=32)
+    clf = TipAdapterClassifier(
+        text_features=W, validation_fraction=0.25, **{**TIPF, **params}
+    ).fit(Xtr, ytr)
+    y_enc = np.searchsorted(clf.classes_, ytr)
+    res = fine_tune_keys(
+        normalize(Xtr), y_enc, len(clf.classes_), normalize(W), validation_fraction=0.25,
+        device="cpu", random_state=0, **params,
+    )
+    np.testing.assert_array_equal(res.keys, clf.cache_keys_)
+    np.testing.assert_array_equal(np.eye(len(clf.classes_))[y_enc[res.kept]], clf.cache_values_)
+    assert len(res.kept) == len(res.keys) < len(Xtr) and np.all(np.diff(res.kept) > 0)
+    assert res.loss_curve == clf.loss_curve_ and res.validation_scores == clf.validation_scores_
+    assert res.best_epoch == clf.best_epoch_
