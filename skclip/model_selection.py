@@ -156,8 +156,8 @@ class TipAdapterClassifierCV(_BaseTipAdapter):
         Number of folds.
     classes_, n_features_in_, cache_keys_, cache_values_, text_features_
         As in :class:`TipAdapterClassifier`, for the refit model.
-    loss_curve_ : list of float
-        Only with ``fine_tune=True``: training loss of the refit.
+    loss_curve_ : list of float or None
+        Training loss per epoch of the refit; ``None`` with ``fine_tune=False``.
 
     See Also
     --------
@@ -321,6 +321,7 @@ class TipAdapterClassifierCV(_BaseTipAdapter):
             self.loss_curve_ = result.loss_curve
         else:
             self.cache_keys_, self.cache_values_ = X, np.eye(n_classes, dtype=X.dtype)[y_enc]
+            self.loss_curve_ = None
         return self
 
     def _store_results(self, scores: np.ndarray, alphas: np.ndarray, betas: np.ndarray) -> None:

@@ -274,12 +274,15 @@ class TipAdapterClassifier(_BaseTipAdapter):
         One-hot labels of the keys.
     text_features_ : ndarray of shape (n_classes, n_features) or None
         Text weights ``W``; ``None`` for a pure cache model.
-    loss_curve_ : list of float
-        Mean training loss per fine-tuning epoch (only with ``fine_tune=True``).
+    loss_curve_ : list of float or None
+        Mean training loss per fine-tuning epoch; ``None`` with ``fine_tune=False``
+        (every fit resets it, as scikit-learn's ``MLPClassifier`` does for
+        ``validation_scores_``).
     validation_scores_ : list of float or None
-        Held-out accuracy per epoch (only with ``fine_tune=True``).
-    best_epoch_ : int
-        1-based epoch whose keys were kept (only with ``fine_tune=True``).
+        Held-out accuracy per fine-tuning epoch; ``None`` without fine-tuning or
+        without ``validation_fraction``.
+    best_epoch_ : int or None
+        1-based epoch whose keys were kept; ``None`` with ``fine_tune=False``.
 
     See Also
     --------
@@ -377,6 +380,7 @@ class TipAdapterClassifier(_BaseTipAdapter):
         X, y_enc = self._prepare(X, y)
         n_classes = len(self.classes_)
         values = np.eye(n_classes, dtype=X.dtype)[y_enc]
+        self.loss_curve_ = self.validation_scores_ = self.best_epoch_ = None
         if self.fine_tune:
             result = fine_tune_keys(
                 X, y_enc, n_classes, self.text_features_,

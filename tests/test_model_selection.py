@@ -167,3 +167,12 @@ def test_same_random_state_same_choices(task):
     np.testing.assert_array_equal(a.cache_keys_, b.cache_keys_)
     assert (a.alpha_, a.beta_) == (b.alpha_, b.beta_)
     TipAdapterClassifierCV(cv=cv, random_state=None, **params).fit(Xtr, ytr)  # also works
+
+
+def test_refit_without_fine_tuning_clears_the_loss_curve(task):
+    Xtr, ytr, _, _, W = task
+    clf = TipAdapterClassifierCV(alphas=[1.0], betas=[5.5], cv=2, text_features=W, clip_model=None,
+                                 fine_tune=True, epochs=2, random_state=0).fit(Xtr, ytr)
+    assert len(clf.loss_curve_) == 2
+    clf.set_params(fine_tune=False).fit(Xtr, ytr)
+    assert clf.loss_curve_ is None

@@ -395,3 +395,14 @@ def test_fine_tune_keys_is_what_fit_does(task):
     assert len(res.kept) == len(res.keys) < len(Xtr) and np.all(np.diff(res.kept) > 0)
     assert res.loss_curve == clf.loss_curve_ and res.validation_scores == clf.validation_scores_
     assert res.best_epoch == clf.best_epoch_
+
+
+def test_refit_without_fine_tuning_clears_the_training_curves(task):
+    """Every fit sets every fitted attribute: no curve of an earlier Tip-F fit survives."""
+    Xtr, ytr, _, _, W = task
+    clf = TipAdapterClassifier(text_features=W, validation_fraction=0.25, **{**TIPF, "epochs": 2})
+    clf.fit(Xtr, ytr)
+    assert len(clf.loss_curve_) == len(clf.validation_scores_) == 2 and clf.best_epoch_ >= 1
+    clf.set_params(fine_tune=False).fit(Xtr, ytr)
+    assert clf.loss_curve_ is None and clf.validation_scores_ is None and clf.best_epoch_ is None
+    assert len(clf.cache_keys_) == len(Xtr)
