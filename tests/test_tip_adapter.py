@@ -16,8 +16,9 @@ from sklearn.utils.estimator_checks import parametrize_with_checks
 
 from skclip import CLIPFeaturizer, TipAdapterClassifier, TipAdapterClassifierCV
 from skclip._finetune import fine_tune_keys
-from skclip._models import load_clip
-from skclip.text import IMAGENET_TEMPLATES, SIMPLE_TEMPLATES
+from skclip._models import clear_model_cache, load_clip
+from skclip._testing import save_random_clip
+from skclip.text import IMAGENET_TEMPLATES, SIMPLE_TEMPLATES, clear_text_cache, text_weights
 
 
 def _unit(rng, n, d):
@@ -221,6 +222,45 @@ def test_text_is_encoded_once_per_model_templates_names(tiny_clip_path, monkeypa
     for alpha in (0.5, 1.0, 2.0):
         TipAdapterClassifier(alpha=alpha, clip_model=tiny_clip_path, device="cpu").fit(X, y)
     assert len(calls) == 1
+
+
+def test_text_weights_follow_a_checkpoint_rewritten_in_place(tmp_path):
+    """Text weights are cached by the text tower's weights, not by the folder's name."""
+    folder = save_random_clip(tmp_path / "clip", seed=0)
+    names = ["ant", "bee"]
+    before = text_weights(load_clip(folder, "cpu", "float32"), names, SIMPLE_TEMPLATES)
+    save_random_clip(folder, seed=1)  # same name, other weights
+    clear_model_cache()
+    clip = load_clip(folder, "cpu", "float32")
+    after = text_weights(clip, names, SIMPLE_TEMPLATES)
+    assert not np.allclose(before, after, atol=1e-3)
+    np.testing.assert_allclose(after, _manual_text_weights(clip, names, SIMPLE_TEMPLATES), atol=1e-5)
+    # The same weights under another name share the entry: nothing is encoded again.
+    twin = save_random_clip(tmp_path / "twin", seed=1)
+    assert text_weights(load_clip(twin, "cpu", "float32"), names, SIMPLE_TEMPLATES) is after
+
+
+def test_clear_text_cache_encodes_again(tiny_clip_path, monkeypatch):
+    clip = load_clip(tiny_clip_path, "cpu", "float32")
+    first = text_weights(clip, ["cleared a", "cleared b"], SIMPLE_TEMPLATES)
+    assert text_weights(clip, ["cleared a", "cleared b"], SIMPLE_TEMPLATES) is first
+    clear_text_cache()
+    again = text_weights(clip, ["cleared a", "cleared b"], SIMPLE_TEMPLATES)
+    assert again is not first
+    np.testing.assert_array_equal(again, first)
+
+
+def test_text_features_as_a_plain_tensor_transformers_4(tiny_clip_path, monkeypatch):
+    """transformers 4 returns the embeddings as a Tensor, transformers 5 inside an output."""
+    clip = load_clip(tiny_clip_path, "cpu", "float32")
+    names = ["tensor a", "tensor b"]
+    expected = _manual_text_weights(clip, names, SIMPLE_TEMPLATES)
+    original = clip.model.get_text_features
+    monkeypatch.setattr(
+        clip.model, "get_text_features", lambda **kw: original(**kw).pooler_output
+    )
+    clear_text_cache()
+    np.testing.assert_allclose(text_weights(clip, names, SIMPLE_TEMPLATES), expected, atol=1e-6)
 
 
 def test_class_names_errors(tiny_clip_path):
