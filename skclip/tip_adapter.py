@@ -192,6 +192,7 @@ class _BaseTipAdapter(ClassifierMixin, BaseEstimator):
 
     def __sklearn_tags__(self):
         tags = super().__sklearn_tags__()
+        # Seeded Tip-F and no atomic adds off the CPU (see _formula._votes_function).
         tags.non_deterministic = False
         return tags
 

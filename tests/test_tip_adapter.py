@@ -15,7 +15,9 @@ from sklearn.preprocessing import normalize
 from sklearn.utils.estimator_checks import parametrize_with_checks
 
 from skclip import CLIPFeaturizer, TipAdapterClassifier, TipAdapterClassifierCV
+from skclip import _formula
 from skclip._finetune import fine_tune_keys
+from skclip._formula import cache_logits
 from skclip._models import clear_model_cache, load_clip
 from skclip._testing import save_random_clip
 from skclip.text import IMAGENET_TEMPLATES, SIMPLE_TEMPLATES, clear_text_cache, text_weights
@@ -446,3 +448,50 @@ def test_refit_without_fine_tuning_clears_the_training_curves(task):
     clf.set_params(fine_tune=False).fit(Xtr, ytr)
     assert clf.loss_curve_ is None and clf.validation_scores_ is None and clf.best_epoch_ is None
     assert len(clf.cache_keys_) == len(Xtr)
+
+
+# -- determinism of the per-class vote sums ---------------------------------------------------
+cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+
+
+def test_one_hot_votes_equal_index_add_votes():
+    """Both ways of summing the votes per class give the same numbers."""
+    g = torch.Generator().manual_seed(0)
+    weights = torch.rand(7, 300, generator=g, dtype=torch.float64)
+    labels = torch.randint(0, 5, (300,), generator=g)
+    dense = _formula._one_hot_votes(weights, labels, 6)  # class 5 has no key: a zero column
+    np.testing.assert_allclose(dense, _formula._index_add_votes(weights, labels, 6), atol=1e-12)
+    assert torch.all(dense[:, 5] == 0)
+
+
+@pytest.mark.parametrize(
+    "device, path", [("cpu", "_index_add_votes"), ("cuda", "_one_hot_votes"),
+                     ("cuda:1", "_one_hot_votes"), ("mps", "_one_hot_votes")],
+)
+def test_atomic_index_add_is_used_only_on_the_cpu(device, path):
+    """index_add accumulates with atomics on accelerators (run-to-run differences in
+    the last bits) but in index order on the CPU: accelerators use a matmul instead."""
+    assert _formula._votes_function(torch.device(device)) is getattr(_formula, path)
+
+
+@cuda
+@pytest.mark.cuda
+def test_cuda_votes_are_deterministic():
+    g = torch.Generator().manual_seed(0)
+    affinity = torch.rand(256, 8192, generator=g).cuda()
+    labels = torch.randint(0, 3, (8192,), generator=g).cuda()  # many keys per class
+    runs = [cache_logits(affinity.clone(), labels, 5.0, n_classes=3) for _ in range(5)]
+    assert all(torch.equal(runs[0], r) for r in runs[1:])
+    expected = cache_logits(affinity.cpu().double(), labels.cpu(), 5.0, n_classes=3)
+    np.testing.assert_allclose(runs[0].double().cpu(), expected, rtol=1e-4)
+
+
+@cuda
+@pytest.mark.cuda
+def test_cuda_tip_f_is_deterministic(task):
+    Xtr, ytr, _, _, W = task
+    params = {**TIPF, "epochs": 3, "batch_size": 32, "device": "cuda"}
+    a = TipAdapterClassifier(text_features=W, **params).fit(Xtr, ytr)
+    b = TipAdapterClassifier(text_features=W, **params).fit(Xtr, ytr)
+    np.testing.assert_array_equal(a.cache_keys_, b.cache_keys_)
+    assert a.loss_curve_ == b.loss_curve_
