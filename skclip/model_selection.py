@@ -316,11 +316,10 @@ class TipAdapterClassifierCV(_BaseTipAdapter):
         self._store_results(np.array(fold_scores), alphas, betas)
         if self.fine_tune:
             result = self._fine_tune(X, y_enc, n_classes, W)
-            self.cache_keys_ = result.keys
-            self.cache_values_ = np.eye(n_classes, dtype=X.dtype)[y_enc[result.kept]]
+            self._set_cache(result.keys, y_enc[result.kept])
             self.loss_curve_ = result.loss_curve
         else:
-            self.cache_keys_, self.cache_values_ = X, np.eye(n_classes, dtype=X.dtype)[y_enc]
+            self._set_cache(X, y_enc)
             self.loss_curve_ = None
         return self
 

@@ -119,13 +119,12 @@ class _BaseTipAdapter(ClassifierMixin, BaseEstimator):
         return [str(n) for n in names]
 
     # -- predict ---------------------------------------------------------------------------
-    def _cache_labels(self) -> torch.Tensor:
-        """The cache values as class indices when one-hot (the fast path), else dense."""
-        V = self.cache_values_
-        labels = V.argmax(axis=1)
-        if np.array_equal(V, np.eye(V.shape[1], dtype=V.dtype)[labels]):
-            return torch.from_numpy(labels)
-        return torch.from_numpy(V)
+    def _set_cache(self, keys: np.ndarray, y_enc: np.ndarray) -> None:
+        """Store the cache: keys, one-hot ``cache_values_`` and, for prediction, the
+        keys' integer classes ``_y`` (as ``KNeighborsClassifier`` keeps ``_y``)."""
+        self.cache_keys_ = keys
+        self.cache_values_ = np.eye(len(self.classes_), dtype=keys.dtype)[y_enc]
+        self._y = np.ascontiguousarray(y_enc, dtype=np.intp)
 
     def _logits(self, X: Any) -> np.ndarray:
         check_is_fitted(self)
@@ -133,7 +132,7 @@ class _BaseTipAdapter(ClassifierMixin, BaseEstimator):
         X = validate_data(self, X, dtype=[np.float64, np.float32], reset=False)
         X = normalize(X).astype(self.cache_keys_.dtype, copy=False)
         keys = torch.from_numpy(self.cache_keys_)
-        values = self._cache_labels()
+        values = torch.from_numpy(self._y)  # one-hot cache values as class indices: fast path
         W = None if self.text_features_ is None else torch.from_numpy(self.text_features_)
         out = np.empty((X.shape[0], len(self.classes_)), dtype=X.dtype)
         # Two (chunk, n_keys) buffers live at a time: the affinities and a matmul temporary.
@@ -380,7 +379,6 @@ class TipAdapterClassifier(_BaseTipAdapter):
         self._validate_params()  # also rejects NaN and infinite alpha, beta, lr
         X, y_enc = self._prepare(X, y)
         n_classes = len(self.classes_)
-        values = np.eye(n_classes, dtype=X.dtype)[y_enc]
         self.loss_curve_ = self.validation_scores_ = self.best_epoch_ = None
         if self.fine_tune:
             result = fine_tune_keys(
@@ -390,11 +388,11 @@ class TipAdapterClassifier(_BaseTipAdapter):
                 leave_one_out=self.leave_one_out, device=self.device,
                 random_state=self.random_state, verbose=self.verbose,
             )
-            X, values = result.keys, values[result.kept]
+            X, y_enc = result.keys, y_enc[result.kept]
             self.loss_curve_ = result.loss_curve
             self.validation_scores_ = result.validation_scores
             self.best_epoch_ = result.best_epoch
-        self.cache_keys_, self.cache_values_ = X, values
+        self._set_cache(X, y_enc)
         return self
 
     def _prediction_params(self) -> tuple[float, float]:

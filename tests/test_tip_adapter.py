@@ -495,3 +495,21 @@ def test_cuda_tip_f_is_deterministic(task):
     b = TipAdapterClassifier(text_features=W, **params).fit(Xtr, ytr)
     np.testing.assert_array_equal(a.cache_keys_, b.cache_keys_)
     assert a.loss_curve_ == b.loss_curve_
+
+
+@pytest.mark.parametrize("cls", [TipAdapterClassifier, TipAdapterClassifierCV])
+@pytest.mark.parametrize("fine_tune", [False, True])
+def test_predict_uses_the_integer_labels_stored_at_fit(features, cls, fine_tune):
+    """As KNeighborsClassifier keeps ``_y``: predict does not rebuild the cache's labels
+    from the one-hot ``cache_values_`` on every call."""
+    X, y, Xq, W = features
+    params = dict(epochs=2, random_state=0) if fine_tune else {}
+    clf = cls(clip_model=None, text_features=W, fine_tune=fine_tune, **params)
+    if cls is TipAdapterClassifierCV:
+        clf.set_params(cv=2, alphas=[1.0], betas=[5.5])
+    clf.fit(X, y)
+    assert clf._y.dtype == np.intp and clf._y.flags.c_contiguous
+    np.testing.assert_array_equal(clf._y, clf.cache_values_.argmax(axis=1))
+    expected = clf.decision_function(Xq)
+    del clf.cache_values_  # still public and set by fit; predict does not read it
+    np.testing.assert_array_equal(clf.decision_function(Xq), expected)
