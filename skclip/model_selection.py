@@ -11,11 +11,11 @@ import torch
 from scipy.special import softmax
 from scipy.stats import rankdata
 from sklearn.base import BaseEstimator, ClassifierMixin
-from sklearn.metrics import check_scoring
+from sklearn.metrics import check_scoring, get_scorer_names
 from sklearn.model_selection import check_cv
 from sklearn.utils import check_random_state
-from sklearn.utils._param_validation import StrOptions
 
+from ._compat import StrOptions
 from ._finetune import FineTuneResult, fine_tune_keys
 from ._formula import tip_adapter_grid
 from ._models import DEFAULT_MODEL
@@ -123,7 +123,9 @@ class TipAdapterClassifierCV(_BaseTipAdapter):
         As in ``GridSearchCV``; an int means ``StratifiedKFold(cv)``. With an int, every
         class needs at least ``cv`` samples, else a ``ValueError`` names the class.
     scoring : str or callable, default="accuracy"
-        A scikit-learn scorer name or callable. ``"accuracy"`` is computed vectorized
+        A scikit-learn scorer name (one of :func:`sklearn.metrics.get_scorer_names`,
+        checked at the start of ``fit``, before any model loads) or a callable
+        ``scorer(estimator, X, y)``. ``"accuracy"`` is computed vectorized
         for all candidates at once; other scorers are called once per candidate and fold.
     fine_tune : bool, default=False
         Tip-Adapter-F: in each fold, train the keys on the fold's training part (at
@@ -186,7 +188,8 @@ class TipAdapterClassifierCV(_BaseTipAdapter):
         "alphas": ["array-like", None],
         "betas": ["array-like", None],
         "cv": ["cv_object"],
-        "scoring": [StrOptions({"accuracy"}), str, callable],
+        # Checked in fit before anything is loaded or encoded; one metric only.
+        "scoring": [StrOptions(set(get_scorer_names())), callable],
     }
 
     def __init__(

@@ -176,3 +176,19 @@ def test_refit_without_fine_tuning_clears_the_loss_curve(task):
     assert len(clf.loss_curve_) == 2
     clf.set_params(fine_tune=False).fit(Xtr, ytr)
     assert clf.loss_curve_ is None
+
+
+def test_unknown_scoring_fails_before_any_model_loads(tmp_path, monkeypatch):
+    import skclip.tip_adapter as tip_module
+
+    def no_loading(*args, **kwargs):
+        raise AssertionError("a model was loaded before scoring was checked")
+
+    monkeypatch.setattr(tip_module, "load_clip", no_loading)
+    X, y = np.eye(4)[[0, 1, 2, 3] * 3], ["a", "b"] * 6
+    clf = TipAdapterClassifierCV(clip_model=tmp_path / "not-loaded", scoring="acuracy", cv=2)
+    with pytest.raises(ValueError, match=r"'scoring' parameter of TipAdapterClassifierCV.*'acuracy'"):
+        clf.fit(X, y)
+    clf.set_params(scoring=["accuracy"])  # one metric only: multi-metric is not supported
+    with pytest.raises(ValueError, match="'scoring' parameter"):
+        clf.fit(X, y)
