@@ -7,6 +7,7 @@ from here, never from ``sklearn.utils._*``.
 
 from __future__ import annotations
 
+from numbers import Integral
 from typing import Any
 
 import torch
@@ -26,10 +27,27 @@ __all__ = [
     "Interval",
     "InvalidParameterError",
     "Options",
+    "PositiveInt",
     "StrOptions",
     "pooled_embeddings",
     "validate_params",
 ]
+
+
+class PositiveInt(Interval):
+    """``Interval(Integral, 1, None, closed="left")`` whose error says "a positive integer".
+
+    Examples
+    --------
+    >>> PositiveInt().is_satisfied_by(3), PositiveInt().is_satisfied_by(0), str(PositiveInt())
+    (True, False, 'a positive integer')
+    """
+
+    def __init__(self) -> None:
+        super().__init__(Integral, 1, None, closed="left")
+
+    def __str__(self) -> str:
+        return "a positive integer"
 
 
 def pooled_embeddings(output: Any) -> torch.Tensor:

@@ -15,7 +15,7 @@ from sklearn.metrics import check_scoring, get_scorer_names
 from sklearn.model_selection import check_cv
 from sklearn.utils import check_random_state
 
-from ._compat import StrOptions
+from ._compat import PositiveInt, StrOptions, validate_params
 from ._finetune import FineTuneResult, fine_tune_keys
 from ._formula import tip_adapter_grid
 from ._models import DEFAULT_MODEL
@@ -28,6 +28,10 @@ DEFAULT_ALPHAS = np.r_[0.0, np.geomspace(0.1, 50.0, 9)]
 DEFAULT_BETAS = np.geomspace(0.5, 50.0, 10)
 
 
+@validate_params(
+    {"y": ["array-like"], "shots": [PositiveInt()], "random_state": ["random_state"]},
+    prefer_skip_nested_validation=True,
+)
 def few_shot_split(
     y: Any, shots: int = 16, random_state: int | np.random.RandomState | None = None
 ) -> tuple[np.ndarray, np.ndarray]:
@@ -60,8 +64,6 @@ def few_shot_split(
     (4, 5)
     """
     y = np.asarray(y)
-    if not isinstance(shots, Integral) or shots < 1:
-        raise ValueError(f"shots must be a positive integer, got {shots!r}.")
     rng = check_random_state(random_state)
     classes, y_enc, counts = np.unique(y, return_inverse=True, return_counts=True)
     short = [(c, n) for c, n in zip(classes.tolist(), counts.tolist()) if n <= shots]

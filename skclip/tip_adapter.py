@@ -25,10 +25,10 @@ from sklearn import get_config
 from sklearn.base import BaseEstimator, ClassifierMixin
 from sklearn.preprocessing import normalize
 from sklearn.utils import gen_batches
-from sklearn.utils._param_validation import Interval, StrOptions
 from sklearn.utils.multiclass import check_classification_targets
 from sklearn.utils.validation import check_is_fitted, validate_data
 
+from ._compat import Interval, StrOptions
 from ._finetune import fine_tune_keys
 from ._formula import (  # noqa: F401  (re-exported: the formula's public home)
     CLIP_LOGIT_SCALE,

@@ -10,7 +10,8 @@ from sklearn.pipeline import Pipeline
 from sklearn.utils.estimator_checks import parametrize_with_checks
 
 from skclip import CLIPFeaturizer, TipAdapterClassifier, TipAdapterClassifierCV
-from skclip.model_selection import DEFAULT_ALPHAS, DEFAULT_BETAS
+from skclip._compat import InvalidParameterError
+from skclip.model_selection import DEFAULT_ALPHAS, DEFAULT_BETAS, few_shot_split
 
 ALPHAS = [0.0, 0.5, 1.0, 3.0, 10.0]
 BETAS = [1.0, 3.0, 5.5, 8.0]
@@ -192,3 +193,17 @@ def test_unknown_scoring_fails_before_any_model_loads(tmp_path, monkeypatch):
     clf.set_params(scoring=["accuracy"])  # one metric only: multi-metric is not supported
     with pytest.raises(ValueError, match="'scoring' parameter"):
         clf.fit(X, y)
+
+
+@pytest.mark.parametrize(
+    "kwargs, match",
+    [
+        ({"shots": 2.5}, r"'shots' parameter of few_shot_split must be a positive integer.*2\.5"),
+        ({"shots": 0}, "positive integer"),
+        ({"random_state": "seed"}, r"'random_state' parameter of few_shot_split"),
+        ({"y": None}, r"'y' parameter of few_shot_split must be an array-like"),
+    ],
+)
+def test_few_shot_split_validates_its_parameters(kwargs, match):
+    with pytest.raises(InvalidParameterError, match=match):
+        few_shot_split(**{"y": ["a", "b"] * 4, "shots": 2, **kwargs})
