@@ -1,0 +1,45 @@
+"""Where skclip keeps files between runs: the user's cache folder."""
+
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+
+
+def user_cache_dir(*parts: str) -> Path:
+    """skclip's folder in the user's cache directory, joined with ``parts``.
+
+    ``$SKCLIP_CACHE_DIR`` if set; otherwise ``$XDG_CACHE_HOME/skclip`` (default
+    ``~/.cache/skclip``) on Linux and other Unix systems, ``~/Library/Caches/skclip`` on
+    macOS and ``%LOCALAPPDATA%\\skclip\\Cache`` on Windows (as ``platformdirs`` places
+    them). The folder is not created here.
+
+    Parameters
+    ----------
+    *parts : str
+        Sub-folders, e.g. ``"onnx"``.
+
+    Returns
+    -------
+    path : pathlib.Path
+
+    Examples
+    --------
+    >>> import os
+    >>> from skclip._paths import user_cache_dir
+    >>> os.environ["SKCLIP_CACHE_DIR"] = "/tmp/skclip-cache"
+    >>> str(user_cache_dir("onnx"))
+    '/tmp/skclip-cache/onnx'
+    >>> del os.environ["SKCLIP_CACHE_DIR"]
+    """
+    if os.environ.get("SKCLIP_CACHE_DIR"):
+        root = Path(os.environ["SKCLIP_CACHE_DIR"]).expanduser()
+    elif sys.platform == "win32":
+        base = os.environ.get("LOCALAPPDATA") or str(Path.home() / "AppData" / "Local")
+        root = Path(base) / "skclip" / "Cache"
+    elif sys.platform == "darwin":
+        root = Path.home() / "Library" / "Caches" / "skclip"
+    else:
+        root = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "skclip"
+    return root.joinpath(*parts)
