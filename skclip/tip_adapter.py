@@ -41,6 +41,13 @@ from ._models import DEFAULT_MODEL, load_clip, resolve_device
 from .text import clean_class_name, resolve_templates, text_weights
 
 
+def _prediction_device(device: str | torch.device) -> torch.device:
+    """Where prediction runs: the GPU when ``device`` resolves to CUDA, else the CPU
+    (memory-bound work, where MPS gains little and float64 is unsupported)."""
+    resolved = resolve_device(device)
+    return resolved if resolved.type == "cuda" else torch.device("cpu")
+
+
 class _BaseTipAdapter(ClassifierMixin, BaseEstimator):
     """What TipAdapterClassifier and TipAdapterClassifierCV share: input checks, the
     text head and prediction. Subclasses implement ``fit`` and ``_prediction_params``."""
@@ -131,19 +138,20 @@ class _BaseTipAdapter(ClassifierMixin, BaseEstimator):
         alpha, beta = self._prediction_params()
         X = validate_data(self, X, dtype=[np.float64, np.float32], reset=False)
         X = normalize(X).astype(self.cache_keys_.dtype, copy=False)
-        keys = torch.from_numpy(self.cache_keys_)
-        values = torch.from_numpy(self._y)  # one-hot cache values as class indices: fast path
-        W = None if self.text_features_ is None else torch.from_numpy(self.text_features_)
+        device = _prediction_device(self.device)
+        keys = torch.from_numpy(self.cache_keys_).to(device)
+        values = torch.from_numpy(self._y).to(device)  # one-hot values as class indices: fast
+        W = None if self.text_features_ is None else torch.from_numpy(self.text_features_).to(device)
         out = np.empty((X.shape[0], len(self.classes_)), dtype=X.dtype)
         # Two (chunk, n_keys) buffers live at a time: the affinities and a matmul temporary.
         row_bytes = 2 * keys.shape[0] * X.itemsize
         chunk = max(1, int(get_config()["working_memory"] * 2**20) // row_bytes)
         with torch.no_grad():
             for rows in gen_batches(X.shape[0], chunk):
-                q = torch.from_numpy(X[rows])
+                q = torch.from_numpy(X[rows]).to(device)
                 out[rows] = tip_adapter_logits(
                     q, keys, values, W, alpha, beta, n_classes=len(self.classes_)
-                ).numpy()
+                ).cpu().numpy()
         return out
 
     def decision_function(self, X: Any) -> np.ndarray:
@@ -254,7 +262,8 @@ class TipAdapterClassifier(_BaseTipAdapter):
         would barely move. Set ``False`` only to reproduce the reference code.
     device : str, default="auto"
         Where the text tower and fine-tuning run: ``"auto"`` (CUDA if available),
-        ``"cpu"``, ``"cuda"``, ``"cuda:N"``, ``"mps"``. Prediction runs on the CPU.
+        ``"cpu"``, ``"cuda"``, ``"cuda:N"``, ``"mps"``. Prediction runs on the GPU when
+        this is CUDA (in chunks, as on the CPU), otherwise on the CPU.
     random_state : int, RandomState instance or None, default=None
         Seeds the fine-tuning shuffles and the validation split.
     verbose : int, default=0
