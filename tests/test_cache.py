@@ -149,3 +149,15 @@ def test_cache_false_encodes_every_time(tiny_clip_path, count_encoded):
     feat.transform(images)
     assert count_encoded["images"] == 2
     assert CLIPFeaturizer.cache_info().currsize == 0
+
+
+def test_augment_without_a_seed_draws_new_views_each_call(tiny_clip_path, count_encoded):
+    """random_state=None keeps scikit-learn's meaning (documented): fresh views every call,
+    so augmented embeddings are never reused; an int seed reuses them."""
+    images = [np.asarray(make_image(np.random.default_rng(i))) for i in range(2)]
+    unseeded = CLIPFeaturizer(model=tiny_clip_path, augment=2)
+    A, B = unseeded.fit_transform(images), unseeded.fit_transform(images)
+    assert count_encoded["images"] == 2 * 2 * 2 and not np.allclose(A, B)
+    seeded = CLIPFeaturizer(model=tiny_clip_path, augment=2, random_state=0)
+    np.testing.assert_array_equal(seeded.fit_transform(images), seeded.fit_transform(images))
+    assert count_encoded["images"] == 8 + 2 * 2

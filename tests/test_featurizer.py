@@ -295,3 +295,36 @@ def test_path_objects_are_accepted(tiny_clip_path, tmp_path):
     p = Path(tmp_path) / "x.png"
     make_image(np.random.default_rng(0)).save(p)
     assert CLIPFeaturizer(model=tiny_clip_path).transform([p]).shape == (1, TINY_DIM)
+
+
+def test_fit_transform_accepts_a_one_shot_iterable(tiny_clip_path):
+    images = [make_image(np.random.default_rng(i)) for i in range(3)]
+    feat = CLIPFeaturizer(model=tiny_clip_path, cache=False)
+    ref = feat.transform(images)
+    np.testing.assert_allclose(feat.fit_transform(im for im in images), ref, atol=1e-6)
+    np.testing.assert_allclose(feat.transform(iter(images)), ref, atol=1e-6)
+    augmented = CLIPFeaturizer(model=tiny_clip_path, augment=2, random_state=0, cache=False)
+    np.testing.assert_allclose(
+        augmented.fit_transform(im for im in images), augmented.fit_transform(images), atol=1e-6
+    )
+
+
+def test_parameters_are_keyword_only(tiny_clip_path):
+    with pytest.raises(TypeError):
+        CLIPFeaturizer(tiny_clip_path)
+
+
+def test_forward_accepts_a_plain_tensor_as_transformers_4_returns(
+    tiny_clip_path, clip, monkeypatch
+):
+    """transformers 4.x returns a Tensor from get_image_features, 5.x an output object."""
+    images = [make_image(np.random.default_rng(i)) for i in range(3)]
+    ref = CLIPFeaturizer(model=tiny_clip_path, cache=False).transform(images)
+    original = clip.model.get_image_features
+
+    def as_in_transformers_4(pixel_values, **kwargs):
+        return original(pixel_values=pixel_values, **kwargs).pooler_output
+
+    monkeypatch.setattr(clip.model, "get_image_features", as_in_transformers_4)
+    X = CLIPFeaturizer(model=tiny_clip_path, device="cpu", dtype="float32", cache=False)
+    np.testing.assert_allclose(X.transform(images), ref, atol=1e-6)
