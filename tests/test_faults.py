@@ -22,11 +22,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 from helpers import make_image
+from test_cache import count_encoded  # noqa: F401 (fixture: images through the tower)
 
 import skclip
 from skclip import CLIPFeaturizer
 from skclip._cache import DiskStore
-from skclip._models import load_clip
 
 N_IMAGES = 40
 HANG_GUARD_S = 300  # only against a hung child; never reached when things work
@@ -98,22 +98,6 @@ def paths(tmp_path_factory):
 def clean(tiny_clip_path, paths):
     """Embeddings of an uncached run in this process (batch_size=1, as in the children)."""
     return CLIPFeaturizer(model=tiny_clip_path, cache=False, batch_size=1).transform(paths)
-
-
-@pytest.fixture
-def count_encoded(tiny_clip_path, monkeypatch):
-    CLIPFeaturizer.cache_clear()
-    clip = load_clip(tiny_clip_path, "auto", "auto")
-    counter = {"images": 0}
-    original = clip.model.get_image_features
-
-    def counting(pixel_values, **kwargs):
-        counter["images"] += len(pixel_values)
-        return original(pixel_values=pixel_values, **kwargs)
-
-    monkeypatch.setattr(clip.model, "get_image_features", counting)
-    yield counter
-    CLIPFeaturizer.cache_clear()
 
 
 def _start(cfg: dict) -> subprocess.Popen:
