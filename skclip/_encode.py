@@ -10,7 +10,7 @@ call of :func:`encode` runs these small steps:
    look them up, decode the misses, crop them (:func:`crops`: the clean view, or
    ``n_views`` random views seeded by the image's content, :func:`view_rng`).
 3. :func:`embed` (calling thread): :func:`forward` through the vision tower, then
-   :func:`pool_views` (view averaging and normalization).
+   :func:`pool_views` (the mean of the raw views, then normalization).
 4. :func:`store`: cache writes.
 
 Every input is handled inside its own error handling (:func:`item_error`), so a bad
@@ -179,12 +179,18 @@ def draw_seed(random_state: Any, n_views: int) -> int | None:
     return int(check_random_state(random_state).randint(np.iinfo(np.int32).max))
 
 
+# How views are pooled; part of the settings of augmented embeddings, so that entries
+# pooled another way (earlier versions averaged normalized views) are never reused.
+VIEW_POOLING = "normalized mean of raw views"
+
+
 def cache_settings(clip: LoadedCLIP, normalize: bool, n_views: int, seed: int | None) -> str:
     """Digest of everything besides the image that determines an embedding."""
-    return settings_digest(
+    parts = (
         clip.vision_fingerprint, sorted(clip.image_config.items()), str(clip.dtype),
         clip.device.type, normalize, n_views, seed,
     )
+    return settings_digest(*parts, VIEW_POOLING) if n_views > 0 else settings_digest(*parts)
 
 
 def spec_for(
@@ -340,11 +346,10 @@ def forward(clip: LoadedCLIP, preprocess: CLIPPreprocessor, pixels: np.ndarray) 
 
 
 def pool_views(emb: torch.Tensor, n_views: int, normalize: bool) -> torch.Tensor:
-    """One row per image from ``(B * max(1, n_views), d)`` features: with views, the mean of
-    each image's (normalized) views; then L2-normalized if ``normalize``."""
+    """One row per image from ``(B * max(1, n_views), d)`` raw features: with views, the
+    mean of each image's raw (un-normalized) view features, as the Tip-Adapter reference
+    builds its cache keys; then L2-normalized if ``normalize``."""
     if n_views > 0:
-        if normalize:
-            emb = torch.nn.functional.normalize(emb, dim=-1)
         emb = emb.reshape(-1, n_views, emb.shape[-1]).mean(dim=1)
     if normalize:
         emb = torch.nn.functional.normalize(emb, dim=-1)

@@ -47,9 +47,10 @@ class CLIPFeaturizer(TransformerMixin, BaseEstimator):
     normalize : bool, default=True
         L2-normalize each embedding (what CLIP similarity and Tip-Adapter expect).
     augment : int, default=0
-        If ``k > 0``, :meth:`fit_transform` returns for each image the mean of ``k``
-        random views (random resized crop with scale 0.5-1, horizontal flip), then
-        L2-normalized: the cache-key recipe of the Tip-Adapter paper. :meth:`transform`
+        If ``k > 0``, :meth:`fit_transform` returns for each image the mean of the raw
+        (un-normalized) embeddings of ``k`` random views (random resized crop with scale
+        0.5-1, horizontal flip), then L2-normalized: the cache-key recipe of the
+        Tip-Adapter reference code (``build_cache_model``). :meth:`transform`
         always encodes the clean, center-cropped view. So in a Pipeline, training
         images get augmented keys while queries are encoded as usual.
     random_state : int, RandomState instance or None, default=None
