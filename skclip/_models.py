@@ -168,11 +168,19 @@ def _from_pretrained(cls: Any, name: str, **kwargs: Any) -> Any:
         raise _offline_error(name, exc) from exc
 
 
+def _pil_image_processor_class() -> type:
+    """The CLIP image processor that needs no torchvision: ``CLIPImageProcessorPil`` in
+    transformers 5, ``CLIPImageProcessor`` (the PIL/numpy one) in transformers 4."""
+    try:
+        from transformers import CLIPImageProcessorPil
+    except ImportError:  # transformers 4.x
+        from transformers import CLIPImageProcessor as CLIPImageProcessorPil
+    return CLIPImageProcessorPil
+
+
 def _image_config(name: str) -> dict:
     """Read the checkpoint's image-processor settings without needing torchvision."""
-    from transformers import CLIPImageProcessorPil
-
-    proc = _from_pretrained(CLIPImageProcessorPil, name)
+    proc = _from_pretrained(_pil_image_processor_class(), name)
     size = dict(proc.size)
     crop = dict(proc.crop_size) if proc.crop_size is not None else None
     return {
