@@ -74,7 +74,8 @@ def load_image_folder(
     ----------
     root : str or path-like
         The folder holding one sub-folder per class.
-    extensions : str or iterable of str, default=(".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff")
+    extensions : str or iterable of str, default=IMAGE_EXTENSIONS
+        ``(".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff")``.
         File extensions counted as images, compared case-insensitively, with or without
         the leading dot. A single string is one extension (``".png"``).
     return_X_y : bool, default=False
