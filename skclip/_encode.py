@@ -37,6 +37,7 @@ from sklearn.utils import check_random_state
 from tqdm.auto import tqdm
 
 from ._cache import FILE_DIGESTS, MEMORY, EmbeddingCache, memory_digest, settings_digest
+from ._compat import pooled_embeddings
 from ._images import CLIPPreprocessor, ImageLoadError, ImageLoadWarning, describe, open_image
 from ._models import LoadedCLIP, load_clip
 
@@ -329,12 +330,6 @@ def prefetch(fn: Callable[[Any], Any], args: Sequence[Any], n_threads: int) -> I
             yield result
 
 
-def _projected(out: Any) -> torch.Tensor:
-    """The projected embeddings of ``get_image_features``: a Tensor in transformers 4.x,
-    an output object with ``pooler_output`` in 5.x."""
-    return out if isinstance(out, torch.Tensor) else out.pooler_output
-
-
 def forward(clip: LoadedCLIP, preprocess: CLIPPreprocessor, pixels: np.ndarray) -> torch.Tensor:
     """Raw projected features of a batch: (B, 3, H, W) uint8 -> (B, d) float32, on the
     model's device. Call under ``torch.inference_mode()``."""
@@ -342,7 +337,7 @@ def forward(clip: LoadedCLIP, preprocess: CLIPPreprocessor, pixels: np.ndarray) 
     if clip.device.type == "cuda":  # uint8 over the bus: 4x less than float32
         tensor = tensor.pin_memory().to(clip.device, non_blocking=True)
     tensor = preprocess.normalize(tensor.to(clip.device), clip.dtype)
-    return _projected(clip.model.get_image_features(pixel_values=tensor)).float()
+    return pooled_embeddings(clip.model.get_image_features(pixel_values=tensor)).float()
 
 
 def pool_views(emb: torch.Tensor, n_views: int, normalize: bool) -> torch.Tensor:

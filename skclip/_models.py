@@ -60,17 +60,10 @@ class LoadedCLIP:
         Identifies the model in embedding-cache keys across processes: two folders with
         the same weights share entries, a retrained model with the same name does not.
         """
-        import hashlib
-
-        h = hashlib.blake2b(digest_size=16)
-        modules = {"vision_model": self.model.vision_model,
-                   "visual_projection": self.model.visual_projection}
-        for prefix, module in modules.items():
-            for name, tensor in module.state_dict().items():
-                t = tensor.detach().cpu().contiguous()
-                h.update(f"{prefix}.{name}:{tuple(t.shape)}:{t.dtype}".encode())
-                h.update(t.view(torch.uint8).numpy().tobytes() if t.numel() else b"")
-        return h.hexdigest()
+        return _hash_weights(
+            {"vision_model": self.model.vision_model,
+             "visual_projection": self.model.visual_projection}
+        ).hexdigest()
 
     @functools.cached_property
     def text_fingerprint(self) -> str:
@@ -79,21 +72,28 @@ class LoadedCLIP:
         Keys the text-weight cache (``skclip.text``) as ``vision_fingerprint`` keys the
         embedding cache: a checkpoint folder rewritten in place gets fresh text weights.
         """
-        import hashlib
-
-        h = hashlib.blake2b(digest_size=16)
-        modules = {"text_model": self.model.text_model,
-                   "text_projection": self.model.text_projection}
-        for prefix, module in modules.items():
-            for name, tensor in module.state_dict().items():
-                t = tensor.detach().cpu().contiguous()
-                h.update(f"{prefix}.{name}:{tuple(t.shape)}:{t.dtype}".encode())
-                h.update(t.view(torch.uint8).numpy().tobytes() if t.numel() else b"")
+        h = _hash_weights(
+            {"text_model": self.model.text_model, "text_projection": self.model.text_projection}
+        )
         if self.tokenizer is not None:
             vocab = sorted(self.tokenizer.get_vocab().items(), key=lambda kv: kv[1])
             h.update(f"{type(self.tokenizer).__name__}:{len(vocab)}".encode())
             h.update("\n".join(token for token, _ in vocab).encode("utf-8", "surrogatepass"))
         return h.hexdigest()
+
+
+def _hash_weights(modules: dict[str, Any]) -> Any:
+    """A blake2b hash object fed with every tensor of ``modules`` (prefix -> module):
+    names, shapes, dtypes and values."""
+    import hashlib
+
+    h = hashlib.blake2b(digest_size=16)
+    for prefix, module in modules.items():
+        for name, tensor in module.state_dict().items():
+            t = tensor.detach().cpu().contiguous()
+            h.update(f"{prefix}.{name}:{tuple(t.shape)}:{t.dtype}".encode())
+            h.update(t.view(torch.uint8).numpy().tobytes() if t.numel() else b"")
+    return h
 
 
 _CACHE: dict[tuple[str, str, str], LoadedCLIP] = {}
@@ -318,6 +318,10 @@ def load_clip(
 
 
 def clear_model_cache() -> None:
-    """Forget every loaded model (frees their memory once no estimator uses them)."""
+    """Forget every loaded model and the text weights computed with them (frees their
+    memory once no estimator uses them)."""
+    from .text import clear_text_cache  # text.py imports this module
+
     with _CACHE_LOCK:
         _CACHE.clear()
+    clear_text_cache()

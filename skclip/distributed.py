@@ -17,11 +17,13 @@ Two ways to scale out:
 from __future__ import annotations
 
 import math
+from numbers import Integral
 from typing import Any
 
 import numpy as np
 
 from . import _encode
+from ._compat import HasMethods, Interval, validate_params
 from ._encode import Encoded, ItemError
 from .featurizer import CLIPFeaturizer
 
@@ -33,6 +35,15 @@ def _encode_partition(featurizer: CLIPFeaturizer, items: list) -> Encoded:
     return _encode.encode(items, spec, keep_going=True)
 
 
+@validate_params(
+    {
+        "featurizer": [CLIPFeaturizer],
+        "X": ["array-like", HasMethods(["__iter__"])],
+        "client": [HasMethods(["map", "gather", "scheduler_info"])],
+        "partition_size": [Interval(Integral, 1, None, closed="left"), None],
+    },
+    prefer_skip_nested_validation=True,
+)
 def transform(
     featurizer: CLIPFeaturizer,
     X: Any,
@@ -80,8 +91,6 @@ def transform(
     n_workers = max(1, len(client.scheduler_info().get("workers", {})))
     if partition_size is None:
         partition_size = max(featurizer.batch_size, math.ceil(len(items) / (4 * n_workers)))
-    if partition_size < 1:
-        raise ValueError(f"partition_size must be at least 1, got {partition_size}.")
     starts = range(0, len(items), partition_size)
     parts = [items[s : s + partition_size] for s in starts]
     futures = client.map(_encode_partition, [featurizer] * len(parts), parts, pure=False)

@@ -9,10 +9,10 @@ from typing import Any
 import numpy as np
 import torch
 from sklearn.base import BaseEstimator, TransformerMixin
-from sklearn.utils._param_validation import Interval, StrOptions
 
 from . import _encode
 from ._cache import MEMORY, CacheInfo
+from ._compat import Interval, StrOptions
 from ._models import DEFAULT_MODEL, LoadedCLIP, load_clip, resolve_device
 
 

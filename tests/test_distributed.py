@@ -36,6 +36,30 @@ def _models_loaded_per_worker(client):
     return sorted(client.run(count).values())
 
 
+class _FakeClient:
+    def map(self, *a, **k): ...
+    def gather(self, *a, **k): ...
+    def scheduler_info(self): ...
+
+
+@pytest.mark.parametrize(
+    "kwargs, match",
+    [
+        ({"featurizer": "not a featurizer"}, "'featurizer' parameter"),
+        ({"client": object()}, "'client' parameter"),
+        ({"partition_size": 0}, "'partition_size' parameter"),
+    ],
+)
+def test_transform_validates_its_arguments_before_any_work(kwargs, match):
+    from sklearn.utils._param_validation import InvalidParameterError
+
+    args = {"featurizer": CLIPFeaturizer(model="unused"), "X": ["a.jpg"],
+            "client": _FakeClient(), "partition_size": None}
+    args.update(kwargs)
+    with pytest.raises(InvalidParameterError, match=match):
+        transform(**args)
+
+
 def test_core_package_does_not_import_dask():
     import subprocess
 
