@@ -25,6 +25,8 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
+from ._watch import FileStamps
+
 CacheInfo = namedtuple("CacheInfo", ["hits", "misses", "maxsize", "currsize"])
 
 _DIGEST_SIZE = 16
@@ -43,30 +45,32 @@ def settings_digest(*parts: Any) -> str:
 
 class _FileDigests:
     """Content digests of files, memoized by (path, size, mtime): a file is read and
-    hashed again only when it changed."""
+    hashed again only when it changed.
+
+    Stamps come from :class:`~skclip._watch.FileStamps`: a file is stat'ed again only
+    when it may have changed (inotify on Linux), so looking up many unchanged files
+    costs no system call per file."""
 
     def __init__(self, maxsize: int = 1_000_000) -> None:
         self._memo: OrderedDict[tuple, str] = OrderedDict()
         self._lock = threading.Lock()
         self.maxsize = maxsize
-
-    @staticmethod
-    def _stamp(path: str) -> tuple | None:
-        try:
-            st = os.stat(path)
-        except OSError:
-            return None
-        return (path, st.st_size, st.st_mtime_ns)
+        self.stamps = FileStamps()
 
     def known(self, path: str) -> str | None:
         """The digest if the file is unchanged since it was last hashed, else None."""
-        stamp = self._stamp(path)
+        return self.known_many([path])[0]
+
+    def known_many(self, paths: list[str]) -> list[str | None]:
+        """:meth:`known` of each path, in one pass."""
+        stamps = self.stamps.stamps(paths)
         with self._lock:
-            return None if stamp is None else self._memo.get(stamp)
+            get = self._memo.get
+            return [None if stamp is None else get(stamp) for stamp in stamps]
 
     def read(self, path: str) -> tuple[str, bytes]:
         """Read the file, hash it, remember the digest; returns (digest, bytes)."""
-        stamp = self._stamp(path)
+        stamp = self.stamps.stamps([path])[0]
         with open(path, "rb") as f:
             data = f.read()
         h = _hasher()
@@ -126,6 +130,17 @@ class MemoryStore:
             if vec is not None:
                 self._data.move_to_end(key)
             return vec
+
+    def get_many(self, keys: list[str]) -> list[np.ndarray | None]:
+        """:meth:`get` of each key under one lock."""
+        with self._lock:
+            data = self._data
+            vecs = [data.get(key) for key in keys]
+            touch = data.move_to_end
+            for key, vec in zip(keys, vecs):
+                if vec is not None:
+                    touch(key)
+            return vecs
 
     def put(self, key: str, vec: np.ndarray) -> None:
         vec = np.array(vec, dtype=np.float32)
@@ -220,6 +235,16 @@ class EmbeddingCache:
         self.prefix = settings[:16]
         self.dim = dim
         self.disk = DiskStore(Path(folder) / f"d{dim}") if folder is not None else None
+
+    def get_many(self, digests: list[str]) -> list[np.ndarray | None]:
+        """:meth:`get` of each digest: one pass over memory, then disk for the misses."""
+        prefix = self.prefix
+        vecs = MEMORY.get_many([prefix + digest for digest in digests])
+        if self.disk is not None:
+            for j, vec in enumerate(vecs):
+                if vec is None:
+                    vecs[j] = self.get(digests[j])
+        return vecs
 
     def get(self, digest: str) -> np.ndarray | None:
         key = self.prefix + digest

@@ -54,7 +54,8 @@ class Lookup(NamedTuple):
     """What :func:`lookup` found in the calling thread."""
 
     digests: list[str | None]  # content digest per input (None: a file not hashed yet)
-    hits: list[tuple[int, np.ndarray]]  # (input position, cached embedding)
+    hit_index: list[int]  # input positions of the cache hits
+    hit_vecs: list[np.ndarray]  # their cached embeddings, in the same order
     todo: list[int]  # positions still to hash, look up or encode, in input order
     errors: list[ItemError]  # in-memory inputs that could not even be hashed
 
@@ -257,23 +258,48 @@ def crops(img: Image.Image, spec: EncodeSpec, digest: str | None) -> list[np.nda
 
 
 # -- steps --------------------------------------------------------------------------------------
+def _known_digests(items: list) -> tuple[list[str | None], list[ItemError]]:
+    """:func:`known_digest` of every input: the files' in one batch (no system call per
+    unchanged file, see ``skclip._watch``), in-memory images one by one."""
+    n = len(items)
+    paths = [i for i, item in enumerate(items) if isinstance(item, (str, os.PathLike))]
+    known = FILE_DIGESTS.known_many([os.fspath(items[i]) for i in paths])
+    if len(paths) == n:  # the common case: only files
+        return known, []
+    digests: list[str | None] = [None] * n
+    for i, digest in zip(paths, known):
+        digests[i] = digest
+    errors = []
+    for i in sorted(set(range(n)).difference(paths)):
+        try:
+            digests[i] = known_digest(items[i])
+        except Exception as exc:  # noqa: BLE001 - e.g. a truncated, lazily opened image
+            errors.append(item_error(items[i], i, exc))
+    return digests, errors
+
+
 def lookup(items: list, spec: EncodeSpec) -> Lookup:
-    """Step 1, in the calling thread: known digests and their cache hits."""
-    digests: list[str | None] = [None] * len(items)
-    hits, todo, errors = [], [], []
-    for i, item in enumerate(items):
-        if spec.needs_digests:
-            try:
-                digests[i] = known_digest(item)
-            except Exception as exc:  # noqa: BLE001 - e.g. a truncated, lazily opened image
-                errors.append(item_error(item, i, exc))
-                continue
-        vec = spec.cache.get(digests[i]) if spec.cache is not None and digests[i] else None
-        if vec is None:
-            todo.append(i)
-        else:
-            hits.append((i, vec))
-    return Lookup(digests, hits, todo, errors)
+    """Step 1, in the calling thread: known digests and their cache hits, in one pass
+    over the cache (no per-item work beyond dictionary lookups when all are hits)."""
+    n = len(items)
+    digests: list[str | None] = [None] * n
+    errors: list[ItemError] = []
+    if spec.needs_digests:
+        digests, errors = _known_digests(items)
+    hit_index: list[int] = []
+    hit_vecs: list[np.ndarray] = []
+    if spec.cache is not None:
+        known = [i for i, digest in enumerate(digests) if digest is not None]
+        vecs = spec.cache.get_many([digests[i] for i in known])
+        if len(known) == n and all(vec is not None for vec in vecs):
+            return Lookup(digests, known, vecs, [], errors)  # all hits: nothing to do
+        for i, vec in zip(known, vecs):
+            if vec is not None:
+                hit_index.append(i)
+                hit_vecs.append(vec)
+    done = set(hit_index).union(e.index for e in errors)
+    todo = [i for i in range(n) if i not in done]
+    return Lookup(digests, hit_index, hit_vecs, todo, errors)
 
 
 def _read_file(item: Any) -> tuple[str | None, bytes | None]:
@@ -377,10 +403,15 @@ def encode(items: list, spec: EncodeSpec, keep_going: bool) -> Encoded:
     n, dim = len(items), spec.clip.embedding_dim
     out = np.empty((n, dim), dtype=np.float32)
     found = lookup(items, spec)
-    for i, vec in found.hits:
-        out[i] = vec
+    n_hits = len(found.hit_index)
+    if n_hits == n and spec.progress is not True:  # all cached: one gather, no bar
+        np.concatenate(found.hit_vecs, out=out.reshape(-1))
+        if spec.cache is not None:
+            MEMORY.count(hits=n, misses=0)
+        return Encoded(out, [])
+    if n_hits:
+        out[found.hit_index] = np.concatenate(found.hit_vecs).reshape(n_hits, dim)
     errors = list(found.errors)
-    n_hits = len(found.hits)
     keep_going = keep_going or spec.cache is not None
     todo, size = found.todo, spec.batch_size
     batches = [todo[k : k + size] for k in range(0, len(todo), size)]

@@ -208,17 +208,18 @@ class FileStamps:
             if watcher is None:
                 return [_stat_stamp(p) for p in paths]
             self._forget(*watcher.events())
-            cwd = os.getcwd()  # relative paths are trusted by their absolute path
             now = time.monotonic()
-            trusted = self._trusted
+            oldest = now - self.max_age
+            get = self._trusted.get
             out: list[Stamp | None] = []
-            for path in paths:
-                full = path if os.path.isabs(path) else os.path.join(cwd, path)
-                entry = trusted.get(full)
-                if entry is not None and now - entry[1] < self.max_age:
-                    out.append(entry[0] if entry[0][0] == path else (path, *entry[0][1:]))
-                    continue
-                out.append(self._check(watcher, path, full, now))
+            # relative paths are trusted under their absolute path
+            for path, full in zip(paths, _absolute(paths)):
+                entry = get(full)
+                if entry is not None and entry[1] > oldest:
+                    stamp = entry[0]
+                    out.append(stamp if stamp[0] == path else (path, stamp[1], stamp[2]))
+                else:
+                    out.append(self._check(watcher, path, full, now))
             return out
 
     def _check(self, watcher: _Inotify, path: str, full: str, now: float) -> Stamp | None:
@@ -243,6 +244,14 @@ class FileStamps:
         """Forget every stamp (the next call stats every file)."""
         with self._lock:
             self._trusted.clear()
+
+
+def _absolute(paths: list[str]) -> list[str]:
+    """The absolute form of each path (the working directory read once)."""
+    if os.name == "posix" and all(path[:1] == "/" for path in paths):
+        return paths  # the common case, checked fast
+    cwd = os.getcwd()
+    return [path if os.path.isabs(path) else os.path.join(cwd, path) for path in paths]
 
 
 def _stat_stamp(path: str) -> Stamp | None:
