@@ -37,9 +37,10 @@ from sklearn.utils import check_random_state
 from tqdm.auto import tqdm
 
 from ._cache import FILE_DIGESTS, MEMORY, EmbeddingCache, memory_digest, settings_digest
+from . import _onnx
 from ._compat import pooled_embeddings
 from ._images import CLIPPreprocessor, ImageLoadError, ImageLoadWarning, describe, open_image
-from ._models import LoadedCLIP, load_clip
+from ._models import LoadedCLIP, load_clip, resolve_device
 
 
 # -- named results ---------------------------------------------------------------------------
@@ -97,6 +98,8 @@ class EncodeSpec:
     n_threads : int
         Decode threads.
     progress : bool or "auto"
+    encoder : skclip._onnx.ImageEncoder or None
+        The ONNX Runtime image tower (``runtime="onnxruntime"``), or None for PyTorch.
     """
 
     clip: LoadedCLIP
@@ -108,6 +111,7 @@ class EncodeSpec:
     batch_size: int
     n_threads: int
     progress: bool | str = "auto"
+    encoder: _onnx.ImageEncoder | None = None
 
     @property
     def needs_digests(self) -> bool:
@@ -186,13 +190,75 @@ def draw_seed(random_state: Any, n_views: int) -> int | None:
 VIEW_POOLING = "normalized mean of raw views"
 
 
-def cache_settings(clip: LoadedCLIP, normalize: bool, n_views: int, seed: int | None) -> str:
-    """Digest of everything besides the image that determines an embedding."""
-    parts = (
+def cache_settings(
+    clip: LoadedCLIP, normalize: bool, n_views: int, seed: int | None, onnx_dtype: str | None = None
+) -> str:
+    """Digest of everything besides the image that determines an embedding.
+
+    ``onnx_dtype`` is the precision of the ONNX Runtime tower (``"float32"``, ``"int8"``),
+    or None for PyTorch (whose entries keep the keys they always had)."""
+    parts: tuple = (
         clip.vision_fingerprint, sorted(clip.image_config.items()), str(clip.dtype),
         clip.device.type, normalize, n_views, seed,
     )
-    return settings_digest(*parts, VIEW_POOLING) if n_views > 0 else settings_digest(*parts)
+    if n_views > 0:
+        parts += (VIEW_POOLING,)
+    if onnx_dtype is not None:
+        parts += ("onnxruntime", onnx_dtype, _onnx.EXPORT_FORMAT)
+    return settings_digest(*parts)
+
+
+RUNTIMES = ("auto", "torch", "onnxruntime")
+
+
+def resolve_runtime(runtime: str, device: torch.device, dtype: str) -> str:
+    """``"torch"`` or ``"onnxruntime"``: what encodes for these featurizer parameters.
+
+    ``"auto"`` is ONNX Runtime on the CPU in float32 when it is installed (with the
+    ``onnx`` and ``onnxscript`` packages that export), PyTorch otherwise (GPU, float16,
+    bfloat16). ``dtype="int8"`` exists only in ONNX Runtime.
+    """
+    if dtype == "int8":
+        if runtime == "torch":
+            raise ValueError(
+                "dtype='int8' is ONNX Runtime's dynamic quantization: use runtime='onnxruntime' "
+                "or runtime='auto', or a torch dtype ('float32', 'float16', 'bfloat16')."
+            )
+        runtime = "onnxruntime"
+    if runtime == "auto":
+        cpu_float32 = device.type == "cpu" and dtype in ("auto", "float32")
+        return "onnxruntime" if cpu_float32 and _onnx.is_available() else "torch"
+    if runtime == "onnxruntime":
+        if device.type != "cpu":
+            raise ValueError(
+                f"runtime='onnxruntime' runs on the CPU; device={str(device)!r} was given. Use "
+                "runtime='auto' (PyTorch on a GPU) or runtime='torch'."
+            )
+        if dtype not in ("auto", "float32", "int8"):
+            raise ValueError(
+                f"runtime='onnxruntime' runs in float32 (or dtype='int8'), not dtype={dtype!r}."
+            )
+        _onnx.require()
+    return runtime
+
+
+def model_dtype(dtype: str) -> str:
+    """The torch dtype to load the model in for a featurizer ``dtype`` (``"int8"`` is
+    quantized from the float32 model)."""
+    return "float32" if dtype == "int8" else dtype
+
+
+def onnx_encoder(clip: LoadedCLIP, dtype: str, strict: bool) -> _onnx.ImageEncoder | None:
+    """The ONNX Runtime tower of ``clip``; None (PyTorch) if it cannot be exported and
+    ONNX Runtime was not asked for explicitly (``strict=False``: ``runtime="auto"``)."""
+    onnx_dtype = "int8" if dtype == "int8" else "float32"
+    try:
+        return _onnx.image_encoder(clip, dtype=onnx_dtype)
+    except Exception as exc:
+        if strict:
+            raise
+        _onnx.warn_fallback(clip, exc)
+        return None
 
 
 def spec_for(
@@ -202,11 +268,18 @@ def spec_for(
 
     Loads the model (once per process). ``progress`` overrides the featurizer's.
     """
-    clip = load_clip(featurizer.model, featurizer.device, featurizer.dtype)
+    device = resolve_device(featurizer.device)
+    runtime = resolve_runtime(featurizer.runtime, device, featurizer.dtype)
+    clip = load_clip(featurizer.model, device, model_dtype(featurizer.dtype))
+    encoder = None
+    if runtime == "onnxruntime":
+        strict = featurizer.runtime == "onnxruntime" or featurizer.dtype == "int8"
+        encoder = onnx_encoder(clip, featurizer.dtype, strict)
     cache = None
     if featurizer.cache:
         MEMORY.maxsize = featurizer.cache_size
-        settings = cache_settings(clip, featurizer.normalize, n_views, seed)
+        onnx_dtype = None if encoder is None else encoder.dtype
+        settings = cache_settings(clip, featurizer.normalize, n_views, seed, onnx_dtype)
         cache = EmbeddingCache(settings, clip.embedding_dim, featurizer.cache_dir)
     return EncodeSpec(
         clip=clip,
@@ -218,6 +291,7 @@ def spec_for(
         batch_size=featurizer.batch_size,
         n_threads=n_threads(featurizer.n_jobs, clip.device),
         progress=featurizer.progress if progress is None else progress,
+        encoder=encoder,
     )
 
 
@@ -366,6 +440,14 @@ def forward(clip: LoadedCLIP, preprocess: CLIPPreprocessor, pixels: np.ndarray) 
     return pooled_embeddings(clip.model.get_image_features(pixel_values=tensor)).float()
 
 
+def tower(spec: EncodeSpec, pixels: np.ndarray) -> torch.Tensor:
+    """Raw features of a batch by the spec's runtime: ONNX Runtime's session, or
+    :func:`forward` through the PyTorch model. Call under ``torch.inference_mode()``."""
+    if spec.encoder is not None:
+        return torch.from_numpy(spec.encoder(pixels))
+    return forward(spec.clip, spec.preprocess, pixels)
+
+
 def pool_views(emb: torch.Tensor, n_views: int, normalize: bool) -> torch.Tensor:
     """One row per image from ``(B * max(1, n_views), d)`` raw features: with views, the
     mean of each image's raw (un-normalized) view features, as the Tip-Adapter reference
@@ -380,7 +462,7 @@ def pool_views(emb: torch.Tensor, n_views: int, normalize: bool) -> torch.Tensor
 def embed(spec: EncodeSpec, pixels: np.ndarray) -> np.ndarray:
     """Step 3: the embeddings of a prepared batch, ``(B, d)`` float32 numpy."""
     with torch.inference_mode():
-        emb = forward(spec.clip, spec.preprocess, pixels)
+        emb = tower(spec, pixels)
         return pool_views(emb, spec.n_views, spec.normalize).cpu().numpy()
 
 

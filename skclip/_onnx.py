@@ -30,7 +30,9 @@ also needs ``onnx`` and ``onnxscript`` (in the same extra).
 
 from __future__ import annotations
 
+import functools
 import hashlib
+import importlib.util
 import json
 import logging
 import os
@@ -38,12 +40,14 @@ import shutil
 import tempfile
 import threading
 import warnings
+import weakref
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 
+from ._compat import pooled_embeddings
 from ._images import CLIPPreprocessor
 from ._models import LoadedCLIP
 from ._paths import user_cache_dir
@@ -60,11 +64,20 @@ _MODEL_FILE = "model.onnx"
 _META_FILE = "meta.json"
 
 _SESSIONS: dict[tuple[str, int], Any] = {}
+# per loaded model: (dtype, threads, folder) -> encoder, so that a call finds its encoder
+# without checking the export on disk again; dropped with the model
+_ENCODERS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
 _LOCK = threading.RLock()  # one export (and one session creation) at a time per process
 
 
+_PACKAGES = ("onnxruntime", "onnx", "onnxscript")  # run, and export with torch.onnx
+
+
+@functools.lru_cache(maxsize=1)
 def is_available() -> bool:
-    """Whether ``onnxruntime`` can be imported.
+    """Whether ONNX Runtime and the packages that export to it are installed
+    (``onnxruntime``, ``onnx``, ``onnxscript``: ``pip install 'skclip[onnx]'``), and
+    torch can export (2.5 or later).
 
     Examples
     --------
@@ -72,22 +85,42 @@ def is_available() -> bool:
     >>> isinstance(is_available(), bool)
     True
     """
-    try:
-        import onnxruntime  # noqa: F401
-    except ImportError:
-        return False
-    return True
+    torch_major_minor = tuple(int(v) for v in torch.__version__.split(".")[:2])
+    return torch_major_minor >= (2, 5) and all(
+        importlib.util.find_spec(name) is not None for name in _PACKAGES
+    )
+
+
+def require() -> None:
+    """Raise an ImportError saying what to install if :func:`is_available` is False."""
+    if not is_available():
+        missing = [name for name in _PACKAGES if importlib.util.find_spec(name) is None]
+        raise ImportError(
+            "runtime='onnxruntime' needs the onnxruntime, onnx and onnxscript packages and "
+            f"torch >= 2.5 (missing: {', '.join(missing) or 'a newer torch'}): "
+            "pip install 'skclip[onnx]'."
+        )
 
 
 def _require_onnxruntime() -> Any:
-    try:
-        import onnxruntime
-    except ImportError as exc:
-        raise ImportError(
-            "runtime='onnxruntime' needs the onnxruntime package: pip install 'skclip[onnx]' "
-            "(onnxruntime, onnx, onnxscript)."
-        ) from exc
+    require()
+    import onnxruntime
+
     return onnxruntime
+
+
+_WARNED: set[str] = set()
+
+
+def warn_fallback(clip: LoadedCLIP, exc: BaseException) -> None:
+    """Warn once per checkpoint that ``runtime="auto"`` fell back to PyTorch."""
+    if clip.name not in _WARNED:
+        _WARNED.add(clip.name)
+        warnings.warn(
+            f"Could not run the image tower of {clip.name!r} in ONNX Runtime ({exc!r}); "
+            "runtime='auto' uses PyTorch instead. Pass runtime='torch' to skip the attempt.",
+            RuntimeWarning, stacklevel=4,
+        )
 
 
 def default_folder() -> Path:
@@ -105,9 +138,8 @@ class _ImageTower(torch.nn.Module):
         self.preprocess = preprocess
 
     def forward(self, pixels: torch.Tensor) -> torch.Tensor:
-        out = self.model.get_image_features(pixel_values=self.preprocess.normalize(pixels))
-        # transformers 4.x returns a Tensor, 5.x an output object holding pooler_output
-        return out if isinstance(out, torch.Tensor) else out.pooler_output
+        pixel_values = self.preprocess.normalize(pixels)
+        return pooled_embeddings(self.model.get_image_features(pixel_values=pixel_values))
 
 
 def _input_shape(clip: LoadedCLIP) -> tuple[int, int, int]:
@@ -275,12 +307,14 @@ class ImageEncoder:
     threads : int
         ONNX Runtime's intra-op threads.
     session : onnxruntime.InferenceSession
+    dtype : {"float32", "int8"}
     """
 
-    def __init__(self, path: Path, threads: int, session: Any) -> None:
+    def __init__(self, path: Path, threads: int, session: Any, dtype: str = "float32") -> None:
         self.path = path
         self.threads = threads
         self.session = session
+        self.dtype = dtype
 
     def __call__(self, pixels: np.ndarray) -> np.ndarray:
         pixels = np.ascontiguousarray(pixels, dtype=np.uint8)
@@ -346,6 +380,11 @@ def image_encoder(
     """
     _require_onnxruntime()
     threads = int(threads) if threads is not None else torch.get_num_threads()
+    memo_key = (dtype, threads, str(Path(folder).expanduser()) if folder is not None
+                else str(default_folder()))
+    memo = _ENCODERS.get(clip)
+    if memo is not None and memo_key in memo:  # checked and loaded before in this process
+        return memo[memo_key]
     with _LOCK:
         path = export(clip, dtype, folder)
         key = (str(path), threads)
@@ -357,10 +396,13 @@ def image_encoder(
                 path = export(clip, dtype, folder)
                 session = _session(path, threads)
             _SESSIONS[key] = session
-        return ImageEncoder(path, threads, _SESSIONS[key])
+        encoder = ImageEncoder(path, threads, _SESSIONS[key], dtype)
+        _ENCODERS.setdefault(clip, {})[memo_key] = encoder
+        return encoder
 
 
 def clear_sessions() -> None:
     """Forget every ONNX Runtime session of this process (exports on disk stay)."""
     with _LOCK:
         _SESSIONS.clear()
+        _ENCODERS.clear()
