@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import time
 import warnings
 from collections import deque
 from collections.abc import Callable, Iterator, Sequence
@@ -36,7 +37,9 @@ from PIL import Image
 from sklearn.utils import check_random_state
 from tqdm.auto import tqdm
 
-from ._cache import FILE_DIGESTS, MEMORY, EmbeddingCache, memory_digest, settings_digest
+from ._cache import (
+    FILE_DIGESTS, MEMORY, EmbeddingCache, memory_digest, settings_digest, worker_folder,
+)
 from . import _onnx
 from ._compat import pooled_embeddings
 from ._images import CLIPPreprocessor, ImageLoadError, ImageLoadWarning, describe, open_image
@@ -280,7 +283,8 @@ def spec_for(
         MEMORY.maxsize = featurizer.cache_size
         onnx_dtype = None if encoder is None else encoder.dtype
         settings = cache_settings(clip, featurizer.normalize, n_views, seed, onnx_dtype)
-        cache = EmbeddingCache(settings, clip.embedding_dim, featurizer.cache_dir)
+        folder = featurizer.cache_dir if featurizer.cache_dir is not None else worker_folder()
+        cache = EmbeddingCache(settings, clip.embedding_dim, folder)
     return EncodeSpec(
         clip=clip,
         preprocess=CLIPPreprocessor(clip.image_config),
@@ -495,28 +499,113 @@ def encode(items: list, spec: EncodeSpec, keep_going: bool) -> Encoded:
         out[found.hit_index] = np.concatenate(found.hit_vecs).reshape(n_hits, dim)
     errors = list(found.errors)
     keep_going = keep_going or spec.cache is not None
+    shared = spec.cache is not None and spec.cache.disk is not None
+    waiting: list[tuple[int, str]] = []  # (position, key) being encoded by another process
+    claims: set[str] = set()
     todo, size = found.todo, spec.batch_size
     batches = [todo[k : k + size] for k in range(0, len(todo), size)]
     disable = {True: False, False: True, "auto": None if len(todo) > size else True}
     results = prefetch(partial(prepare, items, found.digests, spec), batches, spec.n_threads)
-    with contextlib.closing(results), tqdm(
-        total=n, initial=n - len(todo), unit="img", desc="CLIP", disable=disable[spec.progress]
-    ) as bar:
-        for batch, res in zip(batches, results):
-            errors.extend(res.errors)
-            for i, vec in res.found:
-                out[i] = vec
-            n_hits += len(res.found)
-            if res.pixels is not None and (not errors or keep_going):
-                emb = embed(spec, res.pixels)
-                out[res.kept] = emb
-                store(spec.cache, res.keys, emb)
-            bar.update(len(batch))
+    try:
+        with contextlib.closing(results), tqdm(
+            total=n, initial=n - len(todo), unit="img", desc="CLIP", disable=disable[spec.progress]
+        ) as bar:
+            for batch, res in zip(batches, results):
+                errors.extend(res.errors)
+                for i, vec in res.found:
+                    out[i] = vec
+                n_hits += len(res.found)
+                if res.pixels is not None and (not errors or keep_going):
+                    if shared:  # leave to other processes what they are encoding
+                        res, hits, others = claim(spec, res, claims)
+                        for i, vec in hits:
+                            out[i] = vec
+                        n_hits += len(hits)
+                        waiting.extend(others)
+                    if res.kept:
+                        emb = embed(spec, res.pixels)
+                        out[res.kept] = emb
+                        store(spec.cache, res.keys, emb)
+                        release(spec, res.keys, claims)
+                bar.update(len(batch))
+    finally:
+        release(spec, list(claims), claims)
+    again = []
+    if waiting:
+        hits, again = wait_for(spec, waiting)
+        for i, vec in hits:
+            out[i] = vec
+        n_hits += len(hits)
     if spec.cache is not None:
-        MEMORY.count(hits=n_hits, misses=n - n_hits - len(errors))
+        MEMORY.count(hits=n_hits, misses=n - n_hits - len(errors) - len(again))
+    if again:  # their claims were void (process gone): encode them here
+        redone = encode([items[i] for i in again], spec, keep_going)
+        out[again] = redone.embeddings
+        errors.extend(ItemError(again[e.index], e.message) for e in redone.errors)
     errors.sort()  # input order
     out[[e.index for e in errors]] = np.nan
     return Encoded(out, errors)
+
+
+def claim(
+    spec: EncodeSpec, res: Prepared, claims: set[str]
+) -> tuple[Prepared, list[tuple[int, np.ndarray]], list[tuple[int, str]]]:
+    """With a disk cache shared by processes, before a forward pass: the batch reduced
+    to the images this process claims, the cache hits that appeared since the lookup
+    (another process stored them), and the (position, key) of images another live
+    process is encoding now (wait for them: :func:`wait_for`)."""
+    cache = spec.cache
+    mine, hits, others = [], [], []
+    for j, (i, key) in enumerate(zip(res.kept, res.keys)):
+        if key is None:
+            mine.append(j)
+            continue
+        vec = cache.get(key)
+        if vec is not None:
+            hits.append((i, vec))
+        elif cache.claim(key):
+            claims.add(key)
+            mine.append(j)
+        else:
+            others.append((i, key))
+    if len(mine) < len(res.kept):
+        views = res.pixels.reshape(len(res.kept), -1, *res.pixels.shape[1:])[mine]
+        res = res._replace(
+            kept=[res.kept[j] for j in mine], keys=[res.keys[j] for j in mine],
+            pixels=views.reshape(-1, *res.pixels.shape[1:]),
+        )
+    return res, hits, others
+
+
+def release(spec: EncodeSpec, keys: list[str | None], claims: set[str]) -> None:
+    """Drop this process's claims on ``keys`` (stored, or given up)."""
+    for key in keys:
+        if key in claims:
+            claims.discard(key)
+            spec.cache.release(key)
+
+
+def wait_for(
+    spec: EncodeSpec, waiting: list[tuple[int, str]], poll: float = 0.02
+) -> tuple[list[tuple[int, np.ndarray]], list[int]]:
+    """Wait for entries other processes are encoding: (position, embedding) of those
+    stored, and the positions whose claim became void without an entry (to encode
+    here). Ends when no live process claims any of them."""
+    hits, again = [], []
+    while waiting:
+        still = []
+        for i, key in waiting:
+            vec = spec.cache.get(key)
+            if vec is not None:
+                hits.append((i, vec))
+            elif spec.cache.claimed(key):
+                still.append((i, key))
+            else:
+                again.append(i)
+        waiting = still
+        if waiting:
+            time.sleep(poll)
+    return hits, sorted(again)
 
 
 def report_errors(errors: list[ItemError], n: int, on_error: str, stacklevel: int = 2) -> None:

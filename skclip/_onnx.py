@@ -222,9 +222,12 @@ def _export_float32(clip: LoadedCLIP, target: Path) -> None:
     tower = _ImageTower(clip.model, CLIPPreprocessor(clip.image_config)).eval()
     example = torch.zeros((2, *_input_shape(clip)), dtype=torch.uint8)
     tmp = Path(tempfile.mkdtemp(dir=target.parent, prefix=f".tmp-{target.name}-"))
+    chatty = logging.getLogger("torch.onnx")  # "torchvision is not installed..." warnings
+    level = chatty.level
     try:
+        chatty.setLevel(logging.ERROR)
         with warnings.catch_warnings(), torch.inference_mode(False), torch.no_grad():
-            warnings.simplefilter("ignore")  # exporter chatter (deprecations, torchvision)
+            warnings.simplefilter("ignore")  # exporter chatter (deprecations)
             torch.onnx.export(
                 tower, (example,), str(tmp / _MODEL_FILE), input_names=["pixels"],
                 output_names=["features"], dynamic_shapes=({0: torch.export.Dim("batch")},),
@@ -234,6 +237,8 @@ def _export_float32(clip: LoadedCLIP, target: Path) -> None:
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
+    finally:
+        chatty.setLevel(level)
 
 
 def _export_int8(source: Path, target: Path) -> None:

@@ -90,9 +90,15 @@ class CLIPFeaturizer(TransformerMixin, BaseEstimator):
         file is encoded again. This is what makes ``GridSearchCV`` over a Pipeline
         encode each image once: alpha and beta never change the embeddings.
     cache_dir : str, path-like or None, default=None
-        Also keep embeddings in this folder, shared between processes (e.g.
-        ``GridSearchCV(n_jobs=2)`` workers) and later runs. Writes are atomic; a partial
-        or corrupt entry is ignored and recomputed.
+        Also keep embeddings in this folder, shared between processes and later runs.
+        Writes are atomic; a partial or corrupt entry is ignored and recomputed; about
+        500,000 entries are kept, the least recently used go first. Processes sharing
+        the folder never encode an image at the same time: one encodes it, the others
+        wait for its entry. With None, worker processes (``GridSearchCV(n_jobs=2)``,
+        joblib, multiprocessing) still share embeddings with their siblings through a
+        temporary folder named after their parent process, so a parallel search encodes
+        each image about once in all (see the user guide, "Parallel searches");
+        ``cache=False`` turns every cache off.
     cache_size : int, default=100_000
         Most embeddings kept in memory (least recently used ones are dropped first);
         100,000 ViT-B/32 embeddings take about 200 MB. The memory cache is shared by all
