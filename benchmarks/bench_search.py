@@ -43,7 +43,11 @@ from skclip import CLIPFeaturizer, TipAdapterClassifier, TipAdapterClassifierCV 
 GRID = {"alpha": list(np.r_[0.0, np.geomspace(0.1, 50, 9)]), "beta": list(np.geomspace(0.5, 50, 10))}
 
 
+RUNTIME: dict = {}  # --runtime, when given: CLIPFeaturizer(runtime=...)
+
+
 def _pipe(model: str, device: str, **featurizer) -> Pipeline:
+    featurizer = {**RUNTIME, **featurizer}
     return Pipeline([
         ("clip", CLIPFeaturizer(model=model, device=device, progress=False, **featurizer)),
         ("tip", TipAdapterClassifier(clip_model=model, device=device)),
@@ -186,7 +190,10 @@ def main() -> None:
                         help="comma-separated parts to run (p2, p3, p4, p5)")
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--rounds", type=int, default=3, help="paired rounds (p4, p5)")
+    parser.add_argument("--runtime", default=None, help="CLIPFeaturizer(runtime=...) in p4, p5")
     args = parser.parse_args()
+    if args.runtime is not None:
+        RUNTIME["runtime"] = args.runtime
     parts = set(args.parts.split(","))
     print(machine())
     for name, fn in (("p3", p3), ("p4", p4), ("p2", p2), ("p5", p5)):

@@ -516,17 +516,20 @@ def encode(items: list, spec: EncodeSpec, keep_going: bool) -> Encoded:
                     out[i] = vec
                 n_hits += len(res.found)
                 if res.pixels is not None and (not errors or keep_going):
-                    if shared:  # leave to other processes what they are encoding
-                        res, hits, others = claim(spec, res, claims)
-                        for i, vec in hits:
-                            out[i] = vec
-                        n_hits += len(hits)
-                        waiting.extend(others)
-                    if res.kept:
-                        emb = embed(spec, res.pixels)
-                        out[res.kept] = emb
-                        store(spec.cache, res.keys, emb)
-                        release(spec, res.keys, claims)
+                    # With a shared folder, claim and encode a few images at a time, so
+                    # that processes encoding the same images split them finely.
+                    for part in split(res, CLAIM_CHUNK) if shared else [res]:
+                        if shared:  # leave to other processes what they are encoding
+                            part, hits, others = claim(spec, part, claims)
+                            for i, vec in hits:
+                                out[i] = vec
+                            n_hits += len(hits)
+                            waiting.extend(others)
+                        if part.kept:
+                            emb = embed(spec, part.pixels)
+                            out[part.kept] = emb
+                            store(spec.cache, part.keys, emb)
+                            release(spec, part.keys, claims)
                 bar.update(len(batch))
     finally:
         release(spec, list(claims), claims)
@@ -545,6 +548,23 @@ def encode(items: list, spec: EncodeSpec, keep_going: bool) -> Encoded:
     errors.sort()  # input order
     out[[e.index for e in errors]] = np.nan
     return Encoded(out, errors)
+
+
+#: Images claimed and encoded at a time when processes share a disk cache.
+CLAIM_CHUNK = 8
+
+
+def split(res: Prepared, size: int) -> list[Prepared]:
+    """A prepared batch as consecutive parts of at most ``size`` images (with their
+    views)."""
+    if len(res.kept) <= size:
+        return [res]
+    per_image = len(res.pixels) // len(res.kept)
+    return [
+        Prepared([], res.kept[k : k + size], res.keys[k : k + size],
+                 res.pixels[k * per_image : (k + size) * per_image], [])
+        for k in range(0, len(res.kept), size)
+    ]
 
 
 def claim(

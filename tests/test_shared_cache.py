@@ -128,3 +128,14 @@ def test_disk_cache_is_bounded_oldest_first(tmp_path, monkeypatch):
     store.put("aa" + "9" * 30, np.zeros(4, dtype=np.float32))
     left = sorted(p.stem for p in (tmp_path / "aa").glob("*.emb"))
     assert left == sorted([keys[3], "aa" + "9" * 30])
+
+
+def test_split_keeps_each_images_views_together():
+    pixels = np.arange(10 * 2).reshape(10 * 2, 1, 1, 1).astype(np.uint8)  # 10 images x 2 views
+    res = _encode.Prepared([(0, None)], list(range(10)), [str(k) for k in range(10)], pixels, [])
+    parts = _encode.split(res, 4)
+    assert [p.kept for p in parts] == [[0, 1, 2, 3], [4, 5, 6, 7], [8, 9]]
+    assert [p.keys for p in parts][2] == ["8", "9"]
+    np.testing.assert_array_equal(np.concatenate([p.pixels for p in parts]), pixels)
+    assert [len(p.pixels) for p in parts] == [8, 8, 4] and parts[0].found == []
+    assert _encode.split(res, 10) == [res]
