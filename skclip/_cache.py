@@ -337,20 +337,23 @@ _WORKERS_PREFIX = "skclip-workers-"
 
 
 def worker_folder() -> Path | None:
-    """The disk folder that the worker processes of one parallel run share, or None in
-    a process that is not a worker.
+    """The disk folder that a process and its worker processes share, or None.
 
     ``GridSearchCV(n_jobs=2)`` runs its fits in worker processes (joblib's loky, or
     multiprocessing), each with its own memory cache: without a shared folder every
-    worker would encode every image again. This folder, in the temporary directory and
-    named after the parent process, lets them share embeddings (and, with the claims
-    of :class:`DiskStore`, split the encoding work) without any setting. Folders of
-    parents that are gone are deleted when a new one is made.
+    worker would encode every image again, and the final refit in the parent process
+    once more. This folder, in the temporary directory and named after the parent
+    process, lets them share embeddings (and, with the claims of :class:`DiskStore`,
+    split the encoding work) without any setting. A worker gets its parent's folder; a
+    process that is not a worker gets its own folder once its workers have made it
+    (None before). Folders of processes that are gone are deleted when a new one is
+    made.
     """
-    parent = multiprocessing.parent_process()
-    if parent is None or parent.pid is None:
-        return None
     root = Path(tempfile.gettempdir())
+    parent = multiprocessing.parent_process()
+    if parent is None or parent.pid is None:  # not a worker: its workers' folder, if any
+        own = root / f"{_WORKERS_PREFIX}{_HOST}-{os.getpid()}"
+        return own if own.is_dir() else None
     folder = root / f"{_WORKERS_PREFIX}{_HOST}-{parent.pid}"
     if not folder.exists():
         _remove_stale_worker_folders(root)

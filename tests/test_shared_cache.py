@@ -88,15 +88,19 @@ def test_a_void_claim_is_encoded_here(tiny_clip_path, tmp_path, other_process, c
     np.testing.assert_allclose(X, expected, atol=1e-6)
 
 
-def test_no_worker_folder_in_the_main_process():
-    assert _cache.worker_folder() is None
+def test_a_process_uses_its_workers_folder_once_it_exists(tmp_path, monkeypatch):
+    monkeypatch.setattr(_cache.tempfile, "gettempdir", lambda: str(tmp_path))
+    assert _cache.worker_folder() is None  # no workers yet: memory only
+    own = tmp_path / f"{_cache._WORKERS_PREFIX}{_cache._HOST}-{os.getpid()}"
+    own.mkdir()
+    assert _cache.worker_folder() == own
 
 
 def _worker_folder_and_pid():
     return str(_cache.worker_folder()), os.getppid()
 
 
-def test_parallel_search_workers_share_a_folder(tiny_clip_path, image_folder):
+def test_parallel_search_workers_share_a_folder(tiny_clip_path, image_folder, count_encoded):
     from joblib import Parallel, delayed
 
     folders = Parallel(n_jobs=2)(delayed(_worker_folder_and_pid)() for _ in range(4))
@@ -110,6 +114,7 @@ def test_parallel_search_workers_share_a_folder(tiny_clip_path, image_folder):
     pipe = Pipeline([("clip", CLIPFeaturizer(model=tiny_clip_path)),
                      ("tip", TipAdapterClassifier(clip_model=tiny_clip_path))])
     parallel = GridSearchCV(pipe, grid, cv=cv, n_jobs=2).fit(paths, labels)
+    assert count_encoded["images"] == 0  # the refit here found the workers' embeddings
     serial = GridSearchCV(pipe, grid, cv=cv, n_jobs=1).fit(paths, labels)
     np.testing.assert_allclose(parallel.cv_results_["mean_test_score"],
                                serial.cv_results_["mean_test_score"], atol=1e-12)
