@@ -24,6 +24,7 @@ import contextlib
 import os
 import time
 import warnings
+import weakref
 from collections import deque
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -193,6 +194,10 @@ def draw_seed(random_state: Any, n_views: int) -> int | None:
 VIEW_POOLING = "normalized mean of raw views"
 
 
+# cache_settings per loaded model (dropped with it): computed once, not on every call
+_SETTINGS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+
+
 def cache_settings(
     clip: LoadedCLIP, normalize: bool, n_views: int, seed: int | None, onnx_dtype: str | None = None
 ) -> str:
@@ -200,6 +205,16 @@ def cache_settings(
 
     ``onnx_dtype`` is the precision of the ONNX Runtime tower (``"float32"``, ``"int8"``),
     or None for PyTorch (whose entries keep the keys they always had)."""
+    memo = _SETTINGS.setdefault(clip, {})
+    key = (bool(normalize), n_views, seed, onnx_dtype)
+    if key not in memo:
+        memo[key] = _cache_settings(clip, *key)
+    return memo[key]
+
+
+def _cache_settings(
+    clip: LoadedCLIP, normalize: bool, n_views: int, seed: int | None, onnx_dtype: str | None
+) -> str:
     parts: tuple = (
         clip.vision_fingerprint, sorted(clip.image_config.items()), str(clip.dtype),
         clip.device.type, normalize, n_views, seed,

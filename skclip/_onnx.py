@@ -385,8 +385,7 @@ def image_encoder(
     """
     _require_onnxruntime()
     threads = int(threads) if threads is not None else torch.get_num_threads()
-    memo_key = (dtype, threads, str(Path(folder).expanduser()) if folder is not None
-                else str(default_folder()))
+    memo_key = (dtype, threads, None if folder is None else os.fspath(folder))
     memo = _ENCODERS.get(clip)
     if memo is not None and memo_key in memo:  # checked and loaded before in this process
         return memo[memo_key]
