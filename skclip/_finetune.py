@@ -6,7 +6,7 @@ calls it once, ``TipAdapterClassifierCV.fit`` once per fold and once to refit. T
 loss is the cross-entropy of :func:`skclip._formula.tip_adapter_logits`, the one
 place the formula lives.
 
-The defaults (a budget in optimizer steps, normalized keys) were chosen on
+The defaults (at least 300 optimizer steps, normalized keys) were chosen on
 ``benchmarks/bench_tip_f.py``; the user guide's "When does fine-tuning help?" has the
 table. ``train_dtype="float16"`` reproduces the float16 regime of the reference
 code's GPU runs, where AdamW's second moment underflows.
@@ -26,7 +26,8 @@ from sklearn.utils import check_random_state
 from ._formula import tip_adapter_logits
 from ._models import resolve_device
 
-#: ``epochs="auto"`` trains the fewest whole epochs with at least this many AdamW steps.
+#: ``epochs="auto"``: the reference's 20 epochs, or more to make at least 300 AdamW steps.
+AUTO_EPOCHS = 20
 AUTO_STEPS = 300
 #: ``validation_fraction="auto"`` holds out this fraction ...
 AUTO_VALIDATION_FRACTION = 0.1
@@ -74,10 +75,12 @@ def resolve_validation_fraction(
 
 
 def resolve_epochs(epochs: int | str, n_queries: int, batch_size: int) -> int:
-    """``"auto"``: the fewest whole epochs with at least ``AUTO_STEPS`` steps."""
+    """``"auto"``: ``AUTO_EPOCHS``, or the fewest whole epochs with ``AUTO_STEPS`` steps
+    if that is more (small data sets, where an epoch is a step or two)."""
     if epochs != "auto":
         return int(epochs)
-    return math.ceil(AUTO_STEPS / max(1, math.ceil(n_queries / batch_size)))
+    steps_per_epoch = max(1, math.ceil(n_queries / batch_size))
+    return max(AUTO_EPOCHS, math.ceil(AUTO_STEPS / steps_per_epoch))
 
 
 def fine_tune_keys(
@@ -117,7 +120,7 @@ def fine_tune_keys(
     alpha, beta : float
         Residual ratio and sharpness the loss is computed at.
     epochs : int or "auto"
-        Epochs; ``"auto"``: the fewest whole epochs with ``AUTO_STEPS`` steps or more.
+        Epochs; ``"auto"``: see :func:`resolve_epochs`.
     lr, batch_size : float, int
         AdamW learning rate and mini-batch size.
     validation_fraction : float, "auto" or None, default=None

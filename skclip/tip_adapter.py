@@ -207,7 +207,7 @@ class TipAdapterClassifier(_BaseTipAdapter):
 
     ``W`` are the CLIP text embeddings of the class names, prompt-ensembled. Nothing
     is trained unless ``fine_tune=True`` (Tip-Adapter-F), which trains the keys with
-    cross-entropy for a few epochs.
+    cross-entropy (by default for at least 300 optimizer steps).
 
     Parameters
     ----------
@@ -239,9 +239,9 @@ class TipAdapterClassifier(_BaseTipAdapter):
         ``beta``. The defaults below are chosen on ``benchmarks/bench_tip_f.py`` (see
         "When does fine-tuning help?" in the user guide).
     epochs : int or "auto", default="auto"
-        Fine-tuning epochs. ``"auto"`` gives a budget in optimizer *steps*: the fewest
-        whole epochs with at least ``AUTO_STEPS`` (300) steps, so that 8 images per
-        class train as much as 16000 (an epoch of a small set is a single step).
+        Fine-tuning epochs. ``"auto"`` is the reference's 20 epochs, or more to make at
+        least 300 optimizer *steps*: an epoch of up to ``batch_size`` samples is a
+        single step, so 20 epochs would barely train a small data set.
     lr : float, default=1e-3
         Fine-tuning learning rate (AdamW with ``eps=1e-4``), the paper's.
     batch_size : int, default=256
@@ -301,7 +301,8 @@ class TipAdapterClassifier(_BaseTipAdapter):
         Held-out accuracy per fine-tuning epoch; ``None`` without fine-tuning or
         without ``validation_fraction``.
     best_epoch_ : int or None
-        1-based epoch whose keys were kept; ``None`` with ``fine_tune=False``.
+        1-based epoch whose keys were kept; 0 when there was nothing to train (one
+        sample per class with ``leave_one_out=True``); ``None`` with ``fine_tune=False``.
 
     See Also
     --------

@@ -111,12 +111,12 @@ def test_defaults_fine_tune_well_beyond_training_free():
     assert np.abs(tuned.cache_keys_ - normalize(Xtr)).max() > 0.05  # the keys did move
 
 
-@pytest.mark.parametrize("batch_size", [256, 16])
-def test_auto_epochs_is_a_budget_of_optimizer_steps(batch_size):
-    Xtr, ytr, _, _, W = _task(shots=4)  # 40 samples: 1 or 3 steps per epoch
+@pytest.mark.parametrize(("batch_size", "epochs"), [(256, 300), (16, 100), (2, 20)])
+def test_auto_epochs_make_at_least_300_steps_and_20_epochs(batch_size, epochs):
+    Xtr, ytr, _, _, W = _task(shots=4)  # 40 samples: 1, 3 or 20 steps per epoch
     clf = _fit(Xtr, ytr, W, batch_size=batch_size)
-    steps_per_epoch = math.ceil(len(Xtr) / batch_size)
-    assert len(clf.loss_curve_) == math.ceil(AUTO_STEPS / steps_per_epoch)
+    steps_per_epoch = math.ceil(40 / batch_size)
+    assert len(clf.loss_curve_) == epochs == max(20, math.ceil(AUTO_STEPS / steps_per_epoch))
     assert len(_fit(Xtr, ytr, W, batch_size=batch_size, epochs=7).loss_curve_) == 7
 
 
@@ -187,3 +187,23 @@ def test_cv_fine_tunes_with_the_classifier_defaults():
                                  text_features=W, fine_tune=True, random_state=0).fit(Xtr, ytr)
     assert len(clf.loss_curve_) == AUTO_STEPS  # 40 samples: one step per epoch
     np.testing.assert_allclose(np.linalg.norm(clf.cache_keys_, axis=1), 1.0, rtol=1e-5)
+
+
+def test_epochs_and_train_dtype_are_validated():
+    Xtr, ytr, _, _, W = _task(shots=2)
+    with pytest.raises(ValueError, match="epochs"):
+        _fit(Xtr, ytr, W, epochs="many")
+    with pytest.raises(ValueError, match="validation_fraction"):
+        _fit(Xtr, ytr, W, validation_fraction="always")
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+@pytest.mark.cuda
+def test_float16_on_cuda_moves_like_on_cpu(repro_task):
+    X, y, W = repro_task
+    cpu = _ours(X, y, W, train_dtype="float16")
+    gpu = fine_tune_keys(X, y, len(W), W, alpha=1.17, beta=1.0, device="cuda", random_state=0,
+                         train_dtype="float16", **REPRO).keys
+    move = np.linalg.norm(cpu - X)
+    assert abs(np.linalg.norm(gpu - X) - move) <= 0.2 * move
+    assert np.linalg.norm(gpu - cpu) <= 0.1 * move
