@@ -46,6 +46,12 @@ from ._preprocess_families import image_config, make_preprocessor
 CLIP_LOGIT_SCALE = 100.0
 
 
+def _pooled(output: Any) -> torch.Tensor:
+    """``get_image_features``/``get_text_features`` output: a Tensor in transformers 4,
+    an output object holding it as ``pooler_output`` in transformers 5."""
+    return output if isinstance(output, torch.Tensor) else output.pooler_output
+
+
 class NoTextTowerError(ValueError):
     """The backbone has no text tower (image-only), or no usable tokenizer."""
 
@@ -127,22 +133,26 @@ class Backbone:
         """Raw image embeddings ``(B, d)`` for model inputs from the preprocessor."""
         raise NotImplementedError
 
-    def embed_images(self, batch: dict[str, np.ndarray], normalize: bool = True) -> np.ndarray:
-        """Embed a collated batch (``preprocessor.collate``): ``uint8`` pixels in,
-        ``(B, d)`` float32 out, L2-normalized if ``normalize``.
+    def forward_images(self, batch: dict[str, np.ndarray]) -> torch.Tensor:
+        """Raw embeddings of a collated batch (``preprocessor.collate``): ``(B, d)``
+        float32 on the device. Call under ``torch.inference_mode()``.
 
-        The ``uint8`` arrays cross to the device (pinned on CUDA: 4x less than float32),
+        The ``uint8`` arrays cross to the device (pinned on CUDA: 4x less than float32);
         rescaling and normalization run there.
         """
+        tensors = {}
+        for key, arr in batch.items():
+            t = torch.from_numpy(arr)
+            if self.device.type == "cuda":
+                t = t.pin_memory().to(self.device, non_blocking=True)
+            tensors[key] = t.to(self.device)
+        return self.image_features(self.preprocessor.model_inputs(tensors, self.dtype)).float()
+
+    def embed_images(self, batch: dict[str, np.ndarray], normalize: bool = True) -> np.ndarray:
+        """:meth:`forward_images` as a numpy ``(B, d)`` float32 array, L2-normalized if
+        ``normalize``."""
         with torch.inference_mode():
-            tensors = {}
-            for key, arr in batch.items():
-                t = torch.from_numpy(arr)
-                if self.device.type == "cuda":
-                    t = t.pin_memory().to(self.device, non_blocking=True)
-                tensors[key] = t.to(self.device)
-            inputs = self.preprocessor.model_inputs(tensors, self.dtype)
-            emb = self.image_features(inputs).float()
+            emb = self.forward_images(batch)
             if normalize:
                 emb = torch.nn.functional.normalize(emb, dim=-1)
             return emb.cpu().numpy()
@@ -166,7 +176,7 @@ class Backbone:
     def text_features(self, prompts: list[str]) -> torch.Tensor:
         """Raw text embeddings ``(len(prompts), d)`` (float32, on the device)."""
         with torch.inference_mode():
-            return self.model.get_text_features(**self.tokenize(prompts)).pooler_output.float()
+            return _pooled(self.model.get_text_features(**self.tokenize(prompts))).float()
 
     def _no_text_error(self) -> NoTextTowerError:
         if not self.has_text:
@@ -202,7 +212,7 @@ class ClipBackbone(Backbone):
         return CLIP_LOGIT_SCALE
 
     def image_features(self, inputs: dict[str, torch.Tensor]) -> torch.Tensor:
-        return self.model.get_image_features(**inputs).pooler_output
+        return _pooled(self.model.get_image_features(**inputs))
 
 
 class MetaClip2Backbone(ClipBackbone):
@@ -235,7 +245,7 @@ class SiglipBackbone(Backbone):
         return {"padding": "max_length"}
 
     def image_features(self, inputs: dict[str, torch.Tensor]) -> torch.Tensor:
-        return self.model.get_image_features(**inputs).pooler_output
+        return _pooled(self.model.get_image_features(**inputs))
 
 
 class Siglip2Backbone(SiglipBackbone):

@@ -43,11 +43,33 @@ class UnsupportedPreprocessingError(ValueError):
     """The checkpoint's image processor does something skclip does not reproduce."""
 
 
+#: transformers 4: the PIL/numpy processors whose ``preprocess`` is the plain pipeline.
+_PLAIN_V4 = frozenset(
+    {"CLIPImageProcessor", "SiglipImageProcessor", "BitImageProcessor", "ViTImageProcessor"}
+)
+_NAFLEX = frozenset({"Siglip2ImageProcessorPil", "Siglip2ImageProcessor"})
+
+
 def _plain_pipeline(proc: Any) -> bool:
     """True if ``proc`` runs the standard resize / crop / rescale / normalize pipeline."""
-    from transformers.image_processing_backends import PilBackend
-
+    try:
+        from transformers.image_processing_backends import PilBackend
+    except ImportError:  # transformers 4
+        return type(proc).__name__ in _PLAIN_V4
     return isinstance(proc, PilBackend) and type(proc)._preprocess is PilBackend._preprocess
+
+
+def _naflex_size(height: int, width: int, patch_size: int, max_num_patches: int) -> tuple[int, int]:
+    """transformers' own NaFlex target size (height, width), from where this version has it."""
+    try:
+        from transformers.models.siglip2.image_processing_pil_siglip2 import (
+            get_image_size_for_max_num_patches,
+        )
+    except ImportError:  # transformers 4
+        from transformers.models.siglip2.image_processing_siglip2 import (
+            get_image_size_for_max_num_patches,
+        )
+    return get_image_size_for_max_num_patches(height, width, patch_size, max_num_patches)
 
 
 def config_from_processor(proc: Any, name: str = "the checkpoint") -> dict:
@@ -71,8 +93,7 @@ def config_from_processor(proc: Any, name: str = "the checkpoint") -> dict:
     UnsupportedPreprocessingError
         For a processor whose steps are not reproduced here, naming it.
     """
-    from transformers import Siglip2ImageProcessorPil
-
+    kind = type(proc).__name__
     common = {
         "resample": int(proc.resample),
         "do_rescale": bool(proc.do_rescale),
@@ -81,8 +102,7 @@ def config_from_processor(proc: Any, name: str = "the checkpoint") -> dict:
         "image_mean": tuple(float(m) for m in np.broadcast_to(proc.image_mean, 3)),
         "image_std": tuple(float(s) for s in np.broadcast_to(proc.image_std, 3)),
     }
-    kind = type(proc).__name__
-    if isinstance(proc, Siglip2ImageProcessorPil):
+    if kind in _NAFLEX:
         if not proc.do_resize:
             raise UnsupportedPreprocessingError(
                 f"The image processor of {name!r} ({kind}) has do_resize=False: images would "
@@ -130,13 +150,19 @@ def config_from_processor(proc: Any, name: str = "the checkpoint") -> dict:
 def image_config(name: str) -> dict:
     """Read the preprocessing settings of checkpoint ``name`` (folder or hub id).
 
-    Uses the checkpoint's own image processor class (PIL backend, no torchvision).
+    Uses the checkpoint's own image processor class, its PIL/numpy version (no
+    torchvision needed).
     """
     from transformers import AutoImageProcessor
 
     from ._models import _from_pretrained
 
-    proc = _from_pretrained(AutoImageProcessor, name, backend="pil")
+    try:
+        import transformers.image_processing_backends  # noqa: F401 - transformers 5
+    except ImportError:  # transformers 4: the "slow" processors are the PIL/numpy ones
+        proc = _from_pretrained(AutoImageProcessor, name, use_fast=False)
+    else:
+        proc = _from_pretrained(AutoImageProcessor, name, backend="pil")
     return config_from_processor(proc, name)
 
 
@@ -202,13 +228,7 @@ class NaFlexPreprocessor:
 
     def target_size(self, width: int, height: int) -> tuple[int, int]:
         """(width, height) after resizing, exactly as transformers computes it."""
-        from transformers.models.siglip2.image_processing_pil_siglip2 import (
-            get_image_size_for_max_num_patches,
-        )
-
-        h, w = get_image_size_for_max_num_patches(
-            height, width, self.patch_size, self.max_num_patches
-        )
+        h, w = _naflex_size(height, width, self.patch_size, self.max_num_patches)
         return w, h
 
     def _patchify(self, img: Image.Image) -> np.ndarray:
