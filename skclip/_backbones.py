@@ -267,8 +267,7 @@ class ImageOnlyBackbone(Backbone):
         from PIL import Image
 
         prep = self.preprocessor
-        size = (64, 64) if not hasattr(prep, "output_size") else prep.output_size[::-1]
-        arr = prep(Image.new("RGB", size))
+        arr = prep(Image.new("RGB", (64, 64)))
         return int(self.embed_images(prep.collate([arr]), normalize=False).shape[1])
 
     @property

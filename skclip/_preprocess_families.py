@@ -27,7 +27,7 @@ arguments).
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Protocol
 
 import numpy as np
 import torch
@@ -37,6 +37,22 @@ from ._images import CLIPPreprocessor, _random_resized_crop_box
 
 #: Keys of a NaFlex config; a resize-crop config has the keys of ``_models._image_config``.
 NAFLEX_KEYS = ("patch_size", "max_num_patches")
+
+
+class Preprocessor(Protocol):
+    """What the encoding engine needs from a family's preprocessing."""
+
+    config: dict
+
+    def __call__(self, img: Image.Image) -> np.ndarray: ...
+
+    def random_view(self, img: Image.Image, rng: np.random.Generator) -> np.ndarray: ...
+
+    def collate(self, arrays: list[np.ndarray]) -> dict[str, np.ndarray]: ...
+
+    def model_inputs(
+        self, batch: dict[str, torch.Tensor], dtype: torch.dtype
+    ) -> dict[str, torch.Tensor]: ...
 
 
 class UnsupportedPreprocessingError(ValueError):
@@ -127,11 +143,17 @@ def config_from_processor(proc: Any, name: str = "the checkpoint") -> dict:
             f"The image processor of {name!r} ({kind}) resizes with size={size}; skclip supports "
             "{'shortest_edge': n} or {'height': h, 'width': w}."
         )
+    do_crop = bool(getattr(proc, "do_center_crop", False))
+    if not do_crop and (not proc.do_resize or shortest is not None):
+        raise UnsupportedPreprocessingError(
+            f"The image processor of {name!r} ({kind}) neither resizes to a fixed size nor "
+            "center-crops, so images of different sizes would give arrays of different "
+            "shapes; skclip needs a fixed-size resize or a center crop."
+        )
     if getattr(proc, "do_pad", False):
         raise UnsupportedPreprocessingError(
             f"The image processor of {name!r} ({kind}) pads images (do_pad=True); not supported."
         )
-    do_crop = bool(getattr(proc, "do_center_crop", False))
     return {
         "do_resize": bool(proc.do_resize),
         "shortest_edge": shortest,
@@ -166,7 +188,7 @@ def image_config(name: str) -> dict:
     return config_from_processor(proc, name)
 
 
-def make_preprocessor(config: dict) -> ResizeCropPreprocessor | NaFlexPreprocessor:
+def make_preprocessor(config: dict) -> Preprocessor:
     """The preprocessor for a config from :func:`image_config`.
 
     Examples

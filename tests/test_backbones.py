@@ -209,7 +209,10 @@ def test_unsupported_checkpoints_are_named(tmp_path):
 
 
 def test_unsupported_image_processor_is_named():
-    from transformers import ConvNextImageProcessorPil
+    from transformers import BitImageProcessorPil, ConvNextImageProcessorPil
 
     with pytest.raises(UnsupportedPreprocessingError, match="ConvNextImageProcessorPil"):
         config_from_processor(ConvNextImageProcessorPil(), "some/convnext")
+    no_crop = BitImageProcessorPil(size={"shortest_edge": 32}, do_center_crop=False)
+    with pytest.raises(UnsupportedPreprocessingError, match="different shapes"):
+        config_from_processor(no_crop, "some/backbone")
