@@ -22,6 +22,7 @@ import torch  # noqa: E402
 from _common import best_of, jpeg_folder, vit_b32_folder  # noqa: E402
 
 from skclip import CLIPFeaturizer  # noqa: E402
+from skclip._encode import n_threads  # noqa: E402
 from skclip._images import CLIPPreprocessor, open_image  # noqa: E402
 from skclip._models import load_clip  # noqa: E402
 
@@ -66,7 +67,7 @@ def main() -> None:
     n = len(paths)
     print(f"device={clip.device} dtype={clip.dtype} torch_threads={torch.get_num_threads()} "
           f"cpus={os.cpu_count()} images={n} (500x375 JPEG) batch_size={args.batch_size} "
-          f"decode_threads={featurizer._n_threads(clip.device)}")
+          f"decode_threads={n_threads(args.n_jobs, clip.device)}")
     print(f"raw get_image_features on ready tensors: {n / t_raw:8.1f} img/s (median)")
     print(f"CLIPFeaturizer paths -> embeddings:      {n / t_e2e:8.1f} img/s (median)")
     print("per-pair ratios: " + ", ".join(f"{r:.3f}" for r in ratios))

@@ -60,17 +60,40 @@ class LoadedCLIP:
         Identifies the model in embedding-cache keys across processes: two folders with
         the same weights share entries, a retrained model with the same name does not.
         """
-        import hashlib
+        return _hash_weights(
+            {"vision_model": self.model.vision_model,
+             "visual_projection": self.model.visual_projection}
+        ).hexdigest()
 
-        h = hashlib.blake2b(digest_size=16)
-        modules = {"vision_model": self.model.vision_model,
-                   "visual_projection": self.model.visual_projection}
-        for prefix, module in modules.items():
-            for name, tensor in module.state_dict().items():
-                t = tensor.detach().cpu().contiguous()
-                h.update(f"{prefix}.{name}:{tuple(t.shape)}:{t.dtype}".encode())
-                h.update(t.view(torch.uint8).numpy().tobytes() if t.numel() else b"")
+    @functools.cached_property
+    def text_fingerprint(self) -> str:
+        """Hash of the text tower's weights and the tokenizer's vocabulary.
+
+        Keys the text-weight cache (``skclip.text``) as ``vision_fingerprint`` keys the
+        embedding cache: a checkpoint folder rewritten in place gets fresh text weights.
+        """
+        h = _hash_weights(
+            {"text_model": self.model.text_model, "text_projection": self.model.text_projection}
+        )
+        if self.tokenizer is not None:
+            vocab = sorted(self.tokenizer.get_vocab().items(), key=lambda kv: kv[1])
+            h.update(f"{type(self.tokenizer).__name__}:{len(vocab)}".encode())
+            h.update("\n".join(token for token, _ in vocab).encode("utf-8", "surrogatepass"))
         return h.hexdigest()
+
+
+def _hash_weights(modules: dict[str, Any]) -> Any:
+    """A blake2b hash object fed with every tensor of ``modules`` (prefix -> module):
+    names, shapes, dtypes and values."""
+    import hashlib
+
+    h = hashlib.blake2b(digest_size=16)
+    for prefix, module in modules.items():
+        for name, tensor in module.state_dict().items():
+            t = tensor.detach().cpu().contiguous()
+            h.update(f"{prefix}.{name}:{tuple(t.shape)}:{t.dtype}".encode())
+            h.update(t.view(torch.uint8).numpy().tobytes() if t.numel() else b"")
+    return h
 
 
 _CACHE: dict[tuple[str, str, str], LoadedCLIP] = {}
@@ -121,17 +144,46 @@ def resolve_dtype(dtype: str | torch.dtype, device: torch.device) -> torch.dtype
         ) from None
 
 
-def _looks_like_path(name: str) -> bool:
-    """Hub ids are ``"name"`` or ``"org/name"``; anything else is meant as a folder."""
-    return (
-        os.path.isabs(name)
-        or name.startswith((".", "~"))
-        or name.count("/") > 1
-        or (os.sep != "/" and os.sep in name)
-    )
+def _path_reason(name: str) -> str | None:
+    """Why ``name`` is meant as a local folder rather than a hub id (``None``: a hub id).
+
+    Hub ids are ``"name"`` or ``"org/name"``. A name is a path when it is absolute,
+    starts with ``.`` or ``~``, ends with a separator, uses ``\\`` (Windows) or more
+    than one ``/``, is not a valid hub id, or its first part is a folder here
+    (``models/clip-b32`` while ``models/`` exists).
+    """
+    from huggingface_hub.utils import HFValidationError, validate_repo_id
+
+    if os.path.isabs(name) or name.startswith((".", "~")):
+        return "it is an absolute path or starts with '.' or '~'"
+    seps = {os.sep, "/"} | ({os.altsep} if os.altsep else set())
+    if "\\" in name or name.endswith(tuple(seps)) or name.count("/") > 1:
+        return "it is a path, not a hub id of the form 'name' or 'org/name'"
+    if "/" in name and Path(name.split("/")[0]).is_dir():
+        return f"the folder {name.split('/')[0]!r} exists here"
+    try:
+        validate_repo_id(name)
+    except HFValidationError:
+        return "it is not a valid hub id"
+    return None
 
 
-def _offline_error(name: str, cause: BaseException) -> OSError:
+def _hub_unreachable(timeout: float = 2.0) -> str | None:
+    """``None`` if the hub answers within ``timeout`` seconds, else why not.
+
+    One quick request instead of the download code's retries, which take half a minute
+    to give up without a network.
+    """
+    from huggingface_hub import constants, get_session
+
+    try:
+        get_session().head(constants.ENDPOINT, timeout=timeout)
+    except Exception as exc:  # any transport error (httpx or requests): not reachable
+        return f"{constants.ENDPOINT} did not answer within {timeout:g} s ({type(exc).__name__})"
+    return None
+
+
+def _offline_error(name: str, cause: BaseException | str) -> OSError:
     return OSError(
         f"Could not load the CLIP checkpoint {name!r}: it is not a local folder, and it is neither "
         "in the Hugging Face cache nor downloadable from the hub (no internet connection, or "
@@ -145,15 +197,17 @@ def _offline_error(name: str, cause: BaseException) -> OSError:
 
 
 def _from_pretrained(cls: Any, name: str, **kwargs: Any) -> Any:
-    """``cls.from_pretrained(name)``: the local cache first, then the hub, with clear errors."""
+    """``cls.from_pretrained(name)``: a local folder, else the local cache, then the hub
+    (if it answers within 2 s), with clear errors."""
     path = Path(name).expanduser()
     if path.is_dir():
         return cls.from_pretrained(str(path), **kwargs)
-    if path.exists() or _looks_like_path(name):
+    reason = "it exists but is a file" if path.exists() else _path_reason(name)
+    if reason is not None:
         raise OSError(
-            f"CLIP checkpoint folder {name!r} does not exist or is not a folder. Pass the folder "
-            "written by `save_pretrained` (it holds config.json and the weights), or a hub id such "
-            f"as {DEFAULT_MODEL!r}."
+            f"CLIP checkpoint folder {name!r} does not exist or is not a folder (read as a local "
+            f"path, not a hub id: {reason}). Pass the folder written by `save_pretrained` (it "
+            f"holds config.json and the weights), or a hub id such as {DEFAULT_MODEL!r}."
         )
     try:
         return cls.from_pretrained(name, local_files_only=True, **kwargs)
@@ -162,17 +216,28 @@ def _from_pretrained(cls: Any, name: str, **kwargs: Any) -> Any:
 
         if constants.HF_HUB_OFFLINE:
             raise _offline_error(name, first) from first
+        unreachable = _hub_unreachable()
+        if unreachable:
+            raise _offline_error(name, f"the hub cannot be reached: {unreachable}") from first
     try:
         return cls.from_pretrained(name, **kwargs)
     except OSError as exc:
         raise _offline_error(name, exc) from exc
 
 
+def _pil_image_processor_class() -> type:
+    """The CLIP image processor that needs no torchvision: ``CLIPImageProcessorPil`` in
+    transformers 5, ``CLIPImageProcessor`` (the PIL/numpy one) in transformers 4."""
+    try:
+        from transformers import CLIPImageProcessorPil
+    except ImportError:  # transformers 4.x
+        from transformers import CLIPImageProcessor as CLIPImageProcessorPil
+    return CLIPImageProcessorPil
+
+
 def _image_config(name: str) -> dict:
     """Read the checkpoint's image-processor settings without needing torchvision."""
-    from transformers import CLIPImageProcessorPil
-
-    proc = _from_pretrained(CLIPImageProcessorPil, name)
+    proc = _from_pretrained(_pil_image_processor_class(), name)
     size = dict(proc.size)
     crop = dict(proc.crop_size) if proc.crop_size is not None else None
     return {
@@ -253,6 +318,10 @@ def load_clip(
 
 
 def clear_model_cache() -> None:
-    """Forget every loaded model (frees their memory once no estimator uses them)."""
+    """Forget every loaded model and the text weights computed with them (frees their
+    memory once no estimator uses them)."""
+    from .text import clear_text_cache  # text.py imports this module
+
     with _CACHE_LOCK:
         _CACHE.clear()
+    clear_text_cache()

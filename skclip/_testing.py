@@ -9,6 +9,7 @@ benchmarks (real image-tower cost, random weights).
 from __future__ import annotations
 
 import os
+from pathlib import Path
 
 #: The tiny test checkpoint: 32x32 images, 16-d embeddings.
 TINY_IMAGE_SIZE = 32
@@ -32,6 +33,9 @@ def _byte_level_alphabet() -> list[str]:
 def character_tokenizer():
     """A working CLIP tokenizer with a character-level vocabulary (no BPE merges):
     every text tokenizes, nothing is downloaded. Its vocabulary has 514 entries."""
+    import json
+    import tempfile
+
     from transformers import CLIPTokenizer
 
     chars = _byte_level_alphabet()
@@ -39,7 +43,11 @@ def character_tokenizer():
     vocab.update({c + "</w>": len(chars) + i for i, c in enumerate(chars)})
     vocab["<|startoftext|>"] = len(vocab)
     vocab["<|endoftext|>"] = len(vocab)
-    return CLIPTokenizer(vocab=vocab, merges=[], model_max_length=77)
+    # Loaded from vocab/merges files, which transformers 4 and 5 both read.
+    with tempfile.TemporaryDirectory() as folder:
+        (Path(folder) / "vocab.json").write_text(json.dumps(vocab))
+        (Path(folder) / "merges.txt").write_text("#version: 0.2\n")
+        return CLIPTokenizer.from_pretrained(folder, model_max_length=77)
 
 
 def save_random_clip(folder: str | os.PathLike, size: str = "tiny", seed: int = 0) -> str:
@@ -69,7 +77,11 @@ def save_random_clip(folder: str | os.PathLike, size: str = "tiny", seed: int = 
     ['config.json', 'model.safetensors']
     """
     import torch
-    from transformers import CLIPConfig, CLIPImageProcessorPil, CLIPModel
+    from transformers import CLIPConfig, CLIPModel
+
+    from ._models import _pil_image_processor_class
+
+    processor_cls = _pil_image_processor_class()  # needs no torchvision
 
     tokenizer = character_tokenizer()
     eos = tokenizer.convert_tokens_to_ids("<|endoftext|>")
@@ -83,14 +95,14 @@ def save_random_clip(folder: str | os.PathLike, size: str = "tiny", seed: int = 
         vision = dict(hidden_size=32, intermediate_size=37, num_hidden_layers=2,
                       num_attention_heads=2, image_size=TINY_IMAGE_SIZE, patch_size=8)
         config = CLIPConfig(text_config=text, vision_config=vision, projection_dim=TINY_DIM)
-        image_processor = CLIPImageProcessorPil(
+        image_processor = processor_cls(
             size={"shortest_edge": TINY_IMAGE_SIZE},
             crop_size={"height": TINY_IMAGE_SIZE, "width": TINY_IMAGE_SIZE},
         )
     elif size == "vit-b32":
         text.update(hidden_size=64, intermediate_size=128, num_hidden_layers=1)
         config = CLIPConfig(text_config=text)  # vision tower: CLIPConfig() defaults
-        image_processor = CLIPImageProcessorPil()  # 224 bicubic, crop 224, OpenAI mean/std
+        image_processor = processor_cls()  # 224 bicubic, crop 224, OpenAI mean/std
     else:
         raise ValueError(f"size must be 'tiny' or 'vit-b32', got {size!r}.")
     torch.manual_seed(seed)

@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import argparse
 import csv
-import json
 import os
 import sys
 from pathlib import Path
@@ -23,6 +22,7 @@ from typing import Any
 import numpy as np
 
 from ._models import DEFAULT_MODEL
+from ._report import REPORT_SUFFIXES, check_output_path, render_markdown, write_report
 
 _EPILOG = (
     "The model is a Hugging Face hub id or a local folder written by save_pretrained; "
@@ -72,7 +72,10 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--report", default=None,
                     help="write the report to this .json or .md file (and a confusion-matrix "
                     ".png beside it if matplotlib is installed)")
-    ev.add_argument("--random-state", type=int, default=0, help="seed of splits and training")
+    ev.add_argument("--augment", type=int, default=0, metavar="K",
+                    help="training images: mean embedding of K random views (default 0: none)")
+    ev.add_argument("--random-state", type=int, default=0,
+                    help="seed of splits, augmentation and training (default 0)")
     _common(ev)
     ev.set_defaults(func=evaluate)
 
@@ -87,7 +90,10 @@ def build_parser() -> argparse.ArgumentParser:
     fit.add_argument("-o", "--output", required=True, help="where to save, e.g. model.joblib")
     fit.add_argument("--cv", type=int, default=5, help="folds to choose alpha/beta (default 5)")
     fit.add_argument("--fine-tune", action="store_true", help="Tip-Adapter-F")
-    fit.add_argument("--random-state", type=int, default=0, help="seed of Tip-F training")
+    fit.add_argument("--augment", type=int, default=0, metavar="K",
+                     help="training images: mean embedding of K random views (default 0: none)")
+    fit.add_argument("--random-state", type=int, default=0,
+                     help="seed of augmentation and Tip-F training (default 0)")
     _common(fit)
     fit.set_defaults(func=fit_command)
 
@@ -124,10 +130,25 @@ def main(argv: list[str] | None = None) -> int:
 def _featurizer(args: argparse.Namespace):
     from .featurizer import CLIPFeaturizer
 
+    # A seed, always: with random_state=None every call would draw new augmented views,
+    # so the embedding cache could never reuse them.
     return CLIPFeaturizer(
         model=args.model, device=args.device, batch_size=args.batch_size,
         progress=False if args.quiet else "auto", cache_dir=args.cache_dir,
+        augment=args.augment, random_state=args.random_state,
     )
+
+
+def _check_common(args: argparse.Namespace) -> None:
+    """Checks of the options shared by evaluate and fit."""
+    if args.batch_size < 1:
+        raise ValueError(f"--batch-size must be at least 1, got {args.batch_size}.")
+    if args.augment < 0:
+        raise ValueError(f"--augment must be 0 or more, got {args.augment}.")
+    if args.cache_dir is not None and Path(args.cache_dir).exists() and not Path(
+        args.cache_dir
+    ).is_dir():
+        raise ValueError(f"--cache-dir {args.cache_dir!r} is a file, not a folder.")
 
 
 def _inner_cv(y: np.ndarray, outer_folds: int | None) -> int:
@@ -177,42 +198,85 @@ def _scores(y_true: np.ndarray, y_pred: np.ndarray, classes: np.ndarray) -> dict
 
 
 # -- evaluate -----------------------------------------------------------------------------
-def evaluate(args: argparse.Namespace) -> int:
-    """``skclip evaluate``: see the sub-command's help."""
-    from sklearn.base import clone
-    from sklearn.metrics import accuracy_score, f1_score
+def _plan_evaluate(args: argparse.Namespace) -> dict[str, Any]:
+    """Check everything that can be checked from the arguments and the folder listings,
+    before any model is loaded or image encoded; return what to encode and how to split."""
     from sklearn.model_selection import StratifiedKFold
 
     from .datasets import load_image_folder
     from .model_selection import few_shot_split
 
+    _check_common(args)
+    if args.shots is not None and args.shots < 1:
+        raise ValueError(f"--shots must be at least 1, got {args.shots}.")
     if args.cv < 2:
         raise ValueError(f"--cv must be at least 2, got {args.cv}.")
+    if args.report:
+        check_output_path(args.report, "--report", REPORT_SUFFIXES)
     data = load_image_folder(args.data_dir)
-    featurizer = _featurizer(args)
-    X, y = featurizer.transform(data.filenames), data.labels
+    plan: dict[str, Any] = {"data": data, "test": None}
+    if args.test_dir:
+        test = load_image_folder(args.test_dir)
+        unknown = sorted(set(test.labels) - set(data.target_names))
+        if unknown:
+            raise ValueError(f"--test-dir has classes not in {args.data_dir}: {unknown}.")
+        plan["test"] = test
+    y = data.labels
+    if args.shots:  # labels only: no image is opened to draw the split
+        train, test_idx = few_shot_split(y, args.shots, random_state=args.random_state)
+        plan["train"] = train
+        plan["test_idx"] = None if args.test_dir else test_idx
+        plan["inner_cv"] = _inner_cv(y[train], None)
+    elif args.test_dir:
+        plan["train"] = np.arange(len(y))
+        plan["inner_cv"] = _inner_cv(y, None)
+    else:
+        if np.unique(y, return_counts=True)[1].min() < args.cv:
+            raise ValueError(
+                f"--cv {args.cv} needs at least {args.cv} images in every class; "
+                "use a smaller --cv."
+            )
+        plan["outer"] = StratifiedKFold(args.cv, shuffle=True, random_state=args.random_state)
+        plan["inner_cv"] = _inner_cv(y, args.cv)
+    return plan
+
+
+def evaluate(args: argparse.Namespace) -> int:
+    """``skclip evaluate``: see the sub-command's help."""
+    from sklearn.base import clone
+    from sklearn.metrics import accuracy_score, f1_score
+
+    plan = _plan_evaluate(args)
+    data = plan["data"]
     classes = data.target_names
+    methods = _methods(args, plan["inner_cv"])
+    featurizer = _featurizer(args)
     report: dict[str, Any] = {
-        "data_dir": str(args.data_dir), "model": str(args.model), "n_images": int(len(y)),
+        "data_dir": str(args.data_dir), "model": str(args.model), "n_images": int(len(data.labels)),
         "classes": classes.tolist(), "methods": {},
     }
-    if args.test_dir or args.shots:
-        if args.test_dir:
-            test = load_image_folder(args.test_dir)
-            unknown = sorted(set(test.labels) - set(classes))
-            if unknown:
-                raise ValueError(f"--test-dir has classes not in {args.data_dir}: {unknown}.")
-            X_test, y_test = featurizer.transform(test.filenames), test.labels
-            if args.shots:
-                train, _ = few_shot_split(y, args.shots, random_state=args.random_state)
-                X, y = X[train], y[train]
+
+    def encode(files: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Clean embeddings (queries) and training keys (augmented views if asked)."""
+        X = featurizer.transform(files)
+        return X, (featurizer.fit_transform(files) if args.augment else X)
+
+    if "outer" not in plan:
+        train = plan["train"]
+        if plan["test"] is not None:
+            _, X_keys = encode(data.filenames[train])
+            X_test = featurizer.transform(plan["test"].filenames)
+            y_train, y_test = data.labels[train], plan["test"].labels
             report["protocol"] = f"train on {args.data_dir}, test on {args.test_dir}"
+            if args.shots:
+                report["protocol"] = f"{args.shots}-shot {report['protocol']}"
         else:
-            train, test_idx = few_shot_split(y, args.shots, random_state=args.random_state)
-            X, y, X_test, y_test = X[train], y[train], X[test_idx], y[test_idx]
+            X, X_keys_all = encode(data.filenames)
+            X_keys, X_test = X_keys_all[train], X[plan["test_idx"]]
+            y_train, y_test = data.labels[train], data.labels[plan["test_idx"]]
             report["protocol"] = f"{args.shots}-shot split, the other images as test set"
-        for name, est in _methods(args, _inner_cv(y, None)).items():
-            pred = est.fit(X, y).predict(X_test)
+        for name, est in methods.items():
+            pred = est.fit(X_keys, y_train).predict(X_test)
             report["methods"][name] = {
                 "accuracy": float(accuracy_score(y_test, pred)), "accuracy_std": None,
                 "f1_macro": float(f1_score(y_test, pred, average="macro")), "f1_macro_std": None,
@@ -221,16 +285,13 @@ def evaluate(args: argparse.Namespace) -> int:
             if hasattr(est, "alpha_"):
                 report["methods"][name].update(alpha=est.alpha_, beta=est.beta_)
     else:
-        outer = StratifiedKFold(args.cv, shuffle=True, random_state=args.random_state)
-        if np.unique(y, return_counts=True)[1].min() < args.cv:
-            raise ValueError(
-                f"--cv {args.cv} needs at least {args.cv} images in every class; use a smaller --cv."
-            )
+        X, X_keys = encode(data.filenames)
+        y = data.labels
         report["protocol"] = f"{args.cv}-fold stratified cross-validation"
-        for name, est in _methods(args, _inner_cv(y, args.cv)).items():
+        for name, est in methods.items():
             pred, acc, f1 = np.empty_like(y), [], []
-            for train, test_idx in outer.split(X, y):  # one fit per fold gives both
-                pred[test_idx] = clone(est).fit(X[train], y[train]).predict(X[test_idx])
+            for train, test_idx in plan["outer"].split(X, y):  # one fit per fold gives both
+                pred[test_idx] = clone(est).fit(X_keys[train], y[train]).predict(X[test_idx])
                 acc.append(accuracy_score(y[test_idx], pred[test_idx]))
                 f1.append(f1_score(y[test_idx], pred[test_idx], average="macro"))
             entry = {
@@ -239,78 +300,13 @@ def evaluate(args: argparse.Namespace) -> int:
                 **_scores(y, pred, classes),
             }
             if hasattr(est, "alphas"):  # the choice on all the data, to use from here on
-                final = est.fit(X, y)
+                final = est.fit(X_keys, y)
                 entry.update(alpha=final.alpha_, beta=final.beta_)
             report["methods"][name] = entry
-    text = _markdown(report)
-    print(text)
+    print(render_markdown(report))
     if args.report:
-        _write_report(report, text, Path(args.report), args.verbose)
+        write_report(report, args.report, verbose=args.verbose)
     return 0
-
-
-def _markdown(report: dict[str, Any]) -> str:
-    lines = [
-        f"# skclip evaluation: {report['data_dir']}",
-        "",
-        f"Model `{report['model']}`, {report['n_images']} images, {len(report['classes'])} "
-        f"classes; {report['protocol']}.",
-        "",
-        "| method | accuracy | macro-F1 | alpha | beta |",
-        "|---|---|---|---|---|",
-    ]
-
-    def pm(mean: float, std: float | None) -> str:
-        return f"{mean:.3f}" if std is None else f"{mean:.3f} ± {std:.3f}"
-
-    for name, m in report["methods"].items():
-        ab = (f"{m['alpha']:.3g} | {m['beta']:.3g}" if "alpha" in m else "– | –")
-        lines.append(
-            f"| {name} | {pm(m['accuracy'], m['accuracy_std'])} | "
-            f"{pm(m['f1_macro'], m['f1_macro_std'])} | {ab} |"
-        )
-    best = max(report["methods"], key=lambda k: report["methods"][k]["accuracy"])
-    m = report["methods"][best]
-    lines += ["", f"## Per class ({best})", "", "| class | precision | recall | F1 | images |",
-              "|---|---|---|---|---|"]
-    for c, s in m["per_class"].items():
-        lines.append(f"| {c} | {s['precision']:.3f} | {s['recall']:.3f} | {s['f1']:.3f} | "
-                     f"{s['support']} |")
-    lines += ["", f"## Confusion matrix ({best}; rows: true, columns: predicted)", "",
-              "| | " + " | ".join(report["classes"]) + " |",
-              "|---" * (len(report["classes"]) + 1) + "|"]
-    for c, row in zip(report["classes"], m["confusion_matrix"]):
-        lines.append(f"| {c} | " + " | ".join(str(v) for v in row) + " |")
-    return "\n".join(lines) + "\n"
-
-
-def _write_report(report: dict[str, Any], text: str, path: Path, verbose: bool) -> None:
-    if path.suffix.lower() == ".json":
-        path.write_text(json.dumps(report, indent=2))
-    elif path.suffix.lower() == ".md":
-        path.write_text(text)
-    else:
-        raise ValueError(f"--report must end in .json or .md, got {str(path)!r}.")
-    try:
-        import matplotlib
-
-        matplotlib.use("Agg")
-        from matplotlib import pyplot as plt
-        from sklearn.metrics import ConfusionMatrixDisplay
-    except ImportError:
-        if verbose:
-            print("matplotlib is not installed: no confusion-matrix PNG.", file=sys.stderr)
-        return
-    best = max(report["methods"], key=lambda k: report["methods"][k]["accuracy"])
-    disp = ConfusionMatrixDisplay(
-        np.array(report["methods"][best]["confusion_matrix"]), display_labels=report["classes"]
-    )
-    disp.plot(xticks_rotation=45, colorbar=False)
-    disp.ax_.set_title(best)
-    png = path.with_name(path.stem + "_confusion.png")
-    disp.figure_.tight_layout()
-    disp.figure_.savefig(png, dpi=120)
-    plt.close(disp.figure_)
 
 
 # -- fit / predict ------------------------------------------------------------------------
@@ -322,10 +318,15 @@ def fit_command(args: argparse.Namespace) -> int:
     from .datasets import load_image_folder
     from .model_selection import TipAdapterClassifierCV
 
+    _check_common(args)
+    if args.cv < 2:
+        raise ValueError(f"--cv must be at least 2, got {args.cv}.")
+    check_output_path(args.output, "-o/--output")
     data = load_image_folder(args.data_dir)
-    cv = min(args.cv, int(np.unique(data.labels, return_counts=True)[1].min()))
-    if cv < 2:
+    smallest = int(np.unique(data.labels, return_counts=True)[1].min())
+    if smallest < 2:
         raise ValueError("Every class needs at least 2 images to choose alpha and beta.")
+    cv = min(args.cv, smallest)
     pipe = Pipeline([
         ("clip", _featurizer(args)),
         ("tip", TipAdapterClassifierCV(
@@ -341,28 +342,78 @@ def fit_command(args: argparse.Namespace) -> int:
     return 0
 
 
-def predict_command(args: argparse.Namespace) -> int:
-    """``skclip predict``: see the sub-command's help."""
-    import joblib
+_USAGE_PREDICT = (
+    "skclip predict MODEL_FILE IMAGES... (the model file first, then images or folders)"
+)
 
+
+def _load_model(path: str) -> Any:
+    """The Pipeline saved by ``skclip fit`` in ``path``; a ValueError naming the file
+    (never a traceback) when it is missing, a folder, damaged or something else."""
+    import joblib
+    from sklearn.exceptions import NotFittedError
+    from sklearn.pipeline import Pipeline
+    from sklearn.utils.validation import check_is_fitted
+
+    from .featurizer import CLIPFeaturizer
+
+    file = Path(path)
+    if file.is_dir():
+        raise ValueError(f"{path!r} is a folder, not a model file. Usage: {_USAGE_PREDICT}.")
+    if not file.is_file():
+        raise ValueError(f"Model file {path!r} does not exist. Usage: {_USAGE_PREDICT}.")
+    try:
+        model = joblib.load(file)
+    except Exception as exc:  # unpickling damaged or foreign bytes can raise anything
+        raise ValueError(
+            f"Cannot read the model file {path!r}: it is damaged (e.g. truncated) or not a file "
+            f"written by 'skclip fit' ({type(exc).__name__} while loading)."
+        ) from None
+    is_pipeline = isinstance(model, Pipeline) and len(model.steps) >= 2
+    if not is_pipeline or not isinstance(model.steps[0][1], CLIPFeaturizer):
+        raise ValueError(
+            f"{path!r} is not a model written by 'skclip fit': it holds a "
+            f"{type(model).__name__}, not a Pipeline of a CLIPFeaturizer and a classifier."
+        )
+    try:
+        check_is_fitted(model)
+    except NotFittedError:
+        raise ValueError(f"The model in {path!r} is not fitted.") from None
+    return model
+
+
+def _image_paths(items: list[str]) -> list[str]:
+    """Expand folders into their images; every item must exist (checked before encoding)."""
     from .datasets import IMAGE_EXTENSIONS, _images_below
 
-    if not Path(args.model_file).is_file():
-        raise ValueError(f"Model file {args.model_file!r} does not exist.")
-    pipe = joblib.load(args.model_file)
-    params = {"clip__progress": False} if args.quiet else {}
-    if args.device:
-        params.update(clip__device=args.device, tip__device=args.device)
-    pipe.set_params(**params)
     paths: list[str] = []
-    for item in args.images:
+    for item in items:
         if Path(item).is_dir():
             found = _images_below(Path(item), IMAGE_EXTENSIONS)
             if not found:
                 raise ValueError(f"Folder {item!r} has no images.")
             paths.extend(found)
-        else:
+        elif Path(item).is_file():
             paths.append(item)
+        else:
+            raise ValueError(f"Image file or folder {item!r} does not exist.")
+    return paths
+
+
+def predict_command(args: argparse.Namespace) -> int:
+    """``skclip predict``: see the sub-command's help."""
+    pipe = _load_model(args.model_file)
+    if args.output:
+        check_output_path(args.output, "--output")
+    paths = _image_paths(args.images)
+    params: dict[str, Any] = {}
+    for name, step in pipe.steps:
+        step_params = step.get_params(deep=False)
+        if args.quiet and "progress" in step_params:
+            params[f"{name}__progress"] = False
+        if args.device and "device" in step_params:
+            params[f"{name}__device"] = args.device
+    pipe.set_params(**params)
     classes = pipe.classes_
     if args.proba:
         proba = pipe.predict_proba(paths)

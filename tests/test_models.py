@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+
 import pytest
 import torch
 
@@ -38,3 +40,49 @@ def test_missing_local_folder_error(tmp_path):
     missing = tmp_path / "nope"
     with pytest.raises(OSError, match="does not exist"):
         load_clip(str(missing), "cpu")
+
+
+# -- issue 15, item 6: offline without waiting --------------------------------------------
+@pytest.fixture
+def online_calls(monkeypatch):
+    """Record every ``from_pretrained`` call that may go to the hub."""
+    from transformers import CLIPModel
+
+    calls = []
+    original = CLIPModel.from_pretrained.__func__
+
+    def spy(cls, name, *args, **kwargs):
+        if not kwargs.get("local_files_only") and not os.path.isdir(os.path.expanduser(name)):
+            calls.append(name)
+        return original(cls, name, *args, **kwargs)
+
+    monkeypatch.setattr(CLIPModel, "from_pretrained", classmethod(spy))
+    return calls
+
+
+@pytest.mark.parametrize("name", [
+    "models/clip-b32",  # one separator, but models/ is a folder here
+    "./clip-b32", "~/no-such-skclip-folder", "models/clip-b32/", "a/b/c", "bad name!",
+])
+def test_path_like_names_are_missing_folders_never_hub_ids(name, tmp_path, monkeypatch,
+                                                           online_calls):
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "models").mkdir()
+    with pytest.raises(OSError, match="does not exist or is not a folder") as info:
+        load_clip(name, "cpu")
+    assert repr(name) in str(info.value) and "read as a local path" in str(info.value)
+    assert online_calls == []
+
+
+def test_unreachable_hub_fails_at_once(monkeypatch, online_calls):
+    """Without HF_HUB_OFFLINE and without a network, one quick request decides: no
+    download attempt (whose retries took 31-35 s)."""
+    from huggingface_hub import constants
+
+    monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", False)
+    monkeypatch.setattr(constants, "ENDPOINT", "http://127.0.0.1:9")  # nothing listens
+    with pytest.raises(OSError, match="the hub cannot be reached: http://127.0.0.1:9") as info:
+        load_clip("skclip-test-org/no-such-clip-model", "cpu")
+    assert "save_pretrained" in str(info.value)
+    assert online_calls == []
