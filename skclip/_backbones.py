@@ -20,36 +20,29 @@ image-only    any ``AutoModel`` with a         none: cache model only
               ``pooler_output`` (DINOv2...)
 ============  ===============================  ==========================================
 
-CLIP and MetaCLIP 2 are trained with a softmax loss whose temperature is clamped at
-100, and the released weights sit at that clamp (OpenAI CLIP's ``exp(4.6052)`` is
-100.003); skclip uses exactly 100 there, as the Tip-Adapter paper does, so CLIP
-results do not change. SigLIP's sigmoid loss learns a scale and a bias that both
-matter for its probabilities (about 117 and -12.9 for ``google/siglip-base-patch16-224``):
-they are read from the weights.
+CLIP and MetaCLIP 2 are trained with a softmax loss whose scale is clamped at 100,
+and released weights sit at that clamp; skclip uses exactly 100 there, as the
+Tip-Adapter paper does, so CLIP results are unchanged bit for bit (the stored value
+stays available as ``learned_logit_scale``). SigLIP's sigmoid loss learns a scale and
+a bias (initialised at 10 and -10 in the SigLIP paper) that both shape its
+probabilities: they are read from the weights.
 """
 
 from __future__ import annotations
 
 import functools
 import hashlib
-import os
-import threading
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
 import numpy as np
 import torch
 
+from ._compat import pooled_embeddings
 from ._preprocess_families import image_config, make_preprocessor
 
 #: The zero-shot scale of the CLIP family (see the module docstring).
 CLIP_LOGIT_SCALE = 100.0
-
-
-def _pooled(output: Any) -> torch.Tensor:
-    """``get_image_features``/``get_text_features`` output: a Tensor in transformers 4,
-    an output object holding it as ``pooler_output`` in transformers 5."""
-    return output if isinstance(output, torch.Tensor) else output.pooler_output
 
 
 class NoTextTowerError(ValueError):
@@ -81,6 +74,8 @@ class Backbone:
     has_text: ClassVar[bool] = True
     #: Sub-modules whose weights define the image embedding (the cache fingerprint).
     vision_modules: ClassVar[tuple[str, ...]] = ()
+    #: Sub-modules whose weights define the text embedding (the text-weight cache key).
+    text_modules: ClassVar[tuple[str, ...]] = ()
 
     name: str
     model: Any
@@ -112,6 +107,15 @@ class Backbone:
         """Added to every zero-shot logit (0 for the softmax-trained families)."""
         return 0.0
 
+    def _hash_weights(self, h: Any, prefixes: tuple[str, ...]) -> None:
+        """Feed the names, shapes, dtypes and values of sub-modules' weights to ``h``."""
+        for prefix in prefixes:
+            module = self.model if prefix == "model" else self.model.get_submodule(prefix)
+            for name, tensor in module.state_dict().items():
+                t = tensor.detach().cpu().contiguous()
+                h.update(f"{prefix}.{name}:{tuple(t.shape)}:{t.dtype}".encode())
+                h.update(t.view(torch.uint8).numpy().tobytes() if t.numel() else b"")
+
     @functools.cached_property
     def vision_fingerprint(self) -> str:
         """Hash of the image tower's weights (names, shapes, dtypes and values).
@@ -120,12 +124,24 @@ class Backbone:
         the same weights share entries, a retrained model with the same name does not.
         """
         h = hashlib.blake2b(digest_size=16)
-        for prefix in self.vision_modules:
-            module = self.model.get_submodule(prefix) if prefix != "model" else self.model
-            for name, tensor in module.state_dict().items():
-                t = tensor.detach().cpu().contiguous()
-                h.update(f"{prefix}.{name}:{tuple(t.shape)}:{t.dtype}".encode())
-                h.update(t.view(torch.uint8).numpy().tobytes() if t.numel() else b"")
+        self._hash_weights(h, self.vision_modules)
+        return h.hexdigest()
+
+    @functools.cached_property
+    def text_fingerprint(self) -> str:
+        """Hash of the text tower's weights and the tokenizer's vocabulary.
+
+        Keys the text-weight cache (``skclip.text``) as ``vision_fingerprint`` keys the
+        embedding cache: a checkpoint folder rewritten in place gets fresh text weights.
+        """
+        if not self.has_text:
+            raise self._no_text_error()
+        h = hashlib.blake2b(digest_size=16)
+        self._hash_weights(h, self.text_modules)
+        if self.tokenizer is not None:
+            vocab = sorted(self.tokenizer.get_vocab().items(), key=lambda kv: kv[1])
+            h.update(f"{type(self.tokenizer).__name__}:{len(vocab)}".encode())
+            h.update("\n".join(token for token, _ in vocab).encode("utf-8", "surrogatepass"))
         return h.hexdigest()
 
     # -- images -----------------------------------------------------------------------
@@ -162,10 +178,15 @@ class Backbone:
         """Tokenizer padding arguments the text tower was trained with."""
         return {"padding": True}
 
+    def require_text(self) -> None:
+        """Raise :class:`NoTextTowerError` (a ``ValueError`` saying what to do instead)
+        unless class names can be encoded: a text tower and a tokenizer."""
+        if not self.has_text or self.tokenizer is None:
+            raise self._no_text_error()
+
     def tokenize(self, prompts: list[str]) -> dict[str, torch.Tensor]:
         """Token ids (and mask) for ``prompts``, on the device."""
-        if self.tokenizer is None:
-            raise self._no_text_error()
+        self.require_text()
         max_len = getattr(self.model.config.text_config, "max_position_embeddings", 77)
         tokens = self.tokenizer(
             prompts, truncation=True, max_length=max_len, return_tensors="pt",
@@ -176,7 +197,7 @@ class Backbone:
     def text_features(self, prompts: list[str]) -> torch.Tensor:
         """Raw text embeddings ``(len(prompts), d)`` (float32, on the device)."""
         with torch.inference_mode():
-            return _pooled(self.model.get_text_features(**self.tokenize(prompts))).float()
+            return pooled_embeddings(self.model.get_text_features(**self.tokenize(prompts))).float()
 
     def _no_text_error(self) -> NoTextTowerError:
         if not self.has_text:
@@ -197,6 +218,7 @@ class ClipBackbone(Backbone):
 
     family = "clip"
     vision_modules = ("vision_model", "visual_projection")
+    text_modules = ("text_model", "text_projection")
 
     @property
     def embedding_dim(self) -> int:
@@ -212,7 +234,7 @@ class ClipBackbone(Backbone):
         return CLIP_LOGIT_SCALE
 
     def image_features(self, inputs: dict[str, torch.Tensor]) -> torch.Tensor:
-        return _pooled(self.model.get_image_features(**inputs))
+        return pooled_embeddings(self.model.get_image_features(**inputs))
 
 
 class MetaClip2Backbone(ClipBackbone):
@@ -227,6 +249,7 @@ class SiglipBackbone(Backbone):
 
     family = "siglip"
     vision_modules = ("vision_model",)
+    text_modules = ("text_model",)  # its projection head is inside
 
     @property
     def embedding_dim(self) -> int:
@@ -245,7 +268,7 @@ class SiglipBackbone(Backbone):
         return {"padding": "max_length"}
 
     def image_features(self, inputs: dict[str, torch.Tensor]) -> torch.Tensor:
-        return _pooled(self.model.get_image_features(**inputs))
+        return pooled_embeddings(self.model.get_image_features(**inputs))
 
 
 class Siglip2Backbone(SiglipBackbone):
@@ -364,45 +387,4 @@ def _unsupported(name: str, model_type: str) -> str:
         f"dual encoders of the families {sorted(FAMILIES)} and image models whose output has a "
         "pooler_output (DINOv2, ViT...)."
     )
-
-
-_CACHE: dict[tuple[str, str, str], Backbone] = {}
-_CACHE_LOCK = threading.Lock()
-
-
-def load_backbone(
-    name_or_path: str | os.PathLike, device: str | torch.device = "auto",
-    dtype: str | torch.dtype = "auto",
-) -> Backbone:
-    """Load a checkpoint of any supported family once per ``(name, device, dtype)``.
-
-    Parameters
-    ----------
-    name_or_path : str or path-like
-        A Hugging Face hub id or a local folder written by ``save_pretrained``.
-    device : {"auto", "cpu", "cuda", "cuda:N", "mps"}, default="auto"
-    dtype : {"auto", "float32", "float16", "bfloat16"}, default="auto"
-
-    Returns
-    -------
-    Backbone
-        The shared, process-wide loaded model with its family's adapter.
-
-    Examples
-    --------
-    >>> from skclip._backbones import load_backbone
-    >>> backbone = load_backbone(tiny_clip_path, "cpu")
-    >>> backbone.family, backbone.embedding_dim, backbone.logit_scale
-    ('clip', 16, 100.0)
-    """
-    from ._models import resolve_device, resolve_dtype
-
-    name = os.fspath(name_or_path)
-    dev = resolve_device(device)
-    dt = resolve_dtype(dtype, dev)
-    key = (name, str(dev), str(dt))
-    with _CACHE_LOCK:
-        if key not in _CACHE:
-            _CACHE[key] = build_backbone(name, dev, dt)
-        return _CACHE[key]
 

@@ -35,7 +35,7 @@ from PIL import Image
 
 from ._images import CLIPPreprocessor, _random_resized_crop_box
 
-#: Keys of a NaFlex config; a resize-crop config has the keys of ``_models._image_config``.
+#: Keys that mark a NaFlex config (a resize-crop config has those CLIPPreprocessor reads).
 NAFLEX_KEYS = ("patch_size", "max_num_patches")
 
 

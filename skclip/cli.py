@@ -34,7 +34,8 @@ _EPILOG = (
 def _common(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--model", default=os.environ.get("SKCLIP_MODEL", DEFAULT_MODEL),
-        help="CLIP checkpoint: hub id or local folder (default: $SKCLIP_MODEL or %(default)s)",
+        help="checkpoint (CLIP, MetaCLIP 2, SigLIP, SigLIP 2, DINOv2...): hub id or local "
+        "folder (default: $SKCLIP_MODEL or %(default)s)",
     )
     parser.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N or mps")
     parser.add_argument("--batch-size", type=int, default=32, help="images per forward pass")
@@ -165,15 +166,23 @@ def _inner_cv(y: np.ndarray, outer_folds: int | None) -> int:
     return min(5, smallest)
 
 
+def _text_model(args: argparse.Namespace) -> str | None:
+    """``args.model`` as the classifiers' ``clip_model``, or None for an image-only
+    backbone (DINOv2...): the cache model alone, without a zero-shot text term."""
+    from ._models import load_model
+
+    return args.model if load_model(args.model, args.device).has_text else None
+
+
 def _methods(args: argparse.Namespace, inner_cv: int) -> dict[str, Any]:
     from .model_selection import TipAdapterClassifierCV
     from .tip_adapter import TipAdapterClassifier
 
-    common = dict(clip_model=args.model, device=args.device)
-    methods: dict[str, Any] = {
-        "zero-shot CLIP": TipAdapterClassifier(alpha=0.0, **common),
-        "Tip-Adapter": TipAdapterClassifierCV(cv=inner_cv, **common),
-    }
+    common = dict(clip_model=_text_model(args), device=args.device)
+    methods: dict[str, Any] = {}
+    if common["clip_model"] is not None:
+        methods["zero-shot CLIP"] = TipAdapterClassifier(alpha=0.0, **common)
+    methods["Tip-Adapter"] = TipAdapterClassifierCV(cv=inner_cv, **common)
     if args.fine_tune:
         methods["Tip-Adapter-F"] = TipAdapterClassifierCV(
             cv=inner_cv, fine_tune=True, random_state=args.random_state, **common
@@ -330,7 +339,7 @@ def fit_command(args: argparse.Namespace) -> int:
     pipe = Pipeline([
         ("clip", _featurizer(args)),
         ("tip", TipAdapterClassifierCV(
-            clip_model=args.model, device=args.device, cv=cv, fine_tune=args.fine_tune,
+            clip_model=_text_model(args), device=args.device, cv=cv, fine_tune=args.fine_tune,
             random_state=args.random_state,
         )),
     ])
