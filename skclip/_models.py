@@ -66,6 +66,18 @@ class LoadedCLIP:
         ).hexdigest()
 
     @functools.cached_property
+    def fingerprint(self) -> str:
+        """Hash of the whole checkpoint as skclip uses it: both towers and the tokenizer.
+
+        Fitted estimators record it (``model_fingerprint_``) and refuse to run on a
+        different checkpoint found later under the same name.
+        """
+        import hashlib
+
+        parts = f"{self.vision_fingerprint}:{self.text_fingerprint}"
+        return hashlib.blake2b(parts.encode(), digest_size=16).hexdigest()
+
+    @functools.cached_property
     def text_fingerprint(self) -> str:
         """Hash of the text tower's weights and the tokenizer's vocabulary.
 
@@ -315,6 +327,25 @@ def load_clip(
         )
         _CACHE[key] = loaded
         return loaded
+
+
+class CheckpointMismatchError(ValueError):
+    """A fitted estimator found a different checkpoint than the one it was fitted with."""
+
+
+def check_fingerprint(estimator: Any, name: Any, clip: LoadedCLIP) -> None:
+    """Raise :class:`CheckpointMismatchError` if ``estimator`` was fitted on another
+    checkpoint than ``clip`` (its ``model_fingerprint_`` differs); no-op before fit."""
+    stored = getattr(estimator, "model_fingerprint_", None)
+    if stored is None or stored == clip.fingerprint:
+        return
+    raise CheckpointMismatchError(
+        f"{type(estimator).__name__} was fitted with a checkpoint whose weights fingerprint is "
+        f"{stored}, but {os.fspath(name)!r} now holds a different checkpoint (fingerprint "
+        f"{clip.fingerprint}), so its results would not match what was fitted. Point it at the "
+        "checkpoint it was fitted with (set_params(model=...) / clip_model=..., or "
+        "`skclip predict --model PATH`), or fit again."
+    )
 
 
 def clear_model_cache() -> None:

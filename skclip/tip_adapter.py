@@ -66,6 +66,7 @@ class _BaseTipAdapter(ClassifierMixin, BaseEstimator):
                 "(convert them, e.g. y = np.asarray(y).astype(str))."
             ) from exc
         X = normalize(X)
+        self.model_fingerprint_ = None  # set by _text_weights when it encodes the class names
         self.text_features_ = self._text_weights(X.shape[1], X.dtype)
         return X, y_enc
 
@@ -97,6 +98,7 @@ class _BaseTipAdapter(ClassifierMixin, BaseEstimator):
                 "features must come from the same CLIP checkpoint as clip_model (set "
                 "CLIPFeaturizer(model=...) and TipAdapterClassifier(clip_model=...) alike)."
             )
+        self.model_fingerprint_ = clip.fingerprint
         return text_weights(clip, names, templates).astype(dtype)
 
     def _class_names(self) -> list[str]:
@@ -274,6 +276,10 @@ class TipAdapterClassifier(_BaseTipAdapter):
         One-hot labels of the keys.
     text_features_ : ndarray of shape (n_classes, n_features) or None
         Text weights ``W``; ``None`` for a pure cache model.
+    model_fingerprint_ : str or None
+        Fingerprint of the ``clip_model`` checkpoint whose text tower made
+        ``text_features_`` (``None`` when no text was encoded). Prediction never loads
+        the model again; a ``CLIPFeaturizer`` in the same pipeline checks its own.
     loss_curve_ : list of float or None
         Mean training loss per fine-tuning epoch; ``None`` with ``fine_tune=False``
         (every fit resets it, as scikit-learn's ``MLPClassifier`` does for
