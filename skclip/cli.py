@@ -212,8 +212,16 @@ class _Say:
 def _resolve_model(name: str, say: _Say) -> str:
     """A local checkpoint folder as an absolute path (a saved model then finds it from any
     directory, never a hub model of the same name); a hub id as given."""
+    from ._models import _path_reason
+
     folder = Path(name).expanduser()
     if not folder.is_dir():
+        reason = "it is a file" if folder.exists() else _path_reason(name)
+        if reason is not None:
+            raise ValueError(
+                f"--model {name!r} is not a checkpoint folder (read as a local path, not a hub "
+                f"id: {reason})."
+            )
         return name
     absolute = str(folder.resolve())
     if absolute != name:
@@ -417,8 +425,8 @@ def evaluate(args: argparse.Namespace) -> int:
     from ._version import __version__
 
     say = _Say(args.quiet)
-    data, test = _check_evaluate(args)
     args.model = _resolve_model(args.model, say)
+    data, test = _check_evaluate(args)
     classes = data.target_names
     say.step(f"{args.data_dir}: {len(data.labels)} images in {len(classes)} classes"
              + (f"; {args.test_dir}: {len(test.labels)} images" if test is not None else ""))
@@ -495,6 +503,7 @@ def fit_command(args: argparse.Namespace) -> int:
     from .model_selection import TipAdapterClassifierCV
 
     say = _Say(args.quiet)
+    args.model = _resolve_model(args.model, say)
     _check_common(args)
     if args.cv < 2:
         raise ValueError(f"--cv must be at least 2, got {args.cv}.")
@@ -504,7 +513,6 @@ def fit_command(args: argparse.Namespace) -> int:
     data = load_image_folder(args.data_dir)
     if _smallest_class(data.labels) < 2:
         raise ValueError("Every class needs at least 2 images to choose alpha and beta.")
-    args.model = _resolve_model(args.model, say)
     say.step(f"{args.data_dir}: {len(data.labels)} images in {len(data.target_names)} classes")
     files, labels = data.filenames, data.labels
     skipped: list[dict[str, str]] = []
@@ -572,8 +580,6 @@ def predict_command(args: argparse.Namespace) -> int:
     paths = _image_paths(args.images)
     params: dict[str, Any] = {}
     if args.model is not None:
-        if not Path(args.model).expanduser().is_dir():
-            raise ValueError(f"--model {args.model!r} is not a folder holding a checkpoint.")
         params.update(dict.fromkeys(checkpoint_names(pipe), _resolve_model(args.model, say)))
     for name, step in pipe.steps:
         step_params = step.get_params(deep=False)

@@ -408,3 +408,16 @@ def test_12_skops_model_files(data_dir, tiny_clip_path, model_file, tmp_path, ca
     (tmp_path / "fake.skops").write_bytes(model_file.read_bytes())  # a pickle named .skops
     assert main(["predict", str(tmp_path / "fake.skops"), data_dir]) == 1
     assert "Cannot read the model file" in capsys.readouterr().err
+
+
+def test_6_mistyped_local_model_is_a_missing_folder_at_once(data_dir, tmp_path, monkeypatch,
+                                                            capsys, no_encoding):
+    """Item 6 end to end (the hub-side cases are in test_models.py)."""
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "models").mkdir()
+    for command in (["evaluate", data_dir], ["fit", data_dir, "-o", "m.skops"]):
+        assert main([*command, "--model", "models/clip-b32"]) == 1
+        err = capsys.readouterr().err
+        assert "--model 'models/clip-b32' is not a checkpoint folder" in err
+        assert "the folder 'models' exists here" in err
+    assert no_encoding == []
