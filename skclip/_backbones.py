@@ -128,6 +128,18 @@ class Backbone:
         return h.hexdigest()
 
     @functools.cached_property
+    def fingerprint(self) -> str:
+        """Hash of the whole checkpoint as skclip uses it: both towers and the tokenizer
+        (the image tower alone for an image-only backbone).
+
+        Fitted estimators record it (``model_fingerprint_``) and refuse to run on a
+        different checkpoint found later under the same name.
+        """
+        text = self.text_fingerprint if self.has_text else "image-only"
+        parts = f"{self.vision_fingerprint}:{text}"
+        return hashlib.blake2b(parts.encode(), digest_size=16).hexdigest()
+
+    @functools.cached_property
     def text_fingerprint(self) -> str:
         """Hash of the text tower's weights and the tokenizer's vocabulary.
 

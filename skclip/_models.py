@@ -221,6 +221,25 @@ def load_model(
 load_clip = load_model
 
 
+class CheckpointMismatchError(ValueError):
+    """A fitted estimator found a different checkpoint than the one it was fitted with."""
+
+
+def check_fingerprint(estimator: Any, name: Any, clip: LoadedCLIP) -> None:
+    """Raise :class:`CheckpointMismatchError` if ``estimator`` was fitted on another
+    checkpoint than ``clip`` (its ``model_fingerprint_`` differs); no-op before fit."""
+    stored = getattr(estimator, "model_fingerprint_", None)
+    if stored is None or stored == clip.fingerprint:
+        return
+    raise CheckpointMismatchError(
+        f"{type(estimator).__name__} was fitted with a checkpoint whose weights fingerprint is "
+        f"{stored}, but {os.fspath(name)!r} now holds a different checkpoint (fingerprint "
+        f"{clip.fingerprint}), so its results would not match what was fitted. Point it at the "
+        "checkpoint it was fitted with (set_params(model=...) / clip_model=..., or "
+        "`skclip predict --model PATH`), or fit again."
+    )
+
+
 def clear_model_cache() -> None:
     """Forget every loaded model and the text weights computed with them (frees their
     memory once no estimator uses them)."""

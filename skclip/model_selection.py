@@ -158,7 +158,7 @@ class TipAdapterClassifierCV(_BaseTipAdapter):
         ``rank_test_score``); ``pandas.DataFrame(cv_results_)`` works.
     n_splits_ : int
         Number of folds.
-    classes_, n_features_in_, cache_keys_, cache_values_, text_features_
+    classes_, n_features_in_, cache_keys_, cache_values_, text_features_, model_fingerprint_
         As in :class:`TipAdapterClassifier`, for the refit model.
     logit_scale_, logit_bias_ : float or None
         Zero-shot scale and bias, as in :class:`TipAdapterClassifier`; the grid, the

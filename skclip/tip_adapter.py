@@ -70,6 +70,7 @@ class _BaseTipAdapter(ClassifierMixin, BaseEstimator):
                 "(convert them, e.g. y = np.asarray(y).astype(str))."
             ) from exc
         X = normalize(X)
+        self.model_fingerprint_ = None  # set by _text_head when it encodes the class names
         self.text_features_, self.logit_scale_, self.logit_bias_ = self._text_head(
             X.shape[1], X.dtype
         )
@@ -114,6 +115,7 @@ class _BaseTipAdapter(ClassifierMixin, BaseEstimator):
                 "features must come from the same CLIP checkpoint as clip_model (set "
                 "CLIPFeaturizer(model=...) and TipAdapterClassifier(clip_model=...) alike)."
             )
+        self.model_fingerprint_ = clip.fingerprint
         W = text_weights(clip, names, templates).astype(dtype)
         return W, clip.logit_scale, clip.logit_bias
 
@@ -306,6 +308,10 @@ class TipAdapterClassifier(_BaseTipAdapter):
     logit_scale_, logit_bias_ : float or None
         Zero-shot scale ``s`` and bias ``b`` of the formula (``None`` for a pure cache
         model).
+    model_fingerprint_ : str or None
+        Fingerprint of the ``clip_model`` checkpoint whose text tower made
+        ``text_features_`` (``None`` when no text was encoded). Prediction never loads
+        the model again; a ``CLIPFeaturizer`` in the same pipeline checks its own.
     loss_curve_ : list of float or None
         Mean training loss per fine-tuning epoch; ``None`` with ``fine_tune=False``
         (every fit resets it, as scikit-learn's ``MLPClassifier`` does for

@@ -377,14 +377,31 @@ def test_persistence_round_trip_reloads_the_backbone(request, fixture, image_fol
     assert load_model(path, "cpu").family == FAMILIES[fixture][0]
 
 
-def test_cli_evaluates_an_image_only_backbone(tiny_dinov2_path, image_folder, tmp_path):
+@pytest.mark.parametrize("fixture", ["tiny_dinov2_path", "tiny_siglip2_path"])
+def test_cli_evaluate_fit_and_predict(request, fixture, image_folder, tmp_path):
+    """An image-only backbone is evaluated as a cache model (no zero-shot method) and
+    fitted with clip_model=None; a SigLIP 2 one with its text head."""
+    import csv
     import json
     from pathlib import Path
 
+    import joblib
+
     from skclip.cli import main
 
+    path = request.getfixturevalue(fixture)
+    image_only = fixture == "tiny_dinov2_path"
     data_dir = str(Path(image_folder[0][0]).parents[1])
     report = tmp_path / "r.json"
-    args = ["evaluate", data_dir, "--model", tiny_dinov2_path, "--cv", "3", "-q"]
+    args = ["evaluate", data_dir, "--model", path, "--cv", "3", "-q"]
     assert main(args + ["--report", str(report)]) == 0
-    assert set(json.loads(report.read_text())["methods"]) == {"Tip-Adapter"}  # no zero-shot
+    methods = set(json.loads(report.read_text())["methods"])
+    assert methods == ({"Tip-Adapter"} if image_only else {"zero-shot CLIP", "Tip-Adapter"})
+    model_file = tmp_path / "model.joblib"
+    assert main(["fit", data_dir, "-o", str(model_file), "--model", path, "-q"]) == 0
+    pipe = joblib.load(model_file)
+    assert pipe.named_steps["tip"].clip_model == (None if image_only else path)
+    out = tmp_path / "preds.csv"
+    assert main(["predict", str(model_file), data_dir, "--output", str(out), "-q"]) == 0
+    rows = list(csv.DictReader(out.open()))
+    assert [r["prediction"] for r in rows] == list(pipe.predict([r["path"] for r in rows]))
