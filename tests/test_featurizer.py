@@ -324,7 +324,7 @@ def test_forward_accepts_a_plain_tensor_as_transformers_4_returns(
     original = clip.model.get_image_features
 
     def as_in_transformers_4(pixel_values, **kwargs):
-        return original(pixel_values=pixel_values, **kwargs).pooler_output
+        return pooled_embeddings(original(pixel_values=pixel_values, **kwargs))
 
     monkeypatch.setattr(clip.model, "get_image_features", as_in_transformers_4)
     X = CLIPFeaturizer(model=tiny_clip_path, device="cpu", dtype="float32", cache=False)
