@@ -19,7 +19,6 @@ import argparse
 import contextlib
 import csv
 import os
-import re
 import sys
 import time
 import warnings
@@ -29,6 +28,7 @@ from typing import Any
 
 import numpy as np
 
+from ._images import readable
 from ._model_file import MODEL_SUFFIXES, require_skops
 from ._models import DEFAULT_MODEL
 from ._report import (
@@ -177,20 +177,11 @@ def main(argv: list[str] | None = None) -> int:
         with _progress_bars(args.quiet):
             return args.func(args)
     except (ValueError, OSError) as exc:
-        print(f"skclip: error: {_readable(str(exc))}", file=sys.stderr)
+        print(f"skclip: error: {readable(str(exc))}", file=sys.stderr)
         return 1
 
 
 # -- helpers ------------------------------------------------------------------------------
-_OBJECT_REPR = re.compile(r"<[\w.]+ object at 0x[0-9a-fA-F]+>")
-
-
-def _readable(message: str) -> str:
-    """``message`` without object reprs such as ``<_io.BytesIO object at 0x7f...>`` (PIL
-    names the in-memory copy of a file that way; the file itself is named already)."""
-    return _OBJECT_REPR.sub("the file's bytes", message)
-
-
 class _Say:
     """Messages on stderr. ``note``: always unless ``-q``. ``step``: plain progress lines,
     only when stderr is not a terminal (CI logs, nohup), where no progress bar shows."""
@@ -272,13 +263,11 @@ def _encode(
     for w in caught:
         if not issubclass(w.category, ImageLoadWarning):
             warnings.warn_explicit(w.message, w.category, w.filename, w.lineno)
-    lines = [line.strip() for w in caught if issubclass(w.category, ImageLoadWarning)
-             for line in str(w.message).splitlines()[1:]]
-    bad = {}
-    for i in np.flatnonzero(~np.isfinite(X).all(axis=1)):
-        said = [line for line in lines if f"(input {i})" in line]
-        reason = said[0] if said else f"{str(files[i])!r} could not be used"
-        bad[int(i)] = _readable(reason)
+    bad = {
+        int(i): readable(reason)
+        for w in caught if issubclass(w.category, ImageLoadWarning)
+        for i, reason in w.message.errors.items()
+    }
     return X, bad
 
 
