@@ -314,7 +314,8 @@ def test_image_only_backbone_in_a_pipeline(tiny_dinov2_path, image_folder):
     from skclip import CLIPFeaturizer, TipAdapterClassifier, TipAdapterClassifierCV
 
     paths, labels = image_folder
-    for tip in (TipAdapterClassifier(clip_model=None), TipAdapterClassifierCV(clip_model=None, cv=3)):
+    heads = (TipAdapterClassifier(clip_model=None), TipAdapterClassifierCV(clip_model=None, cv=3))
+    for tip in heads:
         pipe = Pipeline([("dino", CLIPFeaturizer(model=tiny_dinov2_path, device="cpu",
                                                  progress=False)), ("tip", tip)])
         pipe.fit(paths, labels)
