@@ -6,6 +6,7 @@ Public API: :class:`CLIPFeaturizer` turns images into CLIP embeddings;
 """
 
 from ._images import ImageLoadError, ImageLoadWarning
+from ._models import CheckpointMismatchError
 from ._version import __version__
 from .featurizer import CLIPFeaturizer
 from .model_selection import TipAdapterClassifierCV
@@ -13,6 +14,7 @@ from .tip_adapter import TipAdapterClassifier
 
 __all__ = [
     "CLIPFeaturizer",
+    "CheckpointMismatchError",
     "ImageLoadError",
     "ImageLoadWarning",
     "TipAdapterClassifier",

@@ -23,7 +23,7 @@ import torch
 from sklearn.model_selection import train_test_split
 from sklearn.utils import check_random_state
 
-from ._formula import tip_adapter_logits
+from ._formula import CLIP_LOGIT_SCALE, tip_adapter_logits
 from ._models import resolve_device
 
 #: ``epochs="auto"``: the reference's 20 epochs, or more to make at least 300 AdamW steps.
@@ -101,6 +101,8 @@ def fine_tune_keys(
     device: str | torch.device = "auto",
     random_state: int | np.random.RandomState | None = None,
     verbose: int = 0,
+    logit_scale: float = CLIP_LOGIT_SCALE,
+    logit_bias: float = 0.0,
 ) -> FineTuneResult:
     """Train Tip-Adapter cache keys with cross-entropy (Tip-Adapter-F).
 
@@ -143,6 +145,8 @@ def fine_tune_keys(
         Seeds the validation split and the per-epoch shuffles (in that order).
     verbose : int, default=0
         Print the loss (and validation accuracy) per epoch if > 0.
+    logit_scale, logit_bias : float, default=100.0, 0.0
+        Zero-shot scale and bias of the text model (CLIP: 100 and 0).
 
     Returns
     -------
@@ -192,6 +196,7 @@ def fine_tune_keys(
 
     feats, labels = t(X[train]), torch.as_tensor(y_enc[train], device=dev)
     W = None if text_weights is None else t(text_weights)
+    zero_shot = {"logit_scale": logit_scale, "logit_bias": logit_bias}
     keys = torch.nn.Parameter(feats.to(dtype, copy=True))
     n = len(train)
     queries = np.arange(n)
@@ -226,7 +231,7 @@ def fine_tune_keys(
                 exclude = torch.zeros(len(idx), n, dtype=torch.bool, device=dev)
                 exclude[torch.arange(len(idx), device=dev), idx] = True
             logits = tip_adapter_logits(
-                feats[idx], used(keys), labels, W, alpha, beta, exclude, n_classes
+                feats[idx], used(keys), labels, W, alpha, beta, exclude, n_classes, **zero_shot
             )
             loss = torch.nn.functional.cross_entropy(logits, labels[idx])
             opt.zero_grad()
@@ -239,7 +244,8 @@ def fine_tune_keys(
         if val is not None:
             with torch.no_grad():
                 pred = tip_adapter_logits(
-                    t(X[val]), used(keys), labels, W, alpha, beta, n_classes=n_classes
+                    t(X[val]), used(keys), labels, W, alpha, beta, n_classes=n_classes,
+                    **zero_shot,
                 )
                 score = float((pred.argmax(1).cpu().numpy() == y_enc[val]).mean())
             validation_scores.append(score)

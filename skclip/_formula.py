@@ -3,7 +3,11 @@
 For L2-normalized query features ``f``, cache keys ``K``, one-hot cache values ``V``
 and text weights ``W``::
 
-    logits = 100 * f @ W.T + alpha * exp(-beta * (1 - f @ K.T)) @ V
+    logits = s * f @ W.T + b + alpha * exp(-beta * (1 - f @ K.T)) @ V
+
+``s`` and ``b`` are the text model's zero-shot logit scale and bias: 100 and 0 for
+CLIP and MetaCLIP 2 (the paper's formula), the learned ``exp(logit_scale)`` and
+``logit_bias`` for SigLIP and SigLIP 2 (see ``skclip._backbones``).
 
 :func:`tip_adapter_logits` is the formula; :func:`tip_adapter_grid` evaluates it for
 a grid of (alpha, beta) sharing the work. The classifiers (``tip_adapter.py``,
@@ -22,9 +26,16 @@ import torch
 CLIP_LOGIT_SCALE = 100.0
 
 
-def zero_shot_logits(queries: torch.Tensor, text_weights: torch.Tensor) -> torch.Tensor:
-    """Zero-shot CLIP logits ``100 f W^T`` (the first Tip-Adapter term)."""
-    return CLIP_LOGIT_SCALE * (queries @ text_weights.T)
+def zero_shot_logits(
+    queries: torch.Tensor,
+    text_weights: torch.Tensor,
+    logit_scale: float = CLIP_LOGIT_SCALE,
+    logit_bias: float = 0.0,
+) -> torch.Tensor:
+    """Zero-shot logits ``s f W^T + b`` (the first Tip-Adapter term); CLIP's are
+    ``100 f W^T``. The bias, the same for every class, is only added when non-zero."""
+    logits = logit_scale * (queries @ text_weights.T)
+    return logits + logit_bias if logit_bias else logits
 
 
 def cache_logits(
@@ -52,8 +63,32 @@ def cache_logits(
         return weights @ values
     if n_classes is None:
         raise ValueError("n_classes is required when values are class indices.")
+    return _votes_function(weights.device)(weights, values, n_classes)
+
+
+def _index_add_votes(weights: torch.Tensor, labels: torch.Tensor, n_classes: int) -> torch.Tensor:
+    """Per-class sums of ``weights``' columns with ``index_add``: memory-bound, no
+    ``(n_keys, n_classes)`` matrix. On the CPU it adds in index order (deterministic)."""
     votes = weights.new_zeros((weights.shape[0], n_classes))
-    return votes.index_add(1, values, weights)
+    return votes.index_add(1, labels, weights)
+
+
+def _one_hot_votes(weights: torch.Tensor, labels: torch.Tensor, n_classes: int) -> torch.Tensor:
+    """Per-class sums as a product with the one-hot matrix: deterministic on every device."""
+    return weights @ torch.nn.functional.one_hot(labels, n_classes).to(weights.dtype)
+
+
+def _votes_function(device: torch.device):
+    """How to sum the votes per class on ``device``.
+
+    On accelerators ``index_add`` accumulates with atomic adds, whose order (and so the
+    last bits of the sums) changes from run to run; the estimators promise
+    deterministic results (``non_deterministic=False`` in their tags), so there the
+    sums are a matmul with the one-hot labels instead (``n_keys x n_classes`` values,
+    e.g. 64 MB at 16k keys x 1000 classes in float32). Only Tip-Adapter-F training
+    runs off the CPU; prediction and the CV grid run on the CPU.
+    """
+    return _index_add_votes if device.type == "cpu" else _one_hot_votes
 
 
 def tip_adapter_logits(
@@ -65,8 +100,10 @@ def tip_adapter_logits(
     beta: float,
     exclude: torch.Tensor | None = None,
     n_classes: int | None = None,
+    logit_scale: float = CLIP_LOGIT_SCALE,
+    logit_bias: float = 0.0,
 ) -> torch.Tensor:
-    """Tip-Adapter logits ``100 f W^T + alpha exp(-beta (1 - f K^T)) V``.
+    """Tip-Adapter logits ``s f W^T + b + alpha exp(-beta (1 - f K^T)) V``.
 
     Parameters
     ----------
@@ -85,6 +122,8 @@ def tip_adapter_logits(
         training sample's own key while fine-tuning.
     n_classes : int, optional
         Number of classes; needed when ``values`` are class indices.
+    logit_scale, logit_bias : float, default=100.0, 0.0
+        Zero-shot scale ``s`` and bias ``b`` of the text model (CLIP: 100 and 0).
 
     Returns
     -------
@@ -100,7 +139,7 @@ def tip_adapter_logits(
     """
     logits = alpha * cache_logits(queries @ keys.T, values, beta, exclude, n_classes)
     if text_weights is not None:
-        logits = logits + zero_shot_logits(queries, text_weights)
+        logits = logits + zero_shot_logits(queries, text_weights, logit_scale, logit_bias)
     return logits
 
 
@@ -112,6 +151,8 @@ def tip_adapter_grid(
     alphas: torch.Tensor,
     betas: Sequence[float],
     n_classes: int | None = None,
+    logit_scale: float = CLIP_LOGIT_SCALE,
+    logit_bias: float = 0.0,
 ) -> Iterator[torch.Tensor]:
     """Tip-Adapter logits for a whole grid of (alpha, beta), sharing all the work.
 
@@ -125,7 +166,9 @@ def tip_adapter_grid(
         One per beta, in order: ``logits[i]`` is for ``alphas[i]``.
     """
     affinity = queries @ keys.T
-    zero_shot = None if text_weights is None else zero_shot_logits(queries, text_weights)
+    zero_shot = None
+    if text_weights is not None:
+        zero_shot = zero_shot_logits(queries, text_weights, logit_scale, logit_bias)
     for beta in betas:
         votes = cache_logits(affinity.clone(), values, float(beta), n_classes=n_classes)
         logits = alphas.view(-1, 1, 1) * votes

@@ -11,11 +11,11 @@ import torch
 from scipy.special import softmax
 from scipy.stats import rankdata
 from sklearn.base import BaseEstimator, ClassifierMixin
-from sklearn.metrics import check_scoring
+from sklearn.metrics import check_scoring, get_scorer_names
 from sklearn.model_selection import check_cv
 from sklearn.utils import check_random_state
-from sklearn.utils._param_validation import StrOptions
 
+from ._compat import PositiveInt, StrOptions, validate_params
 from ._finetune import FineTuneResult, fine_tune_keys
 from ._formula import tip_adapter_grid
 from ._models import DEFAULT_MODEL
@@ -28,6 +28,10 @@ DEFAULT_ALPHAS = np.r_[0.0, np.geomspace(0.1, 50.0, 9)]
 DEFAULT_BETAS = np.geomspace(0.5, 50.0, 10)
 
 
+@validate_params(
+    {"y": ["array-like"], "shots": [PositiveInt()], "random_state": ["random_state"]},
+    prefer_skip_nested_validation=True,
+)
 def few_shot_split(
     y: Any, shots: int = 16, random_state: int | np.random.RandomState | None = None
 ) -> tuple[np.ndarray, np.ndarray]:
@@ -60,8 +64,6 @@ def few_shot_split(
     (4, 5)
     """
     y = np.asarray(y)
-    if not isinstance(shots, Integral) or shots < 1:
-        raise ValueError(f"shots must be a positive integer, got {shots!r}.")
     rng = check_random_state(random_state)
     classes, y_enc, counts = np.unique(y, return_inverse=True, return_counts=True)
     short = [(c, n) for c, n in zip(classes.tolist(), counts.tolist()) if n <= shots]
@@ -123,7 +125,9 @@ class TipAdapterClassifierCV(_BaseTipAdapter):
         As in ``GridSearchCV``; an int means ``StratifiedKFold(cv)``. With an int, every
         class needs at least ``cv`` samples, else a ``ValueError`` names the class.
     scoring : str or callable, default="accuracy"
-        A scikit-learn scorer name or callable. ``"accuracy"`` is computed vectorized
+        A scikit-learn scorer name (one of :func:`sklearn.metrics.get_scorer_names`,
+        checked at the start of ``fit``, before any model loads) or a callable
+        ``scorer(estimator, X, y)``. ``"accuracy"`` is computed vectorized
         for all candidates at once; other scorers are called once per candidate and fold.
     fine_tune : bool, default=False
         Tip-Adapter-F: in each fold, train the keys on the fold's training part (at
@@ -158,8 +162,11 @@ class TipAdapterClassifierCV(_BaseTipAdapter):
         ``rank_test_score``); ``pandas.DataFrame(cv_results_)`` works.
     n_splits_ : int
         Number of folds.
-    classes_, n_features_in_, cache_keys_, cache_values_, text_features_
+    classes_, n_features_in_, cache_keys_, cache_values_, text_features_, model_fingerprint_
         As in :class:`TipAdapterClassifier`, for the refit model.
+    logit_scale_, logit_bias_ : float or None
+        Zero-shot scale and bias, as in :class:`TipAdapterClassifier`; the grid, the
+        folds' Tip-Adapter-F training and the refit all use them.
     loss_curve_ : list of float or None
         Training loss per epoch of the refit; ``None`` with ``fine_tune=False``.
 
@@ -190,7 +197,8 @@ class TipAdapterClassifierCV(_BaseTipAdapter):
         "alphas": ["array-like", None],
         "betas": ["array-like", None],
         "cv": ["cv_object"],
-        "scoring": [StrOptions({"accuracy"}), str, callable],
+        # Checked in fit before anything is loaded or encoded; one metric only.
+        "scoring": [StrOptions(set(get_scorer_names())), callable],
     }
 
     def __init__(
@@ -260,6 +268,7 @@ class TipAdapterClassifierCV(_BaseTipAdapter):
             batch_size=self.batch_size, leave_one_out=self.leave_one_out,
             normalize_keys=self.normalize_keys, train_dtype=self.train_dtype,
             device=self.device, random_state=self.random_state, verbose=self.verbose,
+            **self._zero_shot_params(),
         )
 
     def fit(self, X: Any, y: Any) -> TipAdapterClassifierCV:
@@ -311,6 +320,7 @@ class TipAdapterClassifierCV(_BaseTipAdapter):
             grid = tip_adapter_grid(
                 torch.from_numpy(X[test]), torch.from_numpy(np.ascontiguousarray(keys)),
                 torch.from_numpy(labels), text, alphas_t, betas, n_classes,
+                **self._zero_shot_params(),
             )
             scores = np.empty((len(alphas), len(betas)))
             y_true = self.classes_[y_enc[test]]
@@ -325,11 +335,10 @@ class TipAdapterClassifierCV(_BaseTipAdapter):
         self._store_results(np.array(fold_scores), alphas, betas)
         if self.fine_tune:
             result = self._fine_tune(X, y_enc, n_classes, W)
-            self.cache_keys_ = result.keys
-            self.cache_values_ = np.eye(n_classes, dtype=X.dtype)[y_enc[result.kept]]
+            self._set_cache(result.keys, y_enc[result.kept])
             self.loss_curve_ = result.loss_curve
         else:
-            self.cache_keys_, self.cache_values_ = X, np.eye(n_classes, dtype=X.dtype)[y_enc]
+            self._set_cache(X, y_enc)
             self.loss_curve_ = None
         return self
 
