@@ -390,6 +390,7 @@ def test_tipf_verbose_prints_progress(task, capsys):
         TipAdapterClassifier(clip_model=None),
         TipAdapterClassifier(clip_model=None, alpha=2.0, beta=1.0),
         TipAdapterClassifier(clip_model=None, fine_tune=True, epochs=3, random_state=0),
+        TipAdapterClassifier(clip_model=None, fine_tune=True, random_state=0),  # the defaults
     ]
 )
 def test_sklearn_estimator_checks(estimator, check):
