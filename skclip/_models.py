@@ -72,6 +72,29 @@ class LoadedCLIP:
                 h.update(t.view(torch.uint8).numpy().tobytes() if t.numel() else b"")
         return h.hexdigest()
 
+    @functools.cached_property
+    def text_fingerprint(self) -> str:
+        """Hash of the text tower's weights and the tokenizer's vocabulary.
+
+        Keys the text-weight cache (``skclip.text``) as ``vision_fingerprint`` keys the
+        embedding cache: a checkpoint folder rewritten in place gets fresh text weights.
+        """
+        import hashlib
+
+        h = hashlib.blake2b(digest_size=16)
+        modules = {"text_model": self.model.text_model,
+                   "text_projection": self.model.text_projection}
+        for prefix, module in modules.items():
+            for name, tensor in module.state_dict().items():
+                t = tensor.detach().cpu().contiguous()
+                h.update(f"{prefix}.{name}:{tuple(t.shape)}:{t.dtype}".encode())
+                h.update(t.view(torch.uint8).numpy().tobytes() if t.numel() else b"")
+        if self.tokenizer is not None:
+            vocab = sorted(self.tokenizer.get_vocab().items(), key=lambda kv: kv[1])
+            h.update(f"{type(self.tokenizer).__name__}:{len(vocab)}".encode())
+            h.update("\n".join(token for token, _ in vocab).encode("utf-8", "surrogatepass"))
+        return h.hexdigest()
+
 
 _CACHE: dict[tuple[str, str, str], LoadedCLIP] = {}
 _CACHE_LOCK = threading.Lock()

@@ -11,13 +11,15 @@ import torch
 from scipy.special import softmax
 from scipy.stats import rankdata
 from sklearn.base import BaseEstimator, ClassifierMixin
-from sklearn.metrics import check_scoring
+from sklearn.metrics import check_scoring, get_scorer_names
 from sklearn.model_selection import check_cv
 from sklearn.utils import check_random_state
-from sklearn.utils._param_validation import StrOptions
 
+from ._compat import PositiveInt, StrOptions, validate_params
+from ._finetune import FineTuneResult, fine_tune_keys
+from ._formula import tip_adapter_grid
 from ._models import DEFAULT_MODEL
-from .tip_adapter import TipAdapterClassifier, _BaseTipAdapter, tip_adapter_grid
+from .tip_adapter import TipAdapterClassifier, _BaseTipAdapter
 
 #: Default alpha grid: zero-shot (0) plus log-spaced values up to 50, the top of the
 #: reference code's per-dataset search ranges.
@@ -26,6 +28,10 @@ DEFAULT_ALPHAS = np.r_[0.0, np.geomspace(0.1, 50.0, 9)]
 DEFAULT_BETAS = np.geomspace(0.5, 50.0, 10)
 
 
+@validate_params(
+    {"y": ["array-like"], "shots": [PositiveInt()], "random_state": ["random_state"]},
+    prefer_skip_nested_validation=True,
+)
 def few_shot_split(
     y: Any, shots: int = 16, random_state: int | np.random.RandomState | None = None
 ) -> tuple[np.ndarray, np.ndarray]:
@@ -58,8 +64,6 @@ def few_shot_split(
     (4, 5)
     """
     y = np.asarray(y)
-    if not isinstance(shots, Integral) or shots < 1:
-        raise ValueError(f"shots must be a positive integer, got {shots!r}.")
     rng = check_random_state(random_state)
     classes, y_enc, counts = np.unique(y, return_inverse=True, return_counts=True)
     short = [(c, n) for c, n in zip(classes.tolist(), counts.tolist()) if n <= shots]
@@ -121,7 +125,9 @@ class TipAdapterClassifierCV(_BaseTipAdapter):
         As in ``GridSearchCV``; an int means ``StratifiedKFold(cv)``. With an int, every
         class needs at least ``cv`` samples, else a ``ValueError`` names the class.
     scoring : str or callable, default="accuracy"
-        A scikit-learn scorer name or callable. ``"accuracy"`` is computed vectorized
+        A scikit-learn scorer name (one of :func:`sklearn.metrics.get_scorer_names`,
+        checked at the start of ``fit``, before any model loads) or a callable
+        ``scorer(estimator, X, y)``. ``"accuracy"`` is computed vectorized
         for all candidates at once; other scorers are called once per candidate and fold.
     fine_tune : bool, default=False
         Tip-Adapter-F: in each fold, train the keys on the fold's training part (at
@@ -154,8 +160,8 @@ class TipAdapterClassifierCV(_BaseTipAdapter):
         Number of folds.
     classes_, n_features_in_, cache_keys_, cache_values_, text_features_
         As in :class:`TipAdapterClassifier`, for the refit model.
-    loss_curve_ : list of float
-        Only with ``fine_tune=True``: training loss of the refit.
+    loss_curve_ : list of float or None
+        Training loss per epoch of the refit; ``None`` with ``fine_tune=False``.
 
     See Also
     --------
@@ -184,11 +190,13 @@ class TipAdapterClassifierCV(_BaseTipAdapter):
         "alphas": ["array-like", None],
         "betas": ["array-like", None],
         "cv": ["cv_object"],
-        "scoring": [StrOptions({"accuracy"}), str, callable],
+        # Checked in fit before anything is loaded or encoded; one metric only.
+        "scoring": [StrOptions(set(get_scorer_names())), callable],
     }
 
     def __init__(
         self,
+        *,
         alphas: Any = None,
         betas: Any = None,
         cv: Any = 5,
@@ -239,13 +247,15 @@ class TipAdapterClassifierCV(_BaseTipAdapter):
             raise ValueError(f"{name} must hold finite values >= 0, got {grid.tolist()}.")
         return grid
 
-    def _fold_estimator(self) -> TipAdapterClassifier:
-        """A classifier that builds (and, for Tip-F, trains) one fold's cache."""
-        return TipAdapterClassifier(
-            alpha=self.alpha, beta=self.beta, clip_model=None, fine_tune=self.fine_tune,
-            epochs=self.epochs, lr=self.lr, batch_size=self.batch_size,
-            leave_one_out=self.leave_one_out, device=self.device,
-            random_state=self.random_state, verbose=self.verbose,
+    def _fine_tune(
+        self, X: np.ndarray, y_enc: np.ndarray, n_classes: int, W: np.ndarray | None
+    ) -> FineTuneResult:
+        """Tip-Adapter-F keys for one fold's training part (or the refit), at (alpha, beta)."""
+        return fine_tune_keys(
+            X, y_enc, n_classes, W,
+            alpha=self.alpha, beta=self.beta, epochs=self.epochs, lr=self.lr,
+            batch_size=self.batch_size, leave_one_out=self.leave_one_out,
+            device=self.device, random_state=self.random_state, verbose=self.verbose,
         )
 
     def fit(self, X: Any, y: Any) -> TipAdapterClassifierCV:
@@ -287,11 +297,11 @@ class TipAdapterClassifierCV(_BaseTipAdapter):
         fold_scores = []
         for train, test in cv.split(X, y_enc):
             if self.fine_tune:  # train this fold's keys on its training part only
-                present = np.unique(y_enc[train])
-                fold = self._fold_estimator()
-                fold.set_params(text_features=None if W is None else W[present])
-                fold.fit(X[train], y_enc[train])
-                keys, labels = fold.cache_keys_, present[fold.cache_values_.argmax(axis=1)]
+                # Over the classes present in the fold, as a classifier fit on it would.
+                present, fold_y = np.unique(y_enc[train], return_inverse=True)
+                fold_W = None if W is None else W[present]
+                result = self._fine_tune(X[train], fold_y, len(present), fold_W)
+                keys, labels = result.keys, present[fold_y[result.kept]]
             else:  # training-free: the fold's cache is its training part, as it is
                 keys, labels = X[train], y_enc[train]
             grid = tip_adapter_grid(
@@ -310,11 +320,12 @@ class TipAdapterClassifierCV(_BaseTipAdapter):
 
         self._store_results(np.array(fold_scores), alphas, betas)
         if self.fine_tune:
-            refit = self._fold_estimator().set_params(text_features=W).fit(X, y_enc)
-            self.cache_keys_, self.cache_values_ = refit.cache_keys_, refit.cache_values_
-            self.loss_curve_ = refit.loss_curve_
+            result = self._fine_tune(X, y_enc, n_classes, W)
+            self._set_cache(result.keys, y_enc[result.kept])
+            self.loss_curve_ = result.loss_curve
         else:
-            self.cache_keys_, self.cache_values_ = X, np.eye(n_classes, dtype=X.dtype)[y_enc]
+            self._set_cache(X, y_enc)
+            self.loss_curve_ = None
         return self
 
     def _store_results(self, scores: np.ndarray, alphas: np.ndarray, betas: np.ndarray) -> None:

@@ -3,7 +3,10 @@
 The text weights ``W`` of Tip-Adapter are the CLIP text embeddings of each class
 name put into every prompt template, each L2-normalized, averaged over templates
 and normalized again (prompt ensembling, Radford et al. 2021). They are cached per
-(model, templates, class names), so refitting a classifier never re-encodes text.
+(text weights, templates, class names): refitting a classifier never re-encodes text,
+and a checkpoint folder rewritten in place is encoded afresh. The key is the loaded
+model's ``text_fingerprint`` (its text tower's weights and tokenizer vocabulary), as
+image embeddings are keyed by ``vision_fingerprint``.
 """
 
 from __future__ import annotations
@@ -15,6 +18,7 @@ from collections.abc import Sequence
 import numpy as np
 import torch
 
+from ._compat import pooled_embeddings
 from ._models import LoadedCLIP
 
 #: The 7-prompt ensemble that the CLIP authors selected for ImageNet and that the
@@ -91,9 +95,20 @@ def text_weights(
     Returns
     -------
     W : ndarray of shape (n_classes, embedding_dim), dtype float32
-        Cached per (model, templates, class names); a read-only array.
+        Cached per (text weights and tokenizer, device, dtype, templates, class
+        names); a read-only array.
+
+    Examples
+    --------
+    >>> from skclip._models import load_clip
+    >>> W = text_weights(load_clip(tiny_clip_path, "cpu"), ["cat", "dog"], SIMPLE_TEMPLATES)
+    >>> W.shape, W.dtype
+    ((2, 16), dtype('float32'))
     """
-    key = (clip.name, str(clip.device), str(clip.dtype), tuple(templates), tuple(class_names))
+    key = (
+        clip.text_fingerprint, str(clip.device), str(clip.dtype),
+        tuple(templates), tuple(class_names),
+    )
     with _TEXT_LOCK:
         cached = _TEXT_CACHE.get(key)
     if cached is not None:
@@ -115,7 +130,7 @@ def text_weights(
                 max_length=max_len,
                 return_tensors="pt",
             ).to(clip.device)
-            out = clip.model.get_text_features(**tokens).pooler_output.float()
+            out = pooled_embeddings(clip.model.get_text_features(**tokens)).float()
             embs.append(torch.nn.functional.normalize(out, dim=-1).cpu())
     emb = torch.cat(embs).reshape(len(class_names), len(templates), -1).mean(dim=1)
     W = torch.nn.functional.normalize(emb, dim=-1).numpy().astype(np.float32)
@@ -123,3 +138,17 @@ def text_weights(
     with _TEXT_LOCK:
         _TEXT_CACHE[key] = W
     return W
+
+
+def clear_text_cache() -> None:
+    """Forget every cached text weight matrix (frees their memory).
+
+    Not needed for correctness: entries are keyed by the text tower's weights, so a
+    changed checkpoint never reads a stale one.
+
+    Examples
+    --------
+    >>> clear_text_cache()
+    """
+    with _TEXT_LOCK:
+        _TEXT_CACHE.clear()

@@ -7,15 +7,14 @@ text weights ``W`` (the CLIP text embeddings of the class names)::
 
     logits = 100 * f @ W.T + alpha * exp(-beta * (1 - f @ K.T)) @ V
 
-The formula lives in :func:`tip_adapter_logits` only; the classifier's
-``decision_function`` and the Tip-Adapter-F training loss both call it.
+The formula lives in :func:`tip_adapter_logits` only (module ``skclip._formula``,
+re-exported here); the classifier's ``decision_function`` and the Tip-Adapter-F
+training loss (``skclip._finetune.fine_tune_keys``) both call it.
 """
 
 from __future__ import annotations
 
-import math
 import os
-from collections.abc import Iterator, Sequence
 from numbers import Integral, Real
 from typing import Any
 
@@ -24,128 +23,22 @@ import torch
 from scipy.special import softmax
 from sklearn import get_config
 from sklearn.base import BaseEstimator, ClassifierMixin
-from sklearn.model_selection import train_test_split
 from sklearn.preprocessing import normalize
-from sklearn.utils import check_random_state, gen_batches
-from sklearn.utils._param_validation import Interval, StrOptions
+from sklearn.utils import gen_batches
 from sklearn.utils.multiclass import check_classification_targets
 from sklearn.utils.validation import check_is_fitted, validate_data
 
+from ._compat import Interval, StrOptions
+from ._finetune import fine_tune_keys
+from ._formula import (  # noqa: F401  (re-exported: the formula's public home)
+    CLIP_LOGIT_SCALE,
+    cache_logits,
+    tip_adapter_grid,
+    tip_adapter_logits,
+    zero_shot_logits,
+)
 from ._models import DEFAULT_MODEL, load_clip, resolve_device
 from .text import clean_class_name, resolve_templates, text_weights
-
-#: CLIP's learned logit scale (temperature 0.01), fixed as in the paper.
-CLIP_LOGIT_SCALE = 100.0
-
-
-def zero_shot_logits(queries: torch.Tensor, text_weights: torch.Tensor) -> torch.Tensor:
-    """Zero-shot CLIP logits ``100 f W^T`` (the first Tip-Adapter term)."""
-    return CLIP_LOGIT_SCALE * (queries @ text_weights.T)
-
-
-def cache_logits(
-    affinity: torch.Tensor,
-    values: torch.Tensor,
-    beta: float,
-    exclude: torch.Tensor | None = None,
-    n_classes: int | None = None,
-) -> torch.Tensor:
-    """Cache-model votes ``exp(-beta (1 - A)) V`` from affinities ``A = f K^T``.
-
-    ``values`` is either the dense ``(n_keys, n_classes)`` matrix ``V`` or, for one-hot
-    ``V``, the ``(n_keys,)`` integer class of each key (then ``n_classes`` is needed):
-    the product is then a per-class sum, memory-bound instead of ``n_classes`` times
-    the work (13x faster at 16k keys x 1000 classes). Modifies ``affinity`` in place
-    unless it requires grad (one buffer, not three).
-    """
-    if affinity.requires_grad:  # training: out of place, autograd needs the inputs
-        weights = torch.exp(beta * (affinity - 1.0))
-    else:
-        weights = affinity.sub_(1.0).mul_(beta).exp_()
-    if exclude is not None:
-        weights = weights.masked_fill(exclude, 0.0)
-    if values.dtype.is_floating_point:
-        return weights @ values
-    if n_classes is None:
-        raise ValueError("n_classes is required when values are class indices.")
-    votes = weights.new_zeros((weights.shape[0], n_classes))
-    return votes.index_add(1, values, weights)
-
-
-def tip_adapter_logits(
-    queries: torch.Tensor,
-    keys: torch.Tensor,
-    values: torch.Tensor,
-    text_weights: torch.Tensor | None,
-    alpha: float,
-    beta: float,
-    exclude: torch.Tensor | None = None,
-    n_classes: int | None = None,
-) -> torch.Tensor:
-    """Tip-Adapter logits ``100 f W^T + alpha exp(-beta (1 - f K^T)) V``.
-
-    Parameters
-    ----------
-    queries : Tensor of shape (n_queries, d)
-        L2-normalized query features ``f``.
-    keys : Tensor of shape (n_keys, d)
-        Cache keys ``K`` (may require grad, as in Tip-Adapter-F).
-    values : Tensor of shape (n_keys, n_classes), or integer Tensor of shape (n_keys,)
-        Cache values ``V``: one-hot labels as a matrix, or as class indices (faster).
-    text_weights : Tensor of shape (n_classes, d) or None
-        Zero-shot text weights ``W``; ``None`` gives the cache term alone.
-    alpha, beta : float
-        Residual ratio and sharpness.
-    exclude : bool Tensor of shape (n_queries, n_keys), optional
-        Affinities to drop from the cache term (``True`` = excluded), e.g. each
-        training sample's own key while fine-tuning.
-    n_classes : int, optional
-        Number of classes; needed when ``values`` are class indices.
-
-    Returns
-    -------
-    logits : Tensor of shape (n_queries, n_classes)
-
-    Examples
-    --------
-    >>> import torch
-    >>> f = torch.tensor([[1.0, 0.0]])
-    >>> K, V = torch.eye(2), torch.eye(2)
-    >>> tip_adapter_logits(f, K, V, None, alpha=1.0, beta=1.0)
-    tensor([[1.0000, 0.3679]])
-    """
-    logits = alpha * cache_logits(queries @ keys.T, values, beta, exclude, n_classes)
-    if text_weights is not None:
-        logits = logits + zero_shot_logits(queries, text_weights)
-    return logits
-
-
-def tip_adapter_grid(
-    queries: torch.Tensor,
-    keys: torch.Tensor,
-    values: torch.Tensor,
-    text_weights: torch.Tensor | None,
-    alphas: torch.Tensor,
-    betas: Sequence[float],
-    n_classes: int | None = None,
-) -> Iterator[torch.Tensor]:
-    """Tip-Adapter logits for a whole grid of (alpha, beta), sharing all the work.
-
-    The affinities ``f K^T`` and the zero-shot term are computed once; the cache votes
-    once per beta; every alpha is then a scaled sum. Same terms as
-    :func:`tip_adapter_logits`, so each candidate's logits equal it.
-
-    Yields
-    ------
-    logits : Tensor of shape (n_alphas, n_queries, n_classes)
-        One per beta, in order: ``logits[i]`` is for ``alphas[i]``.
-    """
-    affinity = queries @ keys.T
-    zero_shot = None if text_weights is None else zero_shot_logits(queries, text_weights)
-    for beta in betas:
-        votes = cache_logits(affinity.clone(), values, float(beta), n_classes=n_classes)
-        logits = alphas.view(-1, 1, 1) * votes
-        yield logits if zero_shot is None else logits + zero_shot
 
 
 class _BaseTipAdapter(ClassifierMixin, BaseEstimator):
@@ -226,13 +119,12 @@ class _BaseTipAdapter(ClassifierMixin, BaseEstimator):
         return [str(n) for n in names]
 
     # -- predict ---------------------------------------------------------------------------
-    def _cache_labels(self) -> torch.Tensor:
-        """The cache values as class indices when one-hot (the fast path), else dense."""
-        V = self.cache_values_
-        labels = V.argmax(axis=1)
-        if np.array_equal(V, np.eye(V.shape[1], dtype=V.dtype)[labels]):
-            return torch.from_numpy(labels)
-        return torch.from_numpy(V)
+    def _set_cache(self, keys: np.ndarray, y_enc: np.ndarray) -> None:
+        """Store the cache: keys, one-hot ``cache_values_`` and, for prediction, the
+        keys' integer classes ``_y`` (as ``KNeighborsClassifier`` keeps ``_y``)."""
+        self.cache_keys_ = keys
+        self.cache_values_ = np.eye(len(self.classes_), dtype=keys.dtype)[y_enc]
+        self._y = np.ascontiguousarray(y_enc, dtype=np.intp)
 
     def _logits(self, X: Any) -> np.ndarray:
         check_is_fitted(self)
@@ -240,7 +132,7 @@ class _BaseTipAdapter(ClassifierMixin, BaseEstimator):
         X = validate_data(self, X, dtype=[np.float64, np.float32], reset=False)
         X = normalize(X).astype(self.cache_keys_.dtype, copy=False)
         keys = torch.from_numpy(self.cache_keys_)
-        values = self._cache_labels()
+        values = torch.from_numpy(self._y)  # one-hot cache values as class indices: fast path
         W = None if self.text_features_ is None else torch.from_numpy(self.text_features_)
         out = np.empty((X.shape[0], len(self.classes_)), dtype=X.dtype)
         # Two (chunk, n_keys) buffers live at a time: the affinities and a matmul temporary.
@@ -299,6 +191,7 @@ class _BaseTipAdapter(ClassifierMixin, BaseEstimator):
 
     def __sklearn_tags__(self):
         tags = super().__sklearn_tags__()
+        # Seeded Tip-F and no atomic adds off the CPU (see _formula._votes_function).
         tags.non_deterministic = False
         return tags
 
@@ -381,12 +274,15 @@ class TipAdapterClassifier(_BaseTipAdapter):
         One-hot labels of the keys.
     text_features_ : ndarray of shape (n_classes, n_features) or None
         Text weights ``W``; ``None`` for a pure cache model.
-    loss_curve_ : list of float
-        Mean training loss per fine-tuning epoch (only with ``fine_tune=True``).
+    loss_curve_ : list of float or None
+        Mean training loss per fine-tuning epoch; ``None`` with ``fine_tune=False``
+        (every fit resets it, as scikit-learn's ``MLPClassifier`` does for
+        ``validation_scores_``).
     validation_scores_ : list of float or None
-        Held-out accuracy per epoch (only with ``fine_tune=True``).
-    best_epoch_ : int
-        1-based epoch whose keys were kept (only with ``fine_tune=True``).
+        Held-out accuracy per fine-tuning epoch; ``None`` without fine-tuning or
+        without ``validation_fraction``.
+    best_epoch_ : int or None
+        1-based epoch whose keys were kept; ``None`` with ``fine_tune=False``.
 
     See Also
     --------
@@ -432,6 +328,7 @@ class TipAdapterClassifier(_BaseTipAdapter):
 
     def __init__(
         self,
+        *,
         alpha: float = 1.0,
         beta: float = 5.5,
         clip_model: str | os.PathLike | None = DEFAULT_MODEL,
@@ -482,81 +379,21 @@ class TipAdapterClassifier(_BaseTipAdapter):
         self._validate_params()  # also rejects NaN and infinite alpha, beta, lr
         X, y_enc = self._prepare(X, y)
         n_classes = len(self.classes_)
-        values = np.eye(n_classes, dtype=X.dtype)[y_enc]
+        self.loss_curve_ = self.validation_scores_ = self.best_epoch_ = None
         if self.fine_tune:
-            X, values = self._fine_tune(X, y_enc, values)
-        self.cache_keys_, self.cache_values_ = X, values
+            result = fine_tune_keys(
+                X, y_enc, n_classes, self.text_features_,
+                alpha=self.alpha, beta=self.beta, epochs=self.epochs, lr=self.lr,
+                batch_size=self.batch_size, validation_fraction=self.validation_fraction,
+                leave_one_out=self.leave_one_out, device=self.device,
+                random_state=self.random_state, verbose=self.verbose,
+            )
+            X, y_enc = result.keys, y_enc[result.kept]
+            self.loss_curve_ = result.loss_curve
+            self.validation_scores_ = result.validation_scores
+            self.best_epoch_ = result.best_epoch
+        self._set_cache(X, y_enc)
         return self
 
     def _prediction_params(self) -> tuple[float, float]:
         return self.alpha, self.beta
-
-    # -- Tip-Adapter-F ---------------------------------------------------------------------
-    def _fine_tune(
-        self, X: np.ndarray, y_enc: np.ndarray, values: np.ndarray
-    ) -> tuple[np.ndarray, np.ndarray]:
-        """Train the keys; returns (keys, values) of the samples kept in the cache."""
-        rng = check_random_state(self.random_state)
-        dev = resolve_device(self.device)
-        train = np.arange(len(X))
-        val = None
-        if self.validation_fraction is not None:
-            try:
-                train, val = train_test_split(
-                    train, test_size=self.validation_fraction, stratify=y_enc, random_state=rng
-                )
-            except ValueError as exc:
-                raise ValueError(
-                    f"validation_fraction={self.validation_fraction} cannot hold out a stratified "
-                    f"part of {len(X)} samples in {len(self.classes_)} classes ({exc}); use more "
-                    "samples per class or validation_fraction=None."
-                ) from exc
-            train.sort()
-            val.sort()
-
-        def t(a: np.ndarray) -> torch.Tensor:
-            return torch.as_tensor(a, dtype=torch.float32, device=dev)
-
-        feats, labels = t(X[train]), torch.as_tensor(y_enc[train], device=dev)
-        n_classes = len(self.classes_)
-        W = None if self.text_features_ is None else t(self.text_features_)
-        keys = torch.nn.Parameter(feats.clone())
-        n, n_batches = len(train), math.ceil(len(train) / self.batch_size)
-        opt = torch.optim.AdamW([keys], lr=self.lr, eps=1e-4)
-        sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=self.epochs * n_batches)
-        self.loss_curve_, self.validation_scores_ = [], ([] if val is not None else None)
-        best_score, best_keys, self.best_epoch_ = -np.inf, None, self.epochs
-        for epoch in range(self.epochs):
-            order = rng.permutation(n)
-            total = 0.0
-            for b in range(n_batches):
-                idx = torch.as_tensor(order[b * self.batch_size : (b + 1) * self.batch_size], device=dev)
-                exclude = None
-                if self.leave_one_out:
-                    exclude = torch.zeros(len(idx), n, dtype=torch.bool, device=dev)
-                    exclude[torch.arange(len(idx), device=dev), idx] = True
-                logits = tip_adapter_logits(
-                    feats[idx], keys, labels, W, self.alpha, self.beta, exclude, n_classes
-                )
-                loss = torch.nn.functional.cross_entropy(logits, labels[idx])
-                opt.zero_grad()
-                loss.backward()
-                opt.step()
-                sched.step()
-                total += loss.item() * len(idx)
-            self.loss_curve_.append(total / n)
-            msg = f"epoch {epoch + 1}/{self.epochs}: loss {self.loss_curve_[-1]:.4f}"
-            if val is not None:
-                with torch.no_grad():
-                    pred = tip_adapter_logits(
-                        t(X[val]), keys, labels, W, self.alpha, self.beta, n_classes=n_classes
-                    )
-                    score = float((pred.argmax(1).cpu().numpy() == y_enc[val]).mean())
-                self.validation_scores_.append(score)
-                msg += f", validation accuracy {score:.4f}"
-                if score > best_score:
-                    best_score, best_keys, self.best_epoch_ = score, keys.detach().clone(), epoch + 1
-            if self.verbose:
-                print(msg)
-        final = best_keys if best_keys is not None else keys.detach()
-        return final.cpu().numpy().astype(X.dtype), values[train]

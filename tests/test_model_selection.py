@@ -10,7 +10,8 @@ from sklearn.pipeline import Pipeline
 from sklearn.utils.estimator_checks import parametrize_with_checks
 
 from skclip import CLIPFeaturizer, TipAdapterClassifier, TipAdapterClassifierCV
-from skclip.model_selection import DEFAULT_ALPHAS, DEFAULT_BETAS
+from skclip._compat import InvalidParameterError
+from skclip.model_selection import DEFAULT_ALPHAS, DEFAULT_BETAS, few_shot_split
 
 ALPHAS = [0.0, 0.5, 1.0, 3.0, 10.0]
 BETAS = [1.0, 3.0, 5.5, 8.0]
@@ -167,3 +168,42 @@ def test_same_random_state_same_choices(task):
     np.testing.assert_array_equal(a.cache_keys_, b.cache_keys_)
     assert (a.alpha_, a.beta_) == (b.alpha_, b.beta_)
     TipAdapterClassifierCV(cv=cv, random_state=None, **params).fit(Xtr, ytr)  # also works
+
+
+def test_refit_without_fine_tuning_clears_the_loss_curve(task):
+    Xtr, ytr, _, _, W = task
+    clf = TipAdapterClassifierCV(alphas=[1.0], betas=[5.5], cv=2, text_features=W, clip_model=None,
+                                 fine_tune=True, epochs=2, random_state=0).fit(Xtr, ytr)
+    assert len(clf.loss_curve_) == 2
+    clf.set_params(fine_tune=False).fit(Xtr, ytr)
+    assert clf.loss_curve_ is None
+
+
+def test_unknown_scoring_fails_before_any_model_loads(tmp_path, monkeypatch):
+    import skclip.tip_adapter as tip_module
+
+    def no_loading(*args, **kwargs):
+        raise AssertionError("a model was loaded before scoring was checked")
+
+    monkeypatch.setattr(tip_module, "load_clip", no_loading)
+    X, y = np.eye(4)[[0, 1, 2, 3] * 3], ["a", "b"] * 6
+    clf = TipAdapterClassifierCV(clip_model=tmp_path / "not-loaded", scoring="acuracy", cv=2)
+    with pytest.raises(ValueError, match=r"'scoring' parameter of TipAdapterClassifierCV.*'acuracy'"):
+        clf.fit(X, y)
+    clf.set_params(scoring=["accuracy"])  # one metric only: multi-metric is not supported
+    with pytest.raises(ValueError, match="'scoring' parameter"):
+        clf.fit(X, y)
+
+
+@pytest.mark.parametrize(
+    "kwargs, match",
+    [
+        ({"shots": 2.5}, r"'shots' parameter of few_shot_split must be a positive integer.*2\.5"),
+        ({"shots": 0}, "positive integer"),
+        ({"random_state": "seed"}, r"'random_state' parameter of few_shot_split"),
+        ({"y": None}, r"'y' parameter of few_shot_split must be an array-like"),
+    ],
+)
+def test_few_shot_split_validates_its_parameters(kwargs, match):
+    with pytest.raises(InvalidParameterError, match=match):
+        few_shot_split(**{"y": ["a", "b"] * 4, "shots": 2, **kwargs})

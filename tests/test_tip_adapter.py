@@ -14,9 +14,13 @@ from sklearn.pipeline import Pipeline
 from sklearn.preprocessing import normalize
 from sklearn.utils.estimator_checks import parametrize_with_checks
 
-from skclip import CLIPFeaturizer, TipAdapterClassifier
-from skclip._models import load_clip
-from skclip.text import IMAGENET_TEMPLATES, SIMPLE_TEMPLATES
+from skclip import CLIPFeaturizer, TipAdapterClassifier, TipAdapterClassifierCV
+from skclip import _formula
+from skclip._finetune import fine_tune_keys
+from skclip._formula import cache_logits
+from skclip._models import clear_model_cache, load_clip
+from skclip._testing import save_random_clip
+from skclip.text import IMAGENET_TEMPLATES, SIMPLE_TEMPLATES, clear_text_cache, text_weights
 
 
 def _unit(rng, n, d):
@@ -222,6 +226,45 @@ def test_text_is_encoded_once_per_model_templates_names(tiny_clip_path, monkeypa
     assert len(calls) == 1
 
 
+def test_text_weights_follow_a_checkpoint_rewritten_in_place(tmp_path):
+    """Text weights are cached by the text tower's weights, not by the folder's name."""
+    folder = save_random_clip(tmp_path / "clip", seed=0)
+    names = ["ant", "bee"]
+    before = text_weights(load_clip(folder, "cpu", "float32"), names, SIMPLE_TEMPLATES)
+    save_random_clip(folder, seed=1)  # same name, other weights
+    clear_model_cache()
+    clip = load_clip(folder, "cpu", "float32")
+    after = text_weights(clip, names, SIMPLE_TEMPLATES)
+    assert not np.allclose(before, after, atol=1e-3)
+    np.testing.assert_allclose(after, _manual_text_weights(clip, names, SIMPLE_TEMPLATES), atol=1e-5)
+    # The same weights under another name share the entry: nothing is encoded again.
+    twin = save_random_clip(tmp_path / "twin", seed=1)
+    assert text_weights(load_clip(twin, "cpu", "float32"), names, SIMPLE_TEMPLATES) is after
+
+
+def test_clear_text_cache_encodes_again(tiny_clip_path, monkeypatch):
+    clip = load_clip(tiny_clip_path, "cpu", "float32")
+    first = text_weights(clip, ["cleared a", "cleared b"], SIMPLE_TEMPLATES)
+    assert text_weights(clip, ["cleared a", "cleared b"], SIMPLE_TEMPLATES) is first
+    clear_text_cache()
+    again = text_weights(clip, ["cleared a", "cleared b"], SIMPLE_TEMPLATES)
+    assert again is not first
+    np.testing.assert_array_equal(again, first)
+
+
+def test_text_features_as_a_plain_tensor_transformers_4(tiny_clip_path, monkeypatch):
+    """transformers 4 returns the embeddings as a Tensor, transformers 5 inside an output."""
+    clip = load_clip(tiny_clip_path, "cpu", "float32")
+    names = ["tensor a", "tensor b"]
+    expected = _manual_text_weights(clip, names, SIMPLE_TEMPLATES)
+    original = clip.model.get_text_features
+    monkeypatch.setattr(
+        clip.model, "get_text_features", lambda **kw: original(**kw).pooler_output
+    )
+    clear_text_cache()
+    np.testing.assert_allclose(text_weights(clip, names, SIMPLE_TEMPLATES), expected, atol=1e-6)
+
+
 def test_class_names_errors(tiny_clip_path):
     X = _unit(np.random.default_rng(2), 4, TINY_DIM)
     y = np.array(["a", "b", "a", "b"])
@@ -369,3 +412,104 @@ def test_sklearn_checks_with_text_features_fail_only_where_shapes_differ():
         exc = r["exception"]
         messages = str(exc) + str(exc.__cause__) + str(exc.__context__)
         assert "text_features" in messages, (r["check_name"], exc)
+
+
+@pytest.mark.parametrize("cls", [TipAdapterClassifier, TipAdapterClassifierCV])
+def test_parameters_are_keyword_only(cls):
+    with pytest.raises(TypeError, match="positional"):
+        cls(1.0)
+
+
+def test_fine_tune_keys_is_what_fit_does(task):
+    """The pure training function gives the classifier's keys, curves and kept samples."""
+    Xtr, ytr, _, _, W = task
+    params = dict(alpha=1.0, beta=5.5, epochs=3, lr=1e-2, batch_size=32)
+    clf = TipAdapterClassifier(
+        text_features=W, validation_fraction=0.25, **{**TIPF, **params}
+    ).fit(Xtr, ytr)
+    y_enc = np.searchsorted(clf.classes_, ytr)
+    res = fine_tune_keys(
+        normalize(Xtr), y_enc, len(clf.classes_), normalize(W), validation_fraction=0.25,
+        device="cpu", random_state=0, **params,
+    )
+    np.testing.assert_array_equal(res.keys, clf.cache_keys_)
+    np.testing.assert_array_equal(np.eye(len(clf.classes_))[y_enc[res.kept]], clf.cache_values_)
+    assert len(res.kept) == len(res.keys) < len(Xtr) and np.all(np.diff(res.kept) > 0)
+    assert res.loss_curve == clf.loss_curve_ and res.validation_scores == clf.validation_scores_
+    assert res.best_epoch == clf.best_epoch_
+
+
+def test_refit_without_fine_tuning_clears_the_training_curves(task):
+    """Every fit sets every fitted attribute: no curve of an earlier Tip-F fit survives."""
+    Xtr, ytr, _, _, W = task
+    clf = TipAdapterClassifier(text_features=W, validation_fraction=0.25, **{**TIPF, "epochs": 2})
+    clf.fit(Xtr, ytr)
+    assert len(clf.loss_curve_) == len(clf.validation_scores_) == 2 and clf.best_epoch_ >= 1
+    clf.set_params(fine_tune=False).fit(Xtr, ytr)
+    assert clf.loss_curve_ is None and clf.validation_scores_ is None and clf.best_epoch_ is None
+    assert len(clf.cache_keys_) == len(Xtr)
+
+
+# -- determinism of the per-class vote sums ---------------------------------------------------
+cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+
+
+def test_one_hot_votes_equal_index_add_votes():
+    """Both ways of summing the votes per class give the same numbers."""
+    g = torch.Generator().manual_seed(0)
+    weights = torch.rand(7, 300, generator=g, dtype=torch.float64)
+    labels = torch.randint(0, 5, (300,), generator=g)
+    dense = _formula._one_hot_votes(weights, labels, 6)  # class 5 has no key: a zero column
+    np.testing.assert_allclose(dense, _formula._index_add_votes(weights, labels, 6), atol=1e-12)
+    assert torch.all(dense[:, 5] == 0)
+
+
+@pytest.mark.parametrize(
+    "device, path", [("cpu", "_index_add_votes"), ("cuda", "_one_hot_votes"),
+                     ("cuda:1", "_one_hot_votes"), ("mps", "_one_hot_votes")],
+)
+def test_atomic_index_add_is_used_only_on_the_cpu(device, path):
+    """index_add accumulates with atomics on accelerators (run-to-run differences in
+    the last bits) but in index order on the CPU: accelerators use a matmul instead."""
+    assert _formula._votes_function(torch.device(device)) is getattr(_formula, path)
+
+
+@cuda
+@pytest.mark.cuda
+def test_cuda_votes_are_deterministic():
+    g = torch.Generator().manual_seed(0)
+    affinity = torch.rand(256, 8192, generator=g).cuda()
+    labels = torch.randint(0, 3, (8192,), generator=g).cuda()  # many keys per class
+    runs = [cache_logits(affinity.clone(), labels, 5.0, n_classes=3) for _ in range(5)]
+    assert all(torch.equal(runs[0], r) for r in runs[1:])
+    expected = cache_logits(affinity.cpu().double(), labels.cpu(), 5.0, n_classes=3)
+    np.testing.assert_allclose(runs[0].double().cpu(), expected, rtol=1e-4)
+
+
+@cuda
+@pytest.mark.cuda
+def test_cuda_tip_f_is_deterministic(task):
+    Xtr, ytr, _, _, W = task
+    params = {**TIPF, "epochs": 3, "batch_size": 32, "device": "cuda"}
+    a = TipAdapterClassifier(text_features=W, **params).fit(Xtr, ytr)
+    b = TipAdapterClassifier(text_features=W, **params).fit(Xtr, ytr)
+    np.testing.assert_array_equal(a.cache_keys_, b.cache_keys_)
+    assert a.loss_curve_ == b.loss_curve_
+
+
+@pytest.mark.parametrize("cls", [TipAdapterClassifier, TipAdapterClassifierCV])
+@pytest.mark.parametrize("fine_tune", [False, True])
+def test_predict_uses_the_integer_labels_stored_at_fit(features, cls, fine_tune):
+    """As KNeighborsClassifier keeps ``_y``: predict does not rebuild the cache's labels
+    from the one-hot ``cache_values_`` on every call."""
+    X, y, Xq, W = features
+    params = dict(epochs=2, random_state=0) if fine_tune else {}
+    clf = cls(clip_model=None, text_features=W, fine_tune=fine_tune, **params)
+    if cls is TipAdapterClassifierCV:
+        clf.set_params(cv=2, alphas=[1.0], betas=[5.5])
+    clf.fit(X, y)
+    assert clf._y.dtype == np.intp and clf._y.flags.c_contiguous
+    np.testing.assert_array_equal(clf._y, clf.cache_values_.argmax(axis=1))
+    expected = clf.decision_function(Xq)
+    del clf.cache_values_  # still public and set by fit; predict does not read it
+    np.testing.assert_array_equal(clf.decision_function(Xq), expected)
