@@ -32,10 +32,11 @@ import numpy as np
 import torch
 from scipy.special import softmax
 from sklearn.preprocessing import normalize
-from sklearn.utils._param_validation import Interval, StrOptions
 
+from ._compat import Interval, StrOptions
+from ._formula import cache_logits, zero_shot_logits
 from ._models import DEFAULT_MODEL
-from .tip_adapter import _BaseTipAdapter, cache_logits, zero_shot_logits
+from .tip_adapter import _BaseTipAdapter
 
 #: The smoothing constant of the authors' KL divergence.
 _KL_EPS = 1e-6
@@ -380,8 +381,7 @@ class APEClassifier(_BaseTipAdapter):
             X, y_enc, n_classes, W, self.similarity_weight, self.variance_weight
         )
         self.selected_features_ = select_channels(self.criterion_, k)
-        self.cache_keys_ = normalize(X[:, self.selected_features_])
-        self.cache_values_ = np.eye(n_classes, dtype=X.dtype)[y_enc]
+        self._set_cache(normalize(X[:, self.selected_features_]), y_enc)
         if W is None:
             self.key_divergence_ = np.zeros(len(X), dtype=X.dtype)
         else:

@@ -25,10 +25,11 @@ import numpy as np
 import torch
 from scipy.linalg import pinvh
 from sklearn.base import clone
-from sklearn.utils._param_validation import HasMethods, Interval, StrOptions
 
+from ._compat import HasMethods, Interval, StrOptions
+from ._formula import zero_shot_logits
 from ._models import DEFAULT_MODEL
-from .tip_adapter import _BaseTipAdapter, zero_shot_logits
+from .tip_adapter import _BaseTipAdapter
 
 
 def shrinkage_precision(centered: np.ndarray) -> np.ndarray:
