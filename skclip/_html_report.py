@@ -172,7 +172,6 @@ def _gallery(misclassified: Sequence[Mapping[str, Any]], max_images: int, size: 
         method = ""
         if "method" in item:
             method = f'<br><span class="muted">{_e(item["method"])}</span>'
-
         out.append(
             f'<figure title="{_e(name)}">{picture}<figcaption>'
             f"true: {_e(item.get('true'))}<br>"
