@@ -280,3 +280,19 @@ def test_pickle_holds_no_weights(task):
 )
 def test_sklearn_estimator_checks(estimator, check):
     check(estimator)
+
+
+def test_text_features_configuration_fails_checks_only_on_shape():
+    """As for TipAdapterClassifier: with fixed text_features, the checks that fail are
+    those whose data do not match their shape, and they fail with our shape error."""
+    from sklearn.utils.estimator_checks import check_estimator
+
+    W = normalize(np.random.default_rng(0).normal(size=(3, 2)))
+    est = APEClassifier(clip_model=None, text_features=W, n_features_to_select=1.0, beta=5.5)
+    results = check_estimator(est, on_fail=None)
+    assert any(r["status"] == "passed" for r in results)
+    for r in results:
+        if r["status"] == "failed":
+            exc = r["exception"]
+            messages = str(exc) + str(exc.__cause__) + str(exc.__context__)
+            assert "text_features" in messages or "at least 2 classes" in messages, r

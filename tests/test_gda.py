@@ -235,3 +235,33 @@ def test_gda_parameters_need_no_estimator_object():
 )
 def test_sklearn_estimator_checks(estimator, check):
     check(estimator)
+
+
+def test_pooled_views_recipe_from_the_notes(tiny_clip_path, image_folder):
+    """The Notes' recipe for the authors' pooling: one random view per seed, stacked."""
+    paths, labels = image_folder
+    views = [
+        CLIPFeaturizer(model=tiny_clip_path, device="cpu", augment=1, random_state=s)
+        .fit_transform(paths)
+        for s in range(3)
+    ]
+    assert not np.allclose(views[0], views[1])  # different seeds, different views
+    X, y = np.vstack(views), np.tile(labels, 3)
+    pooled = GDAClassifier(clip_model=tiny_clip_path, device="cpu").fit(X, y)
+    single = GDAClassifier(clip_model=tiny_clip_path, device="cpu").fit(views[0], labels)
+    assert not np.allclose(pooled.coef_, single.coef_)
+    assert pooled.predict(views[2][:2]).shape == (2,)
+
+
+def test_text_features_configuration_fails_checks_only_on_shape():
+    """As for TipAdapterClassifier: with fixed text_features, the checks that fail are
+    those whose data do not match their shape, and they fail with our shape error."""
+    from sklearn.utils.estimator_checks import check_estimator
+
+    W = normalize(np.random.default_rng(0).normal(size=(3, 2)))
+    results = check_estimator(GDAClassifier(clip_model=None, text_features=W), on_fail=None)
+    assert any(r["status"] == "passed" for r in results)
+    for r in results:
+        if r["status"] == "failed":
+            exc = r["exception"]
+            assert "text_features" in str(exc) + str(exc.__cause__) + str(exc.__context__), r
