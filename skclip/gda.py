@@ -174,10 +174,12 @@ class GDAClassifier(_BaseTipAdapter):
     ----------
     alpha : float, default=1.0
         Weight of the GDA term against zero-shot CLIP; ``alpha=0`` is zero-shot CLIP.
-        Its useful range depends on the covariance estimator and, with the default
-        estimator, shrinks about as ``1 / n_samples``: tune it with ``GridSearchCV`` on
-        training data. The authors pick it from ``[1e-4, 1e-3, ..., 10, 100]`` by
-        validation accuracy.
+        Its useful range depends on the covariance estimator and the data: the default
+        estimator's precision, hence the GDA term, gets smaller as samples are added
+        (``(N - 1) S`` grows with the number of samples ``N`` while the shrinkage
+        ``trace(S)`` does not), so the best alpha grows with the number of training
+        samples and views. Tune it with ``GridSearchCV`` on training data; the authors
+        pick it from ``[1e-4, 1e-3, ..., 10, 100]`` by validation accuracy.
     covariance_estimator : estimator or None, default=None
         ``None`` is the authors' shrinkage estimate of the precision,
         ``d * pinv((N - 1) * S + trace(S) * I)`` with ``S`` the unbiased covariance of

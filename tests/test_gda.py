@@ -265,3 +265,16 @@ def test_text_features_configuration_fails_checks_only_on_shape():
         if r["status"] == "failed":
             exc = r["exception"]
             assert "text_features" in str(exc) + str(exc.__cause__) + str(exc.__context__), r
+
+
+def test_default_precision_shrinks_as_samples_are_added(task):
+    """Documented for alpha: the same distribution with 4 times the samples (here
+    copies: the same S, 4 times the scatter) gives a smaller GDA term, by at most 4."""
+    Xtr, ytr, _, _, _ = task
+    sizes = [1, 4, 16]
+    fits = [
+        GDAClassifier(clip_model=None).fit(np.tile(Xtr, (k, 1)), np.tile(ytr, k)) for k in sizes
+    ]
+    norms = [np.linalg.norm(f.coef_) for f in fits]
+    ratios = [norms[0] / norms[1], norms[1] / norms[2]]
+    assert all(1.2 < r <= 4.0 for r in ratios), ratios
