@@ -7,6 +7,7 @@ Public API: :class:`CLIPFeaturizer` turns images into CLIP embeddings;
 """
 
 from ._images import ImageLoadError, ImageLoadWarning
+from ._models import CheckpointMismatchError
 from ._version import __version__
 from .ape import APEClassifier
 from .featurizer import CLIPFeaturizer
@@ -17,6 +18,7 @@ from .tip_adapter import TipAdapterClassifier
 __all__ = [
     "APEClassifier",
     "CLIPFeaturizer",
+    "CheckpointMismatchError",
     "GDAClassifier",
     "ImageLoadError",
     "ImageLoadWarning",

@@ -84,11 +84,25 @@ FILE_DIGESTS = _FileDigests()
 
 
 def memory_digest(item: Any) -> str:
-    """Content digest of an in-memory image (PIL image or numpy array)."""
+    """Content digest of an in-memory image (PIL image or numpy array).
+
+    For a PIL image it covers everything its RGB conversion reads: mode, size, pixels,
+    EXIF orientation, the palette of a palette image and the ``transparency`` entry of
+    ``img.info`` (composited on white). Hashing loads a lazily opened image, so it raises
+    (``OSError``) for a truncated file.
+    """
     h = _hasher()
     if isinstance(item, Image.Image):
-        h.update(f"PIL:{item.mode}:{item.size}:{item.getexif().get(0x0112)}".encode())
-        h.update(item.tobytes())
+        pixels = item.tobytes()  # first: loads a lazily opened image (and its palette)
+        palette = item.palette
+        colours = bytes(item.getpalette(rawmode=None) or ()) if palette is not None else b""
+        h.update(
+            f"PIL:{item.mode}:{item.size}:{item.getexif().get(0x0112)}:"
+            f"transparency={item.info.get('transparency')!r}:"
+            f"palette={palette.mode if palette is not None else None}:{len(colours)}:".encode()
+        )
+        h.update(colours)
+        h.update(pixels)
     else:
         arr = np.ascontiguousarray(item)
         h.update(f"nd:{arr.dtype.str}:{arr.shape}".encode())

@@ -9,6 +9,8 @@ from pathlib import Path
 import numpy as np
 from sklearn.utils import Bunch
 
+from ._compat import validate_params
+
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff")
 
 
@@ -27,9 +29,31 @@ def _images_below(folder: Path, extensions: tuple[str, ...]) -> list[str]:
     return sorted(found)
 
 
+def _normalize_extensions(extensions: str | Iterable[str]) -> tuple[str, ...]:
+    """Lower-case extensions with a leading dot; a single string is one extension."""
+    if isinstance(extensions, str):
+        extensions = (extensions,)
+    exts = []
+    for ext in extensions:
+        if not isinstance(ext, str) or ext.strip(".") == "":
+            raise ValueError(
+                f"extensions must be file extensions such as '.jpg' or 'png', got {ext!r}."
+            )
+        exts.append(ext.lower() if ext.startswith(".") else f".{ext.lower()}")
+    return tuple(exts)
+
+
+@validate_params(
+    {
+        "root": [str, os.PathLike],
+        "extensions": [str, Iterable],
+        "return_X_y": ["boolean"],
+    },
+    prefer_skip_nested_validation=True,
+)
 def load_image_folder(
     root: str | os.PathLike,
-    extensions: Iterable[str] = IMAGE_EXTENSIONS,
+    extensions: str | Iterable[str] = IMAGE_EXTENSIONS,
     return_X_y: bool = False,
 ) -> Bunch | tuple[np.ndarray, np.ndarray]:
     """Load the file names and labels of images stored one folder per class.
@@ -51,8 +75,10 @@ def load_image_folder(
     ----------
     root : str or path-like
         The folder holding one sub-folder per class.
-    extensions : iterable of str, default=(".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff")
-        File extensions counted as images, compared case-insensitively.
+    extensions : str or iterable of str, default=IMAGE_EXTENSIONS
+        ``(".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff")``.
+        File extensions counted as images, compared case-insensitively, with or without
+        the leading dot. A single string is one extension (``".png"``).
     return_X_y : bool, default=False
         Return ``(filenames, target)`` instead of a Bunch.
 
@@ -72,7 +98,8 @@ def load_image_folder(
     ------
     ValueError
         If ``root`` is not a folder, has fewer than two class folders, or a class folder
-        has no images; the message names the folder.
+        has no images; the message names the folder. If an extension is not a
+        non-empty string.
 
     Examples
     --------
@@ -91,7 +118,7 @@ def load_image_folder(
     root_path = Path(root)
     if not root_path.is_dir():
         raise ValueError(f"Image folder {os.fspath(root)!r} does not exist or is not a folder.")
-    exts = tuple(e.lower() if e.startswith(".") else f".{e.lower()}" for e in extensions)
+    exts = _normalize_extensions(extensions)
     classes = sorted(p.name for p in root_path.iterdir() if p.is_dir() and not _hidden(p.name))
     if len(classes) < 2:
         raise ValueError(

@@ -17,23 +17,33 @@ Two ways to scale out:
 from __future__ import annotations
 
 import math
+from numbers import Integral
 from typing import Any
 
 import numpy as np
-from sklearn.base import clone
 
+from . import _encode
+from ._compat import HasMethods, Interval, validate_params
+from ._encode import Encoded, ItemError
 from .featurizer import CLIPFeaturizer
 
 
-def _encode_partition(
-    featurizer: CLIPFeaturizer, items: list
-) -> tuple[np.ndarray, list[tuple[int, str]]]:
-    """On a worker: embed one partition, keeping the good embeddings of a partition with
-    bad inputs; those come back as (position in the partition, message naming them)."""
-    feat = clone(featurizer).set_params(progress=False)
-    return feat._embed_collect(items, n_views=0, random_state=None, keep_going=True)
+def _encode_partition(featurizer: CLIPFeaturizer, items: list) -> Encoded:
+    """On a worker: embed one partition with the engine, keeping the good embeddings of a
+    partition with bad inputs; those come back as errors (positions in the partition)."""
+    spec = _encode.spec_for(featurizer, n_views=0, seed=None, progress=False)
+    return _encode.encode(items, spec, keep_going=True)
 
 
+@validate_params(
+    {
+        "featurizer": [CLIPFeaturizer],
+        "X": ["array-like", HasMethods(["__iter__"])],
+        "client": [HasMethods(["map", "gather", "scheduler_info"])],
+        "partition_size": [Interval(Integral, 1, None, closed="left"), None],
+    },
+    prefer_skip_nested_validation=True,
+)
 def transform(
     featurizer: CLIPFeaturizer,
     X: Any,
@@ -77,23 +87,21 @@ def transform(
     ...     X = transform(CLIPFeaturizer(model="clip-folder"), paths, client)
     """
     featurizer._validate_params()
-    items = CLIPFeaturizer._check_items(X)
+    items = _encode.check_items(X)
     n_workers = max(1, len(client.scheduler_info().get("workers", {})))
     if partition_size is None:
         partition_size = max(featurizer.batch_size, math.ceil(len(items) / (4 * n_workers)))
-    if partition_size < 1:
-        raise ValueError(f"partition_size must be at least 1, got {partition_size}.")
     starts = range(0, len(items), partition_size)
     parts = [items[s : s + partition_size] for s in starts]
     futures = client.map(_encode_partition, [featurizer] * len(parts), parts, pure=False)
-    results = client.gather(futures)  # in the order of the futures: input order
-    out = np.concatenate([emb for emb, _ in results])
+    results: list[Encoded] = client.gather(futures)  # in the order of the futures: input order
+    out = np.concatenate([part.embeddings for part in results])
     errors = [
-        (start + i, f"partition {k}: {message}")
-        for k, (start, (_, part_errors)) in enumerate(zip(starts, results))
-        for i, message in part_errors
+        ItemError(start + e.index, f"partition {k}: {e.message}")
+        for k, (start, part) in enumerate(zip(starts, results))
+        for e in part.errors
     ]
-    featurizer._handle_errors(errors, len(items), out)
+    _encode.report_errors(errors, len(items), featurizer.on_error, stacklevel=2)
     return out
 
 

@@ -67,6 +67,9 @@ def test_every_bad_file_is_listed_and_warn_gives_nan_rows(feat, tmp_path, rgb):
     with pytest.warns(ImageLoadWarning, match=f"{len(bad)} of {len(items)}") as record:
         X = feat.set_params(on_error="warn").transform(items)
     assert len(record) == 1  # one warning listing them all
+    assert sorted(record[0].message.errors) == list(range(1, len(items) - 1))
+    assert all(str(bad[i - 1]) in m for i, m in record[0].message.errors.items())
+    assert "object at 0x" not in msg  # PIL's reprs of in-memory file copies are not shown
     assert np.isnan(X[1:-1]).all() and np.isfinite(X[[0, -1]]).all()
     np.testing.assert_allclose(X[0], feat.transform([rgb])[0], atol=1e-6)
 
@@ -181,3 +184,52 @@ def test_other_width_at_predict(unit):
 def test_cuda_requested_without_cuda_fails_at_fit(unit):
     with pytest.raises(ValueError, match="CUDA is not available"):
         TipAdapterClassifier(clip_model=None, device="cuda").fit(unit, ["a", "b"] * 6)
+
+
+# -- in-memory images: the cache key is their content, a bad one is handled per item ------
+def test_palette_is_part_of_the_cache_key(tiny_clip_path, rgb):
+    """Same palette indices, other palette: another image, another embedding."""
+    feat = CLIPFeaturizer(model=tiny_clip_path)  # cache on: the digest decides
+    CLIPFeaturizer.cache_clear()
+    indices = np.asarray(rgb.convert("P"))
+    warm = Image.fromarray(indices, mode="P")
+    warm.putpalette([v for k in range(256) for v in (k, 255 - k, 40)])
+    cold = Image.fromarray(indices, mode="P")
+    cold.putpalette([v for k in range(256) for v in (20, k, 255 - k)])
+    X = np.vstack([feat.transform([warm]), feat.transform([cold])])  # one call each
+    as_rgb = feat.transform([warm.convert("RGB"), cold.convert("RGB")])
+    np.testing.assert_allclose(X, as_rgb, atol=1e-5)
+    assert not np.allclose(X[0], X[1], atol=1e-3)
+    # transparency changes the RGB conversion (composited on white), so the key too
+    see_through = warm.copy()
+    see_through.info["transparency"] = int(indices[0, 0])
+    X2 = feat.transform([see_through])
+    expected = Image.alpha_composite(
+        Image.new("RGBA", warm.size, (255, 255, 255, 255)), see_through.convert("RGBA")
+    ).convert("RGB")
+    np.testing.assert_allclose(X2, feat.transform([expected]), atol=1e-5)
+    assert not np.allclose(X2[0], X[0], atol=1e-3)
+    CLIPFeaturizer.cache_clear()
+
+
+@pytest.fixture
+def truncated_lazy_image(tmp_path, rgb):
+    """A PIL image opened lazily from a truncated file: it fails when its pixels are read."""
+    path = tmp_path / "cut.png"
+    rgb.save(path)
+    path.write_bytes(path.read_bytes()[:-200])
+    img = Image.open(path)  # lazy: only the header was read
+    yield img
+    img.close()
+
+
+def test_truncated_lazy_pil_image_is_one_bad_item(tiny_clip_path, rgb, truncated_lazy_image):
+    feat = CLIPFeaturizer(model=tiny_clip_path, on_error="warn")  # cache on: images are hashed
+    items = [rgb, truncated_lazy_image, np.asarray(rgb)]
+    with pytest.warns(ImageLoadWarning, match="1 of 3 images") as record:
+        X = feat.transform(items)
+    assert len(record) == 1 and "input 1" in str(record[0].message)
+    assert np.isnan(X[1]).all() and np.isfinite(X[[0, 2]]).all()
+    np.testing.assert_allclose(X[0], X[2], atol=1e-6)
+    with pytest.raises(ImageLoadError, match=r"1 of 3 images(.|\n)*PngImageFile input 1"):
+        feat.set_params(on_error="raise").transform(items)

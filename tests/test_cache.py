@@ -149,3 +149,41 @@ def test_cache_false_encodes_every_time(tiny_clip_path, count_encoded):
     feat.transform(images)
     assert count_encoded["images"] == 2
     assert CLIPFeaturizer.cache_info().currsize == 0
+
+
+def test_augment_without_a_seed_draws_new_views_each_call(tiny_clip_path, count_encoded):
+    """random_state=None keeps scikit-learn's meaning (documented): fresh views every call,
+    so augmented embeddings are never reused; an int seed reuses them."""
+    images = [np.asarray(make_image(np.random.default_rng(i))) for i in range(2)]
+    unseeded = CLIPFeaturizer(model=tiny_clip_path, augment=2)
+    A, B = unseeded.fit_transform(images), unseeded.fit_transform(images)
+    assert count_encoded["images"] == 2 * 2 * 2 and not np.allclose(A, B)
+    seeded = CLIPFeaturizer(model=tiny_clip_path, augment=2, random_state=0)
+    np.testing.assert_array_equal(seeded.fit_transform(images), seeded.fit_transform(images))
+    assert count_encoded["images"] == 8 + 2 * 2
+
+
+def test_augmented_entries_of_the_old_view_averaging_are_not_reused(tiny_clip_path, tmp_path):
+    """Augmented keys changed recipe (mean of raw views): their cache settings changed
+    too, so a folder filled by an older skclip gives no stale augmented key. Clean
+    embeddings did not change and keep their settings."""
+    from skclip._cache import EmbeddingCache, memory_digest, settings_digest
+    from skclip._encode import cache_settings, draw_seed
+
+    clip = load_clip(tiny_clip_path, "auto", "auto")
+    dim, image = clip.embedding_dim, np.asarray(make_image(np.random.default_rng(0)))
+
+    def old_settings(n_views, seed):  # the settings of skclip before the change
+        return settings_digest(
+            clip.vision_fingerprint, sorted(clip.image_config.items()), str(clip.dtype),
+            clip.device.type, True, n_views, seed,
+        )
+
+    seed = draw_seed(0, 2)
+    stale = np.full(dim, dim**-0.5, dtype=np.float32)
+    EmbeddingCache(old_settings(2, seed), dim, tmp_path).put(memory_digest(image), stale)
+    CLIPFeaturizer.cache_clear()
+    feat = CLIPFeaturizer(model=tiny_clip_path, augment=2, random_state=0, cache_dir=tmp_path)
+    assert not np.allclose(feat.fit_transform([image])[0], stale)
+    assert cache_settings(clip, True, 0, None) == old_settings(0, None)
+    CLIPFeaturizer.cache_clear()

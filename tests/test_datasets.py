@@ -74,3 +74,26 @@ def test_few_shot_split():
         few_shot_split(y, shots=3)
     with pytest.raises(ValueError, match="positive integer"):
         few_shot_split(y, shots=0)
+
+
+def test_a_single_string_is_one_extension(tree):
+    """Issue 11, defect 5: ".png" was split into ".", "p", "n", "g" (and ".g" matched
+    ".jpg" too)."""
+    _img(tree / "scratch" / "c.png")
+    _img(tree / "dent" / "y.png")
+    data = load_image_folder(tree, extensions=".png")
+    rel = [str(p)[len(str(tree)) + 1 :] for p in data.filenames]
+    assert rel == ["dent/y.png", "ok/1.png", "ok/batch2/2.png", "scratch/c.png"]
+    again = load_image_folder(tree, extensions="PNG")
+    np.testing.assert_array_equal(again.filenames, data.filenames)
+
+
+def test_parameters_are_validated(tree):
+    from sklearn.utils._param_validation import InvalidParameterError
+
+    with pytest.raises(InvalidParameterError, match="extensions"):
+        load_image_folder(tree, extensions=3)
+    with pytest.raises(InvalidParameterError, match="root"):
+        load_image_folder(None)
+    with pytest.raises(ValueError, match=r"extensions must be .* got ''"):
+        load_image_folder(tree, extensions=[".png", ""])

@@ -36,6 +36,30 @@ def _models_loaded_per_worker(client):
     return sorted(client.run(count).values())
 
 
+class _FakeClient:
+    def map(self, *a, **k): ...
+    def gather(self, *a, **k): ...
+    def scheduler_info(self): ...
+
+
+@pytest.mark.parametrize(
+    "kwargs, match",
+    [
+        ({"featurizer": "not a featurizer"}, "'featurizer' parameter"),
+        ({"client": object()}, "'client' parameter"),
+        ({"partition_size": 0}, "'partition_size' parameter"),
+    ],
+)
+def test_transform_validates_its_arguments_before_any_work(kwargs, match):
+    from sklearn.utils._param_validation import InvalidParameterError
+
+    args = {"featurizer": CLIPFeaturizer(model="unused"), "X": ["a.jpg"],
+            "client": _FakeClient(), "partition_size": None}
+    args.update(kwargs)
+    with pytest.raises(InvalidParameterError, match=match):
+        transform(**args)
+
+
 def test_core_package_does_not_import_dask():
     import subprocess
 
@@ -86,3 +110,36 @@ def test_gridsearch_on_the_cluster_equals_single_process(client, tiny_clip_path,
     )
     assert remote.best_params_ == local.best_params_
     assert all(n <= 1 for n in _models_loaded_per_worker(client))
+
+
+def test_worker_killed_mid_transform_is_retried(client, tiny_clip_path, image_folder):
+    """A worker SIGKILLed inside a forward pass: the scheduler reruns its tasks elsewhere
+    and the embeddings come back complete and equal. Last in this module: the cluster
+    then has a restarted worker."""
+    paths, _ = image_folder
+    feat = CLIPFeaturizer(model=tiny_clip_path, cache=False, batch_size=1, progress=False)
+    expected = feat.transform(paths)
+
+    def die_on_second_forward(model):
+        import os
+        import signal
+
+        from skclip._models import load_clip
+
+        clip = load_clip(model, "auto", "auto")
+        forward = clip.model.get_image_features
+        calls = [0]
+
+        def patched(pixel_values, **kwargs):
+            calls[0] += 1
+            if calls[0] == 2:
+                os.kill(os.getpid(), signal.SIGKILL)
+            return forward(pixel_values=pixel_values, **kwargs)
+
+        clip.model.get_image_features = patched
+
+    victim = sorted(client.scheduler_info()["workers"])[0]
+    client.run(die_on_second_forward, tiny_clip_path, workers=[victim])
+    X = transform(feat, paths, client, partition_size=3)  # 6 partitions, 3 passes each
+    assert victim not in client.scheduler_info()["workers"]  # it did die
+    np.testing.assert_allclose(X, expected, atol=1e-6)

@@ -1,0 +1,417 @@
+"""The encoding engine: images in, embeddings and the errors of bad inputs out.
+
+Used by :class:`skclip.CLIPFeaturizer` (parameters, validation, scikit-learn API) and
+by :func:`skclip.distributed.transform` (one call per partition on a worker). One
+call of :func:`encode` runs these small steps:
+
+1. :func:`lookup` (calling thread, cheap): digests of in-memory images and of files
+   hashed before and unchanged since, and their cache hits, which need no decoding.
+2. :func:`prepare` (decode threads, through :func:`prefetch`): hash the other files,
+   look them up, decode the misses, crop them (:func:`crops`: the clean view, or
+   ``n_views`` random views seeded by the image's content, :func:`view_rng`).
+3. :func:`embed` (calling thread): the forward pass of the checkpoint's family
+   adapter (:mod:`skclip._backbones`), then :func:`pool_views` (the mean of the raw
+   views, then normalization).
+4. :func:`store`: cache writes.
+
+Every input is handled inside its own error handling (:func:`item_error`), so a bad
+input becomes one :class:`ItemError` naming it, never an exception that loses the
+others; :func:`report_errors` raises or warns once for all of them.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import warnings
+from collections import deque
+from collections.abc import Callable, Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from functools import partial
+from typing import Any, NamedTuple
+
+import numpy as np
+import torch
+from PIL import Image
+from sklearn.utils import check_random_state
+from tqdm.auto import tqdm
+
+from ._cache import FILE_DIGESTS, MEMORY, EmbeddingCache, memory_digest, settings_digest
+from ._images import ImageLoadError, ImageLoadWarning, describe, open_image
+from ._models import LoadedCLIP, load_clip
+from ._preprocess_families import Preprocessor
+
+
+# -- named results ---------------------------------------------------------------------------
+class ItemError(NamedTuple):
+    """A bad input: its position in the input and a message naming it."""
+
+    index: int
+    message: str
+
+
+class Lookup(NamedTuple):
+    """What :func:`lookup` found in the calling thread."""
+
+    digests: list[str | None]  # content digest per input (None: a file not hashed yet)
+    hits: list[tuple[int, np.ndarray]]  # (input position, cached embedding)
+    todo: list[int]  # positions still to hash, look up or encode, in input order
+    errors: list[ItemError]  # in-memory inputs that could not even be hashed
+
+
+class Prepared(NamedTuple):
+    """One batch after :func:`prepare`, in a decode thread."""
+
+    found: list[tuple[int, np.ndarray]]  # cache hits of files hashed in the thread
+    kept: list[int]  # positions decoded, in the order of ``pixels``
+    keys: list[str | None]  # content digest of each kept input (its cache key)
+    pixels: dict[str, np.ndarray] | None  # collated uint8 views of the kept inputs, or None
+    errors: list[ItemError]
+
+
+class Encoded(NamedTuple):
+    """The result of :func:`encode`: embeddings (NaN rows for bad inputs) and the errors."""
+
+    embeddings: np.ndarray
+    errors: list[ItemError]
+
+
+@dataclass(frozen=True)
+class EncodeSpec:
+    """Everything one :func:`encode` call needs besides the inputs.
+
+    Attributes
+    ----------
+    clip : LoadedCLIP
+        The loaded checkpoint, with its family's adapter.
+    preprocess : Preprocessor
+        The checkpoint's preprocessing (``clip.preprocessor``).
+    normalize : bool
+        L2-normalize each output row.
+    n_views : int
+        0: the clean, center-cropped view; ``k > 0``: the pooled mean of ``k`` random views.
+    seed : int or None
+        Seed of the views (with each image's content); None when ``n_views == 0``.
+    cache : EmbeddingCache or None
+    batch_size : int
+        Inputs per forward pass.
+    n_threads : int
+        Decode threads.
+    progress : bool or "auto"
+    """
+
+    clip: LoadedCLIP
+    preprocess: Preprocessor
+    normalize: bool
+    n_views: int
+    seed: int | None
+    cache: EmbeddingCache | None
+    batch_size: int
+    n_threads: int
+    progress: bool | str = "auto"
+
+    @property
+    def needs_digests(self) -> bool:
+        """Content digests key the cache and seed the views."""
+        return self.cache is not None or self.n_views > 0
+
+
+# -- inputs and settings -----------------------------------------------------------------------
+def as_items(X: Any) -> list:
+    """The inputs as a flat list of images (paths, PIL images or arrays), read once.
+
+    Any iterable works, a one-shot generator included: it is consumed here, once.
+    """
+    if isinstance(X, (str, os.PathLike, Image.Image)):
+        raise ValueError(
+            f"Expected a sequence of images, got a single {type(X).__name__}; wrap it in a list: "
+            "featurizer.transform([image])."
+        )
+    if hasattr(X, "iloc"):  # pandas Series or DataFrame
+        if X.ndim == 2:
+            if X.shape[1] != 1:
+                raise ValueError(
+                    f"Expected a one-column DataFrame of images, got {X.shape[1]} columns "
+                    f"({list(X.columns)}); select the image column first."
+                )
+            X = X.iloc[:, 0]
+        return X.tolist()
+    if isinstance(X, np.ndarray):
+        if X.dtype.kind in "OUS":
+            if X.ndim == 2 and X.shape[1] == 1:
+                X = X[:, 0]
+            if X.ndim != 1:
+                raise ValueError(
+                    f"Expected a 1-D array of file paths or images, got shape {X.shape}."
+                )
+            return X.tolist() if X.dtype.kind in "US" else list(X)
+        if X.ndim in (3, 4):  # a stack of images: (n, H, W) or (n, H, W, C)
+            return list(X)
+        raise ValueError(
+            f"Got a numeric array of shape {X.shape}: pass a list of images, or a stack of shape "
+            "(n_images, height, width) or (n_images, height, width, channels)."
+        )
+    if not isinstance(X, Sequence) and not hasattr(X, "__iter__"):
+        raise ValueError(f"Expected a sequence of images, got {type(X).__name__}.")
+    return list(X)
+
+
+def check_items(X: Any) -> list:
+    """:func:`as_items`, refusing an empty input."""
+    items = as_items(X)
+    if len(items) == 0:
+        raise ValueError("Found 0 images: CLIPFeaturizer needs at least one image.")
+    return items
+
+
+def n_threads(n_jobs: int | None, device: torch.device) -> int:
+    """Decode threads for ``n_jobs``: None is 1 on the CPU (the model uses every core),
+    ``min(8, cpus)`` on an accelerator; negative counts from the number of CPUs."""
+    cpus = os.cpu_count() or 1
+    if n_jobs is None:
+        return 1 if device.type == "cpu" else min(8, cpus)
+    if n_jobs < 0:
+        return max(1, cpus + 1 + n_jobs)
+    return int(n_jobs)
+
+
+def draw_seed(random_state: Any, n_views: int) -> int | None:
+    """The views' seed for one call: drawn from ``random_state`` (None: a fresh one)."""
+    if n_views == 0:
+        return None
+    return int(check_random_state(random_state).randint(np.iinfo(np.int32).max))
+
+
+# How views are pooled; part of the settings of augmented embeddings, so that entries
+# pooled another way (earlier versions averaged normalized views) are never reused.
+VIEW_POOLING = "normalized mean of raw views"
+
+
+def cache_settings(clip: LoadedCLIP, normalize: bool, n_views: int, seed: int | None) -> str:
+    """Digest of everything besides the image that determines an embedding."""
+    parts = (
+        clip.vision_fingerprint, sorted(clip.image_config.items()), str(clip.dtype),
+        clip.device.type, normalize, n_views, seed,
+    )
+    return settings_digest(*parts, VIEW_POOLING) if n_views > 0 else settings_digest(*parts)
+
+
+def spec_for(
+    featurizer: Any, n_views: int, seed: int | None, progress: bool | str | None = None
+) -> EncodeSpec:
+    """The :class:`EncodeSpec` of a :class:`~skclip.CLIPFeaturizer`'s (public) parameters.
+
+    Loads the model (once per process). ``progress`` overrides the featurizer's.
+    """
+    clip = load_clip(featurizer.model, featurizer.device, featurizer.dtype)
+    cache = None
+    if featurizer.cache:
+        MEMORY.maxsize = featurizer.cache_size
+        settings = cache_settings(clip, featurizer.normalize, n_views, seed)
+        cache = EmbeddingCache(settings, clip.embedding_dim, featurizer.cache_dir)
+    return EncodeSpec(
+        clip=clip,
+        preprocess=clip.preprocessor,
+        normalize=featurizer.normalize,
+        n_views=n_views,
+        seed=seed,
+        cache=cache,
+        batch_size=featurizer.batch_size,
+        n_threads=n_threads(featurizer.n_jobs, clip.device),
+        progress=featurizer.progress if progress is None else progress,
+    )
+
+
+# -- per item: digests, errors, views ----------------------------------------------------------
+def item_error(item: Any, index: int, exc: BaseException) -> ItemError:
+    """The :class:`ItemError` for an exception raised while handling one input."""
+    if isinstance(exc, ImageLoadError):
+        return ItemError(index, str(exc))
+    return ItemError(index, f"Cannot process {describe(item, index)}: {exc!r}")
+
+
+def known_digest(item: Any) -> str | None:
+    """Content digest without reading a file: in-memory images are hashed (which loads a
+    lazily opened PIL image, and may fail); a file only if it is unchanged since it was
+    hashed; None otherwise (unknown files, unsupported types)."""
+    if isinstance(item, (str, os.PathLike)):
+        return FILE_DIGESTS.known(os.fspath(item))
+    if isinstance(item, (Image.Image, np.ndarray)):
+        return memory_digest(item)
+    return None  # open_image names the unsupported type
+
+
+def view_rng(seed: int, digest: str) -> np.random.Generator:
+    """The random stream of an image's views: from the call's seed and the image's
+    content, so its views do not depend on batching, threads or its position."""
+    return np.random.default_rng([seed, int(digest[:16], 16)])
+
+
+def crops(img: Image.Image, spec: EncodeSpec, digest: str | None) -> list[np.ndarray]:
+    """The ``uint8`` arrays to encode for one image (``(3, H, W)`` crops, or NaFlex
+    patches): its clean view, or ``spec.n_views`` random views."""
+    if spec.n_views == 0:
+        return [spec.preprocess(img)]
+    if digest is None:
+        raise ValueError("its content could not be hashed to seed its augmented views")
+    rng = view_rng(spec.seed, digest)
+    return [spec.preprocess.random_view(img, rng) for _ in range(spec.n_views)]
+
+
+# -- steps --------------------------------------------------------------------------------------
+def lookup(items: list, spec: EncodeSpec) -> Lookup:
+    """Step 1, in the calling thread: known digests and their cache hits."""
+    digests: list[str | None] = [None] * len(items)
+    hits, todo, errors = [], [], []
+    for i, item in enumerate(items):
+        if spec.needs_digests:
+            try:
+                digests[i] = known_digest(item)
+            except Exception as exc:  # noqa: BLE001 - e.g. a truncated, lazily opened image
+                errors.append(item_error(item, i, exc))
+                continue
+        vec = spec.cache.get(digests[i]) if spec.cache is not None and digests[i] else None
+        if vec is None:
+            todo.append(i)
+        else:
+            hits.append((i, vec))
+    return Lookup(digests, hits, todo, errors)
+
+
+def _read_file(item: Any) -> tuple[str | None, bytes | None]:
+    """(digest, bytes) of a file, or (None, None) if it cannot be read (open_image then
+    says what is wrong with the path)."""
+    try:
+        return FILE_DIGESTS.read(os.fspath(item))
+    except OSError:
+        return None, None
+
+
+def prepare(items: list, digests: list[str | None], spec: EncodeSpec, batch: list[int]) -> Prepared:
+    """Step 2, in a decode thread: hash unknown files, look them up, decode the misses."""
+    found, kept, keys, arrays, errors = [], [], [], [], []
+    for i in batch:
+        item, digest, data = items[i], digests[i], None
+        try:
+            if spec.needs_digests and digest is None and isinstance(item, (str, os.PathLike)):
+                digest, data = _read_file(item)
+                vec = spec.cache.get(digest) if spec.cache is not None and digest else None
+                if vec is not None:
+                    found.append((i, vec))
+                    continue
+            views = crops(open_image(item, i, data=data), spec, digest)
+        except Exception as exc:  # noqa: BLE001 - any decoder failure names the input
+            errors.append(item_error(item, i, exc))
+            continue
+        arrays.extend(views)
+        kept.append(i)
+        keys.append(digest)
+    pixels = spec.preprocess.collate(arrays) if arrays else None
+    return Prepared(found, kept, keys, pixels, errors)
+
+
+def prefetch(fn: Callable[[Any], Any], args: Sequence[Any], n_threads: int) -> Iterator[Any]:
+    """``map(fn, args)`` computed ahead in threads, in order, with bounded look-ahead.
+
+    The generator owns a thread pool: close it explicitly (``contextlib.closing``) in
+    the thread that iterates it, never leave it to the garbage collector, which may
+    finalize it from another thread (that deadlocked inside threading's own locks).
+    """
+    with ThreadPoolExecutor(max_workers=n_threads, thread_name_prefix="skclip-decode") as pool:
+        pending: deque = deque()
+        it = iter(args)
+        for arg in it:
+            pending.append(pool.submit(fn, arg))
+            if len(pending) >= 2 * n_threads:
+                break
+        while pending:
+            result = pending.popleft().result()
+            nxt = next(it, None)
+            if nxt is not None:
+                pending.append(pool.submit(fn, nxt))
+            yield result
+
+
+def pool_views(emb: torch.Tensor, n_views: int, normalize: bool) -> torch.Tensor:
+    """One row per image from ``(B * max(1, n_views), d)`` raw features: with views, the
+    mean of each image's raw (un-normalized) view features, as the Tip-Adapter reference
+    builds its cache keys; then L2-normalized if ``normalize``."""
+    if n_views > 0:
+        emb = emb.reshape(-1, n_views, emb.shape[-1]).mean(dim=1)
+    if normalize:
+        emb = torch.nn.functional.normalize(emb, dim=-1)
+    return emb
+
+
+def embed(spec: EncodeSpec, pixels: dict[str, np.ndarray]) -> np.ndarray:
+    """Step 3: the embeddings of a prepared batch, ``(B, d)`` float32 numpy: the
+    family's forward pass (:meth:`~skclip._backbones.Backbone.forward_images`: ``uint8``
+    crosses to the device, normalization runs there), then :func:`pool_views`."""
+    with torch.inference_mode():
+        emb = spec.clip.forward_images(pixels)
+        return pool_views(emb, spec.n_views, spec.normalize).cpu().numpy()
+
+
+def store(cache: EmbeddingCache | None, keys: list[str | None], emb: np.ndarray) -> None:
+    """Step 4: cache writes (memory, and disk if the cache has a folder)."""
+    if cache is None:
+        return
+    for key, vec in zip(keys, emb):
+        if key is not None:
+            cache.put(key, vec)
+
+
+def encode(items: list, spec: EncodeSpec, keep_going: bool) -> Encoded:
+    """Embeddings of ``items`` and an :class:`ItemError` per bad input (its row is NaN).
+
+    After a bad input the rest is still encoded if ``keep_going`` or if the cache keeps
+    the work (so the retry after fixing it is cheap); else the remaining inputs are only
+    checked, to name every bad one.
+    """
+    n, dim = len(items), spec.clip.embedding_dim
+    out = np.empty((n, dim), dtype=np.float32)
+    found = lookup(items, spec)
+    for i, vec in found.hits:
+        out[i] = vec
+    errors = list(found.errors)
+    n_hits = len(found.hits)
+    keep_going = keep_going or spec.cache is not None
+    todo, size = found.todo, spec.batch_size
+    batches = [todo[k : k + size] for k in range(0, len(todo), size)]
+    disable = {True: False, False: True, "auto": None if len(todo) > size else True}
+    results = prefetch(partial(prepare, items, found.digests, spec), batches, spec.n_threads)
+    with contextlib.closing(results), tqdm(
+        total=n, initial=n - len(todo), unit="img", desc="CLIP", disable=disable[spec.progress]
+    ) as bar:
+        for batch, res in zip(batches, results):
+            errors.extend(res.errors)
+            for i, vec in res.found:
+                out[i] = vec
+            n_hits += len(res.found)
+            if res.pixels is not None and (not errors or keep_going):
+                emb = embed(spec, res.pixels)
+                out[res.kept] = emb
+                store(spec.cache, res.keys, emb)
+            bar.update(len(batch))
+    if spec.cache is not None:
+        MEMORY.count(hits=n_hits, misses=n - n_hits - len(errors))
+    errors.sort()  # input order
+    out[[e.index for e in errors]] = np.nan
+    return Encoded(out, errors)
+
+
+def report_errors(errors: list[ItemError], n: int, on_error: str, stacklevel: int = 2) -> None:
+    """One :class:`ImageLoadError` naming every bad input (``on_error="raise"``), or one
+    :class:`ImageLoadWarning` (``"warn"``; their rows are NaN). Nothing if no errors."""
+    if not errors:
+        return
+    message = f"{len(errors)} of {n} images could not be used:\n  " + "\n  ".join(
+        e.message for e in errors
+    )
+    if on_error == "raise":
+        raise ImageLoadError(message)
+    warning = ImageLoadWarning(
+        message + "\nTheir rows are NaN.", {e.index: e.message for e in errors}
+    )
+    warnings.warn(warning, stacklevel=stacklevel + 1)

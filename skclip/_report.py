@@ -1,0 +1,180 @@
+"""Rendering the report of ``skclip evaluate``: JSON, Markdown and a confusion-matrix PNG.
+
+The report is a plain dict (what ``--report x.json`` writes); this module only turns it
+into files. Figures use matplotlib's object API with an Agg canvas, so the process's
+matplotlib backend is never changed.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+#: File suffixes ``--report`` accepts.
+REPORT_SUFFIXES = (".json", ".md")
+
+
+def check_output_path(path: str | os.PathLike, option: str, suffixes: tuple[str, ...] = ()) -> Path:
+    """Check, before any work, that ``path`` can be written: the suffix is one of
+    ``suffixes`` (if given), the folder it goes into exists, and it is not a folder.
+
+    Raises
+    ------
+    ValueError
+        Naming ``option`` and ``path``.
+    """
+    out = Path(path)
+    if suffixes and out.suffix.lower() not in suffixes:
+        raise ValueError(
+            f"{option} must end in {' or '.join(suffixes)}, got {os.fspath(path)!r}."
+        )
+    if out.is_dir():
+        raise ValueError(f"{option} {os.fspath(path)!r} is a folder; give a file name.")
+    parent = out.parent
+    if not parent.is_dir():
+        raise ValueError(
+            f"{option} {os.fspath(path)!r}: the folder {os.fspath(parent)!r} does not exist; "
+            "create it first."
+        )
+    return out
+
+
+def shown_method(report: dict[str, Any]) -> str:
+    """The method whose per-class results and confusion matrix the report shows:
+    ``report["per_class_method"]`` if set, else the one with the best accuracy (the
+    first one listed on ties)."""
+    methods = report["methods"]
+    if report.get("per_class_method") in methods:
+        return report["per_class_method"]
+    return max(methods, key=lambda name: methods[name]["accuracy"])
+
+
+def _protocol_lines(report: dict[str, Any]) -> list[str]:
+    """The "Protocol" section: everything needed to reproduce the numbers."""
+    fingerprint = report.get("model_fingerprint") or {}
+    prints = ", ".join(f"{tower} {fp}" for tower, fp in fingerprint.items() if fp)
+    splits = report.get("splits") or []
+    sizes = sorted({(s["n_train"], s["n_test"]) for s in splits})
+    lines = [
+        "## Protocol",
+        "",
+        f"- skclip {report.get('skclip_version', '?')}; model `{report['model']}`"
+        + (f" (weights fingerprints: {prints})" if prints else ""),
+        f"- {report['protocol']}; shots: {report.get('shots')}, cv: {report.get('cv')}, "
+        f"inner cv: {report.get('inner_cv')}, random_state: {report.get('random_state')}, "
+        f"augment: {report.get('augment')}",
+    ]
+    if sizes:
+        per = " per fold" if len(splits) > 1 else ""
+        lines.append("- train / test images" + per + ": "
+                     + ", ".join(f"{a} / {b}" for a, b in sizes))
+    for name, m in report["methods"].items():
+        if m.get("configuration"):
+            lines.append(f"- {name}: {m['configuration']}")
+    skipped = report.get("skipped") or []
+    if skipped:
+        lines.append(f"- skipped {len(skipped)} unreadable image(s):")
+        lines += [f"    - `{s['path']}`: {s['error']}" for s in skipped]
+    return lines + [""]
+
+
+def render_markdown(report: dict[str, Any]) -> str:
+    """The report as Markdown: a table of methods, then per-class results and the
+    confusion matrix of :func:`shown_method`."""
+    lines = [
+        f"# skclip evaluation: {report['data_dir']}",
+        "",
+        f"Model `{report['model']}`, {report['n_images']} images, {len(report['classes'])} "
+        f"classes; {report['protocol']}.",
+        "",
+        "| method | accuracy | macro-F1 | alpha | beta |",
+        "|---|---|---|---|---|",
+    ]
+
+    def pm(mean: float, std: float | None) -> str:
+        return f"{mean:.3f}" if std is None else f"{mean:.3f} ± {std:.3f}"
+
+    for name, m in report["methods"].items():
+        ab = f"{m['alpha']:.3g} | {m['beta']:.3g}" if "alpha" in m else "– | –"
+        lines.append(
+            f"| {name} | {pm(m['accuracy'], m['accuracy_std'])} | "
+            f"{pm(m['f1_macro'], m['f1_macro_std'])} | {ab} |"
+        )
+    best = shown_method(report)
+    m = report["methods"][best]
+    lines += [""] + _protocol_lines(report)
+    lines += [f"## Per class: {best} (the method with the best accuracy)", "",
+              "| class | precision | recall | F1 | images |", "|---|---|---|---|---|"]
+    for c, s in m["per_class"].items():
+        lines.append(f"| {c} | {s['precision']:.3f} | {s['recall']:.3f} | {s['f1']:.3f} | "
+                     f"{s['support']} |")
+    lines += ["", f"## Confusion matrix: {best} (rows: true, columns: predicted)", "",
+              "| | " + " | ".join(report["classes"]) + " |",
+              "|---" * (len(report["classes"]) + 1) + "|"]
+    for c, row in zip(report["classes"], m["confusion_matrix"]):
+        lines.append(f"| {c} | " + " | ".join(str(v) for v in row) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def confusion_png_path(path: str | os.PathLike) -> Path:
+    """Where the confusion-matrix PNG of report ``path`` goes: ``<stem>_confusion.png``."""
+    path = Path(path)
+    return path.with_name(path.stem + "_confusion.png")
+
+
+def save_confusion_png(report: dict[str, Any], png: str | os.PathLike) -> None:
+    """Draw the confusion matrix of :func:`shown_method` into ``png``.
+
+    Uses :class:`matplotlib.figure.Figure` on an Agg canvas: no pyplot state, no
+    change of the process's backend. Raises ImportError without matplotlib.
+    """
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+    from sklearn.metrics import ConfusionMatrixDisplay
+
+    best = shown_method(report)
+    n = len(report["classes"])
+    fig = Figure(figsize=(max(4.0, 0.6 * n + 2.5), max(3.5, 0.6 * n + 2.0)))
+    FigureCanvasAgg(fig)
+    ax = fig.add_subplot()
+    disp = ConfusionMatrixDisplay(
+        np.array(report["methods"][best]["confusion_matrix"]), display_labels=report["classes"]
+    )
+    disp.plot(ax=ax, xticks_rotation=45, colorbar=False)
+    ax.set_title(best)
+    fig.tight_layout()
+    fig.savefig(png, dpi=120)
+
+
+def write_report(
+    report: dict[str, Any], path: str | os.PathLike, *, verbose: bool = False
+) -> list[Path]:
+    """Write ``report`` to ``path`` (``.json`` or ``.md``) and, if matplotlib is
+    installed, its confusion matrix to ``<stem>_confusion.png`` beside it.
+
+    Returns
+    -------
+    written : list of Path
+        The files written.
+    """
+    path = check_output_path(path, "--report", REPORT_SUFFIXES)
+    if path.suffix.lower() == ".json":
+        path.write_text(json.dumps(report, indent=2))
+    else:
+        path.write_text(render_markdown(report))
+    written = [path]
+    try:
+        import matplotlib  # noqa: F401
+    except ImportError:
+        if verbose:
+            print("matplotlib is not installed: no confusion-matrix PNG.", file=sys.stderr)
+        return written
+    png = confusion_png_path(path)
+    save_confusion_png(report, png)
+    written.append(png)
+    return written
