@@ -34,9 +34,9 @@ from scipy.special import softmax
 from sklearn.preprocessing import normalize
 
 from ._compat import Interval, StrOptions
-from ._formula import cache_logits, zero_shot_logits
+from ._formula import CLIP_LOGIT_SCALE, cache_logits, zero_shot_logits
 from ._models import DEFAULT_MODEL
-from .tip_adapter import _BaseTipAdapter
+from .tip_adapter import _BaseTipAdapter, _Head
 
 #: The smoothing constant of the authors' KL divergence.
 _KL_EPS = 1e-6
@@ -156,8 +156,11 @@ def ape_logits(
     text_weights: torch.Tensor | None,
     alpha: float,
     beta: float,
+    logit_scale: float = CLIP_LOGIT_SCALE,
+    logit_bias: float = 0.0,
 ) -> torch.Tensor:
-    """APE logits ``100 f W^T + alpha exp(-beta (1 - f' K'^T)) V_w``.
+    """APE logits ``s f W^T + b + alpha exp(-beta (1 - f' K'^T)) V_w``; CLIP's ``s, b``
+    are 100, 0.
 
     Parameters
     ----------
@@ -173,6 +176,8 @@ def ape_logits(
         Zero-shot text weights ``W`` (all channels); ``None`` gives the cache term alone.
     alpha, beta : float
         Residual ratio and sharpness, as in Tip-Adapter.
+    logit_scale, logit_bias : float, default=100.0, 0.0
+        Zero-shot scale ``s`` and bias ``b`` of the text model (CLIP: 100 and 0).
 
     Returns
     -------
@@ -189,7 +194,7 @@ def ape_logits(
     reduced = torch.nn.functional.normalize(queries[:, selected], dim=1)
     logits = alpha * cache_logits(reduced @ keys.T, values, beta)
     if text_weights is not None:
-        logits = logits + zero_shot_logits(queries, text_weights)
+        logits = logits + zero_shot_logits(queries, text_weights, logit_scale, logit_bias)
     return logits
 
 
@@ -207,6 +212,9 @@ class APEClassifier(_BaseTipAdapter):
 
     where ``'`` means the selected channels, normalized again. This is the
     training-free APE of Zhu et al., ICCV 2023; nothing is trained.
+    ``100`` is CLIP's zero-shot logit scale; with a SigLIP-family ``clip_model`` the
+    zero-shot term is the model's own ``s * f @ W.T + b``, as in
+    :class:`TipAdapterClassifier`.
 
     Parameters
     ----------
@@ -389,21 +397,17 @@ class APEClassifier(_BaseTipAdapter):
             self.key_divergence_ = ape_key_divergence(self.cache_keys_, y_enc, text).astype(X.dtype)
         return self
 
-    # TEMPORARY until the base has the _head_logits hook
-    def _logits(self, X: Any) -> np.ndarray:
-        from sklearn.utils.validation import check_is_fitted, validate_data
-
-        check_is_fitted(self)
-        X = validate_data(self, X, dtype=[np.float64, np.float32], reset=False)
-        X = normalize(X).astype(self.cache_keys_.dtype, copy=False)
-        W = None if self.text_features_ is None else torch.from_numpy(self.text_features_)
-        with torch.no_grad():
-            return self._head_logits(torch.from_numpy(X), W).numpy()
-
-    def _head_logits(self, queries: torch.Tensor, text_weights: torch.Tensor | None) -> torch.Tensor:
-        weights = np.exp(self.gamma * self.key_divergence_)
+    def _head(self, text_weights: torch.Tensor | None) -> _Head:
+        weights = np.exp(self.gamma * self.key_divergence_)  # R_FW: one weight per key
         values = torch.from_numpy(self.cache_values_ * weights[:, None])
-        return ape_logits(
-            queries, torch.from_numpy(self.selected_features_), torch.from_numpy(self.cache_keys_),
-            values, text_weights, self.alpha, self.beta,
-        )
+        selected = torch.from_numpy(self.selected_features_)
+        keys = torch.from_numpy(self.cache_keys_)
+        zero_shot = self._zero_shot_params()
+
+        def logits(queries: torch.Tensor) -> torch.Tensor:
+            return ape_logits(
+                queries, selected, keys, values, text_weights, self.alpha, self.beta, **zero_shot
+            )
+
+        # the selected channels of the queries, the affinities and a matmul temporary
+        return _Head(logits, self.cache_keys_.dtype, keys.shape[1] + 2 * keys.shape[0])

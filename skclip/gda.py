@@ -27,9 +27,9 @@ from scipy.linalg import pinvh
 from sklearn.base import clone
 
 from ._compat import HasMethods, Interval, StrOptions
-from ._formula import zero_shot_logits
+from ._formula import CLIP_LOGIT_SCALE, zero_shot_logits
 from ._models import DEFAULT_MODEL
-from .tip_adapter import _BaseTipAdapter
+from .tip_adapter import _BaseTipAdapter, _Head
 
 
 def shrinkage_precision(centered: np.ndarray) -> np.ndarray:
@@ -124,8 +124,10 @@ def gda_logits(
     intercept: torch.Tensor,
     text_weights: torch.Tensor | None,
     alpha: float,
+    logit_scale: float = CLIP_LOGIT_SCALE,
+    logit_bias: float = 0.0,
 ) -> torch.Tensor:
-    """GDA logits ``100 f W^T + alpha (f coef^T + intercept)``.
+    """GDA logits ``s f W^T + b + alpha (f coef^T + intercept)``; CLIP's ``s, b`` are 100, 0.
 
     Parameters
     ----------
@@ -138,6 +140,8 @@ def gda_logits(
         Zero-shot text weights ``W``; ``None`` gives the GDA term alone.
     alpha : float
         Weight of the GDA term.
+    logit_scale, logit_bias : float, default=100.0, 0.0
+        Zero-shot scale ``s`` and bias ``b`` of the text model (CLIP: 100 and 0).
 
     Returns
     -------
@@ -152,7 +156,7 @@ def gda_logits(
     """
     logits = alpha * (queries @ coef.T + intercept)
     if text_weights is not None:
-        logits = logits + zero_shot_logits(queries, text_weights)
+        logits = logits + zero_shot_logits(queries, text_weights, logit_scale, logit_bias)
     return logits
 
 
@@ -169,6 +173,9 @@ class GDAClassifier(_BaseTipAdapter):
     with ``P`` the precision (inverse covariance) matrix, ``pi`` the class priors and
     ``W`` the CLIP text embeddings of the class names. This is the method of Wang et
     al., ICLR 2024; nothing is trained.
+    ``100`` is CLIP's zero-shot logit scale; with a SigLIP-family ``clip_model`` the
+    zero-shot term is the model's own ``s * f @ W.T + b``, as in
+    :class:`TipAdapterClassifier`.
 
     Parameters
     ----------
@@ -350,18 +357,11 @@ class GDAClassifier(_BaseTipAdapter):
             priors = priors / priors.sum()
         return priors
 
-    # TEMPORARY until the base has the _head_logits hook
-    def _logits(self, X: Any) -> np.ndarray:
-        from sklearn.preprocessing import normalize
-        from sklearn.utils.validation import check_is_fitted, validate_data
-
-        check_is_fitted(self)
-        X = validate_data(self, X, dtype=[np.float64, np.float32], reset=False)
-        X = normalize(X).astype(self.coef_.dtype, copy=False)
-        W = None if self.text_features_ is None else torch.from_numpy(self.text_features_)
-        with torch.no_grad():
-            return self._head_logits(torch.from_numpy(X), W).numpy()
-
-    def _head_logits(self, queries: torch.Tensor, text_weights: torch.Tensor | None) -> torch.Tensor:
+    def _head(self, text_weights: torch.Tensor | None) -> _Head:
         coef, intercept = torch.from_numpy(self.coef_), torch.from_numpy(self.intercept_)
-        return gda_logits(queries, coef, intercept, text_weights, self.alpha)
+        zero_shot = self._zero_shot_params()
+
+        def logits(queries: torch.Tensor) -> torch.Tensor:
+            return gda_logits(queries, coef, intercept, text_weights, self.alpha, **zero_shot)
+
+        return _Head(logits, self.coef_.dtype, 2 * len(self.classes_))

@@ -6,6 +6,7 @@ import pickle
 
 import numpy as np
 import pytest
+import sklearn
 import torch
 from helpers import clip_like_task
 from sklearn.model_selection import GridSearchCV, PredefinedSplit, StratifiedKFold
@@ -296,3 +297,22 @@ def test_text_features_configuration_fails_checks_only_on_shape():
             exc = r["exception"]
             messages = str(exc) + str(exc.__cause__) + str(exc.__context__)
             assert "text_features" in messages or "at least 2 classes" in messages, r
+
+
+def test_chunked_prediction_equals_one_shot(task):
+    Xtr, ytr, Xte, _, W = task
+    clf = APEClassifier(clip_model=None, text_features=W).fit(Xtr, ytr)
+    full = clf.decision_function(Xte)
+    with sklearn.config_context(working_memory=1e-6):  # one query per chunk
+        np.testing.assert_allclose(clf.decision_function(Xte), full, atol=1e-12)
+
+
+def test_zero_shot_term_is_the_text_models_own(tiny_siglip_path):
+    """With a SigLIP text model the zero-shot term is its s f W^T + b, as for Tip-Adapter."""
+    rng = np.random.default_rng(0)
+    X, y = normalize(rng.normal(size=(12, 32))), np.repeat(["cat", "dog", "fox"], 4)
+    common = dict(clip_model=tiny_siglip_path, templates="simple", device="cpu")
+    ape = APEClassifier(alpha=0.0, **common).fit(X, y)
+    zero_shot = TipAdapterClassifier(alpha=0.0, **common).fit(X, y)
+    assert ape.logit_scale_ == zero_shot.logit_scale_ != 100.0 and ape.logit_bias_ != 0.0
+    np.testing.assert_allclose(ape.decision_function(X), zero_shot.decision_function(X))

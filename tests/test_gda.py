@@ -6,6 +6,7 @@ import pickle
 
 import numpy as np
 import pytest
+import sklearn
 import torch
 from helpers import clip_like_task
 from sklearn.covariance import EmpiricalCovariance, LedoitWolf
@@ -278,3 +279,25 @@ def test_default_precision_shrinks_as_samples_are_added(task):
     norms = [np.linalg.norm(f.coef_) for f in fits]
     ratios = [norms[0] / norms[1], norms[1] / norms[2]]
     assert all(1.2 < r <= 4.0 for r in ratios), ratios
+
+
+def test_chunked_prediction_equals_one_shot(task):
+    Xtr, ytr, Xte, _, W = task
+    clf = GDAClassifier(clip_model=None, text_features=W).fit(Xtr, ytr)
+    full = clf.decision_function(Xte)
+    with sklearn.config_context(working_memory=1e-6):  # one query per chunk
+        np.testing.assert_allclose(clf.decision_function(Xte), full, atol=1e-12)
+
+
+def test_zero_shot_term_is_the_text_models_own(tiny_siglip_path):
+    """With a SigLIP text model the zero-shot term is its s f W^T + b, as for Tip-Adapter."""
+    from skclip import TipAdapterClassifier
+
+    rng = np.random.default_rng(0)
+    X, y = normalize(rng.normal(size=(12, 32))), np.repeat(["cat", "dog", "fox"], 4)
+    common = dict(clip_model=tiny_siglip_path, templates="simple", device="cpu")
+    gda = GDAClassifier(alpha=0.5, **common).fit(X, y)
+    zero_shot = TipAdapterClassifier(alpha=0.0, **common).fit(X, y)
+    assert gda.logit_scale_ == zero_shot.logit_scale_ != 100.0 and gda.logit_bias_ != 0.0
+    expected = zero_shot.decision_function(X) + 0.5 * (X @ gda.coef_.T + gda.intercept_)
+    np.testing.assert_allclose(gda.decision_function(X), expected, rtol=1e-6, atol=1e-6)
