@@ -5,6 +5,8 @@ With your own data, pass its folder on the command line instead.
 
 from __future__ import annotations
 
+import atexit
+import shutil
 import tempfile
 from pathlib import Path
 
@@ -15,11 +17,13 @@ COLOURS = {"red": (200, 30, 30), "green": (30, 180, 40), "blue": (30, 60, 210), 
 
 
 def make_folder(n_per_class: int = 12, noise: float = 30.0, shift: float = 0.0, seed: int = 0) -> Path:
-    """A folder with one sub-folder per colour class of noisy 96x128 JPEGs.
+    """A temporary folder with one sub-folder per colour class of noisy 96x128 JPEGs,
+    removed when the script exits.
 
     ``shift`` darkens every image by that many grey levels: a second "domain".
     """
     root = Path(tempfile.mkdtemp(prefix="skclip-example-"))
+    atexit.register(shutil.rmtree, root, ignore_errors=True)  # leave no folder behind
     rng = np.random.default_rng(seed)
     for name, colour in COLOURS.items():
         (root / name).mkdir()

@@ -9,8 +9,9 @@ call of :func:`encode` runs these small steps:
 2. :func:`prepare` (decode threads, through :func:`prefetch`): hash the other files,
    look them up, decode the misses, crop them (:func:`crops`: the clean view, or
    ``n_views`` random views seeded by the image's content, :func:`view_rng`).
-3. :func:`embed` (calling thread): :func:`forward` through the vision tower, then
-   :func:`pool_views` (the mean of the raw views, then normalization).
+3. :func:`embed` (calling thread): :func:`tower`, the forward pass of the
+   checkpoint's family adapter (:mod:`skclip._backbones`) or its ONNX Runtime export,
+   then :func:`pool_views` (the mean of the raw views, then normalization).
 4. :func:`store`: cache writes.
 
 Every input is handled inside its own error handling (:func:`item_error`), so a bad
@@ -42,9 +43,9 @@ from ._cache import (
     FILE_DIGESTS, MEMORY, EmbeddingCache, memory_digest, settings_digest, worker_folder,
 )
 from . import _onnx
-from ._compat import pooled_embeddings
-from ._images import CLIPPreprocessor, ImageLoadError, ImageLoadWarning, describe, open_image
+from ._images import ImageLoadError, ImageLoadWarning, describe, open_image
 from ._models import LoadedCLIP, load_clip, resolve_device
+from ._preprocess_families import Preprocessor
 
 
 # -- named results ---------------------------------------------------------------------------
@@ -71,7 +72,7 @@ class Prepared(NamedTuple):
     found: list[tuple[int, np.ndarray]]  # cache hits of files hashed in the thread
     kept: list[int]  # positions decoded, in the order of ``pixels``
     keys: list[str | None]  # content digest of each kept input (its cache key)
-    pixels: np.ndarray | None  # (len(kept) * views, 3, H, W) uint8, or None if nothing kept
+    pixels: dict[str, np.ndarray] | None  # collated uint8 views of the kept inputs, or None
     errors: list[ItemError]
 
 
@@ -89,7 +90,9 @@ class EncodeSpec:
     Attributes
     ----------
     clip : LoadedCLIP
-    preprocess : CLIPPreprocessor
+        The loaded checkpoint, with its family's adapter.
+    preprocess : Preprocessor
+        The checkpoint's preprocessing (``clip.preprocessor``).
     normalize : bool
         L2-normalize each output row.
     n_views : int
@@ -107,7 +110,7 @@ class EncodeSpec:
     """
 
     clip: LoadedCLIP
-    preprocess: CLIPPreprocessor
+    preprocess: Preprocessor
     normalize: bool
     n_views: int
     seed: int | None
@@ -290,8 +293,8 @@ def spec_for(
     runtime = resolve_runtime(featurizer.runtime, device, featurizer.dtype)
     clip = load_clip(featurizer.model, device, model_dtype(featurizer.dtype))
     encoder = None
-    if runtime == "onnxruntime":
-        strict = featurizer.runtime == "onnxruntime" or featurizer.dtype == "int8"
+    strict = featurizer.runtime == "onnxruntime" or featurizer.dtype == "int8"
+    if runtime == "onnxruntime" and (strict or _onnx.supports(clip)):  # "auto": fixed sizes
         encoder = onnx_encoder(clip, featurizer.dtype, strict)
     cache = None
     if featurizer.cache:
@@ -302,7 +305,7 @@ def spec_for(
         cache = EmbeddingCache(settings, clip.embedding_dim, folder)
     return EncodeSpec(
         clip=clip,
-        preprocess=CLIPPreprocessor(clip.image_config),
+        preprocess=clip.preprocessor,
         normalize=featurizer.normalize,
         n_views=n_views,
         seed=seed,
@@ -340,8 +343,8 @@ def view_rng(seed: int, digest: str) -> np.random.Generator:
 
 
 def crops(img: Image.Image, spec: EncodeSpec, digest: str | None) -> list[np.ndarray]:
-    """The ``uint8`` ``(3, H, W)`` arrays to encode for one image: its clean view, or
-    ``spec.n_views`` random views."""
+    """The ``uint8`` arrays to encode for one image (``(3, H, W)`` crops, or NaFlex
+    patches): its clean view, or ``spec.n_views`` random views."""
     if spec.n_views == 0:
         return [spec.preprocess(img)]
     if digest is None:
@@ -423,7 +426,7 @@ def prepare(items: list, digests: list[str | None], spec: EncodeSpec, batch: lis
         arrays.extend(views)
         kept.append(i)
         keys.append(digest)
-    pixels = np.stack(arrays) if arrays else None
+    pixels = spec.preprocess.collate(arrays) if arrays else None
     return Prepared(found, kept, keys, pixels, errors)
 
 
@@ -449,22 +452,14 @@ def prefetch(fn: Callable[[Any], Any], args: Sequence[Any], n_threads: int) -> I
             yield result
 
 
-def forward(clip: LoadedCLIP, preprocess: CLIPPreprocessor, pixels: np.ndarray) -> torch.Tensor:
-    """Raw projected features of a batch: (B, 3, H, W) uint8 -> (B, d) float32, on the
-    model's device. Call under ``torch.inference_mode()``."""
-    tensor = torch.from_numpy(pixels)
-    if clip.device.type == "cuda":  # uint8 over the bus: 4x less than float32
-        tensor = tensor.pin_memory().to(clip.device, non_blocking=True)
-    tensor = preprocess.normalize(tensor.to(clip.device), clip.dtype)
-    return pooled_embeddings(clip.model.get_image_features(pixel_values=tensor)).float()
-
-
-def tower(spec: EncodeSpec, pixels: np.ndarray) -> torch.Tensor:
-    """Raw features of a batch by the spec's runtime: ONNX Runtime's session, or
-    :func:`forward` through the PyTorch model. Call under ``torch.inference_mode()``."""
+def tower(spec: EncodeSpec, pixels: dict[str, np.ndarray]) -> torch.Tensor:
+    """Raw features ``(B, d)`` float32 of a collated batch by the spec's runtime: its
+    ONNX Runtime session, or the family's forward pass
+    (:meth:`~skclip._backbones.Backbone.forward_images`: ``uint8`` crosses to the
+    device, normalization runs there). Call under ``torch.inference_mode()``."""
     if spec.encoder is not None:
-        return torch.from_numpy(spec.encoder(pixels))
-    return forward(spec.clip, spec.preprocess, pixels)
+        return torch.from_numpy(spec.encoder(pixels["pixel_values"]))
+    return spec.clip.forward_images(pixels)
 
 
 def pool_views(emb: torch.Tensor, n_views: int, normalize: bool) -> torch.Tensor:
@@ -478,8 +473,9 @@ def pool_views(emb: torch.Tensor, n_views: int, normalize: bool) -> torch.Tensor
     return emb
 
 
-def embed(spec: EncodeSpec, pixels: np.ndarray) -> np.ndarray:
-    """Step 3: the embeddings of a prepared batch, ``(B, d)`` float32 numpy."""
+def embed(spec: EncodeSpec, pixels: dict[str, np.ndarray]) -> np.ndarray:
+    """Step 3: the embeddings of a prepared batch, ``(B, d)`` float32 numpy:
+    :func:`tower`, then :func:`pool_views`."""
     with torch.inference_mode():
         emb = tower(spec, pixels)
         return pool_views(emb, spec.n_views, spec.normalize).cpu().numpy()
@@ -574,10 +570,11 @@ def split(res: Prepared, size: int) -> list[Prepared]:
     views)."""
     if len(res.kept) <= size:
         return [res]
-    per_image = len(res.pixels) // len(res.kept)
+    per_image = len(next(iter(res.pixels.values()))) // len(res.kept)
     return [
         Prepared([], res.kept[k : k + size], res.keys[k : k + size],
-                 res.pixels[k * per_image : (k + size) * per_image], [])
+                 {name: arr[k * per_image : (k + size) * per_image]
+                  for name, arr in res.pixels.items()}, [])
         for k in range(0, len(res.kept), size)
     ]
 
@@ -604,10 +601,13 @@ def claim(
         else:
             others.append((i, key))
     if len(mine) < len(res.kept):
-        views = res.pixels.reshape(len(res.kept), -1, *res.pixels.shape[1:])[mine]
+        n = len(res.kept)
+        pixels = {  # the views of the claimed images, in every array of the batch
+            name: arr.reshape(n, -1, *arr.shape[1:])[mine].reshape(-1, *arr.shape[1:])
+            for name, arr in res.pixels.items()
+        }
         res = res._replace(
-            kept=[res.kept[j] for j in mine], keys=[res.keys[j] for j in mine],
-            pixels=views.reshape(-1, *res.pixels.shape[1:]),
+            kept=[res.kept[j] for j in mine], keys=[res.keys[j] for j in mine], pixels=pixels
         )
     return res, hits, others
 

@@ -8,6 +8,7 @@ GIL while decoding and resizing).
 from __future__ import annotations
 
 import io
+import re
 import math
 import os
 from pathlib import Path
@@ -23,7 +24,17 @@ class ImageLoadError(ValueError):
 
 
 class ImageLoadWarning(UserWarning):
-    """Some inputs were not usable images (``CLIPFeaturizer(on_error="warn")``)."""
+    """Some inputs were not usable images (``CLIPFeaturizer(on_error="warn")``).
+
+    Attributes
+    ----------
+    errors : dict of int to str
+        The position of each bad input and the reason it could not be used.
+    """
+
+    def __init__(self, message: str = "", errors: dict[int, str] | None = None) -> None:
+        super().__init__(message)
+        self.errors = dict(errors or {})
 
 
 def describe(item: Any, index: int) -> str:
@@ -92,6 +103,21 @@ def _check_size(img: Image.Image, item: Any, index: int) -> None:
         )
 
 
+_OBJECT_REPR = re.compile(r"<[\w.]+ object at 0x[0-9a-fA-F]+>")
+
+
+def readable(message: str) -> str:
+    """``message`` without object reprs such as ``<_io.BytesIO object at 0x7f...>``: PIL
+    names the in-memory copy of a file that way, and the file is named already.
+
+    Examples
+    --------
+    >>> readable("cannot identify image file <_io.BytesIO object at 0x7f3a>")
+    "cannot identify image file the file's bytes"
+    """
+    return _OBJECT_REPR.sub("the file's bytes", message)
+
+
 def open_image(item: Any, index: int = 0, data: bytes | None = None) -> Image.Image:
     """Open ``item`` (path, PIL image or array) as an upright RGB PIL image.
 
@@ -119,7 +145,9 @@ def open_image(item: Any, index: int = 0, data: bytes | None = None) -> Image.Im
                 f"Expected an image file but got a directory: {describe(item, index)}."
             ) from None
         except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as exc:
-            raise ImageLoadError(f"Cannot read image {describe(item, index)}: {exc}") from exc
+            raise ImageLoadError(
+                f"Cannot read image {describe(item, index)}: {readable(str(exc))}"
+            ) from exc
     if isinstance(item, Image.Image):
         try:
             return _to_rgb(ImageOps.exif_transpose(item))
@@ -149,7 +177,7 @@ class CLIPPreprocessor:
     Parameters
     ----------
     config : dict
-        As returned by ``skclip._models._image_config``.
+        As returned by ``skclip._preprocess_families.image_config``.
     """
 
     def __init__(self, config: dict) -> None:

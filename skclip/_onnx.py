@@ -47,8 +47,6 @@ from typing import Any
 import numpy as np
 import torch
 
-from ._compat import pooled_embeddings
-from ._images import CLIPPreprocessor
 from ._models import LoadedCLIP
 from ._paths import user_cache_dir
 
@@ -130,27 +128,37 @@ def default_folder() -> Path:
 
 
 class _ImageTower(torch.nn.Module):
-    """What is exported: ``uint8`` crops -> rescale and normalize -> projected features."""
+    """What is exported: ``uint8`` crops -> the family's rescale and normalization ->
+    its image features (e.g. CLIP's projected embeddings)."""
 
-    def __init__(self, model: torch.nn.Module, preprocess: CLIPPreprocessor) -> None:
+    def __init__(self, backbone: LoadedCLIP) -> None:
         super().__init__()
-        self.model = model
-        self.preprocess = preprocess
+        self.model = backbone.model  # registered: its weights are the export's
+        self.backbone = backbone
 
     def forward(self, pixels: torch.Tensor) -> torch.Tensor:
-        pixel_values = self.preprocess.normalize(pixels)
-        return pooled_embeddings(self.model.get_image_features(pixel_values=pixel_values))
+        inputs = self.backbone.preprocessor.model_inputs({"pixel_values": pixels}, torch.float32)
+        return self.backbone.image_features(inputs).float()
+
+
+def supports(clip: LoadedCLIP) -> bool:
+    """Whether the checkpoint can be exported: a fixed input size (every family but
+    SigLIP 2's NaFlex, whose inputs vary in patches)."""
+    config = clip.image_config
+    if "crop_size" not in config:
+        return False
+    height, width = config["crop_size"] if config["do_center_crop"] else config["size"]
+    return height is not None and width is not None
 
 
 def _input_shape(clip: LoadedCLIP) -> tuple[int, int, int]:
+    if not supports(clip):
+        raise ValueError(
+            f"The checkpoint {clip.name!r} has no fixed input size, which an ONNX export "
+            "needs; use runtime='torch'."
+        )
     config = clip.image_config
     height, width = config["crop_size"] if config["do_center_crop"] else config["size"]
-    if height is None or width is None:
-        raise ValueError(
-            f"The checkpoint {clip.name!r} has no fixed input size (image processor size "
-            f"{config['size']}, crop {config['crop_size']}), which an ONNX export needs; use "
-            "runtime='torch'."
-        )
     return 3, int(height), int(width)
 
 
@@ -219,7 +227,7 @@ def _export_float32(clip: LoadedCLIP, target: Path) -> None:
         raise ValueError(
             f"ONNX export needs the model on the CPU in float32, got {clip.device} {clip.dtype}."
         )
-    tower = _ImageTower(clip.model, CLIPPreprocessor(clip.image_config)).eval()
+    tower = _ImageTower(clip).eval()
     example = torch.zeros((2, *_input_shape(clip)), dtype=torch.uint8)
     tmp = Path(tempfile.mkdtemp(dir=target.parent, prefix=f".tmp-{target.name}-"))
     chatty = logging.getLogger("torch.onnx")  # "torchvision is not installed..." warnings

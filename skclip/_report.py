@@ -45,10 +45,42 @@ def check_output_path(path: str | os.PathLike, option: str, suffixes: tuple[str,
 
 
 def shown_method(report: dict[str, Any]) -> str:
-    """The method whose per-class results and confusion matrix the report shows: the
-    one with the best accuracy (the first one listed on ties)."""
+    """The method whose per-class results and confusion matrix the report shows:
+    ``report["per_class_method"]`` if set, else the one with the best accuracy (the
+    first one listed on ties)."""
     methods = report["methods"]
+    if report.get("per_class_method") in methods:
+        return report["per_class_method"]
     return max(methods, key=lambda name: methods[name]["accuracy"])
+
+
+def _protocol_lines(report: dict[str, Any]) -> list[str]:
+    """The "Protocol" section: everything needed to reproduce the numbers."""
+    fingerprint = report.get("model_fingerprint") or {}
+    prints = ", ".join(f"{tower} {fp}" for tower, fp in fingerprint.items() if fp)
+    splits = report.get("splits") or []
+    sizes = sorted({(s["n_train"], s["n_test"]) for s in splits})
+    lines = [
+        "## Protocol",
+        "",
+        f"- skclip {report.get('skclip_version', '?')}; model `{report['model']}`"
+        + (f" (weights fingerprints: {prints})" if prints else ""),
+        f"- {report['protocol']}; shots: {report.get('shots')}, cv: {report.get('cv')}, "
+        f"inner cv: {report.get('inner_cv')}, random_state: {report.get('random_state')}, "
+        f"augment: {report.get('augment')}",
+    ]
+    if sizes:
+        per = " per fold" if len(splits) > 1 else ""
+        lines.append("- train / test images" + per + ": "
+                     + ", ".join(f"{a} / {b}" for a, b in sizes))
+    for name, m in report["methods"].items():
+        if m.get("configuration"):
+            lines.append(f"- {name}: {m['configuration']}")
+    skipped = report.get("skipped") or []
+    if skipped:
+        lines.append(f"- skipped {len(skipped)} unreadable image(s):")
+        lines += [f"    - `{s['path']}`: {s['error']}" for s in skipped]
+    return lines + [""]
 
 
 def render_markdown(report: dict[str, Any]) -> str:
@@ -75,12 +107,13 @@ def render_markdown(report: dict[str, Any]) -> str:
         )
     best = shown_method(report)
     m = report["methods"][best]
-    lines += ["", f"## Per class ({best})", "", "| class | precision | recall | F1 | images |",
-              "|---|---|---|---|---|"]
+    lines += [""] + _protocol_lines(report)
+    lines += [f"## Per class: {best} (the method with the best accuracy)", "",
+              "| class | precision | recall | F1 | images |", "|---|---|---|---|---|"]
     for c, s in m["per_class"].items():
         lines.append(f"| {c} | {s['precision']:.3f} | {s['recall']:.3f} | {s['f1']:.3f} | "
                      f"{s['support']} |")
-    lines += ["", f"## Confusion matrix ({best}; rows: true, columns: predicted)", "",
+    lines += ["", f"## Confusion matrix: {best} (rows: true, columns: predicted)", "",
               "| | " + " | ".join(report["classes"]) + " |",
               "|---" * (len(report["classes"]) + 1) + "|"]
     for c, row in zip(report["classes"], m["confusion_matrix"]):

@@ -3,8 +3,11 @@
 ::
 
     skclip evaluate data/ --cv 5 --report report.md
-    skclip fit data/ -o model.joblib
-    skclip predict model.joblib new_images/ --proba --output predictions.csv
+    skclip fit data/ -o model.skops
+    skclip predict model.skops new_images/ --proba --output predictions.csv
+
+Every argument that can be checked from the command line and the folder listings is
+checked before a model is loaded or an image encoded.
 
 Exit status: 0 on success, 1 when the data or model cannot be used (the message says
 why), 2 for a wrong command line.
@@ -13,35 +16,54 @@ why), 2 for a wrong command line.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import csv
 import os
 import sys
+import time
+import warnings
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from ._images import readable
+from ._model_file import MODEL_SUFFIXES, require_skops
 from ._models import DEFAULT_MODEL
-from ._report import REPORT_SUFFIXES, check_output_path, render_markdown, write_report
+from ._report import (
+    REPORT_SUFFIXES, check_output_path, render_markdown, shown_method, write_report,
+)
 
 _EPILOG = (
-    "The model is a Hugging Face hub id or a local folder written by save_pretrained; "
-    "the default comes from the SKCLIP_MODEL environment variable, else "
-    f"{DEFAULT_MODEL}. Data folders hold one sub-folder of images per class."
+    "The model is a Hugging Face hub id or a local folder written by save_pretrained (a "
+    "local folder is recorded by its absolute path); the default comes from the "
+    f"SKCLIP_MODEL environment variable, else {DEFAULT_MODEL}. Data folders hold one "
+    "sub-folder of images per class."
 )
 
 
 def _common(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--model", default=os.environ.get("SKCLIP_MODEL", DEFAULT_MODEL),
-        help="CLIP checkpoint: hub id or local folder (default: $SKCLIP_MODEL or %(default)s)",
+        help="checkpoint (CLIP, MetaCLIP 2, SigLIP, SigLIP 2, DINOv2...): hub id or local "
+        "folder (default: $SKCLIP_MODEL or %(default)s)",
     )
     parser.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N or mps")
     parser.add_argument("--batch-size", type=int, default=32, help="images per forward pass")
     parser.add_argument("--cache-dir", default=None, help="folder to keep embeddings in")
+    _on_error(parser)
     group = parser.add_mutually_exclusive_group()
-    group.add_argument("-q", "--quiet", action="store_true", help="no progress bars")
+    group.add_argument("-q", "--quiet", action="store_true", help="no progress output")
     group.add_argument("-v", "--verbose", action="store_true", help="more detail")
+
+
+def _on_error(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--on-error", choices=("raise", "skip"), default="raise",
+        help="an image that cannot be read: stop with an error naming every such file "
+        "(raise, the default), or leave it out and list it on stderr and in the output (skip)",
+    )
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -57,13 +79,17 @@ def build_parser() -> argparse.ArgumentParser:
 
     ev = sub.add_parser(
         "evaluate", help="how well do zero-shot CLIP, Tip-Adapter and Tip-Adapter-F do?",
-        description="Encode every image once, then report cross-validated accuracy and macro-F1 "
-        "of zero-shot CLIP, Tip-Adapter with alpha/beta tuned by inner cross-validation, and "
-        "(with --fine-tune) Tip-Adapter-F, with per-class results and a confusion matrix.",
+        description="Encode every image once, then report accuracy and macro-F1 of zero-shot "
+        "CLIP, Tip-Adapter with alpha/beta tuned by inner cross-validation (or its defaults "
+        "when a class has a single training image), and (with --fine-tune) Tip-Adapter-F, "
+        "with per-class results and a confusion matrix.",
         epilog=_EPILOG,
     )
     ev.add_argument("data_dir", help="folder with one sub-folder of images per class")
-    ev.add_argument("--cv", type=int, default=5, help="cross-validation folds (default: 5)")
+    ev.add_argument("--cv", type=int, default=None,
+                    help="cross-validation folds (default: 5); with --shots or --test-dir, the "
+                    "folds of the inner cross-validation that chooses alpha and beta (default: "
+                    "up to 5, as the training images allow)")
     ev.add_argument("--shots", type=int, default=None,
                     help="train on K images per class, test on the rest (instead of --cv)")
     ev.add_argument("--test-dir", default=None,
@@ -82,12 +108,15 @@ def build_parser() -> argparse.ArgumentParser:
     fit = sub.add_parser(
         "fit", help="fit a classifier on a folder and save it",
         description="Fit CLIPFeaturizer + TipAdapterClassifierCV (alpha/beta chosen by "
-        "cross-validation) on a folder and save the pipeline with joblib. The file holds no "
-        "model weights: the checkpoint is loaded again, by name or path, when predicting.",
+        "cross-validation) on a folder and save the pipeline: .skops (safe to share and load) "
+        "or .joblib (a pickle: loading it runs code). The file holds no model weights: the "
+        "checkpoint is loaded again, by name or absolute path, when predicting, and its "
+        "weights fingerprint is checked.",
         epilog=_EPILOG,
     )
     fit.add_argument("data_dir", help="folder with one sub-folder of images per class")
-    fit.add_argument("-o", "--output", required=True, help="where to save, e.g. model.joblib")
+    fit.add_argument("-o", "--output", required=True,
+                     help="where to save: a .skops or .joblib file")
     fit.add_argument("--cv", type=int, default=5, help="folds to choose alpha/beta (default 5)")
     fit.add_argument("--fine-tune", action="store_true", help="Tip-Adapter-F")
     fit.add_argument("--augment", type=int, default=0, metavar="K",
@@ -100,33 +129,98 @@ def build_parser() -> argparse.ArgumentParser:
     pred = sub.add_parser(
         "predict", help="classify images with a saved model",
         description="Classify image files, or every image in folders, with a model saved by "
-        "'skclip fit'. Writes CSV: path, prediction (and one probability column per class).",
+        "'skclip fit'. Writes CSV: path, prediction (and one probability column per class). "
+        ".skops files are loaded trusting only skclip, scikit-learn and numpy types; a "
+        ".joblib file runs code stored in it, so load only .joblib files you made yourself.",
     )
-    pred.add_argument("model_file", help="a file written by 'skclip fit'")
+    pred.add_argument("model_file", help="a .skops or .joblib file written by 'skclip fit'")
     pred.add_argument("images", nargs="+", help="image files or folders")
     pred.add_argument("--proba", action="store_true", help="add class probabilities")
     pred.add_argument("--output", default=None, help="CSV file to write (default: stdout)")
+    pred.add_argument("--model", default=None,
+                      help="where the checkpoint is now, if it moved since 'skclip fit' (its "
+                      "weights fingerprint is still checked)")
     pred.add_argument("--device", default=None, help="override the saved device")
-    pred.add_argument("-q", "--quiet", action="store_true", help="no progress bars")
+    _on_error(pred)
+    pred.add_argument("-q", "--quiet", action="store_true", help="no progress output")
     pred.set_defaults(func=predict_command)
     return parser
 
 
-def main(argv: list[str] | None = None) -> int:
-    """Run the ``skclip`` command; returns the exit status."""
-    args = build_parser().parse_args(argv)
-    if args.quiet:
-        from transformers.utils import logging as hf_logging
+@contextlib.contextmanager
+def _progress_bars(quiet: bool) -> Iterator[None]:
+    """transformers' own bars ("Loading weights") off with ``-q`` or when stderr is not
+    a terminal; restored afterwards."""
+    from transformers.utils import logging as hf_logging
 
+    was_enabled = hf_logging.is_progress_bar_enabled()
+    if quiet or not sys.stderr.isatty():
         hf_logging.disable_progress_bar()
     try:
-        return args.func(args)
+        yield
+    finally:
+        if was_enabled:
+            hf_logging.enable_progress_bar()
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run the ``skclip`` command; returns the exit status.
+
+    Examples
+    --------
+    >>> from skclip.cli import main
+    >>> main(["predict", "no-such-model.skops", "image.jpg"])
+    1
+    """
+    args = build_parser().parse_args(argv)
+    try:
+        with _progress_bars(args.quiet):
+            return args.func(args)
     except (ValueError, OSError) as exc:
-        print(f"skclip: error: {exc}", file=sys.stderr)
+        print(f"skclip: error: {readable(str(exc))}", file=sys.stderr)
         return 1
 
 
 # -- helpers ------------------------------------------------------------------------------
+class _Say:
+    """Messages on stderr. ``note``: always unless ``-q``. ``step``: plain progress lines,
+    only when stderr is not a terminal (CI logs, nohup), where no progress bar shows."""
+
+    def __init__(self, quiet: bool) -> None:
+        self.quiet = quiet
+        self.plain = not quiet and not sys.stderr.isatty()
+        self._start = time.perf_counter()
+
+    def note(self, message: str) -> None:
+        if not self.quiet:
+            print(f"skclip: {message}", file=sys.stderr, flush=True)
+
+    def step(self, message: str) -> None:
+        if self.plain:
+            elapsed = time.perf_counter() - self._start
+            print(f"skclip: [{elapsed:6.1f} s] {message}", file=sys.stderr, flush=True)
+
+
+def _resolve_model(name: str, say: _Say) -> str:
+    """A local checkpoint folder as an absolute path (a saved model then finds it from any
+    directory, never a hub model of the same name); a hub id as given."""
+    from ._models import _path_reason
+
+    folder = Path(name).expanduser()
+    if not folder.is_dir():
+        reason = "it is a file" if folder.exists() else _path_reason(name)
+        if reason is not None:
+            raise ValueError(
+                f"--model {name!r} is not a checkpoint folder (read as a local path, not a hub "
+                f"id: {reason})."
+            )
+        return name
+    absolute = str(folder.resolve())
+    if absolute != name:
+        say.note(f"--model {name!r} is a local folder: recorded as {absolute!r}")
+    return absolute
+
+
 def _featurizer(args: argparse.Namespace):
     from .featurizer import CLIPFeaturizer
 
@@ -151,34 +245,39 @@ def _check_common(args: argparse.Namespace) -> None:
         raise ValueError(f"--cache-dir {args.cache_dir!r} is a file, not a folder.")
 
 
-def _inner_cv(y: np.ndarray, outer_folds: int | None) -> int:
-    """Folds for the alpha/beta search inside a training part: at most 5, and no more
-    than the smallest class has samples there."""
-    smallest = int(np.unique(y, return_counts=True)[1].min())
-    if outer_folds:
-        smallest = smallest * (outer_folds - 1) // outer_folds
-    if smallest < 2:
-        raise ValueError(
-            "Every class needs at least 2 training images to choose alpha and beta by "
-            f"cross-validation; the smallest class has {smallest} in a training part."
-        )
-    return min(5, smallest)
 
 
-def _methods(args: argparse.Namespace, inner_cv: int) -> dict[str, Any]:
-    from .model_selection import TipAdapterClassifierCV
-    from .tip_adapter import TipAdapterClassifier
+def _encode(
+    featurizer: Any, files: np.ndarray, on_error: str, *, augmented: bool = False
+) -> tuple[np.ndarray, dict[int, str]]:
+    """Embeddings of ``files`` (augmented training keys if ``augmented``) and, with
+    ``on_error="skip"``, ``{position: reason}`` of the files that could not be read
+    (their rows are NaN)."""
+    from ._images import ImageLoadWarning
 
-    common = dict(clip_model=args.model, device=args.device)
-    methods: dict[str, Any] = {
-        "zero-shot CLIP": TipAdapterClassifier(alpha=0.0, **common),
-        "Tip-Adapter": TipAdapterClassifierCV(cv=inner_cv, **common),
+    featurizer.set_params(on_error="warn" if on_error == "skip" else "raise")
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always", ImageLoadWarning)
+        X = featurizer.fit_transform(files) if augmented else featurizer.transform(files)
+    featurizer.set_params(on_error="raise")
+    for w in caught:
+        if not issubclass(w.category, ImageLoadWarning):
+            warnings.warn_explicit(w.message, w.category, w.filename, w.lineno)
+    bad = {
+        int(i): readable(reason)
+        for w in caught if issubclass(w.category, ImageLoadWarning)
+        for i, reason in w.message.errors.items()
     }
-    if args.fine_tune:
-        methods["Tip-Adapter-F"] = TipAdapterClassifierCV(
-            cv=inner_cv, fine_tune=True, random_state=args.random_state, **common
-        )
-    return methods
+    return X, bad
+
+
+def _skipped(files: np.ndarray, bad: dict[int, str], say: _Say) -> list[dict[str, str]]:
+    """List skipped files on stderr; return them for the report."""
+    if bad:
+        say.note(f"skipped {len(bad)} of {len(files)} images that could not be read:")
+        for reason in bad.values():
+            print(f"  {reason}", file=sys.stderr)
+    return [{"path": str(files[i]), "error": reason} for i, reason in bad.items()]
 
 
 def _scores(y_true: np.ndarray, y_pred: np.ndarray, classes: np.ndarray) -> dict[str, Any]:
@@ -198,47 +297,124 @@ def _scores(y_true: np.ndarray, y_pred: np.ndarray, classes: np.ndarray) -> dict
 
 
 # -- evaluate -----------------------------------------------------------------------------
-def _plan_evaluate(args: argparse.Namespace) -> dict[str, Any]:
-    """Check everything that can be checked from the arguments and the folder listings,
-    before any model is loaded or image encoded; return what to encode and how to split."""
+def _smallest_class(y: np.ndarray) -> int:
+    return int(np.unique(y, return_counts=True)[1].min())
+
+
+def _inner_cv(smallest_train: int, requested: int | None) -> int | None:
+    """Folds of the inner CV choosing alpha and beta, given the smallest class's number
+    of training images; ``None``: too few to cross-validate (the defaults are used)."""
+    if requested is not None:
+        if requested > smallest_train:
+            raise ValueError(
+                f"--cv {requested} (inner cross-validation) needs at least {requested} "
+                f"training images in every class; the smallest class has {smallest_train}."
+            )
+        return requested
+    return min(5, smallest_train) if smallest_train >= 2 else None
+
+
+def _splits(args: argparse.Namespace, y: np.ndarray) -> dict:
+    """The protocol from the labels alone (no image is opened): outer splits and the
+    inner CV. Raises a ValueError for anything the class sizes do not allow."""
     from sklearn.model_selection import StratifiedKFold
 
-    from .datasets import load_image_folder
     from .model_selection import few_shot_split
+
+    if args.shots is None and args.test_dir is None:
+        folds = 5 if args.cv is None else args.cv
+        if _smallest_class(y) < folds:
+            raise ValueError(
+                f"--cv {folds} needs at least {folds} images in every class; "
+                "use a smaller --cv."
+            )
+        outer = StratifiedKFold(folds, shuffle=True, random_state=args.random_state)
+        splits = list(outer.split(np.zeros(len(y)), y))
+        smallest_train = min(_smallest_class(y[train]) for train, _ in splits)
+        return {"splits": splits, "inner_cv": _inner_cv(smallest_train, None),
+                "protocol": f"{folds}-fold stratified cross-validation"}
+    if args.shots is not None:
+        train, test_idx = few_shot_split(y, args.shots, random_state=args.random_state)
+    else:
+        train, test_idx = np.arange(len(y)), None
+    if args.test_dir is not None:
+        test_idx = None  # the test folder
+        protocol = f"train on {args.data_dir}, test on {args.test_dir}"
+        if args.shots is not None:
+            protocol = (f"{args.shots} images per class of {args.data_dir}, "
+                        f"test on {args.test_dir}")
+    else:
+        protocol = f"{args.shots}-shot split, the other images as test set"
+    inner_cv = _inner_cv(_smallest_class(y[train]), args.cv)
+    return {"splits": [(train, test_idx)], "inner_cv": inner_cv, "protocol": protocol}
+
+
+def _check_evaluate(args: argparse.Namespace) -> tuple[Any, Any]:
+    """Check everything that can be checked from the arguments and the folder listings,
+    before any model is loaded or image encoded; return the listings."""
+    from .datasets import load_image_folder
 
     _check_common(args)
     if args.shots is not None and args.shots < 1:
         raise ValueError(f"--shots must be at least 1, got {args.shots}.")
-    if args.cv < 2:
+    if args.cv is not None and args.cv < 2:
         raise ValueError(f"--cv must be at least 2, got {args.cv}.")
     if args.report:
         check_output_path(args.report, "--report", REPORT_SUFFIXES)
     data = load_image_folder(args.data_dir)
-    plan: dict[str, Any] = {"data": data, "test": None}
+    test = None
     if args.test_dir:
         test = load_image_folder(args.test_dir)
         unknown = sorted(set(test.labels) - set(data.target_names))
         if unknown:
             raise ValueError(f"--test-dir has classes not in {args.data_dir}: {unknown}.")
-        plan["test"] = test
-    y = data.labels
-    if args.shots:  # labels only: no image is opened to draw the split
-        train, test_idx = few_shot_split(y, args.shots, random_state=args.random_state)
-        plan["train"] = train
-        plan["test_idx"] = None if args.test_dir else test_idx
-        plan["inner_cv"] = _inner_cv(y[train], None)
-    elif args.test_dir:
-        plan["train"] = np.arange(len(y))
-        plan["inner_cv"] = _inner_cv(y, None)
-    else:
-        if np.unique(y, return_counts=True)[1].min() < args.cv:
-            raise ValueError(
-                f"--cv {args.cv} needs at least {args.cv} images in every class; "
-                "use a smaller --cv."
+    _splits(args, data.labels)
+    return data, test
+
+
+def _text_model(args: argparse.Namespace) -> str | None:
+    """``args.model`` as the classifiers' ``clip_model``, or None for an image-only
+    backbone (DINOv2...): the cache model alone, without a zero-shot text term."""
+    from ._models import load_model
+
+    return args.model if load_model(args.model, args.device).has_text else None
+
+
+def _methods(args: argparse.Namespace, inner_cv: int | None, n_train_min: int) -> dict:
+    """``{name: (estimator, how it is configured)}``; no zero-shot method for an
+    image-only backbone."""
+    from .model_selection import TipAdapterClassifierCV
+    from .tip_adapter import TipAdapterClassifier
+
+    common = dict(clip_model=_text_model(args), device=args.device)
+    methods: dict[str, tuple[Any, str]] = {}
+    if common["clip_model"] is not None:
+        methods["zero-shot CLIP"] = (TipAdapterClassifier(alpha=0.0, **common),
+                                     "text classifier only (alpha=0), no training image used")
+    variants = [("Tip-Adapter", False)] + ([("Tip-Adapter-F", True)] if args.fine_tune else [])
+    for name, fine_tune in variants:
+        extra = dict(fine_tune=True, random_state=args.random_state) if fine_tune else {}
+        if inner_cv is not None:
+            methods[name] = (
+                TipAdapterClassifierCV(cv=inner_cv, **extra, **common),
+                f"alpha and beta chosen by {inner_cv}-fold inner cross-validation (accuracy)",
             )
-        plan["outer"] = StratifiedKFold(args.cv, shuffle=True, random_state=args.random_state)
-        plan["inner_cv"] = _inner_cv(y, args.cv)
-    return plan
+        else:
+            est = TipAdapterClassifier(**extra, **common)
+            methods[name] = (
+                est,
+                f"default alpha={est.alpha:g}, beta={est.beta:g}: {n_train_min} training "
+                "image(s) in the smallest class leave no inner cross-validation",
+            )
+    return methods
+
+
+def _fingerprint(args: argparse.Namespace) -> dict[str, str | None]:
+    from ._models import load_clip
+
+    clip = load_clip(args.model, args.device)
+    return {"vision": clip.vision_fingerprint,
+            "text": clip.text_fingerprint if clip.has_text else None}
 
 
 def evaluate(args: argparse.Namespace) -> int:
@@ -246,140 +422,133 @@ def evaluate(args: argparse.Namespace) -> int:
     from sklearn.base import clone
     from sklearn.metrics import accuracy_score, f1_score
 
-    plan = _plan_evaluate(args)
-    data = plan["data"]
+    from ._version import __version__
+
+    say = _Say(args.quiet)
+    args.model = _resolve_model(args.model, say)
+    data, test = _check_evaluate(args)
     classes = data.target_names
-    methods = _methods(args, plan["inner_cv"])
+    say.step(f"{args.data_dir}: {len(data.labels)} images in {len(classes)} classes"
+             + (f"; {args.test_dir}: {len(test.labels)} images" if test is not None else ""))
     featurizer = _featurizer(args)
+    say.step(f"encoding {len(data.labels)} images with {args.model}")
+    X, bad = _encode(featurizer, data.filenames, args.on_error)
+    skipped = _skipped(data.filenames, bad, say)
+    keep = np.setdiff1d(np.arange(len(X)), list(bad))
+    files, X, y = data.filenames[keep], X[keep], data.labels[keep]
+    X_keys = _encode(featurizer, files, "raise", augmented=True)[0] if args.augment else X
+    if test is not None:
+        say.step(f"encoding {len(test.labels)} test images")
+        X_test, bad_test = _encode(featurizer, test.filenames, args.on_error)
+        skipped += _skipped(test.filenames, bad_test, say)
+        keep_test = np.setdiff1d(np.arange(len(X_test)), list(bad_test))
+        X_test, y_test = X_test[keep_test], test.labels[keep_test]
+    plan = _splits(args, y)  # again: skipped files may have changed the classes' sizes
+    splits = plan["splits"]
+    n_train_min = min(_smallest_class(y[train]) for train, _ in splits)
+    methods = _methods(args, plan["inner_cv"], n_train_min)
     report: dict[str, Any] = {
-        "data_dir": str(args.data_dir), "model": str(args.model), "n_images": int(len(data.labels)),
-        "classes": classes.tolist(), "methods": {},
+        "skclip_version": __version__,
+        "data_dir": str(args.data_dir), "test_dir": args.test_dir,
+        "model": str(args.model), "model_fingerprint": _fingerprint(args),
+        "protocol": plan["protocol"], "shots": args.shots, "cv": args.cv,
+        "inner_cv": plan["inner_cv"], "random_state": args.random_state, "augment": args.augment,
+        "n_images": int(len(y)), "n_test_dir_images": None if test is None else int(len(y_test)),
+        "splits": [
+            {"n_train": int(len(train)), "n_test": int(len(y_test) if part is None else len(part))}
+            for train, part in splits
+        ],
+        "skipped": skipped, "classes": classes.tolist(), "methods": {},
     }
-
-    def encode(files: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """Clean embeddings (queries) and training keys (augmented views if asked)."""
-        X = featurizer.transform(files)
-        return X, (featurizer.fit_transform(files) if args.augment else X)
-
-    if "outer" not in plan:
-        train = plan["train"]
-        if plan["test"] is not None:
-            _, X_keys = encode(data.filenames[train])
-            X_test = featurizer.transform(plan["test"].filenames)
-            y_train, y_test = data.labels[train], plan["test"].labels
-            report["protocol"] = f"train on {args.data_dir}, test on {args.test_dir}"
-            if args.shots:
-                report["protocol"] = f"{args.shots}-shot {report['protocol']}"
-        else:
-            X, X_keys_all = encode(data.filenames)
-            X_keys, X_test = X_keys_all[train], X[plan["test_idx"]]
-            y_train, y_test = data.labels[train], data.labels[plan["test_idx"]]
-            report["protocol"] = f"{args.shots}-shot split, the other images as test set"
-        for name, est in methods.items():
-            pred = est.fit(X_keys, y_train).predict(X_test)
-            report["methods"][name] = {
-                "accuracy": float(accuracy_score(y_test, pred)), "accuracy_std": None,
-                "f1_macro": float(f1_score(y_test, pred, average="macro")), "f1_macro_std": None,
-                **_scores(y_test, pred, classes),
-            }
-            if hasattr(est, "alpha_"):
-                report["methods"][name].update(alpha=est.alpha_, beta=est.beta_)
-    else:
-        X, X_keys = encode(data.filenames)
-        y = data.labels
-        report["protocol"] = f"{args.cv}-fold stratified cross-validation"
-        for name, est in methods.items():
-            pred, acc, f1 = np.empty_like(y), [], []
-            for train, test_idx in plan["outer"].split(X, y):  # one fit per fold gives both
-                pred[test_idx] = clone(est).fit(X_keys[train], y[train]).predict(X[test_idx])
-                acc.append(accuracy_score(y[test_idx], pred[test_idx]))
-                f1.append(f1_score(y[test_idx], pred[test_idx], average="macro"))
-            entry = {
-                "accuracy": float(np.mean(acc)), "accuracy_std": float(np.std(acc)),
-                "f1_macro": float(np.mean(f1)), "f1_macro_std": float(np.std(f1)),
-                **_scores(y, pred, classes),
-            }
-            if hasattr(est, "alphas"):  # the choice on all the data, to use from here on
-                final = est.fit(X_keys, y)
-                entry.update(alpha=final.alpha_, beta=final.beta_)
-            report["methods"][name] = entry
+    for name, (est, configuration) in methods.items():
+        say.step(f"evaluating {name} ({len(splits)} split(s))")
+        pred_all, truth_all, acc, f1, chosen = [], [], [], [], []
+        for train, part in splits:
+            X_q, y_q = (X_test, y_test) if part is None else (X[part], y[part])
+            fitted = clone(est).fit(X_keys[train], y[train])
+            pred = fitted.predict(X_q)
+            pred_all.append(pred)
+            truth_all.append(y_q)
+            acc.append(accuracy_score(y_q, pred))
+            f1.append(f1_score(y_q, pred, average="macro"))
+            chosen.append(fitted)
+        single = len(splits) == 1
+        entry = {
+            "configuration": configuration,
+            "accuracy": float(np.mean(acc)), "accuracy_std": None if single else float(np.std(acc)),
+            "f1_macro": float(np.mean(f1)), "f1_macro_std": None if single else float(np.std(f1)),
+            **_scores(np.concatenate(truth_all), np.concatenate(pred_all), classes),
+        }
+        if hasattr(est, "alphas"):  # the choice on all the training data, to use from here on
+            final = chosen[0] if single else clone(est).fit(X_keys, y)
+            entry.update(alpha=float(final.alpha_), beta=float(final.beta_))
+        elif name != "zero-shot CLIP":
+            entry.update(alpha=float(est.alpha), beta=float(est.beta))
+        report["methods"][name] = entry
+    report["per_class_method"] = shown_method(report)
     print(render_markdown(report))
     if args.report:
-        write_report(report, args.report, verbose=args.verbose)
+        for path in write_report(report, args.report, verbose=args.verbose):
+            say.step(f"wrote {path}")
     return 0
 
 
 # -- fit / predict ------------------------------------------------------------------------
 def fit_command(args: argparse.Namespace) -> int:
     """``skclip fit``: see the sub-command's help."""
-    import joblib
     from sklearn.pipeline import Pipeline
 
+    from ._model_file import record_checkpoint, save_model
     from .datasets import load_image_folder
     from .model_selection import TipAdapterClassifierCV
 
+    say = _Say(args.quiet)
+    args.model = _resolve_model(args.model, say)
     _check_common(args)
     if args.cv < 2:
         raise ValueError(f"--cv must be at least 2, got {args.cv}.")
-    check_output_path(args.output, "-o/--output")
+    check_output_path(args.output, "-o/--output", MODEL_SUFFIXES)
+    if Path(args.output).suffix.lower() == ".skops":
+        require_skops()
     data = load_image_folder(args.data_dir)
-    smallest = int(np.unique(data.labels, return_counts=True)[1].min())
-    if smallest < 2:
+    if _smallest_class(data.labels) < 2:
         raise ValueError("Every class needs at least 2 images to choose alpha and beta.")
-    cv = min(args.cv, smallest)
+    say.step(f"{args.data_dir}: {len(data.labels)} images in {len(data.target_names)} classes")
+    files, labels = data.filenames, data.labels
+    skipped: list[dict[str, str]] = []
+    if args.on_error == "skip":  # find the unreadable files (the embeddings stay cached)
+        say.step(f"encoding {len(files)} images with {args.model}")
+        _, bad = _encode(_featurizer(args), files, "skip")
+        skipped = _skipped(files, bad, say)
+        keep = np.setdiff1d(np.arange(len(files)), list(bad))
+        files, labels = files[keep], labels[keep]
+        if len(keep) == 0 or _smallest_class(labels) < 2:
+            raise ValueError("After skipping unreadable images, a class has fewer than 2 images "
+                             "to choose alpha and beta.")
+    cv = min(args.cv, _smallest_class(labels))
     pipe = Pipeline([
         ("clip", _featurizer(args)),
         ("tip", TipAdapterClassifierCV(
-            clip_model=args.model, device=args.device, cv=cv, fine_tune=args.fine_tune,
+            clip_model=_text_model(args), device=args.device, cv=cv, fine_tune=args.fine_tune,
             random_state=args.random_state,
         )),
     ])
-    pipe.fit(data.filenames, data.labels)
-    joblib.dump(pipe, args.output)
+    say.step(f"fitting on {len(files)} images ({cv}-fold choice of alpha and beta)")
+    pipe.fit(files, labels)
+    record_checkpoint(pipe)
+    save_model(pipe, args.output)
     tip = pipe.named_steps["tip"]
-    print(f"saved {args.output}: {len(data.labels)} images, classes {data.target_names.tolist()}, "
-          f"alpha={tip.alpha_:.3g} beta={tip.beta_:.3g} ({cv}-fold accuracy {tip.best_score_:.3f})")
+    print(f"saved {args.output}: {len(labels)} images, classes {data.target_names.tolist()}, "
+          f"alpha={tip.alpha_:.3g} beta={tip.beta_:.3g} ({cv}-fold accuracy {tip.best_score_:.3f})"
+          + (f"; skipped {len(skipped)} unreadable images" if skipped else "")
+          + f"; model {args.model}")
     return 0
 
 
 _USAGE_PREDICT = (
-    "skclip predict MODEL_FILE IMAGES... (the model file first, then images or folders)"
+    " Usage: skclip predict MODEL_FILE IMAGES... (the model file first, then images or "
+    "folders)."
 )
-
-
-def _load_model(path: str) -> Any:
-    """The Pipeline saved by ``skclip fit`` in ``path``; a ValueError naming the file
-    (never a traceback) when it is missing, a folder, damaged or something else."""
-    import joblib
-    from sklearn.exceptions import NotFittedError
-    from sklearn.pipeline import Pipeline
-    from sklearn.utils.validation import check_is_fitted
-
-    from .featurizer import CLIPFeaturizer
-
-    file = Path(path)
-    if file.is_dir():
-        raise ValueError(f"{path!r} is a folder, not a model file. Usage: {_USAGE_PREDICT}.")
-    if not file.is_file():
-        raise ValueError(f"Model file {path!r} does not exist. Usage: {_USAGE_PREDICT}.")
-    try:
-        model = joblib.load(file)
-    except Exception as exc:  # unpickling damaged or foreign bytes can raise anything
-        raise ValueError(
-            f"Cannot read the model file {path!r}: it is damaged (e.g. truncated) or not a file "
-            f"written by 'skclip fit' ({type(exc).__name__} while loading)."
-        ) from None
-    is_pipeline = isinstance(model, Pipeline) and len(model.steps) >= 2
-    if not is_pipeline or not isinstance(model.steps[0][1], CLIPFeaturizer):
-        raise ValueError(
-            f"{path!r} is not a model written by 'skclip fit': it holds a "
-            f"{type(model).__name__}, not a Pipeline of a CLIPFeaturizer and a classifier."
-        )
-    try:
-        check_is_fitted(model)
-    except NotFittedError:
-        raise ValueError(f"The model in {path!r} is not fitted.") from None
-    return model
 
 
 def _image_paths(items: list[str]) -> list[str]:
@@ -402,11 +571,16 @@ def _image_paths(items: list[str]) -> list[str]:
 
 def predict_command(args: argparse.Namespace) -> int:
     """``skclip predict``: see the sub-command's help."""
-    pipe = _load_model(args.model_file)
+    from ._model_file import check_checkpoint, checkpoint_names, load_model
+
+    say = _Say(args.quiet)
+    pipe = load_model(args.model_file, usage=_USAGE_PREDICT, note=say.note)
     if args.output:
         check_output_path(args.output, "--output")
     paths = _image_paths(args.images)
     params: dict[str, Any] = {}
+    if args.model is not None:
+        params.update(dict.fromkeys(checkpoint_names(pipe), _resolve_model(args.model, say)))
     for name, step in pipe.steps:
         step_params = step.get_params(deep=False)
         if args.quiet and "progress" in step_params:
@@ -414,19 +588,36 @@ def predict_command(args: argparse.Namespace) -> int:
         if args.device and "device" in step_params:
             params[f"{name}__device"] = args.device
     pipe.set_params(**params)
+    featurizer, head = pipe.steps[0][1], pipe[1:]
+    say.step(f"loading {featurizer.model}")
+    try:
+        check_checkpoint(pipe, args.model_file)
+    except OSError as exc:
+        raise OSError(f"{exc}\nIf the checkpoint moved, pass its new folder with --model.") from exc
+    say.step(f"encoding {len(paths)} images")
+    X, bad = _encode(featurizer, np.array(paths), args.on_error)
+    _skipped(np.asarray(paths), bad, say)
+    good = np.setdiff1d(np.arange(len(paths)), list(bad))
     classes = pipe.classes_
-    if args.proba:
-        proba = pipe.predict_proba(paths)
-        pred = classes[proba.argmax(axis=1)]
-    else:
-        pred = pipe.predict(paths)
+    proba = np.full((len(paths), len(classes)), np.nan)
+    pred = np.full(len(paths), "", dtype=object)
+    if len(good):
+        if args.proba:
+            proba[good] = head.predict_proba(X[good])
+            pred[good] = classes[proba[good].argmax(axis=1)]
+        else:
+            pred[good] = head.predict(X[good])
+    skip = args.on_error == "skip"
     out = open(args.output, "w", newline="") if args.output else sys.stdout
     try:
         writer = csv.writer(out)
-        writer.writerow(["path", "prediction"] + ([f"p_{c}" for c in classes] if args.proba else []))
+        writer.writerow(["path", "prediction"] + ([f"p_{c}" for c in classes] if args.proba else [])
+                        + (["error"] if skip else []))
         for i, (path, label) in enumerate(zip(paths, pred)):
-            row = [path, label] + ([f"{p:.6f}" for p in proba[i]] if args.proba else [])
-            writer.writerow(row)
+            row = [path, label]
+            if args.proba:
+                row += ["" if i in bad else f"{p:.6f}" for p in proba[i]]
+            writer.writerow(row + ([bad.get(i, "")] if skip else []))
     finally:
         if args.output:
             out.close()

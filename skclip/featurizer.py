@@ -13,7 +13,7 @@ from sklearn.base import BaseEstimator, TransformerMixin
 from . import _encode
 from ._cache import MEMORY, CacheInfo
 from ._compat import Interval, StrOptions
-from ._models import DEFAULT_MODEL, LoadedCLIP, load_clip, resolve_device
+from ._models import DEFAULT_MODEL, LoadedCLIP, check_fingerprint, load_clip, resolve_device
 
 
 class CLIPFeaturizer(TransformerMixin, BaseEstimator):
@@ -23,7 +23,7 @@ class CLIPFeaturizer(TransformerMixin, BaseEstimator):
     arrays (``HxW`` grayscale, ``HxWx3`` RGB or ``HxWx4`` RGBA, ``uint8``), given as a
     list, an array, or a one-column pandas DataFrame/Series. Each image is opened
     (EXIF orientation applied, converted to RGB), preprocessed exactly like the
-    checkpoint's ``CLIPImageProcessor`` and encoded by the CLIP vision tower. Decoding
+    checkpoint's own image processor and encoded by its image tower. Decoding
     runs in worker threads while the model runs, so the model does not wait on JPEG
     decoding.
 
@@ -34,8 +34,11 @@ class CLIPFeaturizer(TransformerMixin, BaseEstimator):
     Parameters
     ----------
     model : str or path-like, default="openai/clip-vit-base-patch32"
-        Hugging Face hub id or local folder of a ``transformers`` CLIP checkpoint.
-        Without internet, pass a folder written by ``save_pretrained``.
+        Hugging Face hub id or local folder of a ``transformers`` checkpoint: CLIP,
+        MetaCLIP 2, SigLIP, SigLIP 2 (NaFlex) or an image-only model with a pooled
+        output (DINOv2...; its embedding is ``pooler_output``). The family is read from
+        the checkpoint's config. Without internet, pass a folder written by
+        ``save_pretrained``.
     device : str, default="auto"
         ``"auto"`` (CUDA when available, else CPU), ``"cpu"``, ``"cuda"``, ``"cuda:N"``
         or ``"mps"``.
@@ -115,6 +118,12 @@ class CLIPFeaturizer(TransformerMixin, BaseEstimator):
     ----------
     n_features_in_ : int
         Always 1: each sample is one image.
+    model_fingerprint_ : str
+        Hash of the checkpoint's weights and tokenizer, recorded by ``fit``. A fitted
+        featurizer that later finds a *different* checkpoint under ``model`` (a folder
+        rewritten, another folder of the same name) raises
+        :class:`~skclip.CheckpointMismatchError` instead of embedding with it; point
+        ``model`` at the original checkpoint's new location with ``set_params``.
 
     See Also
     --------
@@ -122,8 +131,8 @@ class CLIPFeaturizer(TransformerMixin, BaseEstimator):
 
     Notes
     -----
-    ``fit`` learns nothing: the featurizer is stateless, and ``transform`` may be
-    called without ``fit``. ``fit_transform`` differs from ``fit().transform()`` only
+    ``fit`` learns nothing but the checkpoint's fingerprint (it loads the model), and
+    ``transform`` may be called without ``fit``. ``fit_transform`` differs from ``fit().transform()`` only
     when ``augment > 0`` (see above).
 
     Examples
@@ -195,7 +204,7 @@ class CLIPFeaturizer(TransformerMixin, BaseEstimator):
 
     # -- sklearn API -------------------------------------------------------------------
     def fit(self, X: Any, y: Any = None) -> CLIPFeaturizer:
-        """Validate the parameters; nothing is learned.
+        """Validate the parameters and record the checkpoint's fingerprint.
 
         Parameters
         ----------
@@ -300,10 +309,12 @@ class CLIPFeaturizer(TransformerMixin, BaseEstimator):
         _encode.resolve_runtime(self.runtime, resolve_device(self.device), self.dtype)
         items = _encode.check_items(X)
         self.n_features_in_ = 1
+        self.model_fingerprint_ = self._clip().fingerprint
         return items
 
     def _embed(self, items: list, n_views: int, seed: int | None) -> np.ndarray:
         """Embeddings of ``items`` by the engine; bad inputs handled as ``on_error`` says."""
+        check_fingerprint(self, self.model, self._clip())
         spec = _encode.spec_for(self, n_views=n_views, seed=seed)
         result = _encode.encode(items, spec, keep_going=self.on_error == "warn")
         _encode.report_errors(result.errors, len(items), self.on_error, stacklevel=3)

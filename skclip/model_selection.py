@@ -139,8 +139,12 @@ class TipAdapterClassifierCV(_BaseTipAdapter):
         uses the chosen ``alpha_`` and ``beta_``.
     clip_model, templates, class_names, text_features
         The text head, as in :class:`TipAdapterClassifier`; text is encoded once.
-    epochs, lr, batch_size, leave_one_out, device, random_state, verbose
-        Tip-Adapter-F training, as in :class:`TipAdapterClassifier`.
+    epochs, lr, batch_size, leave_one_out, normalize_keys, train_dtype
+        Tip-Adapter-F training, as in :class:`TipAdapterClassifier` and with its
+        defaults; there is no validation split (the folds' held-out parts score the
+        grid, and the refit trains on all the data).
+    device, random_state, verbose
+        As in :class:`TipAdapterClassifier`.
 
     Attributes
     ----------
@@ -158,8 +162,11 @@ class TipAdapterClassifierCV(_BaseTipAdapter):
         ``rank_test_score``); ``pandas.DataFrame(cv_results_)`` works.
     n_splits_ : int
         Number of folds.
-    classes_, n_features_in_, cache_keys_, cache_values_, text_features_
+    classes_, n_features_in_, cache_keys_, cache_values_, text_features_, model_fingerprint_
         As in :class:`TipAdapterClassifier`, for the refit model.
+    logit_scale_, logit_bias_ : float or None
+        Zero-shot scale and bias, as in :class:`TipAdapterClassifier`; the grid, the
+        folds' Tip-Adapter-F training and the refit all use them.
     loss_curve_ : list of float or None
         Training loss per epoch of the refit; ``None`` with ``fine_tune=False``.
 
@@ -208,10 +215,12 @@ class TipAdapterClassifierCV(_BaseTipAdapter):
         templates: str | list[str] = "auto",
         class_names: dict | list[str] | None = None,
         text_features: Any = None,
-        epochs: int = 20,
+        epochs: int | str = "auto",
         lr: float = 1e-3,
         batch_size: int = 256,
         leave_one_out: bool = True,
+        normalize_keys: bool = True,
+        train_dtype: str = "float32",
         device: str = "auto",
         random_state: int | np.random.RandomState | None = None,
         verbose: int = 0,
@@ -231,6 +240,8 @@ class TipAdapterClassifierCV(_BaseTipAdapter):
         self.lr = lr
         self.batch_size = batch_size
         self.leave_one_out = leave_one_out
+        self.normalize_keys = normalize_keys
+        self.train_dtype = train_dtype
         self.device = device
         self.random_state = random_state
         self.verbose = verbose
@@ -255,7 +266,9 @@ class TipAdapterClassifierCV(_BaseTipAdapter):
             X, y_enc, n_classes, W,
             alpha=self.alpha, beta=self.beta, epochs=self.epochs, lr=self.lr,
             batch_size=self.batch_size, leave_one_out=self.leave_one_out,
+            normalize_keys=self.normalize_keys, train_dtype=self.train_dtype,
             device=self.device, random_state=self.random_state, verbose=self.verbose,
+            **self._zero_shot_params(),
         )
 
     def fit(self, X: Any, y: Any) -> TipAdapterClassifierCV:
@@ -307,6 +320,7 @@ class TipAdapterClassifierCV(_BaseTipAdapter):
             grid = tip_adapter_grid(
                 torch.from_numpy(X[test]), torch.from_numpy(np.ascontiguousarray(keys)),
                 torch.from_numpy(labels), text, alphas_t, betas, n_classes,
+                **self._zero_shot_params(),
             )
             scores = np.empty((len(alphas), len(betas)))
             y_true = self.classes_[y_enc[test]]

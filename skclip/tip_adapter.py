@@ -3,9 +3,12 @@
 Zhang et al., "Tip-Adapter: Training-free Adaption of CLIP for Few-shot
 Classification", ECCV 2022 (arXiv:2207.09519). For L2-normalized query features
 ``f``, cache keys ``K`` (the training features), one-hot cache values ``V`` and
-text weights ``W`` (the CLIP text embeddings of the class names)::
+text weights ``W`` (the text embeddings of the class names)::
 
-    logits = 100 * f @ W.T + alpha * exp(-beta * (1 - f @ K.T)) @ V
+    logits = s * f @ W.T + b + alpha * exp(-beta * (1 - f @ K.T)) @ V
+
+with the text model's zero-shot scale ``s`` and bias ``b``: 100 and 0 for CLIP (the
+paper's formula) and MetaCLIP 2, the learned ones for SigLIP and SigLIP 2.
 
 The formula lives in :func:`tip_adapter_logits` only (module ``skclip._formula``,
 re-exported here); the classifier's ``decision_function`` and the Tip-Adapter-F
@@ -16,7 +19,8 @@ from __future__ import annotations
 
 import os
 from numbers import Integral, Real
-from typing import Any
+from collections.abc import Callable
+from typing import Any, NamedTuple
 
 import numpy as np
 import torch
@@ -48,16 +52,30 @@ def _prediction_device(device: str | torch.device) -> torch.device:
     return resolved if resolved.type == "cuda" else torch.device("cpu")
 
 
+class _Head(NamedTuple):
+    """How a fitted head predicts: ``logits`` of a chunk of L2-normalized queries (a
+    Tensor of ``dtype``), and the floats of temporary memory it needs per query."""
+
+    logits: Callable[[torch.Tensor], torch.Tensor]
+    dtype: np.dtype
+    row_floats: int
+
+
 class _BaseTipAdapter(ClassifierMixin, BaseEstimator):
-    """What TipAdapterClassifier and TipAdapterClassifierCV share: input checks, the
-    text head and prediction. Subclasses implement ``fit`` and ``_prediction_params``."""
+    """What the heads share: input checks, the text head and prediction.
+
+    Subclasses implement ``fit``, and either ``_prediction_params`` (the Tip-Adapter
+    cache, as TipAdapterClassifier and TipAdapterClassifierCV) or ``_head`` (another
+    formula, as GDAClassifier and APEClassifier).
+    """
 
     def _prediction_params(self) -> tuple[float, float]:
         """The (alpha, beta) used to predict."""
         raise NotImplementedError
 
     def _prepare(self, X: Any, y: Any) -> tuple[np.ndarray, np.ndarray]:
-        """Validate; set ``classes_``, ``n_features_in_`` and ``text_features_``.
+        """Validate; set ``classes_``, ``n_features_in_``, ``text_features_``,
+        ``logit_scale_`` and ``logit_bias_``.
 
         Returns the L2-normalized features and the encoded labels.
         """
@@ -73,10 +91,23 @@ class _BaseTipAdapter(ClassifierMixin, BaseEstimator):
                 "(convert them, e.g. y = np.asarray(y).astype(str))."
             ) from exc
         X = normalize(X)
-        self.text_features_ = self._text_weights(X.shape[1], X.dtype)
+        self.model_fingerprint_ = None  # set by _text_head when it encodes the class names
+        self.text_features_, self.logit_scale_, self.logit_bias_ = self._text_head(
+            X.shape[1], X.dtype
+        )
         return X, y_enc
 
-    def _text_weights(self, n_features: int, dtype: np.dtype) -> np.ndarray | None:
+    def _zero_shot_params(self) -> dict:
+        """The fitted zero-shot scale and bias, as keyword arguments of the formula."""
+        if self.text_features_ is None:
+            return {}
+        return {"logit_scale": self.logit_scale_, "logit_bias": self.logit_bias_}
+
+    def _text_head(
+        self, n_features: int, dtype: np.dtype
+    ) -> tuple[np.ndarray | None, float | None, float | None]:
+        """Text weights ``W`` and the zero-shot scale and bias: those of ``clip_model``'s
+        family, CLIP's (100, 0) for ready ``text_features``; all None without a text term."""
         n_classes = len(self.classes_)
         if self.text_features is not None:
             W = np.asarray(self.text_features, dtype=dtype)
@@ -91,12 +122,13 @@ class _BaseTipAdapter(ClassifierMixin, BaseEstimator):
                 )
             if not np.all(np.isfinite(W)):
                 raise ValueError("text_features contain NaN or infinity.")
-            return normalize(W)
+            return normalize(W), CLIP_LOGIT_SCALE, 0.0
         if self.clip_model is None:
-            return None
+            return None, None, None
         templates = resolve_templates(self.templates)
         names = self._class_names()
         clip = load_clip(self.clip_model, self.device, "auto")
+        clip.require_text()  # an image-only backbone has no text tower: say so, clearly
         if clip.embedding_dim != n_features:
             raise ValueError(
                 f"X has {n_features} features but the text embeddings of clip_model="
@@ -104,7 +136,9 @@ class _BaseTipAdapter(ClassifierMixin, BaseEstimator):
                 "features must come from the same CLIP checkpoint as clip_model (set "
                 "CLIPFeaturizer(model=...) and TipAdapterClassifier(clip_model=...) alike)."
             )
-        return text_weights(clip, names, templates).astype(dtype)
+        self.model_fingerprint_ = clip.fingerprint
+        W = text_weights(clip, names, templates).astype(dtype)
+        return W, clip.logit_scale, clip.logit_bias
 
     def _class_names(self) -> list[str]:
         if self.class_names is None:
@@ -133,29 +167,39 @@ class _BaseTipAdapter(ClassifierMixin, BaseEstimator):
         self.cache_values_ = np.eye(len(self.classes_), dtype=keys.dtype)[y_enc]
         self._y = np.ascontiguousarray(y_enc, dtype=np.intp)
 
-    def _logits(self, X: Any) -> np.ndarray:
-        check_is_fitted(self)
+    def _head(self, text_weights: torch.Tensor | None, device: torch.device) -> _Head:
+        """The fitted head on ``device``, given the text weights (already there); by
+        default the Tip-Adapter cache."""
         alpha, beta = self._prediction_params()
-        X = validate_data(self, X, dtype=[np.float64, np.float32], reset=False)
-        X = normalize(X).astype(self.cache_keys_.dtype, copy=False)
-        device = _prediction_device(self.device)
         keys = torch.from_numpy(self.cache_keys_).to(device)
         values = torch.from_numpy(self._y).to(device)  # one-hot values as class indices: fast
-        W = None if self.text_features_ is None else torch.from_numpy(self.text_features_).to(device)
-        out = np.empty((X.shape[0], len(self.classes_)), dtype=X.dtype)
+        n_classes, zero_shot = len(self.classes_), self._zero_shot_params()
+
+        def logits(queries: torch.Tensor) -> torch.Tensor:
+            return tip_adapter_logits(
+                queries, keys, values, text_weights, alpha, beta, n_classes=n_classes, **zero_shot
+            )
+
         # Two (chunk, n_keys) buffers live at a time: the affinities and a matmul temporary.
-        row_bytes = 2 * keys.shape[0] * X.itemsize
+        return _Head(logits, self.cache_keys_.dtype, 2 * keys.shape[0])
+
+    def _logits(self, X: Any) -> np.ndarray:
+        check_is_fitted(self)
+        device = _prediction_device(self.device)
+        W = None if self.text_features_ is None else torch.from_numpy(self.text_features_)
+        head = self._head(None if W is None else W.to(device), device)
+        X = validate_data(self, X, dtype=[np.float64, np.float32], reset=False)
+        X = normalize(X).astype(head.dtype, copy=False)
+        out = np.empty((X.shape[0], len(self.classes_)), dtype=X.dtype)
+        row_bytes = max(1, head.row_floats) * X.itemsize
         chunk = max(1, int(get_config()["working_memory"] * 2**20) // row_bytes)
         with torch.no_grad():
             for rows in gen_batches(X.shape[0], chunk):
-                q = torch.from_numpy(X[rows]).to(device)
-                out[rows] = tip_adapter_logits(
-                    q, keys, values, W, alpha, beta, n_classes=len(self.classes_)
-                ).cpu().numpy()
+                out[rows] = head.logits(torch.from_numpy(X[rows]).to(device)).cpu().numpy()
         return out
 
     def decision_function(self, X: Any) -> np.ndarray:
-        """Tip-Adapter logits.
+        """The logits of the formula in the class description.
 
         Parameters
         ----------
@@ -211,17 +255,25 @@ class TipAdapterClassifier(_BaseTipAdapter):
     values their one-hot labels. A query ``f`` is scored by zero-shot CLIP plus a
     soft nearest-neighbour vote over the cache with an exponential kernel::
 
-        logits = 100 * f @ W.T + alpha * exp(-beta * (1 - f @ K.T)) @ V
+        logits = s * f @ W.T + b + alpha * exp(-beta * (1 - f @ K.T)) @ V
 
-    ``W`` are the CLIP text embeddings of the class names, prompt-ensembled. Nothing
-    is trained unless ``fine_tune=True`` (Tip-Adapter-F), which trains the keys with
-    cross-entropy for a few epochs.
+    ``W`` are the text embeddings of the class names, prompt-ensembled; ``s`` and ``b``
+    are the text model's zero-shot logit scale and bias: ``s = 100``, ``b = 0`` for
+    CLIP (the paper's formula) and MetaCLIP 2, the learned ``exp(logit_scale)`` and
+    ``logit_bias`` for SigLIP and SigLIP 2 (so ``alpha=0`` gives exactly the model's
+    own ``logits_per_image``). ``b`` is the same for every class: it changes neither
+    predictions nor probabilities. Nothing is trained unless ``fine_tune=True``
+    (Tip-Adapter-F), which trains the keys with cross-entropy (by default for at
+    least 300 optimizer steps).
 
     Parameters
     ----------
     alpha : float, default=1.0
         Residual ratio: weight of the cache term against zero-shot CLIP. ``alpha=0``
-        is exactly zero-shot CLIP. The default and ``beta``'s follow the paper's
+        is exactly zero-shot CLIP. ``alpha`` is measured against the zero-shot scale
+        ``s``: what matters is ``alpha / s``, so the same alpha weighs the cache alike
+        for models whose ``s`` is alike (CLIP's 100; SigLIP's is learned, see
+        ``logit_scale_``). The default and ``beta``'s follow the paper's
         ImageNet ablation (Tables 5-6 of arXiv:2207.09519: alpha=1.0, beta=5.5 were
         best for training-free Tip-Adapter). The reference code's per-dataset configs
         instead start from alpha 1.17, beta 1 and *search*; for your own data, tune both
@@ -230,9 +282,11 @@ class TipAdapterClassifier(_BaseTipAdapter):
         Sharpness of the affinity kernel ``exp(-beta (1 - cos))``; larger values let only
         the closest keys vote.
     clip_model : str, path-like or None, default="openai/clip-vit-base-patch32"
-        CLIP checkpoint whose *text* tower encodes the class names into ``W``. Use the
+        Checkpoint (CLIP, MetaCLIP 2, SigLIP or SigLIP 2) whose *text* tower encodes
+        the class names into ``W`` and whose zero-shot scale and bias are used. Use the
         same checkpoint as the featurizer. ``None`` (with ``text_features=None``) gives a
-        pure cache model over any features, with no zero-shot term.
+        pure cache model over any features, with no zero-shot term: what an image-only
+        backbone (DINOv2...) needs; naming one here raises a ``ValueError``.
     templates : "auto", "simple" or list of str, default="auto"
         Prompt templates with one ``{}`` for the class name. ``"auto"`` is the 7-prompt
         ImageNet ensemble of the CLIP paper; ``"simple"`` is ``"a photo of a {}."``.
@@ -240,26 +294,46 @@ class TipAdapterClassifier(_BaseTipAdapter):
         Names to put into the prompts: a dict mapping each label to a name, or a list in
         ``classes_`` order. By default ``str(label)`` with ``_`` and ``-`` as spaces.
     text_features : array-like of shape (n_classes, n_features), default=None
-        Ready text weights (rows in ``classes_`` order); skips text encoding.
+        Ready text weights (rows in ``classes_`` order); skips text encoding and
+        loads no model. The zero-shot term then uses CLIP's ``s = 100``, ``b = 0``.
     fine_tune : bool, default=False
-        Train the cache keys (Tip-Adapter-F): AdamW, cosine learning-rate schedule,
-        cross-entropy on the Tip-Adapter logits at the current ``alpha`` and ``beta``.
-    epochs : int, default=20
-        Fine-tuning epochs.
+        Train the cache keys (Tip-Adapter-F): AdamW (``eps=1e-4``), cosine learning-rate
+        schedule, cross-entropy on the Tip-Adapter logits at the current ``alpha`` and
+        ``beta``. The defaults below are chosen on ``benchmarks/bench_tip_f.py`` (see
+        "When does fine-tuning help?" in the user guide).
+    epochs : int or "auto", default="auto"
+        Fine-tuning epochs. ``"auto"`` is the reference's 20 epochs, or more to make at
+        least 300 optimizer *steps*: an epoch of up to ``batch_size`` samples is a
+        single step, so 20 epochs would barely train a small data set.
     lr : float, default=1e-3
-        Fine-tuning learning rate (AdamW with ``eps=1e-4``).
+        Fine-tuning learning rate (AdamW with ``eps=1e-4``), the paper's.
     batch_size : int, default=256
         Fine-tuning mini-batch size.
-    validation_fraction : float or None, default=None
-        If set, fine-tuning holds out this stratified fraction of the training data,
-        scores it after every epoch and keeps the keys of the best epoch; the held-out
-        samples are not in the cache. If ``None``, the last epoch's keys are kept. The
-        test set is never used to pick an epoch.
+    validation_fraction : float, "auto" or None, default="auto"
+        If a float, fine-tuning holds out this stratified fraction of the training data,
+        scores it after every epoch and keeps the keys of the first best epoch; the
+        held-out samples are not in the cache. ``"auto"`` holds out 0.1 when every class
+        has at least 20 samples, else nothing. If ``None``, the last epoch's keys are
+        kept. The test set is never used to pick an epoch.
     leave_one_out : bool, default=True
         While fine-tuning, drop each training sample's affinity with its *own* key. The
         keys are the training samples, so that affinity is 1 and would let every
         sample vote for its own label: the loss would be trivially low and the keys
-        would barely move. Set ``False`` only to reproduce the reference code.
+        would barely move. A sample alone in its class then has no key to vote for it
+        and is not used as a query (at one shot nothing is trained: a warning says so).
+        Set ``False`` only to reproduce the reference code.
+    normalize_keys : bool, default=True
+        Keep the keys L2-normalized while fine-tuning (the loss sees ``K / |K|``, and
+        the stored keys are normalized), so affinities stay cosines. Without it keys
+        can grow along the direction all CLIP features share and vote for their class
+        everywhere: long training then falls below training-free Tip-Adapter. The
+        reference code does not normalize (``False``).
+    train_dtype : {"float32", "float16"}, default="float32"
+        Precision of the keys, their gradients and AdamW's moments while fine-tuning.
+        ``"float16"`` is the regime of the reference code's GPU runs, on any device:
+        AdamW's second moment underflows to 0 for small gradients, so steps become
+        about ``lr * m / eps`` and the keys move tens of times farther (see the user
+        guide). The loss is computed in float32 either way.
     device : str, default="auto"
         Where the text tower and fine-tuning run: ``"auto"`` (CUDA if available),
         ``"cpu"``, ``"cuda"``, ``"cuda:N"``, ``"mps"``. Prediction runs on the GPU when
@@ -283,6 +357,13 @@ class TipAdapterClassifier(_BaseTipAdapter):
         One-hot labels of the keys.
     text_features_ : ndarray of shape (n_classes, n_features) or None
         Text weights ``W``; ``None`` for a pure cache model.
+    logit_scale_, logit_bias_ : float or None
+        Zero-shot scale ``s`` and bias ``b`` of the formula (``None`` for a pure cache
+        model).
+    model_fingerprint_ : str or None
+        Fingerprint of the ``clip_model`` checkpoint whose text tower made
+        ``text_features_`` (``None`` when no text was encoded). Prediction never loads
+        the model again; a ``CLIPFeaturizer`` in the same pipeline checks its own.
     loss_curve_ : list of float or None
         Mean training loss per fine-tuning epoch; ``None`` with ``fine_tune=False``
         (every fit resets it, as scikit-learn's ``MLPClassifier`` does for
@@ -291,7 +372,8 @@ class TipAdapterClassifier(_BaseTipAdapter):
         Held-out accuracy per fine-tuning epoch; ``None`` without fine-tuning or
         without ``validation_fraction``.
     best_epoch_ : int or None
-        1-based epoch whose keys were kept; ``None`` with ``fine_tune=False``.
+        1-based epoch whose keys were kept; 0 when there was nothing to train (one
+        sample per class with ``leave_one_out=True``); ``None`` with ``fine_tune=False``.
 
     See Also
     --------
@@ -325,11 +407,15 @@ class TipAdapterClassifier(_BaseTipAdapter):
         "class_names": [dict, list, tuple, None],
         "text_features": ["array-like", None],
         "fine_tune": ["boolean"],
-        "epochs": [Interval(Integral, 1, None, closed="left")],
+        "epochs": [Interval(Integral, 1, None, closed="left"), StrOptions({"auto"})],
         "lr": [Interval(Real, 0, None, closed="neither")],
         "batch_size": [Interval(Integral, 1, None, closed="left")],
-        "validation_fraction": [Interval(Real, 0, 1, closed="neither"), None],
+        "validation_fraction": [
+            Interval(Real, 0, 1, closed="neither"), StrOptions({"auto"}), None
+        ],
         "leave_one_out": ["boolean"],
+        "normalize_keys": ["boolean"],
+        "train_dtype": [StrOptions({"float32", "float16"})],
         "device": [str, torch.device],
         "random_state": ["random_state"],
         "verbose": ["verbose"],
@@ -345,11 +431,13 @@ class TipAdapterClassifier(_BaseTipAdapter):
         class_names: dict | list[str] | None = None,
         text_features: Any = None,
         fine_tune: bool = False,
-        epochs: int = 20,
+        epochs: int | str = "auto",
         lr: float = 1e-3,
         batch_size: int = 256,
-        validation_fraction: float | None = None,
+        validation_fraction: float | str | None = "auto",
         leave_one_out: bool = True,
+        normalize_keys: bool = True,
+        train_dtype: str = "float32",
         device: str = "auto",
         random_state: int | np.random.RandomState | None = None,
         verbose: int = 0,
@@ -366,6 +454,8 @@ class TipAdapterClassifier(_BaseTipAdapter):
         self.batch_size = batch_size
         self.validation_fraction = validation_fraction
         self.leave_one_out = leave_one_out
+        self.normalize_keys = normalize_keys
+        self.train_dtype = train_dtype
         self.device = device
         self.random_state = random_state
         self.verbose = verbose
@@ -394,8 +484,10 @@ class TipAdapterClassifier(_BaseTipAdapter):
                 X, y_enc, n_classes, self.text_features_,
                 alpha=self.alpha, beta=self.beta, epochs=self.epochs, lr=self.lr,
                 batch_size=self.batch_size, validation_fraction=self.validation_fraction,
-                leave_one_out=self.leave_one_out, device=self.device,
+                leave_one_out=self.leave_one_out, normalize_keys=self.normalize_keys,
+                train_dtype=self.train_dtype, device=self.device,
                 random_state=self.random_state, verbose=self.verbose,
+                **self._zero_shot_params(),
             )
             X, y_enc = result.keys, y_enc[result.kept]
             self.loss_curve_ = result.loss_curve

@@ -67,6 +67,9 @@ def test_every_bad_file_is_listed_and_warn_gives_nan_rows(feat, tmp_path, rgb):
     with pytest.warns(ImageLoadWarning, match=f"{len(bad)} of {len(items)}") as record:
         X = feat.set_params(on_error="warn").transform(items)
     assert len(record) == 1  # one warning listing them all
+    assert sorted(record[0].message.errors) == list(range(1, len(items) - 1))
+    assert all(str(bad[i - 1]) in m for i, m in record[0].message.errors.items())
+    assert "object at 0x" not in msg  # PIL's reprs of in-memory file copies are not shown
     assert np.isnan(X[1:-1]).all() and np.isfinite(X[[0, -1]]).all()
     np.testing.assert_allclose(X[0], feat.transform([rgb])[0], atol=1e-6)
 

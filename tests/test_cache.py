@@ -22,8 +22,8 @@ def count_encoded(tiny_clip_path, monkeypatch):
     counter = {"images": 0}
     original = _encode.tower
 
-    def counting(spec, pixels):
-        counter["images"] += len(pixels)
+    def counting(spec, pixels):  # pixels: a collated batch, arrays of B images (views)
+        counter["images"] += len(next(iter(pixels.values())))
         return original(spec, pixels)
 
     monkeypatch.setattr(_encode, "tower", counting)

@@ -6,6 +6,7 @@ import csv
 import json
 import os
 import re
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -14,6 +15,7 @@ import joblib
 import numpy as np
 import pytest
 
+from skclip._report import render_markdown
 from skclip.cli import main
 
 
@@ -202,3 +204,220 @@ def test_augmentation_is_seeded(data_dir, tiny_clip_path, tmp_path, capsys):
     args = ["evaluate", data_dir, "--model", tiny_clip_path, "--cv", "2", "-q", "--augment", "2"]
     assert main(args) == 0
     assert "| Tip-Adapter |" in capsys.readouterr().out
+
+
+# -- issue 15 -----------------------------------------------------------------------------
+def _rows(path):
+    with open(path, newline="") as f:
+        return list(csv.DictReader(f))
+
+
+def test_1_local_checkpoint_stored_absolute_and_guarded(
+    data_dir, tiny_clip_path, tmp_path, monkeypatch, capsys
+):
+    """Item 1: a relative --model is recorded as an absolute path (and the CLI says so);
+    a different checkpoint found there later is an error naming both fingerprints;
+    predict --model points at the checkpoint's new location, still checked."""
+    from skclip._models import clear_model_cache
+    from skclip._testing import save_random_clip
+
+    work = tmp_path / "work"
+    work.mkdir()
+    shutil.copytree(tiny_clip_path, work / "tinyclip")
+    monkeypatch.chdir(work)
+    assert main(["fit", data_dir, "-o", "m.joblib", "--model", "tinyclip", "--cv", "2"]) == 0
+    captured = capsys.readouterr()
+    absolute = str((work / "tinyclip").resolve())
+    assert f"recorded as {absolute!r}" in captured.err
+    pipe = joblib.load(work / "m.joblib")
+    assert pipe.named_steps["clip"].model == absolute == pipe.named_steps["tip"].clip_model
+    assert pipe.skclip_checkpoint_["model"] == absolute
+    model_file = str(work / "m.joblib")
+    monkeypatch.chdir(tmp_path)  # another directory: still that checkpoint, not the hub
+    assert main(["predict", model_file, data_dir, "-q", "--output", "before.csv"]) == 0
+
+    shutil.rmtree(work / "tinyclip")  # a different checkpoint under the same name
+    save_random_clip(work / "tinyclip", seed=1)
+    clear_model_cache()  # as in a new process
+    assert main(["predict", model_file, data_dir, "-q"]) == 1
+    err = capsys.readouterr().err
+    assert f"The checkpoint {absolute!r} is not the one {model_file!r} was fitted with" in err
+    assert pipe.skclip_checkpoint_["vision"] in err
+
+    moved = tmp_path / "moved-clip"
+    shutil.copytree(tiny_clip_path, moved)
+    args = ["predict", model_file, data_dir, "-q", "--model", str(moved), "--output", "after.csv"]
+    assert main(args) == 0
+    assert _rows("after.csv") == _rows("before.csv")
+    assert main(["predict", model_file, data_dir, "-q", "--model", str(work / "tinyclip")]) == 1
+    assert "is not the one" in capsys.readouterr().err
+
+
+def test_2_fit_output_suffix_checked_before_encoding(data_dir, tiny_clip_path, tmp_path,
+                                                     capsys, no_encoding):
+    """Item 2 (with test_fit_and_predict_check_outputs_before_encoding and
+    test_evaluate_checks_arguments_before_encoding)."""
+    out = tmp_path / "model.txt"
+    assert main(["fit", data_dir, "-o", str(out), "--model", tiny_clip_path, "-q"]) == 1
+    assert "-o/--output must end in .joblib or .skops" in capsys.readouterr().err
+    assert no_encoding == []
+
+
+def test_3_files_that_are_not_models(model_file, data_dir, tmp_path, capsys):
+    """Item 3: one sentence naming the file, exit 1; swapped arguments say what it is."""
+    for name, content in {"dict.joblib": {"a": 1}, "list.joblib": [1, 2]}.items():
+        joblib.dump(content, tmp_path / name)
+        assert main(["predict", str(tmp_path / name), data_dir]) == 1
+        err = capsys.readouterr().err
+        kind = type(content).__name__
+        said = f"{str(tmp_path / name)!r} is not a model written by 'skclip fit': it holds a {kind}"
+        assert said in err
+    assert main(["predict", data_dir, str(model_file)]) == 1
+    err = capsys.readouterr().err
+    assert f"{data_dir!r} is a folder, not a model file" in err and "the model file first" in err
+
+
+def test_4_one_shot_is_evaluated_and_cv_is_the_inner_cv(data_dir, tiny_clip_path, tmp_path,
+                                                       capsys):
+    """Item 4: --shots 1 reports every method, each with how it was configured; --cv next
+    to --shots is the inner cross-validation."""
+    base = ["evaluate", data_dir, "--model", tiny_clip_path, "-q", "--fine-tune", "--report"]
+    assert main([*base, str(tmp_path / "one.json"), "--shots", "1"]) == 0
+    report = json.loads((tmp_path / "one.json").read_text())
+    assert set(report["methods"]) == {"zero-shot CLIP", "Tip-Adapter", "Tip-Adapter-F"}
+    assert report["inner_cv"] is None and report["splits"] == [{"n_train": 3, "n_test": 15}]
+    tip = report["methods"]["Tip-Adapter"]
+    assert "default alpha=1, beta=5.5" in tip["configuration"]
+    assert (tip["alpha"], tip["beta"]) == (1.0, 5.5)
+    assert "text classifier only" in report["methods"]["zero-shot CLIP"]["configuration"]
+    assert main([*base, str(tmp_path / "two.json"), "--shots", "3", "--cv", "2"]) == 0
+    report = json.loads((tmp_path / "two.json").read_text())
+    assert report["inner_cv"] == 2
+    assert "2-fold inner cross-validation" in report["methods"]["Tip-Adapter"]["configuration"]
+    capsys.readouterr()
+    assert main(["evaluate", data_dir, "--model", tiny_clip_path, "--shots", "2", "--cv", "3"]) == 1
+    err = capsys.readouterr().err
+    assert "--cv 3 (inner cross-validation) needs at least 3 training images" in err
+
+
+@pytest.fixture
+def folder_with_a_bad_image(data_dir, tmp_path):
+    root = tmp_path / "data"
+    shutil.copytree(data_dir, root)
+    bad = root / "red_apple" / "broken.jpg"
+    bad.write_bytes(b"not a JPEG at all")
+    return root, bad
+
+
+def test_5_on_error_skip(folder_with_a_bad_image, tiny_clip_path, tmp_path, capsys):
+    """Item 5: one corrupt JPEG no longer aborts evaluate, fit and predict."""
+    root, bad = folder_with_a_bad_image
+    common = ["--model", tiny_clip_path, "-q"]
+    assert main(["evaluate", str(root), "--cv", "2", *common]) == 1
+    err = capsys.readouterr().err
+    assert str(bad) in err and "object at 0x" not in err
+
+    report = tmp_path / "r.json"
+    args = ["evaluate", str(root), "--cv", "2", "--on-error", "skip", "--report", str(report)]
+    assert main(args + ["--model", tiny_clip_path]) == 0
+    err = capsys.readouterr().err
+    assert "skipped 1 of 19 images" in err and str(bad) in err and "object at 0x" not in err
+    data = json.loads(report.read_text())
+    assert [s["path"] for s in data["skipped"]] == [str(bad)]
+    assert data["n_images"] == 18 and str(bad) in data["skipped"][0]["error"]
+    assert "skipped 1 unreadable image(s)" in render_markdown(data)
+
+    model = tmp_path / "m.skops"
+    assert main(["fit", str(root), "-o", str(model), "--on-error", "skip", *common]) == 0
+    assert "skipped 1 unreadable images" in capsys.readouterr().out
+    out = tmp_path / "p.csv"
+    args = ["predict", str(model), str(root), "--on-error", "skip", "--proba", "--output", str(out)]
+    assert main(args) == 0
+    rows = {r["path"]: r for r in _rows(out)}
+    assert len(rows) == 19 and rows[str(bad)]["prediction"] == ""
+    assert str(bad) in rows[str(bad)]["error"] and "object at 0x" not in rows[str(bad)]["error"]
+    assert all(r["error"] == "" and r["prediction"] for p, r in rows.items() if p != str(bad))
+    assert str(bad) in capsys.readouterr().err
+
+
+def test_7_report_records_the_protocol(data_dir, tiny_clip_path, tmp_path, capsys):
+    """Item 7: shots, cv, random_state, sizes, version, model and fingerprint; the
+    per-class section names its method."""
+    from skclip import __version__
+    from skclip._models import load_clip
+
+    report = tmp_path / "r.json"
+    args = ["evaluate", data_dir, "--model", tiny_clip_path, "-q", "--cv", "3",
+            "--random-state", "4", "--report", str(report)]
+    assert main(args) == 0
+    md = capsys.readouterr().out
+    data = json.loads(report.read_text())
+    assert data["skclip_version"] == __version__ and data["model"] == tiny_clip_path
+    fingerprint = load_clip(tiny_clip_path, "auto").vision_fingerprint
+    assert data["model_fingerprint"]["vision"] == fingerprint
+    assert (data["shots"], data["cv"], data["random_state"]) == (None, 3, 4)
+    assert data["splits"] == [{"n_train": 12, "n_test": 6}] * 3
+    assert data["per_class_method"] in data["methods"]
+    assert "## Protocol" in md and fingerprint in md
+    assert "train / test images per fold: 12 / 6" in md
+    assert f"## Per class: {data['per_class_method']} (the method with the best accuracy)" in md
+
+
+def test_8_plain_progress_lines_when_not_a_terminal(data_dir, tiny_clip_path, capsys):
+    """Item 8: stderr is not a terminal here: a few plain lines, no transformers bar;
+    -q: nothing."""
+    done = subprocess.run(
+        [sys.executable, "-m", "skclip", "evaluate", data_dir, "--model", tiny_clip_path,
+         "--cv", "2"],
+        capture_output=True, text=True,
+        env={**os.environ, "PYTHONPATH": str(Path(__file__).parents[1])},
+    )
+    assert done.returncode == 0, done.stderr
+    assert "Loading weights" not in done.stderr and "\r" not in done.stderr
+    lines = done.stderr.strip().splitlines()
+    assert 3 <= len(lines) <= 10 and all(line.startswith("skclip: [") for line in lines)
+    assert any("encoding 18 images" in line for line in lines)
+    assert main(["evaluate", data_dir, "--model", tiny_clip_path, "--cv", "2", "-q"]) == 0
+    assert capsys.readouterr().err == ""
+
+
+def test_12_skops_model_files(data_dir, tiny_clip_path, model_file, tmp_path, capsys):
+    """Item 12: fit -o x.skops, predict trusts only skclip/sklearn/numpy types; a .joblib
+    file gets a one-line note that loading it runs code."""
+    skops_io = pytest.importorskip("skops.io")
+    from sklearn.pipeline import Pipeline
+    from sklearn.preprocessing import FunctionTransformer
+
+    from skclip import CLIPFeaturizer
+
+    model = tmp_path / "m.skops"
+    assert main(["fit", data_dir, "-o", str(model), "--model", tiny_clip_path, "-q"]) == 0
+    assert main(["predict", str(model), data_dir, "--output", str(tmp_path / "a.csv")]) == 0
+    assert "runs code" not in capsys.readouterr().err
+    assert main(["predict", str(model_file), data_dir, "--output", str(tmp_path / "b.csv")]) == 0
+    assert "note: loading a .joblib file runs code stored in it" in capsys.readouterr().err
+    assert _rows(tmp_path / "a.csv") == _rows(tmp_path / "b.csv")
+
+    hostile = Pipeline([("clip", CLIPFeaturizer(model=tiny_clip_path)),
+                        ("run", FunctionTransformer(func=os.system))])
+    skops_io.dump(hostile, tmp_path / "hostile.skops")
+    assert main(["predict", str(tmp_path / "hostile.skops"), data_dir]) == 1
+    err = capsys.readouterr().err
+    assert f"The model file {str(tmp_path / 'hostile.skops')!r} contains types" in err
+    assert "system" in err and "Traceback" not in err
+    (tmp_path / "fake.skops").write_bytes(model_file.read_bytes())  # a pickle named .skops
+    assert main(["predict", str(tmp_path / "fake.skops"), data_dir]) == 1
+    assert "Cannot read the model file" in capsys.readouterr().err
+
+
+def test_6_mistyped_local_model_is_a_missing_folder_at_once(data_dir, tmp_path, monkeypatch,
+                                                            capsys, no_encoding):
+    """Item 6 end to end (the hub-side cases are in test_models.py)."""
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "models").mkdir()
+    for command in (["evaluate", data_dir], ["fit", data_dir, "-o", "m.skops"]):
+        assert main([*command, "--model", "models/clip-b32"]) == 1
+        err = capsys.readouterr().err
+        assert "--model 'models/clip-b32' is not a checkpoint folder" in err
+        assert "the folder 'models' exists here" in err
+    assert no_encoding == []

@@ -15,6 +15,7 @@ from sklearn.linear_model import LogisticRegression
 from sklearn.pipeline import Pipeline
 
 from skclip import CLIPFeaturizer
+from skclip._compat import pooled_embeddings
 from skclip._images import CLIPPreprocessor, ImageLoadError, open_image
 from skclip._models import load_clip
 
@@ -26,16 +27,16 @@ def clip(tiny_clip_path):
 
 @pytest.fixture(scope="module")
 def hf_processor(tiny_clip_path):
-    from transformers import CLIPImageProcessorPil
+    from skclip._models import _pil_image_processor_class
 
-    return CLIPImageProcessorPil.from_pretrained(tiny_clip_path)
+    return _pil_image_processor_class().from_pretrained(tiny_clip_path)
 
 
 def _reference_embeddings(clip, processor, images):
     """What transformers itself gives: processor pixels -> get_image_features -> L2 norm."""
     pixels = processor(images=images, return_tensors="pt")["pixel_values"]
     with torch.inference_mode():
-        emb = clip.model.get_image_features(pixel_values=pixels).pooler_output
+        emb = pooled_embeddings(clip.model.get_image_features(pixel_values=pixels))
     return torch.nn.functional.normalize(emb, dim=-1).numpy()
 
 
@@ -64,7 +65,7 @@ def test_normalize_false_gives_raw_projection(tiny_clip_path, clip, hf_processor
     X = CLIPFeaturizer(model=tiny_clip_path, normalize=False, cache=False).transform(images)
     pixels = hf_processor(images=images, return_tensors="pt")["pixel_values"]
     with torch.inference_mode():
-        raw = clip.model.get_image_features(pixel_values=pixels).pooler_output.numpy()
+        raw = pooled_embeddings(clip.model.get_image_features(pixel_values=pixels)).numpy()
     np.testing.assert_allclose(X, raw, atol=1e-5)
     assert not np.allclose(np.linalg.norm(X, axis=1), 1.0)
 
@@ -323,7 +324,7 @@ def test_forward_accepts_a_plain_tensor_as_transformers_4_returns(
     original = clip.model.get_image_features
 
     def as_in_transformers_4(pixel_values, **kwargs):
-        return original(pixel_values=pixel_values, **kwargs).pooler_output
+        return pooled_embeddings(original(pixel_values=pixel_values, **kwargs))
 
     monkeypatch.setattr(clip.model, "get_image_features", as_in_transformers_4)
     X = CLIPFeaturizer(model=tiny_clip_path, device="cpu", dtype="float32", runtime="torch",
@@ -351,7 +352,7 @@ def test_augmented_key_is_normalized_mean_of_raw_views(tiny_clip_path, clip):
         views += [prep.random_view(open_image(img), rng) for _ in range(k)]
     with torch.inference_mode():
         pixels = prep.normalize(torch.from_numpy(np.stack(views)))
-        feats = clip.model.get_image_features(pixel_values=pixels).pooler_output.numpy()
+        feats = pooled_embeddings(clip.model.get_image_features(pixel_values=pixels)).numpy()
     feats = feats.reshape(len(images), k, -1)
     mean_raw = feats.mean(axis=1)
     expected = mean_raw / np.linalg.norm(mean_raw, axis=1, keepdims=True)

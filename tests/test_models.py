@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 
+import numpy as np
 import pytest
 import torch
 
@@ -45,18 +46,20 @@ def test_missing_local_folder_error(tmp_path):
 # -- issue 15, item 6: offline without waiting --------------------------------------------
 @pytest.fixture
 def online_calls(monkeypatch):
-    """Record every ``from_pretrained`` call that may go to the hub."""
-    from transformers import CLIPModel
+    """Record every ``from_pretrained`` call that may go to the hub (the config is read
+    first, to pick the backbone family; then the model)."""
+    from transformers import AutoConfig, CLIPModel
 
     calls = []
-    original = CLIPModel.from_pretrained.__func__
+    for cls in (AutoConfig, CLIPModel):
+        original = cls.from_pretrained.__func__
 
-    def spy(cls, name, *args, **kwargs):
-        if not kwargs.get("local_files_only") and not os.path.isdir(os.path.expanduser(name)):
-            calls.append(name)
-        return original(cls, name, *args, **kwargs)
+        def spy(cls, name, *args, _original=original, **kwargs):
+            if not kwargs.get("local_files_only") and not os.path.isdir(os.path.expanduser(name)):
+                calls.append(name)
+            return _original(cls, name, *args, **kwargs)
 
-    monkeypatch.setattr(CLIPModel, "from_pretrained", classmethod(spy))
+        monkeypatch.setattr(cls, "from_pretrained", classmethod(spy))
     return calls
 
 
@@ -86,3 +89,36 @@ def test_unreachable_hub_fails_at_once(monkeypatch, online_calls):
         load_clip("skclip-test-org/no-such-clip-model", "cpu")
     assert "save_pretrained" in str(info.value)
     assert online_calls == []
+
+
+def test_fitted_featurizer_refuses_a_different_checkpoint_under_its_name(tmp_path):
+    """Issue 15 item 1: a checkpoint replaced under the stored name never embeds silently."""
+    import pickle
+    import shutil
+
+    from skclip import CheckpointMismatchError, CLIPFeaturizer, TipAdapterClassifier
+    from skclip._models import clear_model_cache
+    from skclip._testing import save_random_clip
+
+    folder = tmp_path / "clip"
+    save_random_clip(folder, seed=0)
+    images = [np.full((40, 40, 3), c, dtype=np.uint8) for c in (10, 120, 240)]
+    feat = CLIPFeaturizer(model=str(folder), cache=False, progress=False).fit(images)
+    X = feat.transform(images)
+    clf = TipAdapterClassifier(clip_model=str(folder), device="cpu").fit(X, ["a", "b", "c"])
+    assert clf.model_fingerprint_ == feat.model_fingerprint_
+    saved = pickle.dumps(feat)
+    shutil.copytree(folder, tmp_path / "moved")
+    shutil.rmtree(folder)
+    save_random_clip(folder, seed=1)  # another checkpoint, same name
+    clear_model_cache()
+    restored = pickle.loads(saved)
+    with pytest.raises(CheckpointMismatchError) as info:
+        restored.transform(images)
+    message = str(info.value)
+    assert str(folder) in message and restored.model_fingerprint_ in message
+    # Pointing at the original checkpoint's new location works, and gives the same output.
+    restored.set_params(model=str(tmp_path / "moved"))
+    np.testing.assert_allclose(restored.transform(images), X, atol=1e-6)
+    # An unfitted featurizer has nothing to check: it uses whatever the name holds.
+    assert CLIPFeaturizer(model=str(folder), cache=False, progress=False).transform(images).shape == X.shape

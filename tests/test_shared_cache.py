@@ -100,7 +100,7 @@ def _worker_folder_and_pid():
     return str(_cache.worker_folder()), os.getppid()
 
 
-def test_parallel_search_workers_share_a_folder(tiny_clip_path, image_folder, count_encoded):
+def test_parallel_search_workers_share_a_folder(tiny_clip_path, tmp_path, count_encoded):
     from joblib import Parallel, delayed
 
     folders = Parallel(n_jobs=2)(delayed(_worker_folder_and_pid)() for _ in range(4))
@@ -108,7 +108,10 @@ def test_parallel_search_workers_share_a_folder(tiny_clip_path, image_folder, co
     folder, parent = folders[0]
     assert folder.endswith(f"-{parent}") and parent == os.getpid()
 
-    paths, labels = image_folder
+    paths, labels = [], np.repeat(["a", "b", "c"], 4)  # images no process has seen
+    for i, label in enumerate(labels):
+        paths.append(str(tmp_path / f"{label}{i}.png"))
+        make_image(np.random.default_rng(1000 + i)).save(paths[-1])
     grid = {"tip__alpha": [0.5, 2.0], "tip__beta": [5.5]}
     cv = StratifiedKFold(3, shuffle=True, random_state=0)
     pipe = Pipeline([("clip", CLIPFeaturizer(model=tiny_clip_path)),
@@ -137,10 +140,13 @@ def test_disk_cache_is_bounded_oldest_first(tmp_path, monkeypatch):
 
 def test_split_keeps_each_images_views_together():
     pixels = np.arange(10 * 2).reshape(10 * 2, 1, 1, 1).astype(np.uint8)  # 10 images x 2 views
-    res = _encode.Prepared([(0, None)], list(range(10)), [str(k) for k in range(10)], pixels, [])
+    mask = np.arange(10 * 2)[:, None]  # a second array of the batch (NaFlex has three)
+    batch = {"pixel_values": pixels, "mask": mask}
+    res = _encode.Prepared([(0, None)], list(range(10)), [str(k) for k in range(10)], batch, [])
     parts = _encode.split(res, 4)
     assert [p.kept for p in parts] == [[0, 1, 2, 3], [4, 5, 6, 7], [8, 9]]
     assert [p.keys for p in parts][2] == ["8", "9"]
-    np.testing.assert_array_equal(np.concatenate([p.pixels for p in parts]), pixels)
-    assert [len(p.pixels) for p in parts] == [8, 8, 4] and parts[0].found == []
+    for name, arr in batch.items():
+        np.testing.assert_array_equal(np.concatenate([p.pixels[name] for p in parts]), arr)
+    assert [len(p.pixels["mask"]) for p in parts] == [8, 8, 4] and parts[0].found == []
     assert _encode.split(res, 10) == [res]
