@@ -86,7 +86,7 @@ def latency(args: argparse.Namespace, model_dir: str) -> None:
     fresh = iter(jpeg_folder(2 * args.rounds + 4, size=(480, 360),
                              folder=os.path.join(folder, "fresh")))  # never seen: cache misses
     pipe = Pipeline([
-        ("clip", CLIPFeaturizer(model=model_dir, **_featurizer_params(args))),
+        ("clip", CLIPFeaturizer(model=model_dir, cache=False, **_featurizer_params(args))),
         ("tip", TipAdapterClassifier(clip_model=model_dir, device=args.device)),
     ]).fit(train, np.repeat(["a", "b"], 10))
     clip = load_clip(model_dir, args.device, args.dtype)

@@ -360,6 +360,13 @@ def worker_folder() -> Path | None:
     return folder
 
 
+def clear_worker_folder() -> None:
+    """Delete the folder this process shares with its workers (not a parent's)."""
+    if multiprocessing.parent_process() is None:
+        own = Path(tempfile.gettempdir()) / f"{_WORKERS_PREFIX}{_HOST}-{os.getpid()}"
+        shutil.rmtree(own, ignore_errors=True)
+
+
 def _remove_stale_worker_folders(root: Path) -> None:
     try:
         with os.scandir(root) as it:

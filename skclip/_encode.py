@@ -653,4 +653,7 @@ def report_errors(errors: list[ItemError], n: int, on_error: str, stacklevel: in
     )
     if on_error == "raise":
         raise ImageLoadError(message)
-    warnings.warn(message + "\nTheir rows are NaN.", ImageLoadWarning, stacklevel=stacklevel + 1)
+    warning = ImageLoadWarning(
+        message + "\nTheir rows are NaN.", {e.index: e.message for e in errors}
+    )
+    warnings.warn(warning, stacklevel=stacklevel + 1)

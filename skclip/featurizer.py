@@ -11,7 +11,7 @@ import torch
 from sklearn.base import BaseEstimator, TransformerMixin
 
 from . import _encode
-from ._cache import MEMORY, CacheInfo
+from ._cache import MEMORY, CacheInfo, clear_worker_folder
 from ._compat import Interval, StrOptions
 from ._models import DEFAULT_MODEL, LoadedCLIP, check_fingerprint, load_clip, resolve_device
 
@@ -287,9 +287,12 @@ class CLIPFeaturizer(TransformerMixin, BaseEstimator):
     def cache_clear() -> None:
         """Empty the process-wide embedding cache in memory and reset its statistics.
 
-        Files in a ``cache_dir`` are left alone; delete the folder to drop them.
+        The temporary folder this process shares with its worker processes (see
+        ``cache_dir``) is deleted too. Files in a ``cache_dir`` are left alone; delete
+        the folder to drop them.
         """
         MEMORY.clear()
+        clear_worker_folder()
 
     def __sklearn_tags__(self):
         tags = super().__sklearn_tags__()

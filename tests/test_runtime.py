@@ -96,3 +96,19 @@ def test_invalid_combinations_fail_at_fit(tiny_clip_path):
         _encode.resolve_runtime("onnxruntime", CPU, "float16")
     with pytest.raises(ValueError, match="runtime"):
         CLIPFeaturizer(model=tiny_clip_path, runtime="tensorrt").fit(image)
+
+
+@needs_onnx
+@pytest.mark.parametrize("family", ["tiny_siglip_path", "tiny_metaclip2_path", "tiny_dinov2_path"])
+def test_onnxruntime_equals_torch_for_fixed_size_families(family, images, request):
+    path = request.getfixturevalue(family)
+
+    def run(runtime):
+        return CLIPFeaturizer(model=path, runtime=runtime, cache=False).transform(images)
+
+    assert spec(CLIPFeaturizer(model=path, runtime="onnxruntime")).encoder is not None
+    np.testing.assert_allclose(run("onnxruntime"), run("torch"), atol=1e-5, rtol=0)
+
+
+def test_naflex_stays_on_torch_under_auto(tiny_siglip2_path):
+    assert spec(CLIPFeaturizer(model=tiny_siglip2_path)).encoder is None
