@@ -8,6 +8,7 @@ gallery with a real checkpoint instead.
 
 import atexit
 import os
+import re
 import shutil
 import tempfile
 
@@ -55,13 +56,10 @@ os.environ["SKCLIP_MODEL"] = _gallery_model()
 sphinx_gallery_conf = {
     "examples_dirs": "../examples",
     "gallery_dirs": "auto_examples",
-    "filename_pattern": r"/plot_",  # run every plot_*.py (all of them, to catch breakage)
+    "filename_pattern": re.escape(os.sep) + "plot_",  # run every example, to catch breakage
     "ignore_pattern": r"^_",  # helpers such as _data.py are not examples
     "within_subsection_order": "FileNameSortKey",
-    "download_all_examples": False,
-    "show_memory": False,
-    "remove_config_comments": True,
-    "image_scrapers": ("matplotlib",),
+    "download_all_examples": False,  # no zip archives of all the scripts
     "abort_on_example_error": True,
 }
 
