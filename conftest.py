@@ -29,3 +29,36 @@ def _doctest_tiny_clip(request):
     if type(request.node).__name__ == "DoctestItem":
         ns = request.getfixturevalue("doctest_namespace")
         ns["tiny_clip_path"] = request.getfixturevalue("tiny_clip_path")
+
+
+# Tiny random checkpoints of the other backbone families (tests/test_backbones.py).
+@pytest.fixture(scope="session")
+def tiny_siglip_path(tmp_path_factory) -> str:
+    """Folder of a tiny random SigLIP checkpoint (32-d embeddings, 32x32 images)."""
+    from skclip._testing import save_random_siglip
+
+    return save_random_siglip(tmp_path_factory.mktemp("tiny-siglip"))
+
+
+@pytest.fixture(scope="session")
+def tiny_siglip2_path(tmp_path_factory) -> str:
+    """Folder of a tiny random SigLIP 2 NaFlex checkpoint (8x8 patches, at most 16)."""
+    from skclip._testing import save_random_siglip2
+
+    return save_random_siglip2(tmp_path_factory.mktemp("tiny-siglip2"))
+
+
+@pytest.fixture(scope="session")
+def tiny_metaclip2_path(tmp_path_factory) -> str:
+    """Folder of a tiny random MetaCLIP 2 checkpoint (16-d embeddings, 32x32 images)."""
+    from skclip._testing import save_random_metaclip2
+
+    return save_random_metaclip2(tmp_path_factory.mktemp("tiny-metaclip2"))
+
+
+@pytest.fixture(scope="session")
+def tiny_dinov2_path(tmp_path_factory) -> str:
+    """Folder of a tiny random DINOv2 checkpoint (image only, 32-d pooled output)."""
+    from skclip._testing import save_random_dinov2
+
+    return save_random_dinov2(tmp_path_factory.mktemp("tiny-dinov2"))

@@ -9,8 +9,9 @@ call of :func:`encode` runs these small steps:
 2. :func:`prepare` (decode threads, through :func:`prefetch`): hash the other files,
    look them up, decode the misses, crop them (:func:`crops`: the clean view, or
    ``n_views`` random views seeded by the image's content, :func:`view_rng`).
-3. :func:`embed` (calling thread): :func:`forward` through the vision tower, then
-   :func:`pool_views` (the mean of the raw views, then normalization).
+3. :func:`embed` (calling thread): the forward pass of the checkpoint's family
+   adapter (:mod:`skclip._backbones`), then :func:`pool_views` (the mean of the raw
+   views, then normalization).
 4. :func:`store`: cache writes.
 
 Every input is handled inside its own error handling (:func:`item_error`), so a bad
@@ -37,9 +38,9 @@ from sklearn.utils import check_random_state
 from tqdm.auto import tqdm
 
 from ._cache import FILE_DIGESTS, MEMORY, EmbeddingCache, memory_digest, settings_digest
-from ._compat import pooled_embeddings
-from ._images import CLIPPreprocessor, ImageLoadError, ImageLoadWarning, describe, open_image
+from ._images import ImageLoadError, ImageLoadWarning, describe, open_image
 from ._models import LoadedCLIP, load_clip
+from ._preprocess_families import Preprocessor
 
 
 # -- named results ---------------------------------------------------------------------------
@@ -65,7 +66,7 @@ class Prepared(NamedTuple):
     found: list[tuple[int, np.ndarray]]  # cache hits of files hashed in the thread
     kept: list[int]  # positions decoded, in the order of ``pixels``
     keys: list[str | None]  # content digest of each kept input (its cache key)
-    pixels: np.ndarray | None  # (len(kept) * views, 3, H, W) uint8, or None if nothing kept
+    pixels: dict[str, np.ndarray] | None  # collated uint8 views of the kept inputs, or None
     errors: list[ItemError]
 
 
@@ -83,7 +84,9 @@ class EncodeSpec:
     Attributes
     ----------
     clip : LoadedCLIP
-    preprocess : CLIPPreprocessor
+        The loaded checkpoint, with its family's adapter.
+    preprocess : Preprocessor
+        The checkpoint's preprocessing (``clip.preprocessor``).
     normalize : bool
         L2-normalize each output row.
     n_views : int
@@ -99,7 +102,7 @@ class EncodeSpec:
     """
 
     clip: LoadedCLIP
-    preprocess: CLIPPreprocessor
+    preprocess: Preprocessor
     normalize: bool
     n_views: int
     seed: int | None
@@ -209,7 +212,7 @@ def spec_for(
         cache = EmbeddingCache(settings, clip.embedding_dim, featurizer.cache_dir)
     return EncodeSpec(
         clip=clip,
-        preprocess=CLIPPreprocessor(clip.image_config),
+        preprocess=clip.preprocessor,
         normalize=featurizer.normalize,
         n_views=n_views,
         seed=seed,
@@ -246,8 +249,8 @@ def view_rng(seed: int, digest: str) -> np.random.Generator:
 
 
 def crops(img: Image.Image, spec: EncodeSpec, digest: str | None) -> list[np.ndarray]:
-    """The ``uint8`` ``(3, H, W)`` arrays to encode for one image: its clean view, or
-    ``spec.n_views`` random views."""
+    """The ``uint8`` arrays to encode for one image (``(3, H, W)`` crops, or NaFlex
+    patches): its clean view, or ``spec.n_views`` random views."""
     if spec.n_views == 0:
         return [spec.preprocess(img)]
     if digest is None:
@@ -304,7 +307,7 @@ def prepare(items: list, digests: list[str | None], spec: EncodeSpec, batch: lis
         arrays.extend(views)
         kept.append(i)
         keys.append(digest)
-    pixels = np.stack(arrays) if arrays else None
+    pixels = spec.preprocess.collate(arrays) if arrays else None
     return Prepared(found, kept, keys, pixels, errors)
 
 
@@ -330,16 +333,6 @@ def prefetch(fn: Callable[[Any], Any], args: Sequence[Any], n_threads: int) -> I
             yield result
 
 
-def forward(clip: LoadedCLIP, preprocess: CLIPPreprocessor, pixels: np.ndarray) -> torch.Tensor:
-    """Raw projected features of a batch: (B, 3, H, W) uint8 -> (B, d) float32, on the
-    model's device. Call under ``torch.inference_mode()``."""
-    tensor = torch.from_numpy(pixels)
-    if clip.device.type == "cuda":  # uint8 over the bus: 4x less than float32
-        tensor = tensor.pin_memory().to(clip.device, non_blocking=True)
-    tensor = preprocess.normalize(tensor.to(clip.device), clip.dtype)
-    return pooled_embeddings(clip.model.get_image_features(pixel_values=tensor)).float()
-
-
 def pool_views(emb: torch.Tensor, n_views: int, normalize: bool) -> torch.Tensor:
     """One row per image from ``(B * max(1, n_views), d)`` raw features: with views, the
     mean of each image's raw (un-normalized) view features, as the Tip-Adapter reference
@@ -351,10 +344,12 @@ def pool_views(emb: torch.Tensor, n_views: int, normalize: bool) -> torch.Tensor
     return emb
 
 
-def embed(spec: EncodeSpec, pixels: np.ndarray) -> np.ndarray:
-    """Step 3: the embeddings of a prepared batch, ``(B, d)`` float32 numpy."""
+def embed(spec: EncodeSpec, pixels: dict[str, np.ndarray]) -> np.ndarray:
+    """Step 3: the embeddings of a prepared batch, ``(B, d)`` float32 numpy: the
+    family's forward pass (:meth:`~skclip._backbones.Backbone.forward_images`: ``uint8``
+    crosses to the device, normalization runs there), then :func:`pool_views`."""
     with torch.inference_mode():
-        emb = forward(spec.clip, spec.preprocess, pixels)
+        emb = spec.clip.forward_images(pixels)
         return pool_views(emb, spec.n_views, spec.normalize).cpu().numpy()
 
 

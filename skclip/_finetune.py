@@ -17,7 +17,7 @@ import torch
 from sklearn.model_selection import train_test_split
 from sklearn.utils import check_random_state
 
-from ._formula import tip_adapter_logits
+from ._formula import CLIP_LOGIT_SCALE, tip_adapter_logits
 from ._models import resolve_device
 
 
@@ -63,6 +63,8 @@ def fine_tune_keys(
     device: str | torch.device = "auto",
     random_state: int | np.random.RandomState | None = None,
     verbose: int = 0,
+    logit_scale: float = CLIP_LOGIT_SCALE,
+    logit_bias: float = 0.0,
 ) -> FineTuneResult:
     """Train Tip-Adapter cache keys with cross-entropy (Tip-Adapter-F).
 
@@ -94,6 +96,8 @@ def fine_tune_keys(
         Seeds the validation split and the per-epoch shuffles (in that order).
     verbose : int, default=0
         Print the loss (and validation accuracy) per epoch if > 0.
+    logit_scale, logit_bias : float, default=100.0, 0.0
+        Zero-shot scale and bias of the text model (CLIP: 100 and 0).
 
     Returns
     -------
@@ -135,6 +139,7 @@ def fine_tune_keys(
 
     feats, labels = t(X[train]), torch.as_tensor(y_enc[train], device=dev)
     W = None if text_weights is None else t(text_weights)
+    zero_shot = {"logit_scale": logit_scale, "logit_bias": logit_bias}
     keys = torch.nn.Parameter(feats.clone())
     n, n_batches = len(train), math.ceil(len(train) / batch_size)
     opt = torch.optim.AdamW([keys], lr=lr, eps=1e-4)
@@ -151,7 +156,9 @@ def fine_tune_keys(
             if leave_one_out:
                 exclude = torch.zeros(len(idx), n, dtype=torch.bool, device=dev)
                 exclude[torch.arange(len(idx), device=dev), idx] = True
-            logits = tip_adapter_logits(feats[idx], keys, labels, W, alpha, beta, exclude, n_classes)
+            logits = tip_adapter_logits(
+                feats[idx], keys, labels, W, alpha, beta, exclude, n_classes, **zero_shot
+            )
             loss = torch.nn.functional.cross_entropy(logits, labels[idx])
             opt.zero_grad()
             loss.backward()
@@ -162,7 +169,9 @@ def fine_tune_keys(
         msg = f"epoch {epoch + 1}/{epochs}: loss {loss_curve[-1]:.4f}"
         if val is not None:
             with torch.no_grad():
-                pred = tip_adapter_logits(t(X[val]), keys, labels, W, alpha, beta, n_classes=n_classes)
+                pred = tip_adapter_logits(
+                    t(X[val]), keys, labels, W, alpha, beta, n_classes=n_classes, **zero_shot
+                )
                 score = float((pred.argmax(1).cpu().numpy() == y_enc[val]).mean())
             validation_scores.append(score)
             msg += f", validation accuracy {score:.4f}"

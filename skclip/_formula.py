@@ -3,7 +3,11 @@
 For L2-normalized query features ``f``, cache keys ``K``, one-hot cache values ``V``
 and text weights ``W``::
 
-    logits = 100 * f @ W.T + alpha * exp(-beta * (1 - f @ K.T)) @ V
+    logits = s * f @ W.T + b + alpha * exp(-beta * (1 - f @ K.T)) @ V
+
+``s`` and ``b`` are the text model's zero-shot logit scale and bias: 100 and 0 for
+CLIP and MetaCLIP 2 (the paper's formula), the learned ``exp(logit_scale)`` and
+``logit_bias`` for SigLIP and SigLIP 2 (see ``skclip._backbones``).
 
 :func:`tip_adapter_logits` is the formula; :func:`tip_adapter_grid` evaluates it for
 a grid of (alpha, beta) sharing the work. The classifiers (``tip_adapter.py``,
@@ -22,9 +26,16 @@ import torch
 CLIP_LOGIT_SCALE = 100.0
 
 
-def zero_shot_logits(queries: torch.Tensor, text_weights: torch.Tensor) -> torch.Tensor:
-    """Zero-shot CLIP logits ``100 f W^T`` (the first Tip-Adapter term)."""
-    return CLIP_LOGIT_SCALE * (queries @ text_weights.T)
+def zero_shot_logits(
+    queries: torch.Tensor,
+    text_weights: torch.Tensor,
+    logit_scale: float = CLIP_LOGIT_SCALE,
+    logit_bias: float = 0.0,
+) -> torch.Tensor:
+    """Zero-shot logits ``s f W^T + b`` (the first Tip-Adapter term); CLIP's are
+    ``100 f W^T``. The bias, the same for every class, is only added when non-zero."""
+    logits = logit_scale * (queries @ text_weights.T)
+    return logits + logit_bias if logit_bias else logits
 
 
 def cache_logits(
@@ -89,8 +100,10 @@ def tip_adapter_logits(
     beta: float,
     exclude: torch.Tensor | None = None,
     n_classes: int | None = None,
+    logit_scale: float = CLIP_LOGIT_SCALE,
+    logit_bias: float = 0.0,
 ) -> torch.Tensor:
-    """Tip-Adapter logits ``100 f W^T + alpha exp(-beta (1 - f K^T)) V``.
+    """Tip-Adapter logits ``s f W^T + b + alpha exp(-beta (1 - f K^T)) V``.
 
     Parameters
     ----------
@@ -109,6 +122,8 @@ def tip_adapter_logits(
         training sample's own key while fine-tuning.
     n_classes : int, optional
         Number of classes; needed when ``values`` are class indices.
+    logit_scale, logit_bias : float, default=100.0, 0.0
+        Zero-shot scale ``s`` and bias ``b`` of the text model (CLIP: 100 and 0).
 
     Returns
     -------
@@ -124,7 +139,7 @@ def tip_adapter_logits(
     """
     logits = alpha * cache_logits(queries @ keys.T, values, beta, exclude, n_classes)
     if text_weights is not None:
-        logits = logits + zero_shot_logits(queries, text_weights)
+        logits = logits + zero_shot_logits(queries, text_weights, logit_scale, logit_bias)
     return logits
 
 
@@ -136,6 +151,8 @@ def tip_adapter_grid(
     alphas: torch.Tensor,
     betas: Sequence[float],
     n_classes: int | None = None,
+    logit_scale: float = CLIP_LOGIT_SCALE,
+    logit_bias: float = 0.0,
 ) -> Iterator[torch.Tensor]:
     """Tip-Adapter logits for a whole grid of (alpha, beta), sharing all the work.
 
@@ -149,7 +166,9 @@ def tip_adapter_grid(
         One per beta, in order: ``logits[i]`` is for ``alphas[i]``.
     """
     affinity = queries @ keys.T
-    zero_shot = None if text_weights is None else zero_shot_logits(queries, text_weights)
+    zero_shot = None
+    if text_weights is not None:
+        zero_shot = zero_shot_logits(queries, text_weights, logit_scale, logit_bias)
     for beta in betas:
         votes = cache_logits(affinity.clone(), values, float(beta), n_classes=n_classes)
         logits = alphas.view(-1, 1, 1) * votes

@@ -163,7 +163,7 @@ def _loaded(featurizer: Any) -> Any:
 def _fingerprints(clip: Any) -> dict[str, str | None]:
     return {
         "vision": clip.vision_fingerprint,
-        "text": getattr(clip, "text_fingerprint", None),
+        "text": clip.text_fingerprint if clip.has_text else None,  # None: image-only
     }
 
 

@@ -1,21 +1,23 @@
-"""Loading CLIP checkpoints once per process.
+"""Loading checkpoints once per process.
 
 A featurizer and a classifier that name the same checkpoint, device and dtype
-share one loaded model through :func:`load_clip`. Estimators only ever store the
-*name* of a checkpoint, so pickled estimators hold no weights and reload the model
-lazily on first use.
+share one loaded model through :func:`load_model` (also known as :func:`load_clip`).
+What is loaded is a :class:`skclip._backbones.Backbone`: the model with its family's
+adapter (CLIP, MetaCLIP 2, SigLIP, SigLIP 2, image-only), chosen from the checkpoint's
+config. Estimators only ever store the *name* of a checkpoint, so pickled estimators
+hold no weights and reload the model lazily on first use.
 """
 
 from __future__ import annotations
 
-import functools
 import os
 import threading
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import torch
+
+from ._backbones import Backbone, build_backbone
 
 DEFAULT_MODEL = "openai/clip-vit-base-patch32"
 
@@ -23,92 +25,10 @@ _DEVICES = ("auto", "cpu", "cuda", "mps")
 _DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
 
 
-@dataclass(eq=False)
-class LoadedCLIP:
-    """A loaded CLIP checkpoint with what is needed to use it.
+#: A loaded checkpoint of any supported family (the name predates the other families).
+LoadedCLIP = Backbone
 
-    Attributes
-    ----------
-    name : str
-        The name or path the checkpoint was loaded from.
-    model : transformers.CLIPModel
-        The model, in eval mode, on ``device`` in ``dtype``.
-    tokenizer : transformers tokenizer
-        The checkpoint's tokenizer (``None`` if the folder has none).
-    image_config : dict
-        The checkpoint's image-processor settings (size, crop size, mean, std...).
-    device : torch.device
-    dtype : torch.dtype
-    """
-
-    name: str
-    model: Any
-    tokenizer: Any
-    image_config: dict
-    device: torch.device
-    dtype: torch.dtype
-
-    @property
-    def embedding_dim(self) -> int:
-        """Dimension of the projected image/text embeddings."""
-        return int(self.model.config.projection_dim)
-
-    @functools.cached_property
-    def vision_fingerprint(self) -> str:
-        """Hash of the image tower's weights (names, shapes, dtypes and values).
-
-        Identifies the model in embedding-cache keys across processes: two folders with
-        the same weights share entries, a retrained model with the same name does not.
-        """
-        return _hash_weights(
-            {"vision_model": self.model.vision_model,
-             "visual_projection": self.model.visual_projection}
-        ).hexdigest()
-
-    @functools.cached_property
-    def fingerprint(self) -> str:
-        """Hash of the whole checkpoint as skclip uses it: both towers and the tokenizer.
-
-        Fitted estimators record it (``model_fingerprint_``) and refuse to run on a
-        different checkpoint found later under the same name.
-        """
-        import hashlib
-
-        parts = f"{self.vision_fingerprint}:{self.text_fingerprint}"
-        return hashlib.blake2b(parts.encode(), digest_size=16).hexdigest()
-
-    @functools.cached_property
-    def text_fingerprint(self) -> str:
-        """Hash of the text tower's weights and the tokenizer's vocabulary.
-
-        Keys the text-weight cache (``skclip.text``) as ``vision_fingerprint`` keys the
-        embedding cache: a checkpoint folder rewritten in place gets fresh text weights.
-        """
-        h = _hash_weights(
-            {"text_model": self.model.text_model, "text_projection": self.model.text_projection}
-        )
-        if self.tokenizer is not None:
-            vocab = sorted(self.tokenizer.get_vocab().items(), key=lambda kv: kv[1])
-            h.update(f"{type(self.tokenizer).__name__}:{len(vocab)}".encode())
-            h.update("\n".join(token for token, _ in vocab).encode("utf-8", "surrogatepass"))
-        return h.hexdigest()
-
-
-def _hash_weights(modules: dict[str, Any]) -> Any:
-    """A blake2b hash object fed with every tensor of ``modules`` (prefix -> module):
-    names, shapes, dtypes and values."""
-    import hashlib
-
-    h = hashlib.blake2b(digest_size=16)
-    for prefix, module in modules.items():
-        for name, tensor in module.state_dict().items():
-            t = tensor.detach().cpu().contiguous()
-            h.update(f"{prefix}.{name}:{tuple(t.shape)}:{t.dtype}".encode())
-            h.update(t.view(torch.uint8).numpy().tobytes() if t.numel() else b"")
-    return h
-
-
-_CACHE: dict[tuple[str, str, str], LoadedCLIP] = {}
+_CACHE: dict[tuple[str, str, str], Backbone] = {}
 _CACHE_LOCK = threading.Lock()
 
 
@@ -197,13 +117,13 @@ def _hub_unreachable(timeout: float = 2.0) -> str | None:
 
 def _offline_error(name: str, cause: BaseException | str) -> OSError:
     return OSError(
-        f"Could not load the CLIP checkpoint {name!r}: it is not a local folder, and it is neither "
+        f"Could not load the checkpoint {name!r}: it is not a local folder, and it is neither "
         "in the Hugging Face cache nor downloadable from the hub (no internet connection, or "
         "HF_HUB_OFFLINE=1). Pass a local folder instead, e.g. model='/path/to/clip-folder'. To make "
         "one, on a machine with internet run:\n"
-        "    from transformers import CLIPModel, CLIPProcessor\n"
-        f"    CLIPModel.from_pretrained({name!r}).save_pretrained('clip-folder')\n"
-        f"    CLIPProcessor.from_pretrained({name!r}).save_pretrained('clip-folder')\n"
+        "    from transformers import AutoModel, AutoProcessor\n"
+        f"    AutoModel.from_pretrained({name!r}).save_pretrained('clip-folder')\n"
+        f"    AutoProcessor.from_pretrained({name!r}).save_pretrained('clip-folder')\n"
         f"and copy 'clip-folder' here. Original error: {cause}"
     )
 
@@ -217,7 +137,7 @@ def _from_pretrained(cls: Any, name: str, **kwargs: Any) -> Any:
     reason = "it exists but is a file" if path.exists() else _path_reason(name)
     if reason is not None:
         raise OSError(
-            f"CLIP checkpoint folder {name!r} does not exist or is not a folder (read as a local "
+            f"Checkpoint folder {name!r} does not exist or is not a folder (read as a local "
             f"path, not a hub id: {reason}). Pass the folder written by `save_pretrained` (it "
             f"holds config.json and the weights), or a hub id such as {DEFAULT_MODEL!r}."
         )
@@ -247,32 +167,16 @@ def _pil_image_processor_class() -> type:
     return CLIPImageProcessorPil
 
 
-def _image_config(name: str) -> dict:
-    """Read the checkpoint's image-processor settings without needing torchvision."""
-    proc = _from_pretrained(_pil_image_processor_class(), name)
-    size = dict(proc.size)
-    crop = dict(proc.crop_size) if proc.crop_size is not None else None
-    return {
-        "do_resize": bool(proc.do_resize),
-        "shortest_edge": size.get("shortest_edge"),
-        "size": (size.get("height"), size.get("width")),
-        "resample": int(proc.resample),
-        "do_center_crop": bool(proc.do_center_crop),
-        "crop_size": (crop["height"], crop["width"]) if crop else None,
-        "do_rescale": bool(proc.do_rescale),
-        "rescale_factor": float(proc.rescale_factor),
-        "do_normalize": bool(proc.do_normalize),
-        "image_mean": tuple(float(m) for m in proc.image_mean),
-        "image_std": tuple(float(s) for s in proc.image_std),
-    }
-
-
-def load_clip(
+def load_model(
     name_or_path: str | os.PathLike = DEFAULT_MODEL,
     device: str | torch.device = "auto",
     dtype: str | torch.dtype = "auto",
-) -> LoadedCLIP:
-    """Load a CLIP checkpoint once per ``(name_or_path, device, dtype)``.
+) -> Backbone:
+    """Load a checkpoint once per ``(name_or_path, device, dtype)``.
+
+    The checkpoint's config (``model_type``) picks its family's adapter: CLIP,
+    MetaCLIP 2, SigLIP, SigLIP 2 (NaFlex) or, for any other image model with a pooled
+    output (DINOv2...), an image-only backbone.
 
     Parameters
     ----------
@@ -285,48 +189,36 @@ def load_clip(
 
     Returns
     -------
-    LoadedCLIP
-        The shared, process-wide loaded model (eval mode).
+    Backbone
+        The shared, process-wide loaded model (eval mode) with its family's adapter.
 
     Raises
     ------
     OSError
         If the checkpoint cannot be found; for a hub id without internet the message
         shows how to pass a local folder instead.
+    ValueError
+        If the checkpoint is of no supported family (the message names its model type).
 
     Examples
     --------
-    >>> from skclip._models import load_clip
-    >>> clip = load_clip(tiny_clip_path)  # a local folder, or a hub id with internet
-    >>> clip.embedding_dim
-    16
+    >>> from skclip._models import load_model
+    >>> clip = load_model(tiny_clip_path)  # a local folder, or a hub id with internet
+    >>> clip.family, clip.embedding_dim, clip.logit_scale
+    ('clip', 16, 100.0)
     """
     name = os.fspath(name_or_path)
     dev = resolve_device(device)
     dt = resolve_dtype(dtype, dev)
     key = (name, str(dev), str(dt))
     with _CACHE_LOCK:
-        if key in _CACHE:
-            return _CACHE[key]
-        from transformers import AutoTokenizer, CLIPModel
+        if key not in _CACHE:
+            _CACHE[key] = build_backbone(name, dev, dt)
+        return _CACHE[key]
 
-        model = _from_pretrained(CLIPModel, name, dtype=dt)
-        model.to(dev).eval()
-        model.requires_grad_(False)
-        try:
-            tokenizer = _from_pretrained(AutoTokenizer, name)
-        except (OSError, ValueError):
-            tokenizer = None
-        loaded = LoadedCLIP(
-            name=name,
-            model=model,
-            tokenizer=tokenizer,
-            image_config=_image_config(name),
-            device=dev,
-            dtype=dt,
-        )
-        _CACHE[key] = loaded
-        return loaded
+
+#: The loader's first name, from when only CLIP was supported.
+load_clip = load_model
 
 
 class CheckpointMismatchError(ValueError):

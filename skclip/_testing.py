@@ -111,3 +111,186 @@ def save_random_clip(folder: str | os.PathLike, size: str = "tiny", seed: int = 
     tokenizer.save_pretrained(folder)
     image_processor.save_pretrained(folder)
     return folder
+
+
+# -- other backbone families (tests of skclip._backbones) ----------------------------------
+#: The tiny checkpoints of the other families share these sizes: 32x32 images, 8x8 patches.
+TINY_WIDTH = 32
+TINY_PATCH = 8
+
+_PIECES = list("abcdefghijklmnopqrstuvwxyz0123456789.,'-!?")
+
+#: The tiny SigLIP checkpoints' learned zero-shot scale and bias (exp(logit_scale) and
+#: logit_bias), set away from their zero initialisation so that tests see them used.
+TINY_SIGLIP_SCALE, TINY_SIGLIP_BIAS = 10.0, -2.5
+
+
+def _set_scale_and_bias(model) -> None:
+    import math
+
+    import torch
+
+    with torch.no_grad():
+        model.logit_scale.fill_(math.log(TINY_SIGLIP_SCALE))
+        model.logit_bias.fill_(TINY_SIGLIP_BIAS)
+
+
+def unigram_tokenizer():
+    """A SentencePiece-like tokenizer (unigram over characters, ``▁`` for spaces,
+    lowercased, ``</s>`` appended) built with the ``tokenizers`` library: what SigLIP's
+    tokenizer does, without needing ``sentencepiece`` or a model file."""
+    from tokenizers import Tokenizer, normalizers, pre_tokenizers, processors
+    from tokenizers.models import Unigram
+    from transformers import PreTrainedTokenizerFast
+
+    specials = ["<pad>", "</s>", "<unk>"]
+    pieces = ["▁"] + _PIECES + ["▁" + c for c in _PIECES]
+    vocab = [(s, 0.0) for s in specials] + [(p, -1.0 - len(p)) for p in pieces]
+    tok = Tokenizer(Unigram(vocab, unk_id=2, byte_fallback=False))
+    tok.normalizer = normalizers.Lowercase()
+    tok.pre_tokenizer = pre_tokenizers.Metaspace()
+    tok.post_processor = processors.TemplateProcessing(
+        single="$A </s>", special_tokens=[("</s>", 1)]
+    )
+    return PreTrainedTokenizerFast(
+        tokenizer_object=tok, unk_token="<unk>", eos_token="</s>", pad_token="</s>",
+        model_max_length=16,
+    )
+
+
+def _tiny_text(vocab_size: int, **extra) -> dict:
+    return dict(vocab_size=vocab_size, hidden_size=TINY_WIDTH, intermediate_size=37,
+                num_hidden_layers=2, num_attention_heads=2, **extra)
+
+
+def _tiny_vision(**extra) -> dict:
+    return dict(hidden_size=TINY_WIDTH, intermediate_size=37, num_hidden_layers=2,
+                num_attention_heads=2, patch_size=TINY_PATCH, **extra)
+
+
+def save_random_siglip(folder: str | os.PathLike, seed: int = 0) -> str:
+    """Save a tiny random SigLIP (``SiglipModel``, a unigram tokenizer, the SigLIP image
+    processor: 32x32 bicubic resize without crop, mean and std 0.5) to ``folder``.
+
+    Examples
+    --------
+    >>> import tempfile
+    >>> from skclip._testing import save_random_siglip
+    >>> "config.json" in os.listdir(save_random_siglip(tempfile.mkdtemp()))
+    True
+    """
+    import torch
+    from transformers import SiglipConfig, SiglipImageProcessorPil, SiglipModel
+
+    tokenizer = unigram_tokenizer()
+    config = SiglipConfig(
+        text_config=_tiny_text(len(tokenizer), max_position_embeddings=16, pad_token_id=1,
+                               bos_token_id=None, eos_token_id=1),
+        vision_config=_tiny_vision(image_size=TINY_IMAGE_SIZE),
+    )
+    torch.manual_seed(seed)
+    folder = os.fspath(folder)
+    model = SiglipModel(config).eval()
+    _set_scale_and_bias(model)
+    model.save_pretrained(folder)
+    tokenizer.save_pretrained(folder)
+    size = {"height": TINY_IMAGE_SIZE, "width": TINY_IMAGE_SIZE}
+    SiglipImageProcessorPil(size=size).save_pretrained(folder)
+    return folder
+
+
+def save_random_siglip2(folder: str | os.PathLike, seed: int = 0) -> str:
+    """Save a tiny random SigLIP 2 NaFlex (``Siglip2Model``, a Gemma-style tokenizer, the
+    NaFlex image processor: 8x8 patches, at most 16 per image) to ``folder``.
+
+    Examples
+    --------
+    >>> import tempfile
+    >>> from skclip._testing import save_random_siglip2
+    >>> "config.json" in os.listdir(save_random_siglip2(tempfile.mkdtemp()))
+    True
+    """
+    import torch
+    from transformers import Siglip2Config, Siglip2ImageProcessorPil, Siglip2Model, Siglip2Tokenizer
+
+    specials = ["<pad>", "<eos>", "<bos>", "<unk>", "<mask>"]
+    vocab = {t: i for i, t in enumerate(specials + ["▁"] + _PIECES)}
+    tokenizer = Siglip2Tokenizer(vocab=vocab, merges=[], model_max_length=16)
+    config = Siglip2Config(
+        text_config=_tiny_text(len(vocab), max_position_embeddings=16, pad_token_id=0,
+                               bos_token_id=2, eos_token_id=1),
+        vision_config=_tiny_vision(num_patches=16),
+    )
+    torch.manual_seed(seed)
+    folder = os.fspath(folder)
+    model = Siglip2Model(config).eval()
+    _set_scale_and_bias(model)
+    model.save_pretrained(folder)
+    tokenizer.save_pretrained(folder)
+    Siglip2ImageProcessorPil(patch_size=TINY_PATCH, max_num_patches=16).save_pretrained(folder)
+    return folder
+
+
+def save_random_metaclip2(folder: str | os.PathLike, seed: int = 0) -> str:
+    """Save a tiny random MetaCLIP 2 (``MetaClip2Model``, an XLM-R-style unigram tokenizer,
+    the CLIP image processor at 32x32) to ``folder``.
+
+    Examples
+    --------
+    >>> import tempfile
+    >>> from skclip._testing import save_random_metaclip2
+    >>> "config.json" in os.listdir(save_random_metaclip2(tempfile.mkdtemp()))
+    True
+    """
+    import torch
+    from transformers import CLIPImageProcessorPil, MetaClip2Config, MetaClip2Model
+    from transformers import XLMRobertaTokenizer
+
+    specials = ["<s>", "<pad>", "</s>", "<unk>", "<mask>"]
+    pieces = ["▁"] + _PIECES + ["▁" + c for c in _PIECES]
+    vocab = [(s, 0.0) for s in specials] + [(p, -1.0 - len(p)) for p in pieces]
+    tokenizer = XLMRobertaTokenizer(vocab=vocab, model_max_length=16)
+    config = MetaClip2Config(
+        text_config=_tiny_text(len(vocab), max_position_embeddings=18, bos_token_id=0,
+                               pad_token_id=1, eos_token_id=2),
+        vision_config=_tiny_vision(image_size=TINY_IMAGE_SIZE),
+        projection_dim=TINY_DIM,
+    )
+    torch.manual_seed(seed)
+    folder = os.fspath(folder)
+    MetaClip2Model(config).eval().save_pretrained(folder)
+    tokenizer.save_pretrained(folder)
+    CLIPImageProcessorPil(
+        size={"shortest_edge": TINY_IMAGE_SIZE},
+        crop_size={"height": TINY_IMAGE_SIZE, "width": TINY_IMAGE_SIZE},
+    ).save_pretrained(folder)
+    return folder
+
+
+def save_random_dinov2(folder: str | os.PathLike, seed: int = 0) -> str:
+    """Save a tiny random DINOv2 (``Dinov2Model``, image only, no tokenizer; the BiT image
+    processor as DINOv2's: shortest edge to 36, center crop 32x32, ImageNet mean and std)
+    to ``folder``.
+
+    Examples
+    --------
+    >>> import tempfile
+    >>> from skclip._testing import save_random_dinov2
+    >>> "config.json" in os.listdir(save_random_dinov2(tempfile.mkdtemp()))
+    True
+    """
+    import torch
+    from transformers import BitImageProcessorPil, Dinov2Config, Dinov2Model
+
+    config = Dinov2Config(
+        hidden_size=TINY_WIDTH, num_hidden_layers=2, num_attention_heads=2, mlp_ratio=2,
+        image_size=TINY_IMAGE_SIZE, patch_size=TINY_PATCH,
+    )
+    torch.manual_seed(seed)
+    folder = os.fspath(folder)
+    Dinov2Model(config).eval().save_pretrained(folder)
+    BitImageProcessorPil(
+        size={"shortest_edge": 36}, crop_size={"height": TINY_IMAGE_SIZE, "width": TINY_IMAGE_SIZE},
+        image_mean=[0.485, 0.456, 0.406], image_std=[0.229, 0.224, 0.225],
+    ).save_pretrained(folder)
+    return folder

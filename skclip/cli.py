@@ -46,7 +46,8 @@ _EPILOG = (
 def _common(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--model", default=os.environ.get("SKCLIP_MODEL", DEFAULT_MODEL),
-        help="CLIP checkpoint: hub id or local folder (default: $SKCLIP_MODEL or %(default)s)",
+        help="checkpoint (CLIP, MetaCLIP 2, SigLIP, SigLIP 2, DINOv2...): hub id or local "
+        "folder (default: $SKCLIP_MODEL or %(default)s)",
     )
     parser.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N or mps")
     parser.add_argument("--batch-size", type=int, default=32, help="images per forward pass")
@@ -371,16 +372,25 @@ def _check_evaluate(args: argparse.Namespace) -> tuple[Any, Any]:
     return data, test
 
 
+def _text_model(args: argparse.Namespace) -> str | None:
+    """``args.model`` as the classifiers' ``clip_model``, or None for an image-only
+    backbone (DINOv2...): the cache model alone, without a zero-shot text term."""
+    from ._models import load_model
+
+    return args.model if load_model(args.model, args.device).has_text else None
+
+
 def _methods(args: argparse.Namespace, inner_cv: int | None, n_train_min: int) -> dict:
-    """``{name: (estimator, how it is configured)}``."""
+    """``{name: (estimator, how it is configured)}``; no zero-shot method for an
+    image-only backbone."""
     from .model_selection import TipAdapterClassifierCV
     from .tip_adapter import TipAdapterClassifier
 
-    common = dict(clip_model=args.model, device=args.device)
-    methods: dict[str, tuple[Any, str]] = {
-        "zero-shot CLIP": (TipAdapterClassifier(alpha=0.0, **common),
-                           "text classifier only (alpha=0), no training image used"),
-    }
+    common = dict(clip_model=_text_model(args), device=args.device)
+    methods: dict[str, tuple[Any, str]] = {}
+    if common["clip_model"] is not None:
+        methods["zero-shot CLIP"] = (TipAdapterClassifier(alpha=0.0, **common),
+                                     "text classifier only (alpha=0), no training image used")
     variants = [("Tip-Adapter", False)] + ([("Tip-Adapter-F", True)] if args.fine_tune else [])
     for name, fine_tune in variants:
         extra = dict(fine_tune=True, random_state=args.random_state) if fine_tune else {}
@@ -403,7 +413,8 @@ def _fingerprint(args: argparse.Namespace) -> dict[str, str | None]:
     from ._models import load_clip
 
     clip = load_clip(args.model, args.device)
-    return {"vision": clip.vision_fingerprint, "text": getattr(clip, "text_fingerprint", None)}
+    return {"vision": clip.vision_fingerprint,
+            "text": clip.text_fingerprint if clip.has_text else None}
 
 
 def evaluate(args: argparse.Namespace) -> int:
@@ -518,7 +529,7 @@ def fit_command(args: argparse.Namespace) -> int:
     pipe = Pipeline([
         ("clip", _featurizer(args)),
         ("tip", TipAdapterClassifierCV(
-            clip_model=args.model, device=args.device, cv=cv, fine_tune=args.fine_tune,
+            clip_model=_text_model(args), device=args.device, cv=cv, fine_tune=args.fine_tune,
             random_state=args.random_state,
         )),
     ])

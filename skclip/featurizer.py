@@ -23,7 +23,7 @@ class CLIPFeaturizer(TransformerMixin, BaseEstimator):
     arrays (``HxW`` grayscale, ``HxWx3`` RGB or ``HxWx4`` RGBA, ``uint8``), given as a
     list, an array, or a one-column pandas DataFrame/Series. Each image is opened
     (EXIF orientation applied, converted to RGB), preprocessed exactly like the
-    checkpoint's ``CLIPImageProcessor`` and encoded by the CLIP vision tower. Decoding
+    checkpoint's own image processor and encoded by its image tower. Decoding
     runs in worker threads while the model runs, so the model does not wait on JPEG
     decoding.
 
@@ -34,8 +34,11 @@ class CLIPFeaturizer(TransformerMixin, BaseEstimator):
     Parameters
     ----------
     model : str or path-like, default="openai/clip-vit-base-patch32"
-        Hugging Face hub id or local folder of a ``transformers`` CLIP checkpoint.
-        Without internet, pass a folder written by ``save_pretrained``.
+        Hugging Face hub id or local folder of a ``transformers`` checkpoint: CLIP,
+        MetaCLIP 2, SigLIP, SigLIP 2 (NaFlex) or an image-only model with a pooled
+        output (DINOv2...; its embedding is ``pooler_output``). The family is read from
+        the checkpoint's config. Without internet, pass a folder written by
+        ``save_pretrained``.
     device : str, default="auto"
         ``"auto"`` (CUDA when available, else CPU), ``"cpu"``, ``"cuda"``, ``"cuda:N"``
         or ``"mps"``.

@@ -160,6 +160,9 @@ class TipAdapterClassifierCV(_BaseTipAdapter):
         Number of folds.
     classes_, n_features_in_, cache_keys_, cache_values_, text_features_, model_fingerprint_
         As in :class:`TipAdapterClassifier`, for the refit model.
+    logit_scale_, logit_bias_ : float or None
+        Zero-shot scale and bias, as in :class:`TipAdapterClassifier`; the grid, the
+        folds' Tip-Adapter-F training and the refit all use them.
     loss_curve_ : list of float or None
         Training loss per epoch of the refit; ``None`` with ``fine_tune=False``.
 
@@ -256,6 +259,7 @@ class TipAdapterClassifierCV(_BaseTipAdapter):
             alpha=self.alpha, beta=self.beta, epochs=self.epochs, lr=self.lr,
             batch_size=self.batch_size, leave_one_out=self.leave_one_out,
             device=self.device, random_state=self.random_state, verbose=self.verbose,
+            **self._zero_shot_params(),
         )
 
     def fit(self, X: Any, y: Any) -> TipAdapterClassifierCV:
@@ -307,6 +311,7 @@ class TipAdapterClassifierCV(_BaseTipAdapter):
             grid = tip_adapter_grid(
                 torch.from_numpy(X[test]), torch.from_numpy(np.ascontiguousarray(keys)),
                 torch.from_numpy(labels), text, alphas_t, betas, n_classes,
+                **self._zero_shot_params(),
             )
             scores = np.empty((len(alphas), len(betas)))
             y_true = self.classes_[y_enc[test]]

@@ -18,7 +18,6 @@ from collections.abc import Sequence
 import numpy as np
 import torch
 
-from ._compat import pooled_embeddings
 from ._models import LoadedCLIP
 
 #: The 7-prompt ensemble that the CLIP authors selected for ImageNet and that the
@@ -98,6 +97,11 @@ def text_weights(
         Cached per (text weights and tokenizer, device, dtype, templates, class
         names); a read-only array.
 
+    Raises
+    ------
+    ValueError
+        For an image-only backbone, or a checkpoint without a usable tokenizer.
+
     Examples
     --------
     >>> from skclip._models import load_clip
@@ -113,25 +117,12 @@ def text_weights(
         cached = _TEXT_CACHE.get(key)
     if cached is not None:
         return cached
-    if clip.tokenizer is None:
-        raise ValueError(
-            f"The checkpoint {clip.name!r} has no tokenizer, so class names cannot be encoded; "
-            "pass text_features= or clip_model=None."
-        )
     prompts = [t.format(name) for name in class_names for t in templates]
-    max_len = getattr(clip.model.config.text_config, "max_position_embeddings", 77)
     embs = []
-    with torch.inference_mode():
-        for start in range(0, len(prompts), 256):
-            tokens = clip.tokenizer(
-                prompts[start : start + 256],
-                padding=True,
-                truncation=True,
-                max_length=max_len,
-                return_tensors="pt",
-            ).to(clip.device)
-            out = pooled_embeddings(clip.model.get_text_features(**tokens)).float()
-            embs.append(torch.nn.functional.normalize(out, dim=-1).cpu())
+    for start in range(0, len(prompts), 256):
+        # the family's text tower, tokenized as it was trained (SigLIP: max-length padding)
+        out = clip.text_features(prompts[start : start + 256])
+        embs.append(torch.nn.functional.normalize(out, dim=-1).cpu())
     emb = torch.cat(embs).reshape(len(class_names), len(templates), -1).mean(dim=1)
     W = torch.nn.functional.normalize(emb, dim=-1).numpy().astype(np.float32)
     W.setflags(write=False)

@@ -3,9 +3,12 @@
 Zhang et al., "Tip-Adapter: Training-free Adaption of CLIP for Few-shot
 Classification", ECCV 2022 (arXiv:2207.09519). For L2-normalized query features
 ``f``, cache keys ``K`` (the training features), one-hot cache values ``V`` and
-text weights ``W`` (the CLIP text embeddings of the class names)::
+text weights ``W`` (the text embeddings of the class names)::
 
-    logits = 100 * f @ W.T + alpha * exp(-beta * (1 - f @ K.T)) @ V
+    logits = s * f @ W.T + b + alpha * exp(-beta * (1 - f @ K.T)) @ V
+
+with the text model's zero-shot scale ``s`` and bias ``b``: 100 and 0 for CLIP (the
+paper's formula) and MetaCLIP 2, the learned ones for SigLIP and SigLIP 2.
 
 The formula lives in :func:`tip_adapter_logits` only (module ``skclip._formula``,
 re-exported here); the classifier's ``decision_function`` and the Tip-Adapter-F
@@ -50,7 +53,8 @@ class _BaseTipAdapter(ClassifierMixin, BaseEstimator):
         raise NotImplementedError
 
     def _prepare(self, X: Any, y: Any) -> tuple[np.ndarray, np.ndarray]:
-        """Validate; set ``classes_``, ``n_features_in_`` and ``text_features_``.
+        """Validate; set ``classes_``, ``n_features_in_``, ``text_features_``,
+        ``logit_scale_`` and ``logit_bias_``.
 
         Returns the L2-normalized features and the encoded labels.
         """
@@ -66,11 +70,23 @@ class _BaseTipAdapter(ClassifierMixin, BaseEstimator):
                 "(convert them, e.g. y = np.asarray(y).astype(str))."
             ) from exc
         X = normalize(X)
-        self.model_fingerprint_ = None  # set by _text_weights when it encodes the class names
-        self.text_features_ = self._text_weights(X.shape[1], X.dtype)
+        self.model_fingerprint_ = None  # set by _text_head when it encodes the class names
+        self.text_features_, self.logit_scale_, self.logit_bias_ = self._text_head(
+            X.shape[1], X.dtype
+        )
         return X, y_enc
 
-    def _text_weights(self, n_features: int, dtype: np.dtype) -> np.ndarray | None:
+    def _zero_shot_params(self) -> dict:
+        """The fitted zero-shot scale and bias, as keyword arguments of the formula."""
+        if self.text_features_ is None:
+            return {}
+        return {"logit_scale": self.logit_scale_, "logit_bias": self.logit_bias_}
+
+    def _text_head(
+        self, n_features: int, dtype: np.dtype
+    ) -> tuple[np.ndarray | None, float | None, float | None]:
+        """Text weights ``W`` and the zero-shot scale and bias: those of ``clip_model``'s
+        family, CLIP's (100, 0) for ready ``text_features``; all None without a text term."""
         n_classes = len(self.classes_)
         if self.text_features is not None:
             W = np.asarray(self.text_features, dtype=dtype)
@@ -85,12 +101,13 @@ class _BaseTipAdapter(ClassifierMixin, BaseEstimator):
                 )
             if not np.all(np.isfinite(W)):
                 raise ValueError("text_features contain NaN or infinity.")
-            return normalize(W)
+            return normalize(W), CLIP_LOGIT_SCALE, 0.0
         if self.clip_model is None:
-            return None
+            return None, None, None
         templates = resolve_templates(self.templates)
         names = self._class_names()
         clip = load_clip(self.clip_model, self.device, "auto")
+        clip.require_text()  # an image-only backbone has no text tower: say so, clearly
         if clip.embedding_dim != n_features:
             raise ValueError(
                 f"X has {n_features} features but the text embeddings of clip_model="
@@ -99,7 +116,8 @@ class _BaseTipAdapter(ClassifierMixin, BaseEstimator):
                 "CLIPFeaturizer(model=...) and TipAdapterClassifier(clip_model=...) alike)."
             )
         self.model_fingerprint_ = clip.fingerprint
-        return text_weights(clip, names, templates).astype(dtype)
+        W = text_weights(clip, names, templates).astype(dtype)
+        return W, clip.logit_scale, clip.logit_bias
 
     def _class_names(self) -> list[str]:
         if self.class_names is None:
@@ -144,7 +162,8 @@ class _BaseTipAdapter(ClassifierMixin, BaseEstimator):
             for rows in gen_batches(X.shape[0], chunk):
                 q = torch.from_numpy(X[rows])
                 out[rows] = tip_adapter_logits(
-                    q, keys, values, W, alpha, beta, n_classes=len(self.classes_)
+                    q, keys, values, W, alpha, beta, n_classes=len(self.classes_),
+                    **self._zero_shot_params(),
                 ).numpy()
         return out
 
@@ -205,17 +224,24 @@ class TipAdapterClassifier(_BaseTipAdapter):
     values their one-hot labels. A query ``f`` is scored by zero-shot CLIP plus a
     soft nearest-neighbour vote over the cache with an exponential kernel::
 
-        logits = 100 * f @ W.T + alpha * exp(-beta * (1 - f @ K.T)) @ V
+        logits = s * f @ W.T + b + alpha * exp(-beta * (1 - f @ K.T)) @ V
 
-    ``W`` are the CLIP text embeddings of the class names, prompt-ensembled. Nothing
-    is trained unless ``fine_tune=True`` (Tip-Adapter-F), which trains the keys with
-    cross-entropy for a few epochs.
+    ``W`` are the text embeddings of the class names, prompt-ensembled; ``s`` and ``b``
+    are the text model's zero-shot logit scale and bias: ``s = 100``, ``b = 0`` for
+    CLIP (the paper's formula) and MetaCLIP 2, the learned ``exp(logit_scale)`` and
+    ``logit_bias`` for SigLIP and SigLIP 2 (so ``alpha=0`` gives exactly the model's
+    own ``logits_per_image``). ``b`` is the same for every class: it changes neither
+    predictions nor probabilities. Nothing is trained unless ``fine_tune=True``
+    (Tip-Adapter-F), which trains the keys with cross-entropy for a few epochs.
 
     Parameters
     ----------
     alpha : float, default=1.0
         Residual ratio: weight of the cache term against zero-shot CLIP. ``alpha=0``
-        is exactly zero-shot CLIP. The default and ``beta``'s follow the paper's
+        is exactly zero-shot CLIP. ``alpha`` is measured against the zero-shot scale
+        ``s``: what matters is ``alpha / s``, so the same alpha weighs the cache alike
+        for models whose ``s`` is alike (CLIP's 100; SigLIP's is learned, see
+        ``logit_scale_``). The default and ``beta``'s follow the paper's
         ImageNet ablation (Tables 5-6 of arXiv:2207.09519: alpha=1.0, beta=5.5 were
         best for training-free Tip-Adapter). The reference code's per-dataset configs
         instead start from alpha 1.17, beta 1 and *search*; for your own data, tune both
@@ -224,9 +250,11 @@ class TipAdapterClassifier(_BaseTipAdapter):
         Sharpness of the affinity kernel ``exp(-beta (1 - cos))``; larger values let only
         the closest keys vote.
     clip_model : str, path-like or None, default="openai/clip-vit-base-patch32"
-        CLIP checkpoint whose *text* tower encodes the class names into ``W``. Use the
+        Checkpoint (CLIP, MetaCLIP 2, SigLIP or SigLIP 2) whose *text* tower encodes
+        the class names into ``W`` and whose zero-shot scale and bias are used. Use the
         same checkpoint as the featurizer. ``None`` (with ``text_features=None``) gives a
-        pure cache model over any features, with no zero-shot term.
+        pure cache model over any features, with no zero-shot term: what an image-only
+        backbone (DINOv2...) needs; naming one here raises a ``ValueError``.
     templates : "auto", "simple" or list of str, default="auto"
         Prompt templates with one ``{}`` for the class name. ``"auto"`` is the 7-prompt
         ImageNet ensemble of the CLIP paper; ``"simple"`` is ``"a photo of a {}."``.
@@ -234,7 +262,8 @@ class TipAdapterClassifier(_BaseTipAdapter):
         Names to put into the prompts: a dict mapping each label to a name, or a list in
         ``classes_`` order. By default ``str(label)`` with ``_`` and ``-`` as spaces.
     text_features : array-like of shape (n_classes, n_features), default=None
-        Ready text weights (rows in ``classes_`` order); skips text encoding.
+        Ready text weights (rows in ``classes_`` order); skips text encoding and
+        loads no model. The zero-shot term then uses CLIP's ``s = 100``, ``b = 0``.
     fine_tune : bool, default=False
         Train the cache keys (Tip-Adapter-F): AdamW, cosine learning-rate schedule,
         cross-entropy on the Tip-Adapter logits at the current ``alpha`` and ``beta``.
@@ -276,6 +305,9 @@ class TipAdapterClassifier(_BaseTipAdapter):
         One-hot labels of the keys.
     text_features_ : ndarray of shape (n_classes, n_features) or None
         Text weights ``W``; ``None`` for a pure cache model.
+    logit_scale_, logit_bias_ : float or None
+        Zero-shot scale ``s`` and bias ``b`` of the formula (``None`` for a pure cache
+        model).
     model_fingerprint_ : str or None
         Fingerprint of the ``clip_model`` checkpoint whose text tower made
         ``text_features_`` (``None`` when no text was encoded). Prediction never loads
@@ -393,6 +425,7 @@ class TipAdapterClassifier(_BaseTipAdapter):
                 batch_size=self.batch_size, validation_fraction=self.validation_fraction,
                 leave_one_out=self.leave_one_out, device=self.device,
                 random_state=self.random_state, verbose=self.verbose,
+                **self._zero_shot_params(),
             )
             X, y_enc = result.keys, y_enc[result.kept]
             self.loss_curve_ = result.loss_curve

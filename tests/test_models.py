@@ -46,18 +46,20 @@ def test_missing_local_folder_error(tmp_path):
 # -- issue 15, item 6: offline without waiting --------------------------------------------
 @pytest.fixture
 def online_calls(monkeypatch):
-    """Record every ``from_pretrained`` call that may go to the hub."""
-    from transformers import CLIPModel
+    """Record every ``from_pretrained`` call that may go to the hub (the config is read
+    first, to pick the backbone family; then the model)."""
+    from transformers import AutoConfig, CLIPModel
 
     calls = []
-    original = CLIPModel.from_pretrained.__func__
+    for cls in (AutoConfig, CLIPModel):
+        original = cls.from_pretrained.__func__
 
-    def spy(cls, name, *args, **kwargs):
-        if not kwargs.get("local_files_only") and not os.path.isdir(os.path.expanduser(name)):
-            calls.append(name)
-        return original(cls, name, *args, **kwargs)
+        def spy(cls, name, *args, _original=original, **kwargs):
+            if not kwargs.get("local_files_only") and not os.path.isdir(os.path.expanduser(name)):
+                calls.append(name)
+            return _original(cls, name, *args, **kwargs)
 
-    monkeypatch.setattr(CLIPModel, "from_pretrained", classmethod(spy))
+        monkeypatch.setattr(cls, "from_pretrained", classmethod(spy))
     return calls
 
 
