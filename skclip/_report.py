@@ -51,20 +51,39 @@ def shown_method(report: dict[str, Any]) -> str:
     methods = report["methods"]
     if report.get("per_class_method") in methods:
         return report["per_class_method"]
+    return _best(methods)
+
+
+def _best(methods: dict[str, Any]) -> str:
     return max(methods, key=lambda name: methods[name]["accuracy"])
+
+
+def shown_method_reason(report: dict[str, Any]) -> str:
+    """Why :func:`shown_method` is the one shown, e.g. "the method with the best
+    accuracy" or "chosen by per_class_method; the best accuracy is Tip-Adapter's"."""
+    methods, shown = report["methods"], shown_method(report)
+    best = _best(methods)
+    if methods[shown]["accuracy"] == methods[best]["accuracy"]:
+        ties = [n for n in methods if methods[n]["accuracy"] == methods[best]["accuracy"]]
+        if len(ties) > 1:
+            return f"the best accuracy, tied with {', '.join(n for n in ties if n != shown)}"
+        return "the method with the best accuracy"
+    return f"chosen by per_class_method; the best accuracy is {best}'s"
 
 
 def _protocol_lines(report: dict[str, Any]) -> list[str]:
     """The "Protocol" section: everything needed to reproduce the numbers."""
-    fingerprint = report.get("model_fingerprint") or {}
-    prints = ", ".join(f"{tower} {fp}" for tower, fp in fingerprint.items() if fp)
+    towers = report.get("tower_fingerprints") or {}
+    prints = ", ".join(f"{tower} {fp}" for tower, fp in towers.items() if fp)
+    fingerprint = report.get("model_fingerprint")
     splits = report.get("splits") or []
     sizes = sorted({(s["n_train"], s["n_test"]) for s in splits})
     lines = [
         "## Protocol",
         "",
         f"- skclip {report.get('skclip_version', '?')}; model `{report['model']}`"
-        + (f" (weights fingerprints: {prints})" if prints else ""),
+        + (f", weights fingerprint {fingerprint}" if fingerprint else "")
+        + (f" (towers: {prints})" if prints else ""),
         f"- {report['protocol']}; shots: {report.get('shots')}, cv: {report.get('cv')}, "
         f"inner cv: {report.get('inner_cv')}, random_state: {report.get('random_state')}, "
         f"augment: {report.get('augment')}",
@@ -108,7 +127,7 @@ def render_markdown(report: dict[str, Any]) -> str:
     best = shown_method(report)
     m = report["methods"][best]
     lines += [""] + _protocol_lines(report)
-    lines += [f"## Per class: {best} (the method with the best accuracy)", "",
+    lines += [f"## Per class: {best} ({shown_method_reason(report)})", "",
               "| class | precision | recall | F1 | images |", "|---|---|---|---|---|"]
     for c, s in m["per_class"].items():
         lines.append(f"| {c} | {s['precision']:.3f} | {s['recall']:.3f} | {s['f1']:.3f} | "

@@ -10,7 +10,8 @@ Every argument that can be checked from the command line and the folder listings
 checked before a model is loaded or an image encoded.
 
 Exit status: 0 on success, 1 when the data or model cannot be used (the message says
-why), 2 for a wrong command line.
+why), 2 for a wrong command line, 141 (128 + SIGPIPE, silently) when whoever reads the
+output stops early, as ``skclip predict ... | head`` does.
 """
 
 from __future__ import annotations
@@ -19,10 +20,11 @@ import argparse
 import contextlib
 import csv
 import os
+import re
 import sys
 import time
 import warnings
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -117,7 +119,9 @@ def build_parser() -> argparse.ArgumentParser:
     fit.add_argument("data_dir", help="folder with one sub-folder of images per class")
     fit.add_argument("-o", "--output", required=True,
                      help="where to save: a .skops or .joblib file")
-    fit.add_argument("--cv", type=int, default=5, help="folds to choose alpha/beta (default 5)")
+    fit.add_argument("--cv", type=int, default=None,
+                     help="folds to choose alpha/beta (default: 5, or as many as the smallest "
+                     "class's images allow); more folds than a class has images is an error")
     fit.add_argument("--fine-tune", action="store_true", help="Tip-Adapter-F")
     fit.add_argument("--augment", type=int, default=0, metavar="K",
                      help="training images: mean embedding of K random views (default 0: none)")
@@ -176,9 +180,20 @@ def main(argv: list[str] | None = None) -> int:
     try:
         with _progress_bars(args.quiet):
             return args.func(args)
+    except BrokenPipeError:
+        return _reader_gone()
     except (ValueError, OSError) as exc:
         print(f"skclip: error: {readable(str(exc))}", file=sys.stderr)
         return 1
+
+
+def _reader_gone() -> int:
+    """The reader of stdout went away (``| head``): stop quietly, as command-line tools
+    do. stdout is pointed at /dev/null so that Python's final flush does not complain."""
+    with contextlib.suppress(OSError, ValueError):
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+    return 141  # 128 + SIGPIPE, what the shell reports for a command stopped that way
 
 
 # -- helpers ------------------------------------------------------------------------------
@@ -208,7 +223,11 @@ def _resolve_model(name: str, say: _Say) -> str:
 
     folder = Path(name).expanduser()
     if not folder.is_dir():
-        reason = "it is a file" if folder.exists() else _path_reason(name)
+        if folder.exists():
+            raise ValueError(f"--model {name!r} is a file, not a checkpoint folder.")
+        if folder.is_absolute() or name.startswith((".", "~")):
+            raise ValueError(f"--model {name!r}: the folder does not exist.")
+        reason = _path_reason(name)
         if reason is not None:
             raise ValueError(
                 f"--model {name!r} is not a checkpoint folder (read as a local path, not a hub "
@@ -245,6 +264,26 @@ def _check_common(args: argparse.Namespace) -> None:
         raise ValueError(f"--cache-dir {args.cache_dir!r} is a file, not a folder.")
 
 
+def _check_data_folder(path: str, option: str) -> None:
+    """A data folder given as a file (a model file, an image) is named as what it is."""
+    if Path(path).is_file():
+        hint = (" (a model file: classify images with it by 'skclip predict MODEL_FILE "
+                "IMAGES...')" if Path(path).suffix.lower() in MODEL_SUFFIXES else "")
+        raise ValueError(
+            f"{option} {path!r} is a file, not a folder with one sub-folder of images per "
+            f"class{hint}."
+        )
+
+
+def _short_reason(path: str, index: int, reason: str) -> str:
+    """The reason an image could not be used, without its path and input position (the
+    caller names the path once)."""
+    from ._images import describe
+
+    named = re.escape(describe(path, index))
+    reason = re.sub(rf"^Cannot read image {named}: ", "", reason)
+    reason = re.sub(rf"\s*:?\s*{named}", "", reason).rstrip(".")
+    return readable(reason)
 
 
 def _encode(
@@ -252,32 +291,41 @@ def _encode(
 ) -> tuple[np.ndarray, dict[int, str]]:
     """Embeddings of ``files`` (augmented training keys if ``augmented``) and, with
     ``on_error="skip"``, ``{position: reason}`` of the files that could not be read
-    (their rows are NaN)."""
+    (their rows are NaN). With ``on_error="raise"`` such files are a ValueError that
+    lists them, each as "path: reason", and suggests ``--on-error skip``."""
     from ._images import ImageLoadWarning
 
-    featurizer.set_params(on_error="warn" if on_error == "skip" else "raise")
-    with warnings.catch_warnings(record=True) as caught:
-        warnings.simplefilter("always", ImageLoadWarning)
-        X = featurizer.fit_transform(files) if augmented else featurizer.transform(files)
-    featurizer.set_params(on_error="raise")
+    featurizer.set_params(on_error="warn")  # every bad file is found, then reported here
+    try:
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always", ImageLoadWarning)
+            X = featurizer.fit_transform(files) if augmented else featurizer.transform(files)
+    finally:
+        featurizer.set_params(on_error="raise")
     for w in caught:
         if not issubclass(w.category, ImageLoadWarning):
             warnings.warn_explicit(w.message, w.category, w.filename, w.lineno)
     bad = {
-        int(i): readable(reason)
+        int(i): _short_reason(str(files[int(i)]), int(i), reason)
         for w in caught if issubclass(w.category, ImageLoadWarning)
         for i, reason in w.message.errors.items()
     }
+    if bad and on_error == "raise":
+        raise ValueError(
+            f"{len(bad)} of {len(files)} images could not be read:\n"
+            + "\n".join(f"  {files[i]}: {reason}" for i, reason in sorted(bad.items()))
+            + "\nFix or remove them, or pass --on-error skip to leave them out."
+        )
     return X, bad
 
 
 def _skipped(files: np.ndarray, bad: dict[int, str], say: _Say) -> list[dict[str, str]]:
-    """List skipped files on stderr; return them for the report."""
+    """List skipped files on stderr ("path: reason"); return them for the report."""
     if bad:
         say.note(f"skipped {len(bad)} of {len(files)} images that could not be read:")
-        for reason in bad.values():
-            print(f"  {reason}", file=sys.stderr)
-    return [{"path": str(files[i]), "error": reason} for i, reason in bad.items()]
+        for i, reason in sorted(bad.items()):
+            print(f"  {files[i]}: {reason}", file=sys.stderr)
+    return [{"path": str(files[i]), "error": reason} for i, reason in sorted(bad.items())]
 
 
 def _scores(y_true: np.ndarray, y_pred: np.ndarray, classes: np.ndarray) -> dict[str, Any]:
@@ -301,14 +349,21 @@ def _smallest_class(y: np.ndarray) -> int:
     return int(np.unique(y, return_counts=True)[1].min())
 
 
+def _too_few_for_cv(folds: int, smallest: int, what: str = "images") -> ValueError:
+    return ValueError(
+        f"--cv {folds} needs at least {folds} {what} in every class; the smallest class has "
+        f"{smallest}: use a smaller --cv."
+    )
+
+
 def _inner_cv(smallest_train: int, requested: int | None) -> int | None:
     """Folds of the inner CV choosing alpha and beta, given the smallest class's number
-    of training images; ``None``: too few to cross-validate (the defaults are used)."""
+    of training images; ``None``: too few to cross-validate (the defaults are used).
+    A requested number of folds that the smallest class does not allow is an error."""
     if requested is not None:
         if requested > smallest_train:
-            raise ValueError(
-                f"--cv {requested} (inner cross-validation) needs at least {requested} "
-                f"training images in every class; the smallest class has {smallest_train}."
+            raise _too_few_for_cv(
+                requested, smallest_train, "training images (inner cross-validation)"
             )
         return requested
     return min(5, smallest_train) if smallest_train >= 2 else None
@@ -324,14 +379,11 @@ def _splits(args: argparse.Namespace, y: np.ndarray) -> dict:
     if args.shots is None and args.test_dir is None:
         folds = 5 if args.cv is None else args.cv
         if _smallest_class(y) < folds:
-            raise ValueError(
-                f"--cv {folds} needs at least {folds} images in every class; "
-                "use a smaller --cv."
-            )
+            raise _too_few_for_cv(folds, _smallest_class(y))
         outer = StratifiedKFold(folds, shuffle=True, random_state=args.random_state)
         splits = list(outer.split(np.zeros(len(y)), y))
         smallest_train = min(_smallest_class(y[train]) for train, _ in splits)
-        return {"splits": splits, "inner_cv": _inner_cv(smallest_train, None),
+        return {"splits": splits, "cv": folds, "inner_cv": _inner_cv(smallest_train, None),
                 "protocol": f"{folds}-fold stratified cross-validation"}
     if args.shots is not None:
         train, test_idx = few_shot_split(y, args.shots, random_state=args.random_state)
@@ -346,7 +398,8 @@ def _splits(args: argparse.Namespace, y: np.ndarray) -> dict:
     else:
         protocol = f"{args.shots}-shot split, the other images as test set"
     inner_cv = _inner_cv(_smallest_class(y[train]), args.cv)
-    return {"splits": [(train, test_idx)], "inner_cv": inner_cv, "protocol": protocol}
+    return {"splits": [(train, test_idx)], "cv": None, "inner_cv": inner_cv,
+            "protocol": protocol}
 
 
 def _check_evaluate(args: argparse.Namespace) -> tuple[Any, Any]:
@@ -361,9 +414,11 @@ def _check_evaluate(args: argparse.Namespace) -> tuple[Any, Any]:
         raise ValueError(f"--cv must be at least 2, got {args.cv}.")
     if args.report:
         check_output_path(args.report, "--report", REPORT_SUFFIXES)
+    _check_data_folder(args.data_dir, "DATA_DIR")
     data = load_image_folder(args.data_dir)
     test = None
     if args.test_dir:
+        _check_data_folder(args.test_dir, "--test-dir")
         test = load_image_folder(args.test_dir)
         unknown = sorted(set(test.labels) - set(data.target_names))
         if unknown:
@@ -409,12 +464,51 @@ def _methods(args: argparse.Namespace, inner_cv: int | None, n_train_min: int) -
     return methods
 
 
-def _fingerprint(args: argparse.Namespace) -> dict[str, str | None]:
-    from ._models import load_clip
+def _after_skipping(
+    args: argparse.Namespace, classes: np.ndarray, y: np.ndarray, n_skipped: int,
+    y_test: np.ndarray | None = None, test_classes: np.ndarray | None = None,
+) -> dict:
+    """The protocol again once unreadable images are left out: a class without images,
+    without a test image, or too small for ``--shots``/``--cv`` now, is an error that
+    says the skipped images caused it."""
+    after = f"After skipping {n_skipped} unreadable image(s)"
+    for c in map(str, classes):
+        if not np.any(y == c):
+            raise ValueError(f"{after}, class {c!r} of {args.data_dir} has no image left.")
+    if test_classes is not None:
+        for c in map(str, test_classes):
+            if not np.any(y_test == c):
+                raise ValueError(
+                    f"{after}, class {c!r} of --test-dir {args.test_dir} has no test image left."
+                )
+    if args.shots is not None and args.test_dir is None:
+        counts = {str(c): int(n) for c, n in zip(*np.unique(y, return_counts=True))}
+        for c in map(str, classes):
+            if counts[c] <= args.shots:
+                raise ValueError(
+                    f"{after}, class {c!r} has {counts[c]} image(s): none left to test after "
+                    f"its {args.shots} training images (--shots {args.shots}). Use a smaller "
+                    "--shots, or fix the files."
+                )
+    try:
+        return _splits(args, y)
+    except ValueError as exc:
+        if not n_skipped:
+            raise
+        raise ValueError(f"{after}: {exc}") from None
 
-    clip = load_clip(args.model, args.device)
-    return {"vision": clip.vision_fingerprint,
-            "text": clip.text_fingerprint if clip.has_text else None}
+
+def _fingerprints(args: argparse.Namespace) -> dict[str, Any]:
+    """The checkpoint's ``model_fingerprint`` (the one estimators record and errors show)
+    and, for reference, its towers' fingerprints."""
+    from ._models import load_model
+
+    clip = load_model(args.model, args.device)
+    return {
+        "model_fingerprint": clip.fingerprint,
+        "tower_fingerprints": {"vision": clip.vision_fingerprint,
+                               "text": clip.text_fingerprint if clip.has_text else None},
+    }
 
 
 def evaluate(args: argparse.Namespace) -> int:
@@ -443,15 +537,18 @@ def evaluate(args: argparse.Namespace) -> int:
         skipped += _skipped(test.filenames, bad_test, say)
         keep_test = np.setdiff1d(np.arange(len(X_test)), list(bad_test))
         X_test, y_test = X_test[keep_test], test.labels[keep_test]
-    plan = _splits(args, y)  # again: skipped files may have changed the classes' sizes
+    # Again: skipped files may have changed the classes' sizes.
+    plan = _after_skipping(args, classes, y, len(skipped),
+                           None if test is None else y_test,
+                           None if test is None else np.unique(test.labels))
     splits = plan["splits"]
     n_train_min = min(_smallest_class(y[train]) for train, _ in splits)
     methods = _methods(args, plan["inner_cv"], n_train_min)
     report: dict[str, Any] = {
         "skclip_version": __version__,
         "data_dir": str(args.data_dir), "test_dir": args.test_dir,
-        "model": str(args.model), "model_fingerprint": _fingerprint(args),
-        "protocol": plan["protocol"], "shots": args.shots, "cv": args.cv,
+        "model": str(args.model), **_fingerprints(args),
+        "protocol": plan["protocol"], "shots": args.shots, "cv": plan["cv"],
         "inner_cv": plan["inner_cv"], "random_state": args.random_state, "augment": args.augment,
         "n_images": int(len(y)), "n_test_dir_images": None if test is None else int(len(y_test)),
         "splits": [
@@ -498,21 +595,24 @@ def fit_command(args: argparse.Namespace) -> int:
     """``skclip fit``: see the sub-command's help."""
     from sklearn.pipeline import Pipeline
 
-    from ._model_file import record_checkpoint, save_model
+    from ._model_file import save_model
     from .datasets import load_image_folder
     from .model_selection import TipAdapterClassifierCV
 
     say = _Say(args.quiet)
     args.model = _resolve_model(args.model, say)
     _check_common(args)
-    if args.cv < 2:
+    if args.cv is not None and args.cv < 2:
         raise ValueError(f"--cv must be at least 2, got {args.cv}.")
     check_output_path(args.output, "-o/--output", MODEL_SUFFIXES)
     if Path(args.output).suffix.lower() == ".skops":
         require_skops()
+    _check_data_folder(args.data_dir, "DATA_DIR")
     data = load_image_folder(args.data_dir)
     if _smallest_class(data.labels) < 2:
         raise ValueError("Every class needs at least 2 images to choose alpha and beta.")
+    if args.cv is not None and args.cv > _smallest_class(data.labels):
+        raise _too_few_for_cv(args.cv, _smallest_class(data.labels))
     say.step(f"{args.data_dir}: {len(data.labels)} images in {len(data.target_names)} classes")
     files, labels = data.filenames, data.labels
     skipped: list[dict[str, str]] = []
@@ -522,10 +622,14 @@ def fit_command(args: argparse.Namespace) -> int:
         skipped = _skipped(files, bad, say)
         keep = np.setdiff1d(np.arange(len(files)), list(bad))
         files, labels = files[keep], labels[keep]
-        if len(keep) == 0 or _smallest_class(labels) < 2:
-            raise ValueError("After skipping unreadable images, a class has fewer than 2 images "
-                             "to choose alpha and beta.")
-    cv = min(args.cv, _smallest_class(labels))
+        smallest = min(int(np.sum(labels == c)) for c in data.target_names)
+        if smallest < 2:
+            raise ValueError(f"After skipping {len(bad)} unreadable image(s), a class has "
+                             f"{smallest} image(s): fewer than 2 to choose alpha and beta.")
+        if args.cv is not None and args.cv > smallest:
+            raise ValueError(f"After skipping {len(bad)} unreadable image(s): "
+                             f"{_too_few_for_cv(args.cv, smallest)}")
+    cv = min(5, _smallest_class(labels)) if args.cv is None else args.cv
     pipe = Pipeline([
         ("clip", _featurizer(args)),
         ("tip", TipAdapterClassifierCV(
@@ -535,7 +639,6 @@ def fit_command(args: argparse.Namespace) -> int:
     ])
     say.step(f"fitting on {len(files)} images ({cv}-fold choice of alpha and beta)")
     pipe.fit(files, labels)
-    record_checkpoint(pipe)
     save_model(pipe, args.output)
     tip = pipe.named_steps["tip"]
     print(f"saved {args.output}: {len(labels)} images, classes {data.target_names.tolist()}, "
@@ -569,9 +672,36 @@ def _image_paths(items: list[str]) -> list[str]:
     return paths
 
 
+def _check_checkpoint(pipe: Any, model_file: str) -> None:
+    """Load the checkpoint of every step that records one and compare its fingerprint
+    with the ``model_fingerprint_`` recorded at fit, before any image is encoded.
+
+    Raises
+    ------
+    CheckpointMismatchError
+        Naming the model file, the checkpoint, both fingerprints and ``--model PATH``.
+    """
+    from ._models import CheckpointMismatchError, check_fingerprint, load_model
+
+    for _, step in pipe.steps:
+        name = getattr(step, "model", None) or getattr(step, "clip_model", None)
+        if getattr(step, "model_fingerprint_", None) is None or name is None:
+            continue
+        clip = load_model(name, step.device, getattr(step, "dtype", "auto"))
+        try:
+            check_fingerprint(step, name, clip)
+        except CheckpointMismatchError:
+            raise CheckpointMismatchError(
+                f"The checkpoint {os.fspath(name)!r} is not the one {model_file!r} was fitted "
+                f"with: its weights fingerprint is {clip.fingerprint}, the model was fitted "
+                f"with {step.model_fingerprint_}. If the checkpoint moved, pass its folder: "
+                f"skclip predict {model_file} IMAGES... --model PATH."
+            ) from None
+
+
 def predict_command(args: argparse.Namespace) -> int:
     """``skclip predict``: see the sub-command's help."""
-    from ._model_file import check_checkpoint, checkpoint_names, load_model
+    from ._model_file import checkpoint_names, load_model
 
     say = _Say(args.quiet)
     pipe = load_model(args.model_file, usage=_USAGE_PREDICT, note=say.note)
@@ -590,10 +720,7 @@ def predict_command(args: argparse.Namespace) -> int:
     pipe.set_params(**params)
     featurizer, head = pipe.steps[0][1], pipe[1:]
     say.step(f"loading {featurizer.model}")
-    try:
-        check_checkpoint(pipe, args.model_file)
-    except OSError as exc:
-        raise OSError(f"{exc}\nIf the checkpoint moved, pass its new folder with --model.") from exc
+    _check_checkpoint(pipe, args.model_file)
     say.step(f"encoding {len(paths)} images")
     X, bad = _encode(featurizer, np.array(paths), args.on_error)
     _skipped(np.asarray(paths), bad, say)
