@@ -2,19 +2,24 @@
 
 Public API: :class:`CLIPFeaturizer` turns images into CLIP embeddings;
 :class:`TipAdapterClassifier` is the Tip-Adapter few-shot classifier on top of them;
-:class:`TipAdapterClassifierCV` chooses its alpha and beta by cross-validation.
+:class:`TipAdapterClassifierCV` chooses its alpha and beta by cross-validation;
+:class:`GDAClassifier` and :class:`APEClassifier` are two more training-free heads.
 """
 
 from ._images import ImageLoadError, ImageLoadWarning
 from ._models import CheckpointMismatchError
 from ._version import __version__
+from .ape import APEClassifier
 from .featurizer import CLIPFeaturizer
+from .gda import GDAClassifier
 from .model_selection import TipAdapterClassifierCV
 from .tip_adapter import TipAdapterClassifier
 
 __all__ = [
+    "APEClassifier",
     "CLIPFeaturizer",
     "CheckpointMismatchError",
+    "GDAClassifier",
     "ImageLoadError",
     "ImageLoadWarning",
     "TipAdapterClassifier",

@@ -19,7 +19,8 @@ from __future__ import annotations
 
 import os
 from numbers import Integral, Real
-from typing import Any
+from collections.abc import Callable
+from typing import Any, NamedTuple
 
 import numpy as np
 import torch
@@ -44,9 +45,22 @@ from ._models import DEFAULT_MODEL, load_clip, resolve_device
 from .text import clean_class_name, resolve_templates, text_weights
 
 
+class _Head(NamedTuple):
+    """How a fitted head predicts: ``logits`` of a chunk of L2-normalized queries (a
+    Tensor of ``dtype``), and the floats of temporary memory it needs per query."""
+
+    logits: Callable[[torch.Tensor], torch.Tensor]
+    dtype: np.dtype
+    row_floats: int
+
+
 class _BaseTipAdapter(ClassifierMixin, BaseEstimator):
-    """What TipAdapterClassifier and TipAdapterClassifierCV share: input checks, the
-    text head and prediction. Subclasses implement ``fit`` and ``_prediction_params``."""
+    """What the heads share: input checks, the text head and prediction.
+
+    Subclasses implement ``fit``, and either ``_prediction_params`` (the Tip-Adapter
+    cache, as TipAdapterClassifier and TipAdapterClassifierCV) or ``_head`` (another
+    formula, as GDAClassifier and APEClassifier).
+    """
 
     def _prediction_params(self) -> tuple[float, float]:
         """The (alpha, beta) used to predict."""
@@ -146,29 +160,37 @@ class _BaseTipAdapter(ClassifierMixin, BaseEstimator):
         self.cache_values_ = np.eye(len(self.classes_), dtype=keys.dtype)[y_enc]
         self._y = np.ascontiguousarray(y_enc, dtype=np.intp)
 
-    def _logits(self, X: Any) -> np.ndarray:
-        check_is_fitted(self)
+    def _head(self, text_weights: torch.Tensor | None) -> _Head:
+        """The fitted head, given the text weights; by default the Tip-Adapter cache."""
         alpha, beta = self._prediction_params()
-        X = validate_data(self, X, dtype=[np.float64, np.float32], reset=False)
-        X = normalize(X).astype(self.cache_keys_.dtype, copy=False)
         keys = torch.from_numpy(self.cache_keys_)
         values = torch.from_numpy(self._y)  # one-hot cache values as class indices: fast path
-        W = None if self.text_features_ is None else torch.from_numpy(self.text_features_)
-        out = np.empty((X.shape[0], len(self.classes_)), dtype=X.dtype)
+        n_classes, zero_shot = len(self.classes_), self._zero_shot_params()
+
+        def logits(queries: torch.Tensor) -> torch.Tensor:
+            return tip_adapter_logits(
+                queries, keys, values, text_weights, alpha, beta, n_classes=n_classes, **zero_shot
+            )
+
         # Two (chunk, n_keys) buffers live at a time: the affinities and a matmul temporary.
-        row_bytes = 2 * keys.shape[0] * X.itemsize
+        return _Head(logits, self.cache_keys_.dtype, 2 * keys.shape[0])
+
+    def _logits(self, X: Any) -> np.ndarray:
+        check_is_fitted(self)
+        W = None if self.text_features_ is None else torch.from_numpy(self.text_features_)
+        head = self._head(W)
+        X = validate_data(self, X, dtype=[np.float64, np.float32], reset=False)
+        X = normalize(X).astype(head.dtype, copy=False)
+        out = np.empty((X.shape[0], len(self.classes_)), dtype=X.dtype)
+        row_bytes = max(1, head.row_floats) * X.itemsize
         chunk = max(1, int(get_config()["working_memory"] * 2**20) // row_bytes)
         with torch.no_grad():
             for rows in gen_batches(X.shape[0], chunk):
-                q = torch.from_numpy(X[rows])
-                out[rows] = tip_adapter_logits(
-                    q, keys, values, W, alpha, beta, n_classes=len(self.classes_),
-                    **self._zero_shot_params(),
-                ).numpy()
+                out[rows] = head.logits(torch.from_numpy(X[rows])).numpy()
         return out
 
     def decision_function(self, X: Any) -> np.ndarray:
-        """Tip-Adapter logits.
+        """The logits of the formula in the class description.
 
         Parameters
         ----------
