@@ -2,7 +2,7 @@
 
 ::
 
-    skclip evaluate data/ --cv 5 --report report.md
+    skclip evaluate data/ --cv 5 --report report.html
     skclip fit data/ -o model.skops
     skclip predict model.skops new_images/ --proba --output predictions.csv
 
@@ -80,10 +80,13 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     ev = sub.add_parser(
-        "evaluate", help="how well do zero-shot CLIP, Tip-Adapter and Tip-Adapter-F do?",
-        description="Encode every image once, then report accuracy and macro-F1 of zero-shot "
-        "CLIP, Tip-Adapter with alpha/beta tuned by inner cross-validation (or its defaults "
-        "when a class has a single training image), and (with --fine-tune) Tip-Adapter-F, "
+        "evaluate", help="which method works best on my images?",
+        description="Encode every image once, then compare, under the same outer "
+        "cross-validation or few-shot split, the accuracy and macro-F1 of zero-shot CLIP, "
+        "Tip-Adapter, (with --fine-tune) Tip-Adapter-F, GDA, APE and a linear probe "
+        "(logistic regression on the embeddings). Every method's hyperparameters are chosen "
+        "by an inner cross-validation on the training images only (their documented "
+        "defaults when a class has a single training image); the report says which and how, "
         "with per-class results and a confusion matrix.",
         epilog=_EPILOG,
     )
@@ -99,7 +102,8 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--fine-tune", action="store_true", help="also evaluate Tip-Adapter-F")
     ev.add_argument("--report", default=None,
                     help="write the report to this .json or .md file (and a confusion-matrix "
-                    ".png beside it if matplotlib is installed)")
+                    ".png beside it if matplotlib is installed), or to a .html page that "
+                    "opens offline, with a gallery of the misclassified images")
     ev.add_argument("--augment", type=int, default=0, metavar="K",
                     help="training images: mean embedding of K random views (default 0: none)")
     ev.add_argument("--random-state", type=int, default=0,
@@ -435,9 +439,33 @@ def _text_model(args: argparse.Namespace) -> str | None:
     return args.model if load_model(args.model, args.device).has_text else None
 
 
+#: Hyperparameter grids that the inner cross-validation of ``skclip evaluate`` searches.
+#: GDA: the authors' grid of alpha (Wang et al., ICLR 2024). APE: alpha and beta in the
+#: authors' search range [0.1, 7), gamma in [0, 0.5) (Zhu et al., ICCV 2023), coarsely.
+#: Linear probe: the inverse L2 penalty C of logistic regression, log-spaced.
+GRIDS: dict[str, dict[str, list[float]]] = {
+    "GDA": {"alpha": [1e-4, 1e-3, 1e-2, 0.1, 1.0, 10.0, 100.0]},
+    "APE": {"alpha": [0.5, 1.0, 2.0, 4.0], "beta": [1.0, 3.0, 5.5], "gamma": [0.0, 0.1, 0.3]},
+    "linear probe": {"C": [0.01, 0.1, 1.0, 10.0, 100.0, 1000.0, 10000.0]},
+}
+
+
+def _grid_text(grid: dict[str, list[float]]) -> str:
+    return ", ".join(f"{k} in [{', '.join(f'{v:g}' for v in values)}]"
+                     for k, values in grid.items())
+
+
 def _methods(args: argparse.Namespace, inner_cv: int | None, n_train_min: int) -> dict:
-    """``{name: (estimator, how it is configured)}``; no zero-shot method for an
-    image-only backbone."""
+    """``{name: (estimator, how it is configured, its hyperparameters)}``: every
+    hyperparameter is chosen by
+    an inner cross-validation on the training images of each split (accuracy), or is
+    the method's documented default when a class has a single training image. No
+    zero-shot method for an image-only backbone (GDA and APE then have no text term)."""
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.model_selection import GridSearchCV, StratifiedKFold
+
+    from .ape import APEClassifier
+    from .gda import GDAClassifier
     from .model_selection import TipAdapterClassifierCV
     from .tip_adapter import TipAdapterClassifier
 
@@ -445,23 +473,81 @@ def _methods(args: argparse.Namespace, inner_cv: int | None, n_train_min: int) -
     methods: dict[str, tuple[Any, str]] = {}
     if common["clip_model"] is not None:
         methods["zero-shot CLIP"] = (TipAdapterClassifier(alpha=0.0, **common),
-                                     "text classifier only (alpha=0), no training image used")
+                                     "text classifier only (alpha=0), no training image used",
+                                     ())
+    no_cv = (f"{n_train_min} training image(s) in the smallest class leave no inner "
+             "cross-validation")
     variants = [("Tip-Adapter", False)] + ([("Tip-Adapter-F", True)] if args.fine_tune else [])
     for name, fine_tune in variants:
         extra = dict(fine_tune=True, random_state=args.random_state) if fine_tune else {}
         if inner_cv is not None:
             methods[name] = (
                 TipAdapterClassifierCV(cv=inner_cv, **extra, **common),
-                f"alpha and beta chosen by {inner_cv}-fold inner cross-validation (accuracy)",
+                f"alpha and beta chosen by {inner_cv}-fold inner cross-validation (accuracy) "
+                "on the training images, over TipAdapterClassifierCV's default grid",
+                ("alpha", "beta"),
             )
         else:
             est = TipAdapterClassifier(**extra, **common)
-            methods[name] = (
-                est,
-                f"default alpha={est.alpha:g}, beta={est.beta:g}: {n_train_min} training "
-                "image(s) in the smallest class leave no inner cross-validation",
-            )
+            methods[name] = (est, f"default alpha={est.alpha:g}, beta={est.beta:g}: {no_cv}",
+                             ("alpha", "beta"))
+    heads = {
+        "GDA": (GDAClassifier(**common), ""),
+        "APE": (APEClassifier(**common), ""),
+        "linear probe": (LogisticRegression(max_iter=2000), "logistic regression on the "
+                         "embeddings (the CLIP paper's linear probe); "),
+    }
+    for name, (est, what) in heads.items():
+        grid = GRIDS[name]
+        if inner_cv is None:
+            defaults = est.get_params()
+            how = "default " + ", ".join(f"{k}={defaults[k]:g}" for k in grid) + f": {no_cv}"
+        else:
+            inner = StratifiedKFold(inner_cv, shuffle=True, random_state=args.random_state)
+            est = GridSearchCV(est, grid, cv=inner, scoring="accuracy")
+            how = (f"{_grid_text(grid)} chosen by {inner_cv}-fold inner cross-validation "
+                   "(accuracy) on the training images")
+        methods[name] = (est, what + how, tuple(grid))
     return methods
+
+
+def _chosen(fitted: Any, names: tuple[str, ...]) -> dict[str, float]:
+    """The hyperparameters ``names`` that a fitted method uses: chosen by its inner
+    cross-validation (GridSearchCV, TipAdapterClassifierCV), else its fixed values."""
+    if hasattr(fitted, "best_params_"):
+        return {k: float(v) for k, v in fitted.best_params_.items()}
+    if hasattr(fitted, "alpha_"):
+        return {"alpha": float(fitted.alpha_), "beta": float(fitted.beta_)}
+    params = fitted.get_params()
+    return {n: float(params[n]) for n in names}
+
+
+#: Most misclassified images in the HTML report's gallery.
+GALLERY_SIZE = 60
+
+
+def _gallery(mistakes: dict[str, list[dict[str, Any]]]) -> list[dict[str, Any]]:
+    """The mistakes the HTML gallery shows: every method's most confident ones, an equal
+    share of :data:`GALLERY_SIZE` each (so one weak method cannot fill it)."""
+    share = -(-GALLERY_SIZE // max(1, len(mistakes)))
+    return [m for found in mistakes.values()
+            for m in sorted(found, key=lambda m: -m["confidence"])[:share]]
+
+
+def _mistakes(
+    fitted: Any, X_q: np.ndarray, y_q: np.ndarray, files_q: np.ndarray, pred: np.ndarray
+) -> list[dict[str, Any]]:
+    """The misclassified queries with the predicted class's probability."""
+    wrong = np.flatnonzero(pred != y_q)
+    if not len(wrong):
+        return []
+    proba = fitted.predict_proba(X_q[wrong])
+    column = {c: j for j, c in enumerate(fitted.classes_)}
+    return [
+        {"path": str(files_q[i]), "true": str(y_q[i]), "pred": str(pred[i]),
+         "confidence": float(proba[k, column[pred[i]]])}
+        for k, i in enumerate(wrong)
+    ]
 
 
 def _after_skipping(
@@ -537,6 +623,7 @@ def evaluate(args: argparse.Namespace) -> int:
         skipped += _skipped(test.filenames, bad_test, say)
         keep_test = np.setdiff1d(np.arange(len(X_test)), list(bad_test))
         X_test, y_test = X_test[keep_test], test.labels[keep_test]
+        test_files = test.filenames[keep_test]
     # Again: skipped files may have changed the classes' sizes.
     plan = _after_skipping(args, classes, y, len(skipped),
                            None if test is None else y_test,
@@ -557,35 +644,45 @@ def evaluate(args: argparse.Namespace) -> int:
         ],
         "skipped": skipped, "classes": classes.tolist(), "methods": {},
     }
-    for name, (est, configuration) in methods.items():
+    mistakes: dict[str, list[dict[str, Any]]] = {}
+    for name, (est, configuration, names) in methods.items():
         say.step(f"evaluating {name} ({len(splits)} split(s))")
         pred_all, truth_all, acc, f1, chosen = [], [], [], [], []
+        mistakes[name] = []
         for train, part in splits:
-            X_q, y_q = (X_test, y_test) if part is None else (X[part], y[part])
+            if part is None:
+                X_q, y_q, files_q = X_test, y_test, test_files
+            else:
+                X_q, y_q, files_q = X[part], y[part], files[part]
             fitted = clone(est).fit(X_keys[train], y[train])
             pred = fitted.predict(X_q)
             pred_all.append(pred)
             truth_all.append(y_q)
             acc.append(accuracy_score(y_q, pred))
             f1.append(f1_score(y_q, pred, average="macro"))
-            chosen.append(fitted)
+            chosen.append(_chosen(fitted, names))
+            mistakes[name] += [{**m, "method": name}
+                               for m in _mistakes(fitted, X_q, y_q, files_q, pred)]
         single = len(splits) == 1
+        # What the method uses from here on: its choice on all the images (one split:
+        # the training images of that split).
+        params = chosen[0] if single or not names else _chosen(clone(est).fit(X_keys, y), names)
         entry = {
             "configuration": configuration,
             "accuracy": float(np.mean(acc)), "accuracy_std": None if single else float(np.std(acc)),
             "f1_macro": float(np.mean(f1)), "f1_macro_std": None if single else float(np.std(f1)),
             **_scores(np.concatenate(truth_all), np.concatenate(pred_all), classes),
+            "params": params,
+            "params_per_split": chosen,
         }
-        if hasattr(est, "alphas"):  # the choice on all the training data, to use from here on
-            final = chosen[0] if single else clone(est).fit(X_keys, y)
-            entry.update(alpha=float(final.alpha_), beta=float(final.beta_))
-        elif name != "zero-shot CLIP":
-            entry.update(alpha=float(est.alpha), beta=float(est.beta))
+        if name.startswith("Tip-Adapter"):
+            entry.update(alpha=params["alpha"], beta=params["beta"])
         report["methods"][name] = entry
     report["per_class_method"] = shown_method(report)
     print(render_markdown(report))
     if args.report:
-        for path in write_report(report, args.report, verbose=args.verbose):
+        for path in write_report(report, args.report, verbose=args.verbose,
+                                 misclassified=_gallery(mistakes), max_images=GALLERY_SIZE):
             say.step(f"wrote {path}")
     return 0
 

@@ -19,6 +19,10 @@ from skclip._report import render_markdown
 from skclip.cli import main
 
 
+#: The methods of ``skclip evaluate --fine-tune`` with a CLIP checkpoint.
+METHODS = {"zero-shot CLIP", "Tip-Adapter", "Tip-Adapter-F", "GDA", "APE", "linear probe"}
+
+
 @pytest.fixture(scope="module")
 def data_dir(image_folder):
     paths, _ = image_folder
@@ -33,7 +37,7 @@ def test_evaluate_cv_writes_json_and_markdown(data_dir, tiny_clip_path, tmp_path
     assert "| Tip-Adapter |" in out and "Confusion matrix" in out
     data = json.loads(report.read_text())
     assert data["classes"] == ["blue sky", "green-leaf", "red_apple"]
-    assert set(data["methods"]) == {"zero-shot CLIP", "Tip-Adapter", "Tip-Adapter-F"}
+    assert set(data["methods"]) == METHODS
     tip = data["methods"]["Tip-Adapter"]
     assert 0 <= tip["accuracy"] <= 1 and tip["accuracy_std"] >= 0 and tip["alpha"] >= 0
     assert np.sum(tip["confusion_matrix"]) == 18
@@ -283,7 +287,7 @@ def test_4_one_shot_is_evaluated_and_cv_is_the_inner_cv(data_dir, tiny_clip_path
     base = ["evaluate", data_dir, "--model", tiny_clip_path, "-q", "--fine-tune", "--report"]
     assert main([*base, str(tmp_path / "one.json"), "--shots", "1"]) == 0
     report = json.loads((tmp_path / "one.json").read_text())
-    assert set(report["methods"]) == {"zero-shot CLIP", "Tip-Adapter", "Tip-Adapter-F"}
+    assert set(report["methods"]) == METHODS
     assert report["inner_cv"] is None and report["splits"] == [{"n_train": 3, "n_test": 15}]
     tip = report["methods"]["Tip-Adapter"]
     assert "default alpha=1, beta=5.5" in tip["configuration"]
@@ -363,7 +367,8 @@ def test_7_report_records_the_protocol(data_dir, tiny_clip_path, tmp_path, capsy
     assert data["per_class_method"] in data["methods"]
     assert "## Protocol" in md and fingerprint in md
     assert "train / test images per fold: 12 / 6" in md
-    assert f"## Per class: {data['per_class_method']} (the method with the best accuracy)" in md
+    heading = re.search(r"## Per class: (.+) \((.+)\)", md)
+    assert heading[1] == data["per_class_method"] and "best accuracy" in heading[2]
 
 
 def test_8_plain_progress_lines_when_not_a_terminal(data_dir, tiny_clip_path, capsys):
@@ -603,3 +608,52 @@ def test_r7_skipping_leaves_a_class_without_test_images(folder_with_a_bad_image,
     err = capsys.readouterr().err
     assert ("After skipping 1 unreadable image(s), class 'red_apple' has 5 image(s): none left "
             "to test after its 5 training images (--shots 5)") in err
+
+
+# -- issue 14 -----------------------------------------------------------------------------
+def test_14_html_report_compares_every_method_with_a_gallery_of_mistakes(
+    data_dir, tiny_clip_path, tmp_path, capsys
+):
+    """``skclip evaluate DIR --report r.html``: every method in the table with the
+    hyperparameters chosen on training data, and the misclassified images in the gallery
+    (each method's most confident mistakes: thumbnail, true, predicted, confidence)."""
+    from test_html_report import _browser, _parse, _run_browser
+
+    from skclip.cli import GALLERY_SIZE
+
+    base = ["evaluate", data_dir, "--model", tiny_clip_path, "--cv", "3", "--fine-tune", "-q"]
+    assert main(base + ["--report", str(tmp_path / "r.json")]) == 0
+    data = json.loads((tmp_path / "r.json").read_text())
+    page = tmp_path / "r.html"
+    assert main(base + ["--report", str(page)]) == 0
+    text = page.read_text(encoding="utf-8")
+    parsed = _parse(text)
+    table = text[text.index('id="methods"'):text.index("</table>", text.index('id="methods"'))]
+    for name, entry in data["methods"].items():
+        assert f"<td>{name}</td>" in table
+        for key, value in entry["params"].items():  # the same choice as the JSON report
+            assert f"{key}={value:.4g}" in table
+    assert "alpha=" in table and "C=" in table and "gamma=" in table
+    assert "4-fold inner cross-validation" in text  # how they were chosen
+
+    wrong = {name: int(np.sum(m["confusion_matrix"]) - np.trace(m["confusion_matrix"]))
+             for name, m in data["methods"].items()}
+    assert wrong["zero-shot CLIP"] > 0  # the tiny model's random text tower errs
+    share = -(-GALLERY_SIZE // len(wrong))
+    expected = sum(min(share, n) for n in wrong.values())
+    gallery = text[text.index('id="gallery"'):]
+    figures = re.findall(r'<figure title="([^"]+)">.*?true: ([^<]+)<br>.*?predicted: ([^<]+)'
+                         r'</span> \((\d+)%\)<br><span class="muted">([^<]+)</span>', gallery)
+    assert len(figures) == expected == gallery.count("data:image/jpeg;base64,")
+    for path, true, pred, _, method in figures:
+        assert Path(path).parent.name == true != pred and method in data["methods"]
+    confidences = [int(f[3]) for f in figures]
+    assert confidences == sorted(confidences, reverse=True)  # worst first
+    assert "script" not in parsed.tags
+
+    if _browser() is None:
+        pytest.skip("no headless browser: the page's DOM is checked above only")
+    dom = _run_browser(f"--user-data-dir={tmp_path / 'profile'}", "--dump-dom",
+                       page.resolve().as_uri()).stdout
+    drawn = _parse(dom)
+    assert drawn.tags.count("figure") == expected and drawn.tags.count("img") == expected
