@@ -5,11 +5,17 @@ does the maths on arrays and knows nothing of estimators: ``TipAdapterClassifier
 calls it once, ``TipAdapterClassifierCV.fit`` once per fold and once to refit. The
 loss is the cross-entropy of :func:`skclip._formula.tip_adapter_logits`, the one
 place the formula lives.
+
+The defaults (at least 300 optimizer steps, normalized keys) were chosen on
+``benchmarks/bench_tip_f.py``; the user guide's "When does fine-tuning help?" has the
+table. ``train_dtype="float16"`` reproduces the float16 regime of the reference
+code's GPU runs, where AdamW's second moment underflows.
 """
 
 from __future__ import annotations
 
 import math
+import warnings
 from typing import NamedTuple
 
 import numpy as np
@@ -19,6 +25,16 @@ from sklearn.utils import check_random_state
 
 from ._formula import CLIP_LOGIT_SCALE, tip_adapter_logits
 from ._models import resolve_device
+
+#: ``epochs="auto"``: the reference's 20 epochs, or more to make at least 300 AdamW steps.
+AUTO_EPOCHS = 20
+AUTO_STEPS = 300
+#: ``validation_fraction="auto"`` holds out this fraction ...
+AUTO_VALIDATION_FRACTION = 0.1
+#: ... when every class has at least this many samples (else it holds out nothing).
+AUTO_VALIDATION_MIN_SAMPLES = 20
+
+_DTYPES = {"float32": torch.float32, "float16": torch.float16}
 
 
 class FineTuneResult(NamedTuple):
@@ -33,11 +49,11 @@ class FineTuneResult(NamedTuple):
         Sorted indices into ``X`` of the samples whose keys are in the cache (all of
         them, or the training part when ``validation_fraction`` holds some out).
     loss_curve : list of float
-        Mean training loss per epoch.
+        Mean training loss per epoch (empty when nothing could be trained).
     validation_scores : list of float or None
         Held-out accuracy per epoch; ``None`` without a validation split.
     best_epoch : int
-        1-based epoch whose keys were kept.
+        1-based epoch whose keys were kept; 0 when nothing was trained.
     """
 
     keys: np.ndarray
@@ -45,6 +61,26 @@ class FineTuneResult(NamedTuple):
     loss_curve: list[float]
     validation_scores: list[float] | None
     best_epoch: int
+
+
+def resolve_validation_fraction(
+    validation_fraction: float | str | None, y_enc: np.ndarray, n_classes: int
+) -> float | None:
+    """``"auto"``: ``AUTO_VALIDATION_FRACTION`` if every class has at least
+    ``AUTO_VALIDATION_MIN_SAMPLES`` samples, else ``None``; other values unchanged."""
+    if validation_fraction != "auto":
+        return validation_fraction
+    smallest = np.bincount(y_enc, minlength=n_classes).min()
+    return AUTO_VALIDATION_FRACTION if smallest >= AUTO_VALIDATION_MIN_SAMPLES else None
+
+
+def resolve_epochs(epochs: int | str, n_queries: int, batch_size: int) -> int:
+    """``"auto"``: ``AUTO_EPOCHS``, or the fewest whole epochs with ``AUTO_STEPS`` steps
+    if that is more (small data sets, where an epoch is a step or two)."""
+    if epochs != "auto":
+        return int(epochs)
+    steps_per_epoch = max(1, math.ceil(n_queries / batch_size))
+    return max(AUTO_EPOCHS, math.ceil(AUTO_STEPS / steps_per_epoch))
 
 
 def fine_tune_keys(
@@ -55,11 +91,13 @@ def fine_tune_keys(
     *,
     alpha: float,
     beta: float,
-    epochs: int,
+    epochs: int | str,
     lr: float,
     batch_size: int,
-    validation_fraction: float | None = None,
+    validation_fraction: float | str | None = None,
     leave_one_out: bool = True,
+    normalize_keys: bool = True,
+    train_dtype: str = "float32",
     device: str | torch.device = "auto",
     random_state: int | np.random.RandomState | None = None,
     verbose: int = 0,
@@ -83,13 +121,24 @@ def fine_tune_keys(
         L2-normalized zero-shot text weights ``W``; ``None`` trains a pure cache model.
     alpha, beta : float
         Residual ratio and sharpness the loss is computed at.
-    epochs, lr, batch_size : int, float, int
-        Epochs, AdamW learning rate and mini-batch size.
-    validation_fraction : float or None, default=None
+    epochs : int or "auto"
+        Epochs; ``"auto"``: see :func:`resolve_epochs`.
+    lr, batch_size : float, int
+        AdamW learning rate and mini-batch size.
+    validation_fraction : float, "auto" or None, default=None
         Hold out this stratified fraction, score it after every epoch and keep the
         keys of the first best epoch; the held-out samples are not kept in the cache.
+        ``"auto"``: see :func:`resolve_validation_fraction`.
     leave_one_out : bool, default=True
-        Drop each training sample's affinity with its own key from its logits.
+        Drop each training sample's affinity with its own key from its logits. A
+        sample alone in its class then has no key left to vote for it: it is not used
+        as a query (its key still trains as the others' neighbour).
+    normalize_keys : bool, default=True
+        Use the keys L2-normalized in the loss and return them normalized.
+    train_dtype : {"float32", "float16"}, default="float32"
+        Dtype of the keys, their gradients and AdamW's moments (torch's single-tensor
+        AdamW, whose float16 moments are those of the reference's float16 GPU runs);
+        features and text weights are rounded to it. The loss is computed in float32.
     device : str or torch.device, default="auto"
         Where to train.
     random_state : int, RandomState instance or None, default=None
@@ -118,6 +167,8 @@ def fine_tune_keys(
     """
     rng = check_random_state(random_state)
     dev = resolve_device(device)
+    dtype = _DTYPES[train_dtype]
+    validation_fraction = resolve_validation_fraction(validation_fraction, y_enc, n_classes)
     train = np.arange(len(X))
     val = None
     if validation_fraction is not None:
@@ -135,20 +186,43 @@ def fine_tune_keys(
         val.sort()
 
     def t(a: np.ndarray) -> torch.Tensor:
-        return torch.as_tensor(a, dtype=torch.float32, device=dev)
+        """On the device, rounded to the training dtype, computed in float32."""
+        return torch.as_tensor(a, device=dev).to(dtype).to(torch.float32)
+
+    def used(k: torch.Tensor) -> torch.Tensor:
+        """The keys as the loss and the predictions see them."""
+        k = k.to(torch.float32)
+        return torch.nn.functional.normalize(k, dim=1) if normalize_keys else k
 
     feats, labels = t(X[train]), torch.as_tensor(y_enc[train], device=dev)
     W = None if text_weights is None else t(text_weights)
     zero_shot = {"logit_scale": logit_scale, "logit_bias": logit_bias}
-    keys = torch.nn.Parameter(feats.clone())
-    n, n_batches = len(train), math.ceil(len(train) / batch_size)
-    opt = torch.optim.AdamW([keys], lr=lr, eps=1e-4)
-    sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=epochs * n_batches)
+    keys = torch.nn.Parameter(feats.to(dtype, copy=True))
+    n = len(train)
+    queries = np.arange(n)
+    if leave_one_out:  # a sample alone in its class has no key left to vote for it
+        per_class = np.bincount(y_enc[train], minlength=n_classes)
+        queries = np.flatnonzero(per_class[y_enc[train]] >= 2)
+        if len(queries) == 0:
+            warnings.warn(
+                "fine_tune=True with leave_one_out=True needs a class with 2 or more "
+                "training samples (each sample is scored without its own key); every "
+                "class has 1, so the keys stay the training features (training-free "
+                "Tip-Adapter). Set leave_one_out=False to train anyway.",
+                UserWarning,
+                stacklevel=3,
+            )
+    epochs = resolve_epochs(epochs, len(queries), batch_size) if len(queries) else 0
+    n_batches = math.ceil(len(queries) / batch_size)
+    # torch's single-tensor AdamW keeps float16 moments for float16 keys, as the
+    # reference's runs did; the fused kernel would compute them in float32.
+    opt = torch.optim.AdamW([keys], lr=lr, eps=1e-4, foreach=False, fused=False)
+    sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=max(1, epochs * n_batches))
     loss_curve: list[float] = []
     validation_scores: list[float] | None = [] if val is not None else None
     best_score, best_keys, best_epoch = -np.inf, None, epochs
     for epoch in range(epochs):
-        order = rng.permutation(n)
+        order = queries[rng.permutation(len(queries))]
         total = 0.0
         for b in range(n_batches):
             idx = torch.as_tensor(order[b * batch_size : (b + 1) * batch_size], device=dev)
@@ -157,7 +231,7 @@ def fine_tune_keys(
                 exclude = torch.zeros(len(idx), n, dtype=torch.bool, device=dev)
                 exclude[torch.arange(len(idx), device=dev), idx] = True
             logits = tip_adapter_logits(
-                feats[idx], keys, labels, W, alpha, beta, exclude, n_classes, **zero_shot
+                feats[idx], used(keys), labels, W, alpha, beta, exclude, n_classes, **zero_shot
             )
             loss = torch.nn.functional.cross_entropy(logits, labels[idx])
             opt.zero_grad()
@@ -165,12 +239,13 @@ def fine_tune_keys(
             opt.step()
             sched.step()
             total += loss.item() * len(idx)
-        loss_curve.append(total / n)
+        loss_curve.append(total / len(queries))
         msg = f"epoch {epoch + 1}/{epochs}: loss {loss_curve[-1]:.4f}"
         if val is not None:
             with torch.no_grad():
                 pred = tip_adapter_logits(
-                    t(X[val]), keys, labels, W, alpha, beta, n_classes=n_classes, **zero_shot
+                    t(X[val]), used(keys), labels, W, alpha, beta, n_classes=n_classes,
+                    **zero_shot,
                 )
                 score = float((pred.argmax(1).cpu().numpy() == y_enc[val]).mean())
             validation_scores.append(score)
@@ -179,7 +254,8 @@ def fine_tune_keys(
                 best_score, best_keys, best_epoch = score, keys.detach().clone(), epoch + 1
         if verbose:
             print(msg)
-    final = best_keys if best_keys is not None else keys.detach()
+    with torch.no_grad():
+        final = used(best_keys if best_keys is not None else keys.detach())
     return FineTuneResult(
         keys=final.cpu().numpy().astype(X.dtype),
         kept=train,

@@ -139,8 +139,12 @@ class TipAdapterClassifierCV(_BaseTipAdapter):
         uses the chosen ``alpha_`` and ``beta_``.
     clip_model, templates, class_names, text_features
         The text head, as in :class:`TipAdapterClassifier`; text is encoded once.
-    epochs, lr, batch_size, leave_one_out, device, random_state, verbose
-        Tip-Adapter-F training, as in :class:`TipAdapterClassifier`.
+    epochs, lr, batch_size, leave_one_out, normalize_keys, train_dtype
+        Tip-Adapter-F training, as in :class:`TipAdapterClassifier` and with its
+        defaults; there is no validation split (the folds' held-out parts score the
+        grid, and the refit trains on all the data).
+    device, random_state, verbose
+        As in :class:`TipAdapterClassifier`.
 
     Attributes
     ----------
@@ -211,10 +215,12 @@ class TipAdapterClassifierCV(_BaseTipAdapter):
         templates: str | list[str] = "auto",
         class_names: dict | list[str] | None = None,
         text_features: Any = None,
-        epochs: int = 20,
+        epochs: int | str = "auto",
         lr: float = 1e-3,
         batch_size: int = 256,
         leave_one_out: bool = True,
+        normalize_keys: bool = True,
+        train_dtype: str = "float32",
         device: str = "auto",
         random_state: int | np.random.RandomState | None = None,
         verbose: int = 0,
@@ -234,6 +240,8 @@ class TipAdapterClassifierCV(_BaseTipAdapter):
         self.lr = lr
         self.batch_size = batch_size
         self.leave_one_out = leave_one_out
+        self.normalize_keys = normalize_keys
+        self.train_dtype = train_dtype
         self.device = device
         self.random_state = random_state
         self.verbose = verbose
@@ -258,6 +266,7 @@ class TipAdapterClassifierCV(_BaseTipAdapter):
             X, y_enc, n_classes, W,
             alpha=self.alpha, beta=self.beta, epochs=self.epochs, lr=self.lr,
             batch_size=self.batch_size, leave_one_out=self.leave_one_out,
+            normalize_keys=self.normalize_keys, train_dtype=self.train_dtype,
             device=self.device, random_state=self.random_state, verbose=self.verbose,
             **self._zero_shot_params(),
         )

@@ -254,7 +254,8 @@ class TipAdapterClassifier(_BaseTipAdapter):
     ``logit_bias`` for SigLIP and SigLIP 2 (so ``alpha=0`` gives exactly the model's
     own ``logits_per_image``). ``b`` is the same for every class: it changes neither
     predictions nor probabilities. Nothing is trained unless ``fine_tune=True``
-    (Tip-Adapter-F), which trains the keys with cross-entropy for a few epochs.
+    (Tip-Adapter-F), which trains the keys with cross-entropy (by default for at
+    least 300 optimizer steps).
 
     Parameters
     ----------
@@ -287,24 +288,43 @@ class TipAdapterClassifier(_BaseTipAdapter):
         Ready text weights (rows in ``classes_`` order); skips text encoding and
         loads no model. The zero-shot term then uses CLIP's ``s = 100``, ``b = 0``.
     fine_tune : bool, default=False
-        Train the cache keys (Tip-Adapter-F): AdamW, cosine learning-rate schedule,
-        cross-entropy on the Tip-Adapter logits at the current ``alpha`` and ``beta``.
-    epochs : int, default=20
-        Fine-tuning epochs.
+        Train the cache keys (Tip-Adapter-F): AdamW (``eps=1e-4``), cosine learning-rate
+        schedule, cross-entropy on the Tip-Adapter logits at the current ``alpha`` and
+        ``beta``. The defaults below are chosen on ``benchmarks/bench_tip_f.py`` (see
+        "When does fine-tuning help?" in the user guide).
+    epochs : int or "auto", default="auto"
+        Fine-tuning epochs. ``"auto"`` is the reference's 20 epochs, or more to make at
+        least 300 optimizer *steps*: an epoch of up to ``batch_size`` samples is a
+        single step, so 20 epochs would barely train a small data set.
     lr : float, default=1e-3
-        Fine-tuning learning rate (AdamW with ``eps=1e-4``).
+        Fine-tuning learning rate (AdamW with ``eps=1e-4``), the paper's.
     batch_size : int, default=256
         Fine-tuning mini-batch size.
-    validation_fraction : float or None, default=None
-        If set, fine-tuning holds out this stratified fraction of the training data,
-        scores it after every epoch and keeps the keys of the best epoch; the held-out
-        samples are not in the cache. If ``None``, the last epoch's keys are kept. The
-        test set is never used to pick an epoch.
+    validation_fraction : float, "auto" or None, default="auto"
+        If a float, fine-tuning holds out this stratified fraction of the training data,
+        scores it after every epoch and keeps the keys of the first best epoch; the
+        held-out samples are not in the cache. ``"auto"`` holds out 0.1 when every class
+        has at least 20 samples, else nothing. If ``None``, the last epoch's keys are
+        kept. The test set is never used to pick an epoch.
     leave_one_out : bool, default=True
         While fine-tuning, drop each training sample's affinity with its *own* key. The
         keys are the training samples, so that affinity is 1 and would let every
         sample vote for its own label: the loss would be trivially low and the keys
-        would barely move. Set ``False`` only to reproduce the reference code.
+        would barely move. A sample alone in its class then has no key to vote for it
+        and is not used as a query (at one shot nothing is trained: a warning says so).
+        Set ``False`` only to reproduce the reference code.
+    normalize_keys : bool, default=True
+        Keep the keys L2-normalized while fine-tuning (the loss sees ``K / |K|``, and
+        the stored keys are normalized), so affinities stay cosines. Without it keys
+        can grow along the direction all CLIP features share and vote for their class
+        everywhere: long training then falls below training-free Tip-Adapter. The
+        reference code does not normalize (``False``).
+    train_dtype : {"float32", "float16"}, default="float32"
+        Precision of the keys, their gradients and AdamW's moments while fine-tuning.
+        ``"float16"`` is the regime of the reference code's GPU runs, on any device:
+        AdamW's second moment underflows to 0 for small gradients, so steps become
+        about ``lr * m / eps`` and the keys move tens of times farther (see the user
+        guide). The loss is computed in float32 either way.
     device : str, default="auto"
         Where the text tower and fine-tuning run: ``"auto"`` (CUDA if available),
         ``"cpu"``, ``"cuda"``, ``"cuda:N"``, ``"mps"``. Prediction runs on the CPU.
@@ -342,7 +362,8 @@ class TipAdapterClassifier(_BaseTipAdapter):
         Held-out accuracy per fine-tuning epoch; ``None`` without fine-tuning or
         without ``validation_fraction``.
     best_epoch_ : int or None
-        1-based epoch whose keys were kept; ``None`` with ``fine_tune=False``.
+        1-based epoch whose keys were kept; 0 when there was nothing to train (one
+        sample per class with ``leave_one_out=True``); ``None`` with ``fine_tune=False``.
 
     See Also
     --------
@@ -376,11 +397,15 @@ class TipAdapterClassifier(_BaseTipAdapter):
         "class_names": [dict, list, tuple, None],
         "text_features": ["array-like", None],
         "fine_tune": ["boolean"],
-        "epochs": [Interval(Integral, 1, None, closed="left")],
+        "epochs": [Interval(Integral, 1, None, closed="left"), StrOptions({"auto"})],
         "lr": [Interval(Real, 0, None, closed="neither")],
         "batch_size": [Interval(Integral, 1, None, closed="left")],
-        "validation_fraction": [Interval(Real, 0, 1, closed="neither"), None],
+        "validation_fraction": [
+            Interval(Real, 0, 1, closed="neither"), StrOptions({"auto"}), None
+        ],
         "leave_one_out": ["boolean"],
+        "normalize_keys": ["boolean"],
+        "train_dtype": [StrOptions({"float32", "float16"})],
         "device": [str, torch.device],
         "random_state": ["random_state"],
         "verbose": ["verbose"],
@@ -396,11 +421,13 @@ class TipAdapterClassifier(_BaseTipAdapter):
         class_names: dict | list[str] | None = None,
         text_features: Any = None,
         fine_tune: bool = False,
-        epochs: int = 20,
+        epochs: int | str = "auto",
         lr: float = 1e-3,
         batch_size: int = 256,
-        validation_fraction: float | None = None,
+        validation_fraction: float | str | None = "auto",
         leave_one_out: bool = True,
+        normalize_keys: bool = True,
+        train_dtype: str = "float32",
         device: str = "auto",
         random_state: int | np.random.RandomState | None = None,
         verbose: int = 0,
@@ -417,6 +444,8 @@ class TipAdapterClassifier(_BaseTipAdapter):
         self.batch_size = batch_size
         self.validation_fraction = validation_fraction
         self.leave_one_out = leave_one_out
+        self.normalize_keys = normalize_keys
+        self.train_dtype = train_dtype
         self.device = device
         self.random_state = random_state
         self.verbose = verbose
@@ -445,7 +474,8 @@ class TipAdapterClassifier(_BaseTipAdapter):
                 X, y_enc, n_classes, self.text_features_,
                 alpha=self.alpha, beta=self.beta, epochs=self.epochs, lr=self.lr,
                 batch_size=self.batch_size, validation_fraction=self.validation_fraction,
-                leave_one_out=self.leave_one_out, device=self.device,
+                leave_one_out=self.leave_one_out, normalize_keys=self.normalize_keys,
+                train_dtype=self.train_dtype, device=self.device,
                 random_state=self.random_state, verbose=self.verbose,
                 **self._zero_shot_params(),
             )

@@ -323,7 +323,10 @@ def test_pickle_holds_no_weights(features):
 
 
 # -- Tip-Adapter-F ----------------------------------------------------------------------------
-TIPF = dict(clip_model=None, fine_tune=True, lr=1e-2, epochs=20, random_state=0)
+# The reference loop's raw keys (normalize_keys=False): these tests are about its behaviour;
+# tests/test_finetune.py covers the defaults.
+TIPF = dict(clip_model=None, fine_tune=True, lr=1e-2, epochs=20, normalize_keys=False,
+            random_state=0)
 
 
 @pytest.fixture(scope="module")
@@ -395,6 +398,7 @@ def test_tipf_verbose_prints_progress(task, capsys):
         TipAdapterClassifier(clip_model=None),
         TipAdapterClassifier(clip_model=None, alpha=2.0, beta=1.0),
         TipAdapterClassifier(clip_model=None, fine_tune=True, epochs=3, random_state=0),
+        TipAdapterClassifier(clip_model=None, fine_tune=True, random_state=0),  # the defaults
     ]
 )
 def test_sklearn_estimator_checks(estimator, check):
@@ -431,7 +435,7 @@ def test_parameters_are_keyword_only(cls):
 def test_fine_tune_keys_is_what_fit_does(task):
     """The pure training function gives the classifier's keys, curves and kept samples."""
     Xtr, ytr, _, _, W = task
-    params = dict(alpha=1.0, beta=5.5, epochs=3, lr=1e-2, batch_size=32)
+    params = dict(alpha=1.0, beta=5.5, epochs=3, lr=1e-2, batch_size=32, normalize_keys=False)
     clf = TipAdapterClassifier(
         text_features=W, validation_fraction=0.25, **{**TIPF, **params}
     ).fit(Xtr, ytr)
