@@ -397,7 +397,8 @@ def test_cli_evaluate_fit_and_predict(request, fixture, image_folder, tmp_path):
     args = ["evaluate", data_dir, "--model", path, "--cv", "3", "-q"]
     assert main(args + ["--report", str(report)]) == 0
     methods = set(json.loads(report.read_text())["methods"])
-    assert methods == ({"Tip-Adapter"} if image_only else {"zero-shot CLIP", "Tip-Adapter"})
+    heads = {"Tip-Adapter", "GDA", "APE", "linear probe"}
+    assert methods == (heads if image_only else heads | {"zero-shot CLIP"})
     model_file = tmp_path / "model.joblib"
     assert main(["fit", data_dir, "-o", str(model_file), "--model", path, "-q"]) == 0
     pipe = joblib.load(model_file)
