@@ -9,11 +9,10 @@ from typing import Any
 import numpy as np
 import torch
 from sklearn.base import BaseEstimator, TransformerMixin
-from sklearn.utils._set_output import _get_output_config
 
 from . import _encode
 from ._cache import MEMORY, CacheInfo
-from ._compat import Interval, StrOptions
+from ._compat import Interval, StrOptions, get_output_config
 from ._models import DEFAULT_MODEL, LoadedCLIP, check_fingerprint, load_clip, resolve_device
 
 
@@ -257,7 +256,7 @@ class CLIPFeaturizer(TransformerMixin, BaseEstimator):
         embeddings : ndarray of shape (n_images, (1 + train_views) * embedding_dim), dtype float32
         """
         items = self._fit(X)  # X is read once: it may be a one-shot iterable
-        if self.train_views and _get_output_config("transform", self)["dense"] != "default":
+        if self.train_views and get_output_config("transform", self)["dense"] != "default":
             raise ValueError(
                 f"CLIPFeaturizer(train_views={self.train_views}).fit_transform returns "
                 f"{1 + self.train_views} blocks of embedding_dim columns, which have no feature "
