@@ -20,6 +20,7 @@ from sklearn.utils._param_validation import (
     StrOptions,
     validate_params,
 )
+from sklearn.utils._set_output import _get_output_config as get_output_config
 
 __all__ = [
     "HasMethods",
@@ -29,6 +30,7 @@ __all__ = [
     "Options",
     "PositiveInt",
     "StrOptions",
+    "get_output_config",
     "pooled_embeddings",
     "validate_params",
 ]

@@ -192,6 +192,16 @@ def draw_seed(random_state: Any, n_views: int) -> int | None:
     return int(check_random_state(random_state).randint(np.iinfo(np.int32).max))
 
 
+def view_seeds(random_state: Any, n_views: int) -> list[int]:
+    """Seeds of ``n_views`` single random views (``CLIPFeaturizer(train_views=...)``):
+    one seed drawn from ``random_state``, then one per view index, so view ``e`` (and its
+    cache entry) is the same whatever the number of views."""
+    if n_views == 0:
+        return []
+    base = draw_seed(random_state, 1)
+    return [int(np.random.SeedSequence([base, e]).generate_state(1)[0]) for e in range(n_views)]
+
+
 # How views are pooled; part of the settings of augmented embeddings, so that entries
 # pooled another way (earlier versions averaged normalized views) are never reused.
 VIEW_POOLING = "normalized mean of raw views"

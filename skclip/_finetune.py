@@ -103,6 +103,7 @@ def fine_tune_keys(
     verbose: int = 0,
     logit_scale: float = CLIP_LOGIT_SCALE,
     logit_bias: float = 0.0,
+    views: np.ndarray | None = None,
 ) -> FineTuneResult:
     """Train Tip-Adapter cache keys with cross-entropy (Tip-Adapter-F).
 
@@ -147,6 +148,13 @@ def fine_tune_keys(
         Print the loss (and validation accuracy) per epoch if > 0.
     logit_scale, logit_bias : float, default=100.0, 0.0
         Zero-shot scale and bias of the text model (CLIP: 100 and 0).
+    views : ndarray of shape (n_views, n_samples, n_features) or None, default=None
+        L2-normalized features of random views of the training images (row ``i`` of
+        each view is sample ``i``). Epoch ``e`` uses ``views[e % n_views]`` as the
+        training queries, as the reference trains on a fresh augmented view of every
+        image each epoch; the keys still start as ``X``, leave-one-out still drops a
+        sample's own key, and validation scores the held-out rows of ``X``. ``None``:
+        ``X`` is every epoch's queries.
 
     Returns
     -------
@@ -165,6 +173,11 @@ def fine_tune_keys(
     >>> res.keys.shape, len(res.loss_curve), res.best_epoch
     ((20, 4), 3, 3)
     """
+    if views is not None and (views.ndim != 3 or views.shape[1:] != X.shape):
+        raise ValueError(
+            f"views must have shape (n_views, n_samples, n_features) = (n_views, {X.shape[0]}, "
+            f"{X.shape[1]}) like X; got shape {views.shape}."
+        )
     rng = check_random_state(random_state)
     dev = resolve_device(device)
     dtype = _DTYPES[train_dtype]
@@ -195,6 +208,8 @@ def fine_tune_keys(
         return torch.nn.functional.normalize(k, dim=1) if normalize_keys else k
 
     feats, labels = t(X[train]), torch.as_tensor(y_enc[train], device=dev)
+    # Queries per epoch: the training features, or a view of them (cycled).
+    epoch_queries = [feats] if views is None else [t(v[train]) for v in views]
     W = None if text_weights is None else t(text_weights)
     zero_shot = {"logit_scale": logit_scale, "logit_bias": logit_bias}
     keys = torch.nn.Parameter(feats.to(dtype, copy=True))
@@ -223,6 +238,7 @@ def fine_tune_keys(
     best_score, best_keys, best_epoch = -np.inf, None, epochs
     for epoch in range(epochs):
         order = queries[rng.permutation(len(queries))]
+        epoch_feats = epoch_queries[epoch % len(epoch_queries)]
         total = 0.0
         for b in range(n_batches):
             idx = torch.as_tensor(order[b * batch_size : (b + 1) * batch_size], device=dev)
@@ -231,7 +247,7 @@ def fine_tune_keys(
                 exclude = torch.zeros(len(idx), n, dtype=torch.bool, device=dev)
                 exclude[torch.arange(len(idx), device=dev), idx] = True
             logits = tip_adapter_logits(
-                feats[idx], used(keys), labels, W, alpha, beta, exclude, n_classes, **zero_shot
+                epoch_feats[idx], used(keys), labels, W, alpha, beta, exclude, n_classes, **zero_shot
             )
             loss = torch.nn.functional.cross_entropy(logits, labels[idx])
             opt.zero_grad()

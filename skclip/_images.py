@@ -104,17 +104,22 @@ def _check_size(img: Image.Image, item: Any, index: int) -> None:
 
 
 _OBJECT_REPR = re.compile(r"<[\w.]+ object at 0x[0-9a-fA-F]+>")
+_UNIDENTIFIED = re.compile(r"cannot identify image file(?: (?:<[^>]*>|'[^']*'|\"[^\"]*\"))?")
 
 
 def readable(message: str) -> str:
-    """``message`` without object reprs such as ``<_io.BytesIO object at 0x7f...>``: PIL
-    names the in-memory copy of a file that way, and the file is named already.
+    """``message`` without object reprs such as ``<_io.BytesIO object at 0x7f...>`` (PIL
+    names the in-memory copy of a file that way, and the file is named already), and
+    PIL's "cannot identify image file ..." said plainly.
 
     Examples
     --------
     >>> readable("cannot identify image file <_io.BytesIO object at 0x7f3a>")
-    "cannot identify image file the file's bytes"
+    'not an image file (cannot identify its format)'
+    >>> readable("broken data stream when reading <_io.BytesIO object at 0x7f3a>")
+    "broken data stream when reading the file's bytes"
     """
+    message = _UNIDENTIFIED.sub("not an image file (cannot identify its format)", message)
     return _OBJECT_REPR.sub("the file's bytes", message)
 
 

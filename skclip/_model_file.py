@@ -1,15 +1,16 @@
-"""Model files of ``skclip fit``: saving, loading safely, and guarding the checkpoint.
+"""Model files of ``skclip fit``: saving and loading them safely.
 
-A model file holds a fitted :class:`~sklearn.pipeline.Pipeline` whose first step is a
-:class:`~skclip.CLIPFeaturizer`: parameters and fitted arrays, never weights. The CLIP
-checkpoint is loaded again by name or path, so the file also records the checkpoint's
-weights fingerprints (``skclip_checkpoint_``) and :func:`check_checkpoint` refuses a
-different checkpoint found under that name.
+A model file holds a fitted :class:`~sklearn.pipeline.Pipeline` of exactly two steps, a
+:class:`~skclip.CLIPFeaturizer` and a skclip classifier: parameters and fitted arrays,
+never weights. The checkpoint is loaded again by name or path; the estimators record its
+weights fingerprint (``model_fingerprint_``) at fit and refuse a different checkpoint
+found later under that name (:class:`skclip.CheckpointMismatchError`).
 
 Two formats:
 
-- ``.skops`` (:mod:`skops.io`): loading trusts only the types skclip, scikit-learn and
-  numpy need and refuses anything else, naming the type: safe for files from others.
+- ``.skops`` (:mod:`skops.io`): loading trusts only the types listed in
+  :data:`TRUSTED_TYPES` (what a ``skclip fit`` file holds) and refuses anything else,
+  naming the type: safe for files from others.
 - ``.joblib`` (pickle): loading runs code stored in the file: only for files you made.
 """
 
@@ -22,8 +23,17 @@ from typing import Any
 #: File suffixes a model file may have.
 MODEL_SUFFIXES = (".joblib", ".skops")
 
-#: Module prefixes of the types a ``.skops`` model file may contain.
-TRUSTED_PREFIXES = ("skclip.", "sklearn.", "numpy.")
+#: Image file suffixes: such a file given as the model means the arguments were swapped.
+_IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp")
+
+#: The types a ``.skops`` model file may hold beyond those skops trusts by default:
+#: exactly what :func:`skops.io.get_untrusted_types` reports for the files ``skclip fit``
+#: writes (with or without ``--fine-tune``), and the plain Tip-Adapter classifier.
+TRUSTED_TYPES = (
+    "skclip.featurizer.CLIPFeaturizer",
+    "skclip.model_selection.TipAdapterClassifierCV",
+    "skclip.tip_adapter.TipAdapterClassifier",
+)
 
 _JOBLIB_NOTE = (
     "note: loading a .joblib file runs code stored in it; load only files you made "
@@ -70,12 +80,12 @@ def _load_skops(path: str) -> Any:
         untrusted = skops.io.get_untrusted_types(file=path)
     except Exception as exc:  # not a zip archive, or not skops's schema
         raise _unreadable(path, exc) from None
-    refused = [t for t in untrusted if not t.startswith(TRUSTED_PREFIXES)]
+    refused = [t for t in untrusted if t not in TRUSTED_TYPES]
     if refused:
         raise ValueError(
             f"The model file {path!r} contains types that skclip does not load: "
-            f"{', '.join(refused)}. Only skclip, scikit-learn and numpy types are trusted. If "
-            "you trust whoever made the file, load it in Python with "
+            f"{', '.join(refused)}. Only the types of a model written by 'skclip fit' are "
+            "trusted. If you trust whoever made the file, load it in Python with "
             "skops.io.load(file, trusted=[...])."
         )
     try:
@@ -84,13 +94,24 @@ def _load_skops(path: str) -> Any:
         raise _unreadable(path, exc) from None
 
 
+def _classifiers() -> tuple[type, ...]:
+    """The classifier classes a model file's second step may be."""
+    from .model_selection import TipAdapterClassifierCV
+    from .tip_adapter import TipAdapterClassifier
+
+    return (TipAdapterClassifierCV, TipAdapterClassifier)
+
+
 def load_model(path: str | os.PathLike, *, usage: str = "", note: Any = None) -> Any:
     """Load the Pipeline that ``skclip fit`` saved in ``path``.
+
+    The file must end in ``.skops`` or ``.joblib`` (anything else is never unpickled) and
+    hold exactly ``[CLIPFeaturizer, a skclip classifier]``.
 
     Parameters
     ----------
     path : str or path-like
-        A ``.skops`` file (loaded with trusted types only) or a joblib file.
+        A ``.skops`` file (loaded with trusted types only) or a ``.joblib`` file.
     usage : str, default=""
         Appended to the messages about a missing file or a folder.
     note : callable or None, default=None
@@ -103,8 +124,9 @@ def load_model(path: str | os.PathLike, *, usage: str = "", note: Any = None) ->
     Raises
     ------
     ValueError
-        One sentence naming the file when it is missing, a folder, damaged, holds
-        untrusted types or something other than a fitted skclip pipeline.
+        One sentence naming the file when it is missing, a folder, an image, has
+        another suffix, is damaged, holds untrusted types or something other than a
+        fitted skclip pipeline.
     """
     from sklearn.exceptions import NotFittedError
     from sklearn.pipeline import Pipeline
@@ -114,11 +136,19 @@ def load_model(path: str | os.PathLike, *, usage: str = "", note: Any = None) ->
 
     name = os.fspath(path)
     file = Path(name)
+    suffix = file.suffix.lower()
     if file.is_dir():
         raise ValueError(f"{name!r} is a folder, not a model file.{usage}")
+    if suffix in _IMAGE_SUFFIXES:
+        raise ValueError(f"{name!r} is an image, not a model file.{usage}")
+    if suffix not in MODEL_SUFFIXES:
+        raise ValueError(
+            f"{name!r} is not a model file: model files written by 'skclip fit' end in "
+            f"{' or '.join(MODEL_SUFFIXES)}.{usage}"
+        )
     if not file.is_file():
         raise ValueError(f"Model file {name!r} does not exist.{usage}")
-    if file.suffix.lower() == ".skops":
+    if suffix == ".skops":
         model = _load_skops(name)
     else:
         import joblib
@@ -129,11 +159,17 @@ def load_model(path: str | os.PathLike, *, usage: str = "", note: Any = None) ->
             model = joblib.load(file)
         except Exception as exc:  # unpickling damaged or foreign bytes can raise anything
             raise _unreadable(name, exc) from None
-    is_pipeline = isinstance(model, Pipeline) and len(model.steps) >= 2
-    if not is_pipeline or not isinstance(model.steps[0][1], CLIPFeaturizer):
+    if not isinstance(model, Pipeline):
         raise ValueError(
             f"{name!r} is not a model written by 'skclip fit': it holds a "
             f"{type(model).__name__}, not a Pipeline of a CLIPFeaturizer and a classifier."
+        )
+    steps = [type(step) for _, step in model.steps]
+    if len(steps) != 2 or steps[0] is not CLIPFeaturizer or steps[1] not in _classifiers():
+        raise ValueError(
+            f"{name!r} is not a model written by 'skclip fit': its Pipeline has the steps "
+            f"[{', '.join(f'{t.__module__}.{t.__qualname__}' for t in steps)}], not "
+            "[CLIPFeaturizer, a skclip classifier]."
         )
     try:
         check_is_fitted(model)
@@ -151,55 +187,3 @@ def checkpoint_names(model: Any) -> dict[str, str]:
             if isinstance(params.get(key), (str, os.PathLike)):
                 names[f"{step_name}__{key}"] = os.fspath(params[key])
     return names
-
-
-def _loaded(featurizer: Any) -> Any:
-    """The featurizer's checkpoint, loaded (shared with the featurizer itself)."""
-    from ._models import load_clip
-
-    return load_clip(featurizer.model, featurizer.device, featurizer.dtype)
-
-
-def _fingerprints(clip: Any) -> dict[str, str | None]:
-    return {
-        "vision": clip.vision_fingerprint,
-        "text": clip.text_fingerprint if clip.has_text else None,  # None: image-only
-    }
-
-
-def record_checkpoint(model: Any) -> dict[str, Any]:
-    """Store the name and weights fingerprints of the featurizer's checkpoint in
-    ``model.skclip_checkpoint_`` (the model was just fitted, so it is loaded)."""
-    featurizer = model.steps[0][1]
-    clip = _loaded(featurizer)
-    model.skclip_checkpoint_ = {"model": os.fspath(featurizer.model), **_fingerprints(clip)}
-    return model.skclip_checkpoint_
-
-
-def check_checkpoint(model: Any, file: str) -> None:
-    """Load the featurizer's checkpoint and check it is the one recorded at fit.
-
-    Raises
-    ------
-    ValueError
-        If its fingerprints differ, naming what was stored and what was found.
-    """
-    featurizer = model.steps[0][1]
-    clip = _loaded(featurizer)
-    recorded = getattr(model, "skclip_checkpoint_", None)
-    if not recorded:  # a file from before the fingerprints were recorded
-        return
-    found = _fingerprints(clip)
-    changed = [
-        tower for tower in ("vision", "text")
-        if recorded.get(tower) and found[tower] and recorded[tower] != found[tower]
-    ]
-    if changed:
-        raise ValueError(
-            f"The checkpoint {os.fspath(featurizer.model)!r} is not the one {file!r} was fitted "
-            f"with: {' and '.join(changed)} weights differ (fitted with {recorded['model']!r}, "
-            + ", ".join(f"{t} fingerprint {recorded[t]}" for t in changed)
-            + "; found "
-            + ", ".join(f"{t} fingerprint {found[t]}" for t in changed)
-            + "). Pass the original checkpoint's folder with --model."
-        )

@@ -1,8 +1,10 @@
-"""Rendering the report of ``skclip evaluate``: JSON, Markdown and a confusion-matrix PNG.
+"""Rendering the report of ``skclip evaluate``: JSON, Markdown and a confusion-matrix
+PNG, or one self-contained HTML page with a gallery of the misclassified images.
 
 The report is a plain dict (what ``--report x.json`` writes); this module only turns it
-into files. Figures use matplotlib's object API with an Agg canvas, so the process's
-matplotlib backend is never changed.
+into files (the HTML page through :func:`skclip._html_report.render_html`). Figures use
+matplotlib's object API with an Agg canvas, so the process's matplotlib backend is never
+changed.
 """
 
 from __future__ import annotations
@@ -16,7 +18,7 @@ from typing import Any
 import numpy as np
 
 #: File suffixes ``--report`` accepts.
-REPORT_SUFFIXES = (".json", ".md")
+REPORT_SUFFIXES = (".json", ".md", ".html")
 
 
 def check_output_path(path: str | os.PathLike, option: str, suffixes: tuple[str, ...] = ()) -> Path:
@@ -51,20 +53,39 @@ def shown_method(report: dict[str, Any]) -> str:
     methods = report["methods"]
     if report.get("per_class_method") in methods:
         return report["per_class_method"]
+    return _best(methods)
+
+
+def _best(methods: dict[str, Any]) -> str:
     return max(methods, key=lambda name: methods[name]["accuracy"])
+
+
+def shown_method_reason(report: dict[str, Any]) -> str:
+    """Why :func:`shown_method` is the one shown, e.g. "the method with the best
+    accuracy" or "chosen by per_class_method; the best accuracy is Tip-Adapter's"."""
+    methods, shown = report["methods"], shown_method(report)
+    best = _best(methods)
+    if methods[shown]["accuracy"] == methods[best]["accuracy"]:
+        ties = [n for n in methods if methods[n]["accuracy"] == methods[best]["accuracy"]]
+        if len(ties) > 1:
+            return f"the best accuracy, tied with {', '.join(n for n in ties if n != shown)}"
+        return "the method with the best accuracy"
+    return f"chosen by per_class_method; the best accuracy is {best}'s"
 
 
 def _protocol_lines(report: dict[str, Any]) -> list[str]:
     """The "Protocol" section: everything needed to reproduce the numbers."""
-    fingerprint = report.get("model_fingerprint") or {}
-    prints = ", ".join(f"{tower} {fp}" for tower, fp in fingerprint.items() if fp)
+    towers = report.get("tower_fingerprints") or {}
+    prints = ", ".join(f"{tower} {fp}" for tower, fp in towers.items() if fp)
+    fingerprint = report.get("model_fingerprint")
     splits = report.get("splits") or []
     sizes = sorted({(s["n_train"], s["n_test"]) for s in splits})
     lines = [
         "## Protocol",
         "",
         f"- skclip {report.get('skclip_version', '?')}; model `{report['model']}`"
-        + (f" (weights fingerprints: {prints})" if prints else ""),
+        + (f", weights fingerprint {fingerprint}" if fingerprint else "")
+        + (f" (towers: {prints})" if prints else ""),
         f"- {report['protocol']}; shots: {report.get('shots')}, cv: {report.get('cv')}, "
         f"inner cv: {report.get('inner_cv')}, random_state: {report.get('random_state')}, "
         f"augment: {report.get('augment')}",
@@ -92,23 +113,26 @@ def render_markdown(report: dict[str, Any]) -> str:
         f"Model `{report['model']}`, {report['n_images']} images, {len(report['classes'])} "
         f"classes; {report['protocol']}.",
         "",
-        "| method | accuracy | macro-F1 | alpha | beta |",
-        "|---|---|---|---|---|",
+        "| method | accuracy | macro-F1 | hyperparameters (chosen on training data) |",
+        "|---|---|---|---|",
     ]
 
     def pm(mean: float, std: float | None) -> str:
         return f"{mean:.3f}" if std is None else f"{mean:.3f} ± {std:.3f}"
 
     for name, m in report["methods"].items():
-        ab = f"{m['alpha']:.3g} | {m['beta']:.3g}" if "alpha" in m else "– | –"
+        params = m.get("params")
+        if params is None:  # reports written before every method recorded "params"
+            params = {k: m[k] for k in ("alpha", "beta") if k in m}
+        shown = ", ".join(f"{k}={v:.3g}" for k, v in params.items()) or "–"
         lines.append(
             f"| {name} | {pm(m['accuracy'], m['accuracy_std'])} | "
-            f"{pm(m['f1_macro'], m['f1_macro_std'])} | {ab} |"
+            f"{pm(m['f1_macro'], m['f1_macro_std'])} | {shown} |"
         )
     best = shown_method(report)
     m = report["methods"][best]
     lines += [""] + _protocol_lines(report)
-    lines += [f"## Per class: {best} (the method with the best accuracy)", "",
+    lines += [f"## Per class: {best} ({shown_method_reason(report)})", "",
               "| class | precision | recall | F1 | images |", "|---|---|---|---|---|"]
     for c, s in m["per_class"].items():
         lines.append(f"| {c} | {s['precision']:.3f} | {s['recall']:.3f} | {s['f1']:.3f} | "
@@ -152,10 +176,26 @@ def save_confusion_png(report: dict[str, Any], png: str | os.PathLike) -> None:
 
 
 def write_report(
-    report: dict[str, Any], path: str | os.PathLike, *, verbose: bool = False
+    report: dict[str, Any], path: str | os.PathLike, *, verbose: bool = False,
+    misclassified: list[dict[str, Any]] | None = None, max_images: int = 60,
 ) -> list[Path]:
-    """Write ``report`` to ``path`` (``.json`` or ``.md``) and, if matplotlib is
-    installed, its confusion matrix to ``<stem>_confusion.png`` beside it.
+    """Write ``report`` to ``path``: ``.json`` or ``.md`` (and, if matplotlib is
+    installed, its confusion matrix to ``<stem>_confusion.png`` beside it), or ``.html``,
+    one page that opens offline with the images in ``misclassified`` as a gallery.
+
+    Parameters
+    ----------
+    report : dict
+        As ``skclip evaluate`` builds it.
+    path : str or path-like
+        The file to write; its suffix chooses the format.
+    verbose : bool, default=False
+        Say on stderr why no PNG is written (matplotlib missing).
+    misclassified : list of dict or None, default=None
+        For ``.html``: the mistakes to show (``path``, ``true``, ``pred``,
+        ``confidence``, ``method``), the most confident first, at most ``max_images``.
+    max_images : int, default=60
+        Most thumbnails in the HTML gallery.
 
     Returns
     -------
@@ -163,6 +203,14 @@ def write_report(
         The files written.
     """
     path = check_output_path(path, "--report", REPORT_SUFFIXES)
+    if path.suffix.lower() == ".html":
+        from ._html_report import render_html
+
+        how = "; ".join(f"{name}: {m['configuration']}" for name, m in report["methods"].items()
+                        if m.get("configuration"))
+        page = {**report, "protocol": f"{report['protocol']}. How each method was configured: "
+                f"{how}" if how else report["protocol"]}
+        return [render_html(page, misclassified or [], path, max_images=max_images)]
     if path.suffix.lower() == ".json":
         path.write_text(json.dumps(report, indent=2))
     else:

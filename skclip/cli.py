@@ -2,7 +2,7 @@
 
 ::
 
-    skclip evaluate data/ --cv 5 --report report.md
+    skclip evaluate data/ --cv 5 --report report.html
     skclip fit data/ -o model.skops
     skclip predict model.skops new_images/ --proba --output predictions.csv
 
@@ -10,7 +10,8 @@ Every argument that can be checked from the command line and the folder listings
 checked before a model is loaded or an image encoded.
 
 Exit status: 0 on success, 1 when the data or model cannot be used (the message says
-why), 2 for a wrong command line.
+why), 2 for a wrong command line, 141 (128 + SIGPIPE, silently) when whoever reads the
+output stops early, as ``skclip predict ... | head`` does.
 """
 
 from __future__ import annotations
@@ -19,10 +20,11 @@ import argparse
 import contextlib
 import csv
 import os
+import re
 import sys
 import time
 import warnings
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -78,10 +80,13 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     ev = sub.add_parser(
-        "evaluate", help="how well do zero-shot CLIP, Tip-Adapter and Tip-Adapter-F do?",
-        description="Encode every image once, then report accuracy and macro-F1 of zero-shot "
-        "CLIP, Tip-Adapter with alpha/beta tuned by inner cross-validation (or its defaults "
-        "when a class has a single training image), and (with --fine-tune) Tip-Adapter-F, "
+        "evaluate", help="which method works best on my images?",
+        description="Encode every image once, then compare, under the same outer "
+        "cross-validation or few-shot split, the accuracy and macro-F1 of zero-shot CLIP, "
+        "Tip-Adapter, (with --fine-tune) Tip-Adapter-F, GDA, APE and a linear probe "
+        "(logistic regression on the embeddings). Every method's hyperparameters are chosen "
+        "by an inner cross-validation on the training images only (their documented "
+        "defaults when a class has a single training image); the report says which and how, "
         "with per-class results and a confusion matrix.",
         epilog=_EPILOG,
     )
@@ -97,7 +102,8 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--fine-tune", action="store_true", help="also evaluate Tip-Adapter-F")
     ev.add_argument("--report", default=None,
                     help="write the report to this .json or .md file (and a confusion-matrix "
-                    ".png beside it if matplotlib is installed)")
+                    ".png beside it if matplotlib is installed), or to a .html page that "
+                    "opens offline, with a gallery of the misclassified images")
     ev.add_argument("--augment", type=int, default=0, metavar="K",
                     help="training images: mean embedding of K random views (default 0: none)")
     ev.add_argument("--random-state", type=int, default=0,
@@ -117,7 +123,9 @@ def build_parser() -> argparse.ArgumentParser:
     fit.add_argument("data_dir", help="folder with one sub-folder of images per class")
     fit.add_argument("-o", "--output", required=True,
                      help="where to save: a .skops or .joblib file")
-    fit.add_argument("--cv", type=int, default=5, help="folds to choose alpha/beta (default 5)")
+    fit.add_argument("--cv", type=int, default=None,
+                     help="folds to choose alpha/beta (default: 5, or as many as the smallest "
+                     "class's images allow); more folds than a class has images is an error")
     fit.add_argument("--fine-tune", action="store_true", help="Tip-Adapter-F")
     fit.add_argument("--augment", type=int, default=0, metavar="K",
                      help="training images: mean embedding of K random views (default 0: none)")
@@ -176,9 +184,20 @@ def main(argv: list[str] | None = None) -> int:
     try:
         with _progress_bars(args.quiet):
             return args.func(args)
+    except BrokenPipeError:
+        return _reader_gone()
     except (ValueError, OSError) as exc:
         print(f"skclip: error: {readable(str(exc))}", file=sys.stderr)
         return 1
+
+
+def _reader_gone() -> int:
+    """The reader of stdout went away (``| head``): stop quietly, as command-line tools
+    do. stdout is pointed at /dev/null so that Python's final flush does not complain."""
+    with contextlib.suppress(OSError, ValueError):
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+    return 141  # 128 + SIGPIPE, what the shell reports for a command stopped that way
 
 
 # -- helpers ------------------------------------------------------------------------------
@@ -208,7 +227,11 @@ def _resolve_model(name: str, say: _Say) -> str:
 
     folder = Path(name).expanduser()
     if not folder.is_dir():
-        reason = "it is a file" if folder.exists() else _path_reason(name)
+        if folder.exists():
+            raise ValueError(f"--model {name!r} is a file, not a checkpoint folder.")
+        if folder.is_absolute() or name.startswith((".", "~")):
+            raise ValueError(f"--model {name!r}: the folder does not exist.")
+        reason = _path_reason(name)
         if reason is not None:
             raise ValueError(
                 f"--model {name!r} is not a checkpoint folder (read as a local path, not a hub "
@@ -245,6 +268,26 @@ def _check_common(args: argparse.Namespace) -> None:
         raise ValueError(f"--cache-dir {args.cache_dir!r} is a file, not a folder.")
 
 
+def _check_data_folder(path: str, option: str) -> None:
+    """A data folder given as a file (a model file, an image) is named as what it is."""
+    if Path(path).is_file():
+        hint = (" (a model file: classify images with it by 'skclip predict MODEL_FILE "
+                "IMAGES...')" if Path(path).suffix.lower() in MODEL_SUFFIXES else "")
+        raise ValueError(
+            f"{option} {path!r} is a file, not a folder with one sub-folder of images per "
+            f"class{hint}."
+        )
+
+
+def _short_reason(path: str, index: int, reason: str) -> str:
+    """The reason an image could not be used, without its path and input position (the
+    caller names the path once)."""
+    from ._images import describe
+
+    named = re.escape(describe(path, index))
+    reason = re.sub(rf"^Cannot read image {named}: ", "", reason)
+    reason = re.sub(rf"\s*:?\s*{named}", "", reason).rstrip(".")
+    return readable(reason)
 
 
 def _encode(
@@ -252,32 +295,41 @@ def _encode(
 ) -> tuple[np.ndarray, dict[int, str]]:
     """Embeddings of ``files`` (augmented training keys if ``augmented``) and, with
     ``on_error="skip"``, ``{position: reason}`` of the files that could not be read
-    (their rows are NaN)."""
+    (their rows are NaN). With ``on_error="raise"`` such files are a ValueError that
+    lists them, each as "path: reason", and suggests ``--on-error skip``."""
     from ._images import ImageLoadWarning
 
-    featurizer.set_params(on_error="warn" if on_error == "skip" else "raise")
-    with warnings.catch_warnings(record=True) as caught:
-        warnings.simplefilter("always", ImageLoadWarning)
-        X = featurizer.fit_transform(files) if augmented else featurizer.transform(files)
-    featurizer.set_params(on_error="raise")
+    featurizer.set_params(on_error="warn")  # every bad file is found, then reported here
+    try:
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always", ImageLoadWarning)
+            X = featurizer.fit_transform(files) if augmented else featurizer.transform(files)
+    finally:
+        featurizer.set_params(on_error="raise")
     for w in caught:
         if not issubclass(w.category, ImageLoadWarning):
             warnings.warn_explicit(w.message, w.category, w.filename, w.lineno)
     bad = {
-        int(i): readable(reason)
+        int(i): _short_reason(str(files[int(i)]), int(i), reason)
         for w in caught if issubclass(w.category, ImageLoadWarning)
         for i, reason in w.message.errors.items()
     }
+    if bad and on_error == "raise":
+        raise ValueError(
+            f"{len(bad)} of {len(files)} images could not be read:\n"
+            + "\n".join(f"  {files[i]}: {reason}" for i, reason in sorted(bad.items()))
+            + "\nFix or remove them, or pass --on-error skip to leave them out."
+        )
     return X, bad
 
 
 def _skipped(files: np.ndarray, bad: dict[int, str], say: _Say) -> list[dict[str, str]]:
-    """List skipped files on stderr; return them for the report."""
+    """List skipped files on stderr ("path: reason"); return them for the report."""
     if bad:
         say.note(f"skipped {len(bad)} of {len(files)} images that could not be read:")
-        for reason in bad.values():
-            print(f"  {reason}", file=sys.stderr)
-    return [{"path": str(files[i]), "error": reason} for i, reason in bad.items()]
+        for i, reason in sorted(bad.items()):
+            print(f"  {files[i]}: {reason}", file=sys.stderr)
+    return [{"path": str(files[i]), "error": reason} for i, reason in sorted(bad.items())]
 
 
 def _scores(y_true: np.ndarray, y_pred: np.ndarray, classes: np.ndarray) -> dict[str, Any]:
@@ -301,14 +353,21 @@ def _smallest_class(y: np.ndarray) -> int:
     return int(np.unique(y, return_counts=True)[1].min())
 
 
+def _too_few_for_cv(folds: int, smallest: int, what: str = "images") -> ValueError:
+    return ValueError(
+        f"--cv {folds} needs at least {folds} {what} in every class; the smallest class has "
+        f"{smallest}: use a smaller --cv."
+    )
+
+
 def _inner_cv(smallest_train: int, requested: int | None) -> int | None:
     """Folds of the inner CV choosing alpha and beta, given the smallest class's number
-    of training images; ``None``: too few to cross-validate (the defaults are used)."""
+    of training images; ``None``: too few to cross-validate (the defaults are used).
+    A requested number of folds that the smallest class does not allow is an error."""
     if requested is not None:
         if requested > smallest_train:
-            raise ValueError(
-                f"--cv {requested} (inner cross-validation) needs at least {requested} "
-                f"training images in every class; the smallest class has {smallest_train}."
+            raise _too_few_for_cv(
+                requested, smallest_train, "training images (inner cross-validation)"
             )
         return requested
     return min(5, smallest_train) if smallest_train >= 2 else None
@@ -324,14 +383,11 @@ def _splits(args: argparse.Namespace, y: np.ndarray) -> dict:
     if args.shots is None and args.test_dir is None:
         folds = 5 if args.cv is None else args.cv
         if _smallest_class(y) < folds:
-            raise ValueError(
-                f"--cv {folds} needs at least {folds} images in every class; "
-                "use a smaller --cv."
-            )
+            raise _too_few_for_cv(folds, _smallest_class(y))
         outer = StratifiedKFold(folds, shuffle=True, random_state=args.random_state)
         splits = list(outer.split(np.zeros(len(y)), y))
         smallest_train = min(_smallest_class(y[train]) for train, _ in splits)
-        return {"splits": splits, "inner_cv": _inner_cv(smallest_train, None),
+        return {"splits": splits, "cv": folds, "inner_cv": _inner_cv(smallest_train, None),
                 "protocol": f"{folds}-fold stratified cross-validation"}
     if args.shots is not None:
         train, test_idx = few_shot_split(y, args.shots, random_state=args.random_state)
@@ -346,7 +402,8 @@ def _splits(args: argparse.Namespace, y: np.ndarray) -> dict:
     else:
         protocol = f"{args.shots}-shot split, the other images as test set"
     inner_cv = _inner_cv(_smallest_class(y[train]), args.cv)
-    return {"splits": [(train, test_idx)], "inner_cv": inner_cv, "protocol": protocol}
+    return {"splits": [(train, test_idx)], "cv": None, "inner_cv": inner_cv,
+            "protocol": protocol}
 
 
 def _check_evaluate(args: argparse.Namespace) -> tuple[Any, Any]:
@@ -361,9 +418,11 @@ def _check_evaluate(args: argparse.Namespace) -> tuple[Any, Any]:
         raise ValueError(f"--cv must be at least 2, got {args.cv}.")
     if args.report:
         check_output_path(args.report, "--report", REPORT_SUFFIXES)
+    _check_data_folder(args.data_dir, "DATA_DIR")
     data = load_image_folder(args.data_dir)
     test = None
     if args.test_dir:
+        _check_data_folder(args.test_dir, "--test-dir")
         test = load_image_folder(args.test_dir)
         unknown = sorted(set(test.labels) - set(data.target_names))
         if unknown:
@@ -380,9 +439,33 @@ def _text_model(args: argparse.Namespace) -> str | None:
     return args.model if load_model(args.model, args.device).has_text else None
 
 
+#: Hyperparameter grids that the inner cross-validation of ``skclip evaluate`` searches.
+#: GDA: the authors' grid of alpha (Wang et al., ICLR 2024). APE: alpha and beta in the
+#: authors' search range [0.1, 7), gamma in [0, 0.5) (Zhu et al., ICCV 2023), coarsely.
+#: Linear probe: the inverse L2 penalty C of logistic regression, log-spaced.
+GRIDS: dict[str, dict[str, list[float]]] = {
+    "GDA": {"alpha": [1e-4, 1e-3, 1e-2, 0.1, 1.0, 10.0, 100.0]},
+    "APE": {"alpha": [0.5, 1.0, 2.0, 4.0], "beta": [1.0, 3.0, 5.5], "gamma": [0.0, 0.1, 0.3]},
+    "linear probe": {"C": [0.01, 0.1, 1.0, 10.0, 100.0, 1000.0, 10000.0]},
+}
+
+
+def _grid_text(grid: dict[str, list[float]]) -> str:
+    return ", ".join(f"{k} in [{', '.join(f'{v:g}' for v in values)}]"
+                     for k, values in grid.items())
+
+
 def _methods(args: argparse.Namespace, inner_cv: int | None, n_train_min: int) -> dict:
-    """``{name: (estimator, how it is configured)}``; no zero-shot method for an
-    image-only backbone."""
+    """``{name: (estimator, how it is configured, its hyperparameters)}``: every
+    hyperparameter is chosen by
+    an inner cross-validation on the training images of each split (accuracy), or is
+    the method's documented default when a class has a single training image. No
+    zero-shot method for an image-only backbone (GDA and APE then have no text term)."""
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.model_selection import GridSearchCV, StratifiedKFold
+
+    from .ape import APEClassifier
+    from .gda import GDAClassifier
     from .model_selection import TipAdapterClassifierCV
     from .tip_adapter import TipAdapterClassifier
 
@@ -390,31 +473,128 @@ def _methods(args: argparse.Namespace, inner_cv: int | None, n_train_min: int) -
     methods: dict[str, tuple[Any, str]] = {}
     if common["clip_model"] is not None:
         methods["zero-shot CLIP"] = (TipAdapterClassifier(alpha=0.0, **common),
-                                     "text classifier only (alpha=0), no training image used")
+                                     "text classifier only (alpha=0), no training image used",
+                                     ())
+    no_cv = (f"{n_train_min} training image(s) in the smallest class leave no inner "
+             "cross-validation")
     variants = [("Tip-Adapter", False)] + ([("Tip-Adapter-F", True)] if args.fine_tune else [])
     for name, fine_tune in variants:
         extra = dict(fine_tune=True, random_state=args.random_state) if fine_tune else {}
         if inner_cv is not None:
             methods[name] = (
                 TipAdapterClassifierCV(cv=inner_cv, **extra, **common),
-                f"alpha and beta chosen by {inner_cv}-fold inner cross-validation (accuracy)",
+                f"alpha and beta chosen by {inner_cv}-fold inner cross-validation (accuracy) "
+                "on the training images, over TipAdapterClassifierCV's default grid",
+                ("alpha", "beta"),
             )
         else:
             est = TipAdapterClassifier(**extra, **common)
-            methods[name] = (
-                est,
-                f"default alpha={est.alpha:g}, beta={est.beta:g}: {n_train_min} training "
-                "image(s) in the smallest class leave no inner cross-validation",
-            )
+            methods[name] = (est, f"default alpha={est.alpha:g}, beta={est.beta:g}: {no_cv}",
+                             ("alpha", "beta"))
+    heads = {
+        "GDA": (GDAClassifier(**common), ""),
+        "APE": (APEClassifier(**common), ""),
+        "linear probe": (LogisticRegression(max_iter=2000), "logistic regression on the "
+                         "embeddings (the CLIP paper's linear probe); "),
+    }
+    for name, (est, what) in heads.items():
+        grid = GRIDS[name]
+        if inner_cv is None:
+            defaults = est.get_params()
+            how = "default " + ", ".join(f"{k}={defaults[k]:g}" for k in grid) + f": {no_cv}"
+        else:
+            inner = StratifiedKFold(inner_cv, shuffle=True, random_state=args.random_state)
+            est = GridSearchCV(est, grid, cv=inner, scoring="accuracy")
+            how = (f"{_grid_text(grid)} chosen by {inner_cv}-fold inner cross-validation "
+                   "(accuracy) on the training images")
+        methods[name] = (est, what + how, tuple(grid))
     return methods
 
 
-def _fingerprint(args: argparse.Namespace) -> dict[str, str | None]:
-    from ._models import load_clip
+def _chosen(fitted: Any, names: tuple[str, ...]) -> dict[str, float]:
+    """The hyperparameters ``names`` that a fitted method uses: chosen by its inner
+    cross-validation (GridSearchCV, TipAdapterClassifierCV), else its fixed values."""
+    if hasattr(fitted, "best_params_"):
+        return {k: float(v) for k, v in fitted.best_params_.items()}
+    if hasattr(fitted, "alpha_"):
+        return {"alpha": float(fitted.alpha_), "beta": float(fitted.beta_)}
+    params = fitted.get_params()
+    return {n: float(params[n]) for n in names}
 
-    clip = load_clip(args.model, args.device)
-    return {"vision": clip.vision_fingerprint,
-            "text": clip.text_fingerprint if clip.has_text else None}
+
+#: Most misclassified images in the HTML report's gallery.
+GALLERY_SIZE = 60
+
+
+def _gallery(mistakes: dict[str, list[dict[str, Any]]]) -> list[dict[str, Any]]:
+    """The mistakes the HTML gallery shows: every method's most confident ones, an equal
+    share of :data:`GALLERY_SIZE` each (so one weak method cannot fill it)."""
+    share = -(-GALLERY_SIZE // max(1, len(mistakes)))
+    return [m for found in mistakes.values()
+            for m in sorted(found, key=lambda m: -m["confidence"])[:share]]
+
+
+def _mistakes(
+    fitted: Any, X_q: np.ndarray, y_q: np.ndarray, files_q: np.ndarray, pred: np.ndarray
+) -> list[dict[str, Any]]:
+    """The misclassified queries with the predicted class's probability."""
+    wrong = np.flatnonzero(pred != y_q)
+    if not len(wrong):
+        return []
+    proba = fitted.predict_proba(X_q[wrong])
+    column = {c: j for j, c in enumerate(fitted.classes_)}
+    return [
+        {"path": str(files_q[i]), "true": str(y_q[i]), "pred": str(pred[i]),
+         "confidence": float(proba[k, column[pred[i]]])}
+        for k, i in enumerate(wrong)
+    ]
+
+
+def _after_skipping(
+    args: argparse.Namespace, classes: np.ndarray, y: np.ndarray, n_skipped: int,
+    y_test: np.ndarray | None = None, test_classes: np.ndarray | None = None,
+) -> dict:
+    """The protocol again once unreadable images are left out: a class without images,
+    without a test image, or too small for ``--shots``/``--cv`` now, is an error that
+    says the skipped images caused it."""
+    after = f"After skipping {n_skipped} unreadable image(s)"
+    for c in map(str, classes):
+        if not np.any(y == c):
+            raise ValueError(f"{after}, class {c!r} of {args.data_dir} has no image left.")
+    if test_classes is not None:
+        for c in map(str, test_classes):
+            if not np.any(y_test == c):
+                raise ValueError(
+                    f"{after}, class {c!r} of --test-dir {args.test_dir} has no test image left."
+                )
+    if args.shots is not None and args.test_dir is None:
+        counts = {str(c): int(n) for c, n in zip(*np.unique(y, return_counts=True))}
+        for c in map(str, classes):
+            if counts[c] <= args.shots:
+                raise ValueError(
+                    f"{after}, class {c!r} has {counts[c]} image(s): none left to test after "
+                    f"its {args.shots} training images (--shots {args.shots}). Use a smaller "
+                    "--shots, or fix the files."
+                )
+    try:
+        return _splits(args, y)
+    except ValueError as exc:
+        if not n_skipped:
+            raise
+        raise ValueError(f"{after}: {exc}") from None
+
+
+def _fingerprints(args: argparse.Namespace) -> dict[str, Any]:
+    """The checkpoint's ``model_fingerprint`` (the one estimators record and errors show)
+    and, for reference, its towers' fingerprints."""
+    from ._models import load_model
+
+    clip = load_model(args.model, args.device)
+    return {
+        "model_fingerprint": clip.fingerprint,
+        "tower_fingerprints": {"vision": clip.vision_fingerprint,
+                               "text": clip.text_fingerprint if clip.has_text else None},
+    }
 
 
 def evaluate(args: argparse.Namespace) -> int:
@@ -443,15 +623,19 @@ def evaluate(args: argparse.Namespace) -> int:
         skipped += _skipped(test.filenames, bad_test, say)
         keep_test = np.setdiff1d(np.arange(len(X_test)), list(bad_test))
         X_test, y_test = X_test[keep_test], test.labels[keep_test]
-    plan = _splits(args, y)  # again: skipped files may have changed the classes' sizes
+        test_files = test.filenames[keep_test]
+    # Again: skipped files may have changed the classes' sizes.
+    plan = _after_skipping(args, classes, y, len(skipped),
+                           None if test is None else y_test,
+                           None if test is None else np.unique(test.labels))
     splits = plan["splits"]
     n_train_min = min(_smallest_class(y[train]) for train, _ in splits)
     methods = _methods(args, plan["inner_cv"], n_train_min)
     report: dict[str, Any] = {
         "skclip_version": __version__,
         "data_dir": str(args.data_dir), "test_dir": args.test_dir,
-        "model": str(args.model), "model_fingerprint": _fingerprint(args),
-        "protocol": plan["protocol"], "shots": args.shots, "cv": args.cv,
+        "model": str(args.model), **_fingerprints(args),
+        "protocol": plan["protocol"], "shots": args.shots, "cv": plan["cv"],
         "inner_cv": plan["inner_cv"], "random_state": args.random_state, "augment": args.augment,
         "n_images": int(len(y)), "n_test_dir_images": None if test is None else int(len(y_test)),
         "splits": [
@@ -460,35 +644,45 @@ def evaluate(args: argparse.Namespace) -> int:
         ],
         "skipped": skipped, "classes": classes.tolist(), "methods": {},
     }
-    for name, (est, configuration) in methods.items():
+    mistakes: dict[str, list[dict[str, Any]]] = {}
+    for name, (est, configuration, names) in methods.items():
         say.step(f"evaluating {name} ({len(splits)} split(s))")
         pred_all, truth_all, acc, f1, chosen = [], [], [], [], []
+        mistakes[name] = []
         for train, part in splits:
-            X_q, y_q = (X_test, y_test) if part is None else (X[part], y[part])
+            if part is None:
+                X_q, y_q, files_q = X_test, y_test, test_files
+            else:
+                X_q, y_q, files_q = X[part], y[part], files[part]
             fitted = clone(est).fit(X_keys[train], y[train])
             pred = fitted.predict(X_q)
             pred_all.append(pred)
             truth_all.append(y_q)
             acc.append(accuracy_score(y_q, pred))
             f1.append(f1_score(y_q, pred, average="macro"))
-            chosen.append(fitted)
+            chosen.append(_chosen(fitted, names))
+            mistakes[name] += [{**m, "method": name}
+                               for m in _mistakes(fitted, X_q, y_q, files_q, pred)]
         single = len(splits) == 1
+        # What the method uses from here on: its choice on all the images (one split:
+        # the training images of that split).
+        params = chosen[0] if single or not names else _chosen(clone(est).fit(X_keys, y), names)
         entry = {
             "configuration": configuration,
             "accuracy": float(np.mean(acc)), "accuracy_std": None if single else float(np.std(acc)),
             "f1_macro": float(np.mean(f1)), "f1_macro_std": None if single else float(np.std(f1)),
             **_scores(np.concatenate(truth_all), np.concatenate(pred_all), classes),
+            "params": params,
+            "params_per_split": chosen,
         }
-        if hasattr(est, "alphas"):  # the choice on all the training data, to use from here on
-            final = chosen[0] if single else clone(est).fit(X_keys, y)
-            entry.update(alpha=float(final.alpha_), beta=float(final.beta_))
-        elif name != "zero-shot CLIP":
-            entry.update(alpha=float(est.alpha), beta=float(est.beta))
+        if name.startswith("Tip-Adapter"):
+            entry.update(alpha=params["alpha"], beta=params["beta"])
         report["methods"][name] = entry
     report["per_class_method"] = shown_method(report)
     print(render_markdown(report))
     if args.report:
-        for path in write_report(report, args.report, verbose=args.verbose):
+        for path in write_report(report, args.report, verbose=args.verbose,
+                                 misclassified=_gallery(mistakes), max_images=GALLERY_SIZE):
             say.step(f"wrote {path}")
     return 0
 
@@ -498,21 +692,24 @@ def fit_command(args: argparse.Namespace) -> int:
     """``skclip fit``: see the sub-command's help."""
     from sklearn.pipeline import Pipeline
 
-    from ._model_file import record_checkpoint, save_model
+    from ._model_file import save_model
     from .datasets import load_image_folder
     from .model_selection import TipAdapterClassifierCV
 
     say = _Say(args.quiet)
     args.model = _resolve_model(args.model, say)
     _check_common(args)
-    if args.cv < 2:
+    if args.cv is not None and args.cv < 2:
         raise ValueError(f"--cv must be at least 2, got {args.cv}.")
     check_output_path(args.output, "-o/--output", MODEL_SUFFIXES)
     if Path(args.output).suffix.lower() == ".skops":
         require_skops()
+    _check_data_folder(args.data_dir, "DATA_DIR")
     data = load_image_folder(args.data_dir)
     if _smallest_class(data.labels) < 2:
         raise ValueError("Every class needs at least 2 images to choose alpha and beta.")
+    if args.cv is not None and args.cv > _smallest_class(data.labels):
+        raise _too_few_for_cv(args.cv, _smallest_class(data.labels))
     say.step(f"{args.data_dir}: {len(data.labels)} images in {len(data.target_names)} classes")
     files, labels = data.filenames, data.labels
     skipped: list[dict[str, str]] = []
@@ -522,10 +719,14 @@ def fit_command(args: argparse.Namespace) -> int:
         skipped = _skipped(files, bad, say)
         keep = np.setdiff1d(np.arange(len(files)), list(bad))
         files, labels = files[keep], labels[keep]
-        if len(keep) == 0 or _smallest_class(labels) < 2:
-            raise ValueError("After skipping unreadable images, a class has fewer than 2 images "
-                             "to choose alpha and beta.")
-    cv = min(args.cv, _smallest_class(labels))
+        smallest = min(int(np.sum(labels == c)) for c in data.target_names)
+        if smallest < 2:
+            raise ValueError(f"After skipping {len(bad)} unreadable image(s), a class has "
+                             f"{smallest} image(s): fewer than 2 to choose alpha and beta.")
+        if args.cv is not None and args.cv > smallest:
+            raise ValueError(f"After skipping {len(bad)} unreadable image(s): "
+                             f"{_too_few_for_cv(args.cv, smallest)}")
+    cv = min(5, _smallest_class(labels)) if args.cv is None else args.cv
     pipe = Pipeline([
         ("clip", _featurizer(args)),
         ("tip", TipAdapterClassifierCV(
@@ -535,7 +736,6 @@ def fit_command(args: argparse.Namespace) -> int:
     ])
     say.step(f"fitting on {len(files)} images ({cv}-fold choice of alpha and beta)")
     pipe.fit(files, labels)
-    record_checkpoint(pipe)
     save_model(pipe, args.output)
     tip = pipe.named_steps["tip"]
     print(f"saved {args.output}: {len(labels)} images, classes {data.target_names.tolist()}, "
@@ -569,9 +769,36 @@ def _image_paths(items: list[str]) -> list[str]:
     return paths
 
 
+def _check_checkpoint(pipe: Any, model_file: str) -> None:
+    """Load the checkpoint of every step that records one and compare its fingerprint
+    with the ``model_fingerprint_`` recorded at fit, before any image is encoded.
+
+    Raises
+    ------
+    CheckpointMismatchError
+        Naming the model file, the checkpoint, both fingerprints and ``--model PATH``.
+    """
+    from ._models import CheckpointMismatchError, check_fingerprint, load_model
+
+    for _, step in pipe.steps:
+        name = getattr(step, "model", None) or getattr(step, "clip_model", None)
+        if getattr(step, "model_fingerprint_", None) is None or name is None:
+            continue
+        clip = load_model(name, step.device, getattr(step, "dtype", "auto"))
+        try:
+            check_fingerprint(step, name, clip)
+        except CheckpointMismatchError:
+            raise CheckpointMismatchError(
+                f"The checkpoint {os.fspath(name)!r} is not the one {model_file!r} was fitted "
+                f"with: its weights fingerprint is {clip.fingerprint}, the model was fitted "
+                f"with {step.model_fingerprint_}. If the checkpoint moved, pass its folder: "
+                f"skclip predict {model_file} IMAGES... --model PATH."
+            ) from None
+
+
 def predict_command(args: argparse.Namespace) -> int:
     """``skclip predict``: see the sub-command's help."""
-    from ._model_file import check_checkpoint, checkpoint_names, load_model
+    from ._model_file import checkpoint_names, load_model
 
     say = _Say(args.quiet)
     pipe = load_model(args.model_file, usage=_USAGE_PREDICT, note=say.note)
@@ -590,10 +817,7 @@ def predict_command(args: argparse.Namespace) -> int:
     pipe.set_params(**params)
     featurizer, head = pipe.steps[0][1], pipe[1:]
     say.step(f"loading {featurizer.model}")
-    try:
-        check_checkpoint(pipe, args.model_file)
-    except OSError as exc:
-        raise OSError(f"{exc}\nIf the checkpoint moved, pass its new folder with --model.") from exc
+    _check_checkpoint(pipe, args.model_file)
     say.step(f"encoding {len(paths)} images")
     X, bad = _encode(featurizer, np.array(paths), args.on_error)
     _skipped(np.asarray(paths), bad, say)

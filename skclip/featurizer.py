@@ -12,7 +12,7 @@ from sklearn.base import BaseEstimator, TransformerMixin
 
 from . import _encode
 from ._cache import MEMORY, CacheInfo, clear_worker_folder
-from ._compat import Interval, StrOptions
+from ._compat import Interval, StrOptions, get_output_config
 from ._models import DEFAULT_MODEL, LoadedCLIP, check_fingerprint, load_clip, resolve_device
 
 
@@ -67,6 +67,22 @@ class CLIPFeaturizer(TransformerMixin, BaseEstimator):
         Tip-Adapter reference code (``build_cache_model``). :meth:`transform`
         always encodes the clean, center-cropped view. So in a Pipeline, training
         images get augmented keys while queries are encoded as usual.
+    train_views : int, default=0
+        If ``E > 0``, :meth:`fit_transform` returns ``[key | view_1 | ... | view_E]``,
+        of shape ``(n_images, (1 + E) * embedding_dim)``: the usual row (the clean
+        embedding, or the augmented key with ``augment > 0``) followed by the
+        embeddings of ``E`` single random views of the image (same augmentation as
+        ``augment``, each view L2-normalized when ``normalize=True``). They are the
+        per-epoch training queries of Tip-Adapter-F as the reference trains it: pass
+        them to ``TipAdapterClassifier(fine_tune=True, train_views=E)``, which uses
+        the first block as cache keys and view ``e % E`` as the queries of epoch ``e``.
+        Each view has its own seed (from ``random_state`` and the view's index) and
+        its own cache entries, so a second fit with an int ``random_state`` encodes
+        nothing, and view ``e`` does not depend on ``E``. Encoding costs ``E`` more
+        passes over the images at the first fit. :meth:`transform` and
+        :meth:`get_feature_names_out` are unchanged (one block, the clean view); the
+        wider output has no feature names, so ``set_output(transform="pandas")``
+        refuses ``train_views > 0``.
     random_state : int, RandomState instance or None, default=None
         Seeds the augmentation. Each image gets its own stream derived from the seed
         and the image's *content*, so its views do not depend on ``batch_size``,
@@ -133,7 +149,7 @@ class CLIPFeaturizer(TransformerMixin, BaseEstimator):
     -----
     ``fit`` learns nothing but the checkpoint's fingerprint (it loads the model), and
     ``transform`` may be called without ``fit``. ``fit_transform`` differs from ``fit().transform()`` only
-    when ``augment > 0`` (see above).
+    when ``augment > 0`` or ``train_views > 0`` (see above).
 
     Examples
     --------
@@ -146,6 +162,12 @@ class CLIPFeaturizer(TransformerMixin, BaseEstimator):
     (3, dtype('float32'))
     >>> bool(np.allclose(np.linalg.norm(X, axis=1), 1.0, atol=1e-5))
     True
+
+    Two random views per image follow the embedding, for Tip-Adapter-F:
+
+    >>> wide = CLIPFeaturizer(model=tiny_clip_path, train_views=2, random_state=0).fit_transform(images)
+    >>> wide.shape[1] == 3 * X.shape[1]
+    True
     """
 
     _parameter_constraints: dict = {
@@ -156,6 +178,7 @@ class CLIPFeaturizer(TransformerMixin, BaseEstimator):
         "batch_size": [Interval(Integral, 1, None, closed="left")],
         "normalize": ["boolean"],
         "augment": [Interval(Integral, 0, None, closed="left")],
+        "train_views": [Interval(Integral, 0, None, closed="left")],
         "random_state": ["random_state"],
         "n_jobs": [
             Interval(Integral, None, -1, closed="right"),
@@ -179,6 +202,7 @@ class CLIPFeaturizer(TransformerMixin, BaseEstimator):
         batch_size: int = 32,
         normalize: bool = True,
         augment: int = 0,
+        train_views: int = 0,
         random_state: int | np.random.RandomState | None = None,
         n_jobs: int | None = None,
         progress: bool | str = "auto",
@@ -194,6 +218,7 @@ class CLIPFeaturizer(TransformerMixin, BaseEstimator):
         self.batch_size = batch_size
         self.normalize = normalize
         self.augment = augment
+        self.train_views = train_views
         self.random_state = random_state
         self.n_jobs = n_jobs
         self.progress = progress
@@ -238,6 +263,9 @@ class CLIPFeaturizer(TransformerMixin, BaseEstimator):
     def fit_transform(self, X: Any, y: Any = None, **fit_params: Any) -> np.ndarray:
         """Fit, then embed; with ``augment=k > 0`` each row is the mean of ``k`` random views.
 
+        With ``train_views=E > 0`` each row continues with the embeddings of ``E``
+        single random views of the image (see ``train_views``).
+
         Parameters
         ----------
         X : sequence of images, array or one-column DataFrame
@@ -245,11 +273,25 @@ class CLIPFeaturizer(TransformerMixin, BaseEstimator):
 
         Returns
         -------
-        embeddings : ndarray of shape (n_images, embedding_dim), dtype float32
+        embeddings : ndarray of shape (n_images, (1 + train_views) * embedding_dim), dtype float32
         """
         items = self._fit(X)  # X is read once: it may be a one-shot iterable
+        if self.train_views and get_output_config("transform", self)["dense"] != "default":
+            raise ValueError(
+                f"CLIPFeaturizer(train_views={self.train_views}).fit_transform returns "
+                f"{1 + self.train_views} blocks of embedding_dim columns, which have no feature "
+                "names: use the default (numpy) output, not set_output(transform=...)."
+            )
         seed = _encode.draw_seed(self.random_state, self.augment)
-        return self._embed(items, n_views=self.augment, seed=seed)
+        keys = self._embed(items, n_views=self.augment, seed=seed)
+        if not self.train_views:
+            return keys
+        # One random view per seed; bad inputs were reported with the keys already.
+        views = [
+            self._embed(items, n_views=1, seed=s, report=False)
+            for s in _encode.view_seeds(self.random_state, self.train_views)
+        ]
+        return np.hstack([keys, *views])
 
     def get_feature_names_out(self, input_features: Any = None) -> np.ndarray:
         """Output feature names: ``clipfeaturizer0`` ... ``clipfeaturizer{d-1}``.
@@ -315,10 +357,14 @@ class CLIPFeaturizer(TransformerMixin, BaseEstimator):
         self.model_fingerprint_ = self._clip().fingerprint
         return items
 
-    def _embed(self, items: list, n_views: int, seed: int | None) -> np.ndarray:
-        """Embeddings of ``items`` by the engine; bad inputs handled as ``on_error`` says."""
+    def _embed(
+        self, items: list, n_views: int, seed: int | None, report: bool = True
+    ) -> np.ndarray:
+        """Embeddings of ``items`` by the engine; bad inputs handled as ``on_error`` says
+        (``report=False``: their rows are NaN, nothing raised or warned)."""
         check_fingerprint(self, self.model, self._clip())
         spec = _encode.spec_for(self, n_views=n_views, seed=seed)
-        result = _encode.encode(items, spec, keep_going=self.on_error == "warn")
-        _encode.report_errors(result.errors, len(items), self.on_error, stacklevel=3)
+        result = _encode.encode(items, spec, keep_going=self.on_error == "warn" or not report)
+        if report:
+            _encode.report_errors(result.errors, len(items), self.on_error, stacklevel=3)
         return result.embeddings

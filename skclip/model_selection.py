@@ -143,6 +143,12 @@ class TipAdapterClassifierCV(_BaseTipAdapter):
         Tip-Adapter-F training, as in :class:`TipAdapterClassifier` and with its
         defaults; there is no validation split (the folds' held-out parts score the
         grid, and the refit trains on all the data).
+    train_views : int, default=0
+        As in :class:`TipAdapterClassifier`: ``X`` is ``[features | train_views views]``
+        from ``CLIPFeaturizer(train_views=...)``; with ``fine_tune=True`` each fold's
+        training and the refit use the views of their samples as per-epoch queries,
+        while the grid is scored on the held-out samples' features (first block).
+        Ignored without fine-tuning.
     device, random_state, verbose
         As in :class:`TipAdapterClassifier`.
 
@@ -223,6 +229,7 @@ class TipAdapterClassifierCV(_BaseTipAdapter):
         train_dtype: str = "float32",
         device: str = "auto",
         random_state: int | np.random.RandomState | None = None,
+        train_views: int = 0,
         verbose: int = 0,
     ) -> None:
         self.alphas = alphas
@@ -244,6 +251,7 @@ class TipAdapterClassifierCV(_BaseTipAdapter):
         self.train_dtype = train_dtype
         self.device = device
         self.random_state = random_state
+        self.train_views = train_views
         self.verbose = verbose
 
     def _prediction_params(self) -> tuple[float, float]:
@@ -259,7 +267,8 @@ class TipAdapterClassifierCV(_BaseTipAdapter):
         return grid
 
     def _fine_tune(
-        self, X: np.ndarray, y_enc: np.ndarray, n_classes: int, W: np.ndarray | None
+        self, X: np.ndarray, y_enc: np.ndarray, n_classes: int, W: np.ndarray | None,
+        views: np.ndarray | None,
     ) -> FineTuneResult:
         """Tip-Adapter-F keys for one fold's training part (or the refit), at (alpha, beta)."""
         return fine_tune_keys(
@@ -268,7 +277,7 @@ class TipAdapterClassifierCV(_BaseTipAdapter):
             batch_size=self.batch_size, leave_one_out=self.leave_one_out,
             normalize_keys=self.normalize_keys, train_dtype=self.train_dtype,
             device=self.device, random_state=self.random_state, verbose=self.verbose,
-            **self._zero_shot_params(),
+            views=views, **self._zero_shot_params(),
         )
 
     def fit(self, X: Any, y: Any) -> TipAdapterClassifierCV:
@@ -276,7 +285,7 @@ class TipAdapterClassifierCV(_BaseTipAdapter):
 
         Parameters
         ----------
-        X : array-like of shape (n_samples, n_features)
+        X : array-like of shape (n_samples, (1 + train_views) * n_features)
             Image features, e.g. from :class:`CLIPFeaturizer`; normalized inside.
         y : array-like of shape (n_samples,)
             Labels.
@@ -288,7 +297,7 @@ class TipAdapterClassifierCV(_BaseTipAdapter):
         self._validate_params()
         alphas = self._check_grid("alphas", self.alphas, DEFAULT_ALPHAS)
         betas = self._check_grid("betas", self.betas, DEFAULT_BETAS)
-        X, y_enc = self._prepare(X, y)
+        X, y_enc, views = self._prepare_views(X, y, self.train_views)
         n_classes = len(self.classes_)
         if self.cv is None or isinstance(self.cv, Integral):
             n_splits = 5 if self.cv is None else int(self.cv)
@@ -313,7 +322,8 @@ class TipAdapterClassifierCV(_BaseTipAdapter):
                 # Over the classes present in the fold, as a classifier fit on it would.
                 present, fold_y = np.unique(y_enc[train], return_inverse=True)
                 fold_W = None if W is None else W[present]
-                result = self._fine_tune(X[train], fold_y, len(present), fold_W)
+                fold_views = None if views is None else views[:, train]
+                result = self._fine_tune(X[train], fold_y, len(present), fold_W, fold_views)
                 keys, labels = result.keys, present[fold_y[result.kept]]
             else:  # training-free: the fold's cache is its training part, as it is
                 keys, labels = X[train], y_enc[train]
@@ -334,7 +344,7 @@ class TipAdapterClassifierCV(_BaseTipAdapter):
 
         self._store_results(np.array(fold_scores), alphas, betas)
         if self.fine_tune:
-            result = self._fine_tune(X, y_enc, n_classes, W)
+            result = self._fine_tune(X, y_enc, n_classes, W, views)
             self._set_cache(result.keys, y_enc[result.kept])
             self.loss_curve_ = result.loss_curve
         else:

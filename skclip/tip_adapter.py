@@ -52,6 +52,17 @@ def _prediction_device(device: str | torch.device) -> torch.device:
     return resolved if resolved.type == "cuda" else torch.device("cpu")
 
 
+def _views_hint(n_features: int, dim: int) -> str:
+    """For an X as wide as (1 + E) text dimensions: the likely cause, featurizer views."""
+    if n_features <= dim or n_features % dim:
+        return ""
+    e = n_features // dim - 1
+    return (
+        f" X is {e + 1} blocks of {dim}: if it comes from CLIPFeaturizer(train_views={e})"
+        f".fit_transform, set train_views={e} on the classifier too."
+    )
+
+
 class _Head(NamedTuple):
     """How a fitted head predicts: ``logits`` of a chunk of L2-normalized queries (a
     Tensor of ``dtype``), and the floats of temporary memory it needs per query."""
@@ -79,6 +90,16 @@ class _BaseTipAdapter(ClassifierMixin, BaseEstimator):
 
         Returns the L2-normalized features and the encoded labels.
         """
+        X, y_enc, _ = self._prepare_views(X, y, 0)
+        return X, y_enc
+
+    def _prepare_views(
+        self, X: Any, y: Any, n_views: int
+    ) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
+        """:meth:`_prepare` for ``X = [features | n_views views]`` (the output of
+        ``CLIPFeaturizer(train_views=n_views).fit_transform``): also returns the views,
+        L2-normalized, of shape ``(n_views, n_samples, d)`` (None if ``n_views == 0``);
+        ``n_features_in_`` is ``d``, the width of the features alone."""
         resolve_device(self.device)  # an unknown device or missing CUDA fails here, always
         X, y = validate_data(self, X, y, dtype=[np.float64, np.float32], y_numeric=False)
         try:
@@ -90,12 +111,47 @@ class _BaseTipAdapter(ClassifierMixin, BaseEstimator):
                 f"Mix of label input types {kinds}: labels must be all strings or all numbers "
                 "(convert them, e.g. y = np.asarray(y).astype(str))."
             ) from exc
+        views = None
+        if n_views:
+            X, views = self._split_views(X, n_views)
         X = normalize(X)
         self.model_fingerprint_ = None  # set by _text_head when it encodes the class names
         self.text_features_, self.logit_scale_, self.logit_bias_ = self._text_head(
             X.shape[1], X.dtype
         )
-        return X, y_enc
+        return X, y_enc, views
+
+    def _split_views(self, X: np.ndarray, n_views: int) -> tuple[np.ndarray, np.ndarray]:
+        """The first block of ``X`` and its ``n_views`` view blocks (normalized), after
+        checking the width against the text embeddings' when they are known."""
+        width, blocks = X.shape[1], 1 + n_views
+        how = (
+            f"train_views={n_views} expects X = [features | {n_views} views], (1 + {n_views}) "
+            "blocks of the embedding dimension (CLIPFeaturizer(train_views="
+            f"{n_views}).fit_transform)"
+        )
+        if width % blocks:
+            raise ValueError(
+                f"{how}, but X has {width} columns, not a multiple of {blocks}: set train_views "
+                "to the featurizer's."
+            )
+        d = width // blocks
+        dim = None
+        if self.text_features is not None:
+            dim = np.shape(self.text_features)[-1]
+        elif self.clip_model is not None:
+            dim = load_clip(self.clip_model, self.device, "auto").embedding_dim
+        if dim is not None and dim != d:
+            raise ValueError(
+                f"{how}, but X has {width} columns = {blocks} x {d} while the text embeddings "
+                f"have dimension {dim}: set train_views to the featurizer's."
+            )
+        self.n_features_in_ = d
+        if hasattr(self, "feature_names_in_"):
+            self.feature_names_in_ = self.feature_names_in_[:d]
+        views = X[:, d:].reshape(X.shape[0], n_views, d).transpose(1, 0, 2)
+        views = views / np.maximum(np.linalg.norm(views, axis=2, keepdims=True), 1e-12)
+        return X[:, :d], np.ascontiguousarray(views, dtype=X.dtype)
 
     def _zero_shot_params(self) -> dict:
         """The fitted zero-shot scale and bias, as keyword arguments of the formula."""
@@ -119,6 +175,7 @@ class _BaseTipAdapter(ClassifierMixin, BaseEstimator):
             if W.shape[1] != n_features:
                 raise ValueError(
                     f"text_features have dimension {W.shape[1]} but X has {n_features} features."
+                    + _views_hint(n_features, W.shape[1])
                 )
             if not np.all(np.isfinite(W)):
                 raise ValueError("text_features contain NaN or infinity.")
@@ -135,6 +192,7 @@ class _BaseTipAdapter(ClassifierMixin, BaseEstimator):
                 f"{os.fspath(self.clip_model)!r} have dimension {clip.embedding_dim}: the image "
                 "features must come from the same CLIP checkpoint as clip_model (set "
                 "CLIPFeaturizer(model=...) and TipAdapterClassifier(clip_model=...) alike)."
+                + _views_hint(n_features, clip.embedding_dim)
             )
         self.model_fingerprint_ = clip.fingerprint
         W = text_weights(clip, names, templates).astype(dtype)
@@ -340,6 +398,17 @@ class TipAdapterClassifier(_BaseTipAdapter):
         this is CUDA (in chunks, as on the CPU), otherwise on the CPU.
     random_state : int, RandomState instance or None, default=None
         Seeds the fine-tuning shuffles and the validation split.
+    train_views : int, default=0
+        If ``E > 0``, ``fit`` expects ``X = [features | view_1 | ... | view_E]``, the
+        output of ``CLIPFeaturizer(train_views=E).fit_transform``, of shape
+        ``(n_samples, (1 + E) * d)``: the first block builds the cache (keys), and
+        fine-tuning uses view ``e % E`` as the queries of epoch ``e``, as the
+        reference trains on a fresh augmented view of each image every epoch. With
+        ``fine_tune=False`` the views are ignored. ``n_features_in_`` is ``d``:
+        ``predict`` takes ordinary ``(n, d)`` features. A width that is not ``1 + E``
+        blocks of the text embeddings' dimension is an error naming both; a pure cache
+        model (no text) can only check that the width is a multiple of ``1 + E``, so
+        set ``E`` to the featurizer's ``train_views``.
     verbose : int, default=0
         Print the loss (and validation accuracy) per fine-tuning epoch if > 0.
 
@@ -418,6 +487,7 @@ class TipAdapterClassifier(_BaseTipAdapter):
         "train_dtype": [StrOptions({"float32", "float16"})],
         "device": [str, torch.device],
         "random_state": ["random_state"],
+        "train_views": [Interval(Integral, 0, None, closed="left")],
         "verbose": ["verbose"],
     }
 
@@ -440,6 +510,7 @@ class TipAdapterClassifier(_BaseTipAdapter):
         train_dtype: str = "float32",
         device: str = "auto",
         random_state: int | np.random.RandomState | None = None,
+        train_views: int = 0,
         verbose: int = 0,
     ) -> None:
         self.alpha = alpha
@@ -458,6 +529,7 @@ class TipAdapterClassifier(_BaseTipAdapter):
         self.train_dtype = train_dtype
         self.device = device
         self.random_state = random_state
+        self.train_views = train_views
         self.verbose = verbose
 
     # -- fit -------------------------------------------------------------------------------
@@ -466,8 +538,9 @@ class TipAdapterClassifier(_BaseTipAdapter):
 
         Parameters
         ----------
-        X : array-like of shape (n_samples, n_features)
-            Image features, e.g. from :class:`CLIPFeaturizer`; normalized inside.
+        X : array-like of shape (n_samples, n_features) or (n_samples, (1 + train_views) * n_features)
+            Image features, e.g. from :class:`CLIPFeaturizer`; normalized inside. With
+            ``train_views=E``, followed by ``E`` blocks of view features.
         y : array-like of shape (n_samples,)
             Labels of any type (strings give the class names for the prompts).
 
@@ -476,7 +549,7 @@ class TipAdapterClassifier(_BaseTipAdapter):
         self : TipAdapterClassifier
         """
         self._validate_params()  # also rejects NaN and infinite alpha, beta, lr
-        X, y_enc = self._prepare(X, y)
+        X, y_enc, views = self._prepare_views(X, y, self.train_views)
         n_classes = len(self.classes_)
         self.loss_curve_ = self.validation_scores_ = self.best_epoch_ = None
         if self.fine_tune:
@@ -486,7 +559,7 @@ class TipAdapterClassifier(_BaseTipAdapter):
                 batch_size=self.batch_size, validation_fraction=self.validation_fraction,
                 leave_one_out=self.leave_one_out, normalize_keys=self.normalize_keys,
                 train_dtype=self.train_dtype, device=self.device,
-                random_state=self.random_state, verbose=self.verbose,
+                random_state=self.random_state, verbose=self.verbose, views=views,
                 **self._zero_shot_params(),
             )
             X, y_enc = result.keys, y_enc[result.kept]

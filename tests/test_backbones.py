@@ -11,6 +11,7 @@ from helpers import make_image
 from PIL import Image, ImageOps
 
 from skclip._backbones import NoTextTowerError
+from skclip._compat import pooled_embeddings
 from skclip._images import open_image
 from skclip._models import load_model
 from skclip._preprocess_families import (
@@ -132,7 +133,7 @@ def test_embeddings_equal_the_models_own_processor_and_forward(family_path, norm
     inputs = _hf_processor(path)(images=images, return_tensors="pt")
     with torch.inference_mode():
         if backbone.has_text:
-            ref = backbone.model.get_image_features(**inputs).pooler_output
+            ref = pooled_embeddings(backbone.model.get_image_features(**inputs))
         else:
             ref = backbone.model(**inputs).pooler_output
     if normalize:
@@ -397,7 +398,8 @@ def test_cli_evaluate_fit_and_predict(request, fixture, image_folder, tmp_path):
     args = ["evaluate", data_dir, "--model", path, "--cv", "3", "-q"]
     assert main(args + ["--report", str(report)]) == 0
     methods = set(json.loads(report.read_text())["methods"])
-    assert methods == ({"Tip-Adapter"} if image_only else {"zero-shot CLIP", "Tip-Adapter"})
+    heads = {"Tip-Adapter", "GDA", "APE", "linear probe"}
+    assert methods == (heads if image_only else heads | {"zero-shot CLIP"})
     model_file = tmp_path / "model.joblib"
     assert main(["fit", data_dir, "-o", str(model_file), "--model", path, "-q"]) == 0
     pipe = joblib.load(model_file)

@@ -19,6 +19,10 @@ from skclip._report import render_markdown
 from skclip.cli import main
 
 
+#: The methods of ``skclip evaluate --fine-tune`` with a CLIP checkpoint.
+METHODS = {"zero-shot CLIP", "Tip-Adapter", "Tip-Adapter-F", "GDA", "APE", "linear probe"}
+
+
 @pytest.fixture(scope="module")
 def data_dir(image_folder):
     paths, _ = image_folder
@@ -33,7 +37,7 @@ def test_evaluate_cv_writes_json_and_markdown(data_dir, tiny_clip_path, tmp_path
     assert "| Tip-Adapter |" in out and "Confusion matrix" in out
     data = json.loads(report.read_text())
     assert data["classes"] == ["blue sky", "green-leaf", "red_apple"]
-    assert set(data["methods"]) == {"zero-shot CLIP", "Tip-Adapter", "Tip-Adapter-F"}
+    assert set(data["methods"]) == METHODS
     tip = data["methods"]["Tip-Adapter"]
     assert 0 <= tip["accuracy"] <= 1 and tip["accuracy_std"] >= 0 and tip["alpha"] >= 0
     assert np.sum(tip["confusion_matrix"]) == 18
@@ -231,7 +235,6 @@ def test_1_local_checkpoint_stored_absolute_and_guarded(
     assert f"recorded as {absolute!r}" in captured.err
     pipe = joblib.load(work / "m.joblib")
     assert pipe.named_steps["clip"].model == absolute == pipe.named_steps["tip"].clip_model
-    assert pipe.skclip_checkpoint_["model"] == absolute
     model_file = str(work / "m.joblib")
     monkeypatch.chdir(tmp_path)  # another directory: still that checkpoint, not the hub
     assert main(["predict", model_file, data_dir, "-q", "--output", "before.csv"]) == 0
@@ -242,7 +245,7 @@ def test_1_local_checkpoint_stored_absolute_and_guarded(
     assert main(["predict", model_file, data_dir, "-q"]) == 1
     err = capsys.readouterr().err
     assert f"The checkpoint {absolute!r} is not the one {model_file!r} was fitted with" in err
-    assert pipe.skclip_checkpoint_["vision"] in err
+    assert pipe.named_steps["clip"].model_fingerprint_ in err and "--model PATH" in err
 
     moved = tmp_path / "moved-clip"
     shutil.copytree(tiny_clip_path, moved)
@@ -284,7 +287,7 @@ def test_4_one_shot_is_evaluated_and_cv_is_the_inner_cv(data_dir, tiny_clip_path
     base = ["evaluate", data_dir, "--model", tiny_clip_path, "-q", "--fine-tune", "--report"]
     assert main([*base, str(tmp_path / "one.json"), "--shots", "1"]) == 0
     report = json.loads((tmp_path / "one.json").read_text())
-    assert set(report["methods"]) == {"zero-shot CLIP", "Tip-Adapter", "Tip-Adapter-F"}
+    assert set(report["methods"]) == METHODS
     assert report["inner_cv"] is None and report["splits"] == [{"n_train": 3, "n_test": 15}]
     tip = report["methods"]["Tip-Adapter"]
     assert "default alpha=1, beta=5.5" in tip["configuration"]
@@ -297,7 +300,7 @@ def test_4_one_shot_is_evaluated_and_cv_is_the_inner_cv(data_dir, tiny_clip_path
     capsys.readouterr()
     assert main(["evaluate", data_dir, "--model", tiny_clip_path, "--shots", "2", "--cv", "3"]) == 1
     err = capsys.readouterr().err
-    assert "--cv 3 (inner cross-validation) needs at least 3 training images" in err
+    assert "--cv 3 needs at least 3 training images (inner cross-validation)" in err
 
 
 @pytest.fixture
@@ -316,6 +319,7 @@ def test_5_on_error_skip(folder_with_a_bad_image, tiny_clip_path, tmp_path, caps
     assert main(["evaluate", str(root), "--cv", "2", *common]) == 1
     err = capsys.readouterr().err
     assert str(bad) in err and "object at 0x" not in err
+    assert "pass --on-error skip to leave them out" in err  # review: suggest the option
 
     report = tmp_path / "r.json"
     args = ["evaluate", str(root), "--cv", "2", "--on-error", "skip", "--report", str(report)]
@@ -324,7 +328,8 @@ def test_5_on_error_skip(folder_with_a_bad_image, tiny_clip_path, tmp_path, caps
     assert "skipped 1 of 19 images" in err and str(bad) in err and "object at 0x" not in err
     data = json.loads(report.read_text())
     assert [s["path"] for s in data["skipped"]] == [str(bad)]
-    assert data["n_images"] == 18 and str(bad) in data["skipped"][0]["error"]
+    assert data["n_images"] == 18
+    assert data["skipped"][0]["error"] == "not an image file (cannot identify its format)"
     assert "skipped 1 unreadable image(s)" in render_markdown(data)
 
     model = tmp_path / "m.skops"
@@ -335,7 +340,7 @@ def test_5_on_error_skip(folder_with_a_bad_image, tiny_clip_path, tmp_path, caps
     assert main(args) == 0
     rows = {r["path"]: r for r in _rows(out)}
     assert len(rows) == 19 and rows[str(bad)]["prediction"] == ""
-    assert str(bad) in rows[str(bad)]["error"] and "object at 0x" not in rows[str(bad)]["error"]
+    assert rows[str(bad)]["error"] == "not an image file (cannot identify its format)"
     assert all(r["error"] == "" and r["prediction"] for p, r in rows.items() if p != str(bad))
     assert str(bad) in capsys.readouterr().err
 
@@ -353,14 +358,17 @@ def test_7_report_records_the_protocol(data_dir, tiny_clip_path, tmp_path, capsy
     md = capsys.readouterr().out
     data = json.loads(report.read_text())
     assert data["skclip_version"] == __version__ and data["model"] == tiny_clip_path
-    fingerprint = load_clip(tiny_clip_path, "auto").vision_fingerprint
-    assert data["model_fingerprint"]["vision"] == fingerprint
+    clip = load_clip(tiny_clip_path, "auto")
+    fingerprint = data["model_fingerprint"]
+    assert fingerprint == clip.fingerprint
+    assert data["tower_fingerprints"]["vision"] == clip.vision_fingerprint
     assert (data["shots"], data["cv"], data["random_state"]) == (None, 3, 4)
     assert data["splits"] == [{"n_train": 12, "n_test": 6}] * 3
     assert data["per_class_method"] in data["methods"]
     assert "## Protocol" in md and fingerprint in md
     assert "train / test images per fold: 12 / 6" in md
-    assert f"## Per class: {data['per_class_method']} (the method with the best accuracy)" in md
+    heading = re.search(r"## Per class: (.+) \((.+)\)", md)
+    assert heading[1] == data["per_class_method"] and "best accuracy" in heading[2]
 
 
 def test_8_plain_progress_lines_when_not_a_terminal(data_dir, tiny_clip_path, capsys):
@@ -421,3 +429,231 @@ def test_6_mistyped_local_model_is_a_missing_folder_at_once(data_dir, tmp_path, 
         assert "--model 'models/clip-b32' is not a checkpoint folder" in err
         assert "the folder 'models' exists here" in err
     assert no_encoding == []
+
+
+# -- review of issue 15 -------------------------------------------------------------------
+def test_r2_checkpoint_checked_before_encoding_report_shows_the_same_fingerprint(
+    data_dir, tiny_clip_path, tmp_path, monkeypatch, capsys
+):
+    """One guard, model_fingerprint_: predict compares it with the checkpoint before any
+    image is encoded, names --model PATH, and evaluate's report records the fingerprint
+    that the error shows."""
+    from skclip import CheckpointMismatchError
+    from skclip._models import clear_model_cache
+    from skclip._testing import save_random_clip
+    from skclip.featurizer import CLIPFeaturizer
+
+    clip_dir = tmp_path / "clip"
+    shutil.copytree(tiny_clip_path, clip_dir)
+    model = tmp_path / "m.skops"
+    assert main(["fit", data_dir, "-o", str(model), "--model", str(clip_dir), "-q"]) == 0
+    report = tmp_path / "r.json"
+    args = ["evaluate", data_dir, "--model", str(clip_dir), "--cv", "2", "-q"]
+    assert main(args + ["--report", str(report)]) == 0
+    fitted_with = json.loads(report.read_text())["model_fingerprint"]
+    assert not hasattr(skops_load(model), "skclip_checkpoint_")  # no second guard
+
+    shutil.rmtree(clip_dir)
+    save_random_clip(clip_dir, seed=1)
+    clear_model_cache()
+    encoded = []
+    original = CLIPFeaturizer.transform
+    monkeypatch.setattr(CLIPFeaturizer, "transform",
+                        lambda self, X: encoded.append(len(X)) or original(self, X))
+    with pytest.raises(CheckpointMismatchError):  # in Python: the same error class
+        from skclip.cli import _check_checkpoint
+        _check_checkpoint(skops_load(model), str(model))
+    assert main(["predict", str(model), data_dir, "-q"]) == 1
+    err = capsys.readouterr().err
+    assert encoded == []
+    assert fitted_with in err and "--model PATH" in err
+    assert main(args + ["--report", str(report)]) == 0
+    assert json.loads(report.read_text())["model_fingerprint"] in err  # the one found
+
+
+def skops_load(path):
+    from skclip._model_file import load_model
+
+    return load_model(path)
+
+
+def test_r3_only_model_suffixes_are_loaded(model_file, data_dir, tmp_path, monkeypatch, capsys):
+    """An image given as the model (arguments swapped) or any other suffix is never
+    unpickled."""
+    image = next(Path(data_dir).rglob("*.jpg"))
+    other = tmp_path / "model.pkl"
+    shutil.copy(model_file, other)
+    monkeypatch.setattr(joblib, "load", lambda *a, **k: pytest.fail("joblib.load was called"))
+    assert main(["predict", str(image), str(model_file)]) == 1
+    err = capsys.readouterr().err
+    assert f"{str(image)!r} is an image, not a model file" in err
+    assert "Usage: skclip predict MODEL_FILE IMAGES" in err
+    assert main(["predict", str(other), data_dir]) == 1
+    assert "end in .joblib or .skops" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("step", ["numpy.load", "ufunc", "estimator"])
+def test_r4_skops_trusts_only_what_skclip_fit_writes(data_dir, tiny_clip_path, tmp_path,
+                                                      capsys, step):
+    """Only the types a 'skclip fit' file holds, as exactly [CLIPFeaturizer, a skclip
+    classifier]: a numpy function in a FunctionTransformer, or another scikit-learn
+    estimator as the classifier, is refused, naming the type."""
+    skops_io = pytest.importorskip("skops.io")
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.preprocessing import FunctionTransformer
+
+    model = tmp_path / "m.skops"
+    assert main(["fit", data_dir, "-o", str(model), "--model", tiny_clip_path, "-q"]) == 0
+    pipe = skops_load(model)
+    structure = "not [CLIPFeaturizer, a skclip classifier]"
+    if step == "numpy.load":  # a type skops does not trust: refused before loading
+        pipe.steps.insert(1, ("f", FunctionTransformer(np.load)))
+        said, named = "contains types that skclip does not load", "numpy.load"
+    elif step == "ufunc":  # skops trusts both types: refused by the pipeline's steps
+        pipe.steps.insert(1, ("f", FunctionTransformer(np.log1p)))
+        said, named = structure, "sklearn.preprocessing._function_transformer.FunctionTransformer"
+    else:
+        pipe.steps[1] = ("tip", LogisticRegression().fit(np.eye(3), [0, 1, 2]))
+        said, named = structure, "sklearn.linear_model._logistic.LogisticRegression"
+    skops_io.dump(pipe, tmp_path / "other.skops")
+    assert main(["predict", str(tmp_path / "other.skops"), data_dir, "-q"]) == 1
+    err = capsys.readouterr().err
+    assert said in err and named in err
+
+
+def test_r5_fit_refuses_more_folds_than_images(data_dir, tiny_clip_path, tmp_path, capsys,
+                                              no_encoding):
+    """As evaluate does, before any image is encoded."""
+    out = str(tmp_path / "m.skops")
+    assert main(["fit", data_dir, "-o", out, "--model", tiny_clip_path, "--cv", "7", "-q"]) == 1
+    err = capsys.readouterr().err
+    assert "--cv 7 needs at least 7 images in every class; the smallest class has 6" in err
+    assert no_encoding == []
+
+
+def test_r6_report_records_the_default_folds(data_dir, tiny_clip_path, tmp_path, capsys):
+    report = tmp_path / "r.json"
+    assert main(["evaluate", data_dir, "--model", tiny_clip_path, "-q",
+                 "--report", str(report)]) == 0
+    data = json.loads(report.read_text())
+    assert data["cv"] == 5 and len(data["splits"]) == 5
+    assert "cv: 5," in capsys.readouterr().out
+
+
+def test_r7_per_class_heading_says_which_method_and_why():
+    methods = {name: {"accuracy": acc, "accuracy_std": None, "f1_macro": acc,
+                      "f1_macro_std": None, "per_class": {}, "confusion_matrix": []}
+               for name, acc in [("zero-shot CLIP", 0.5), ("Tip-Adapter", 0.9)]}
+    report = {"data_dir": "d", "model": "m", "n_images": 2, "classes": [], "protocol": "p",
+              "methods": methods}
+    md = render_markdown({**report, "per_class_method": "zero-shot CLIP"})
+    assert ("## Per class: zero-shot CLIP (chosen by per_class_method; the best accuracy "
+            "is Tip-Adapter's)") in md
+    assert "## Per class: Tip-Adapter (the method with the best accuracy)" in render_markdown(
+        report)
+
+
+def test_r7_encode_restores_on_error_after_a_failure(tiny_clip_path, monkeypatch):
+    from skclip.cli import _encode
+    from skclip.featurizer import CLIPFeaturizer
+
+    def fail(self, X):
+        raise RuntimeError("interrupted")
+
+    monkeypatch.setattr(CLIPFeaturizer, "transform", fail)
+    featurizer = CLIPFeaturizer(model=tiny_clip_path, progress=False)
+    with pytest.raises(RuntimeError, match="interrupted"):
+        _encode(featurizer, np.array(["a.jpg"]), "skip")
+    assert featurizer.on_error == "raise"
+
+
+def test_r7_broken_pipe_exits_quietly(model_file, data_dir):
+    """``skclip predict ... | head``: no "[Errno 32] Broken pipe"."""
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "skclip", "predict", str(model_file), data_dir, "-q"],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+        env={**os.environ, "PYTHONPATH": str(Path(__file__).parents[1])},
+    )
+    proc.stdout.close()  # the reader goes away before the first line is written
+    err = proc.stderr.read().decode()
+    assert proc.wait() == 141
+    assert "Broken pipe" not in err and "Errno 32" not in err and "Traceback" not in err
+
+
+def test_r7_messages(folder_with_a_bad_image, data_dir, model_file, tiny_clip_path, tmp_path,
+                     capsys):
+    """Skipped files as "path: reason" once, PIL's message said plainly, a file given as
+    a data folder, a missing --model folder."""
+    root, bad = folder_with_a_bad_image
+    args = ["evaluate", str(root), "--cv", "2", "--model", tiny_clip_path, "--on-error", "skip"]
+    assert main(args) == 0
+    err = capsys.readouterr().err
+    assert f"  {bad}: not an image file (cannot identify its format)\n" in err
+    assert err.count(str(bad)) == 1 and "(input" not in err and "bytes" not in err
+    assert main(["evaluate", str(model_file), "--model", tiny_clip_path]) == 1
+    err = capsys.readouterr().err
+    assert f"{str(model_file)!r} is a file, not a folder" in err and "skclip predict" in err
+    missing = str(tmp_path / "nonexist")
+    assert main(["evaluate", data_dir, "--model", missing]) == 1
+    err = capsys.readouterr().err
+    assert err == f"skclip: error: --model {missing!r}: the folder does not exist.\n"
+
+
+def test_r7_skipping_leaves_a_class_without_test_images(folder_with_a_bad_image, tiny_clip_path,
+                                                       capsys):
+    root, bad = folder_with_a_bad_image  # red_apple: 6 images + a broken one
+    (root / "red_apple" / "img0.jpg").unlink()  # 5 + 1 > 5 shots as listed, 5 once skipped
+    args = ["evaluate", str(root), "--shots", "5", "--model", tiny_clip_path, "-q"]
+    assert main(args + ["--on-error", "skip"]) == 1
+    err = capsys.readouterr().err
+    assert ("After skipping 1 unreadable image(s), class 'red_apple' has 5 image(s): none left "
+            "to test after its 5 training images (--shots 5)") in err
+
+
+# -- issue 14 -----------------------------------------------------------------------------
+def test_14_html_report_compares_every_method_with_a_gallery_of_mistakes(
+    data_dir, tiny_clip_path, tmp_path, capsys
+):
+    """``skclip evaluate DIR --report r.html``: every method in the table with the
+    hyperparameters chosen on training data, and the misclassified images in the gallery
+    (each method's most confident mistakes: thumbnail, true, predicted, confidence)."""
+    from test_html_report import _browser, _parse, _run_browser
+
+    from skclip.cli import GALLERY_SIZE
+
+    base = ["evaluate", data_dir, "--model", tiny_clip_path, "--cv", "3", "--fine-tune", "-q"]
+    assert main(base + ["--report", str(tmp_path / "r.json")]) == 0
+    data = json.loads((tmp_path / "r.json").read_text())
+    page = tmp_path / "r.html"
+    assert main(base + ["--report", str(page)]) == 0
+    text = page.read_text(encoding="utf-8")
+    parsed = _parse(text)
+    table = text[text.index('id="methods"'):text.index("</table>", text.index('id="methods"'))]
+    for name, entry in data["methods"].items():
+        assert f"<td>{name}</td>" in table
+        for key, value in entry["params"].items():  # the same choice as the JSON report
+            assert f"{key}={value:.4g}" in table
+    assert "alpha=" in table and "C=" in table and "gamma=" in table
+    assert "4-fold inner cross-validation" in text  # how they were chosen
+
+    wrong = {name: int(np.sum(m["confusion_matrix"]) - np.trace(m["confusion_matrix"]))
+             for name, m in data["methods"].items()}
+    assert wrong["zero-shot CLIP"] > 0  # the tiny model's random text tower errs
+    share = -(-GALLERY_SIZE // len(wrong))
+    expected = sum(min(share, n) for n in wrong.values())
+    gallery = text[text.index('id="gallery"'):]
+    figures = re.findall(r'<figure title="([^"]+)">.*?true: ([^<]+)<br>.*?predicted: ([^<]+)'
+                         r'</span> \((\d+)%\)<br><span class="muted">([^<]+)</span>', gallery)
+    assert len(figures) == expected == gallery.count("data:image/jpeg;base64,")
+    for path, true, pred, _, method in figures:
+        assert Path(path).parent.name == true != pred and method in data["methods"]
+    confidences = [int(f[3]) for f in figures]
+    assert confidences == sorted(confidences, reverse=True)  # worst first
+    assert "script" not in parsed.tags
+
+    if _browser() is None:
+        pytest.skip("no headless browser: the page's DOM is checked above only")
+    dom = _run_browser(f"--user-data-dir={tmp_path / 'profile'}", "--dump-dom",
+                       page.resolve().as_uri()).stdout
+    drawn = _parse(dom)
+    assert drawn.tags.count("figure") == expected and drawn.tags.count("img") == expected

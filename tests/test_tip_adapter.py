@@ -17,6 +17,7 @@ from sklearn.utils.estimator_checks import parametrize_with_checks
 from skclip import CLIPFeaturizer, TipAdapterClassifier, TipAdapterClassifierCV
 from skclip import _formula
 from skclip._finetune import fine_tune_keys
+from skclip._compat import pooled_embeddings
 from skclip._formula import cache_logits
 from skclip._models import clear_model_cache, load_clip
 from skclip._testing import save_random_clip
@@ -177,7 +178,7 @@ def _manual_text_weights(clip, names, templates):
     for name in names:
         tok = clip.tokenizer([t.format(name) for t in templates], padding=True, return_tensors="pt")
         with torch.inference_mode():
-            e = clip.model.get_text_features(**tok).pooler_output
+            e = pooled_embeddings(clip.model.get_text_features(**tok))
         e = torch.nn.functional.normalize(e, dim=-1).mean(0)
         W.append(torch.nn.functional.normalize(e, dim=0).numpy())
     return np.stack(W)
@@ -252,15 +253,22 @@ def test_clear_text_cache_encodes_again(tiny_clip_path, monkeypatch):
     np.testing.assert_array_equal(again, first)
 
 
-def test_text_features_as_a_plain_tensor_transformers_4(tiny_clip_path, monkeypatch):
-    """transformers 4 returns the embeddings as a Tensor, transformers 5 inside an output."""
+@pytest.mark.parametrize("form", ["tensor", "output"])
+def test_text_features_as_tensor_or_output_object(tiny_clip_path, monkeypatch, form):
+    """transformers 4 returns the embeddings as a Tensor, transformers 5 inside an output
+    object: both forms give the same text weights, whichever transformers is installed."""
+    from transformers.modeling_outputs import BaseModelOutputWithPooling
+
     clip = load_clip(tiny_clip_path, "cpu", "float32")
-    names = ["tensor a", "tensor b"]
+    names = [f"{form} a", f"{form} b"]
     expected = _manual_text_weights(clip, names, SIMPLE_TEMPLATES)
     original = clip.model.get_text_features
-    monkeypatch.setattr(
-        clip.model, "get_text_features", lambda **kw: original(**kw).pooler_output
-    )
+
+    def as_form(**kw):
+        pooled = pooled_embeddings(original(**kw))
+        return pooled if form == "tensor" else BaseModelOutputWithPooling(pooler_output=pooled)
+
+    monkeypatch.setattr(clip.model, "get_text_features", as_form)
     clear_text_cache()
     np.testing.assert_allclose(text_weights(clip, names, SIMPLE_TEMPLATES), expected, atol=1e-6)
 
