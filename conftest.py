@@ -6,11 +6,19 @@ per session; tests and doctests get its folder as ``tiny_clip_path``.
 
 from __future__ import annotations
 
+import atexit
 import os
+import shutil
+import tempfile
 
 # Tests never touch the network: fail fast instead of retrying the hub.
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+# Nor the user's cache folder (ONNX exports...): a folder of this run, inherited by
+# worker processes, removed at exit.
+if "SKCLIP_CACHE_DIR" not in os.environ:
+    os.environ["SKCLIP_CACHE_DIR"] = tempfile.mkdtemp(prefix="skclip-test-cache-")
+    atexit.register(shutil.rmtree, os.environ["SKCLIP_CACHE_DIR"], ignore_errors=True)
 
 import pytest  # noqa: E402
 

@@ -3,11 +3,22 @@
 from __future__ import annotations
 
 import os
+import platform
+import statistics
 import tempfile
 import time
 from collections.abc import Callable
+from typing import NamedTuple
 
 import numpy as np
+
+os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
+try:  # no "Loading weights" bars between the numbers
+    from transformers.utils import logging as _hf_logging
+
+    _hf_logging.disable_progress_bar()
+except ImportError:
+    pass
 
 
 def vit_b32_folder(folder: str | None = None) -> str:
@@ -17,12 +28,16 @@ def vit_b32_folder(folder: str | None = None) -> str:
     return save_random_clip(folder or tempfile.mkdtemp(prefix="skclip-bench-vitb32-"), "vit-b32")
 
 
-def jpeg_folder(n: int = 200, size: tuple[int, int] = (500, 375), folder: str | None = None) -> list[str]:
-    """Write ``n`` generated photo-like JPEGs of (width, height) ``size``; return their paths."""
+def jpeg_folder(
+    n: int = 200, size: tuple[int, int] = (500, 375), folder: str | None = None, seed: int = 0
+) -> list[str]:
+    """Write ``n`` generated photo-like JPEGs of (width, height) ``size``; return their
+    paths. Another ``seed`` gives other images (other contents: cache misses)."""
     from PIL import Image
 
     folder = folder or tempfile.mkdtemp(prefix="skclip-bench-jpegs-")
-    rng = np.random.default_rng(0)
+    os.makedirs(folder, exist_ok=True)
+    rng = np.random.default_rng(seed)
     w, h = size
     yy, xx = np.mgrid[0:h, 0:w]
     paths = []
@@ -44,3 +59,78 @@ def best_of(fn: Callable[[], object], repeat: int = 3) -> float:
         fn()
         times.append(time.perf_counter() - t0)
     return min(times)
+
+
+def small_clip_folder(dim: int = 512, folder: str | None = None, seed: int = 0) -> str:
+    """A random CLIP with the tiny towers (32x32 images) but ``dim``-d embeddings, as
+    ViT-B/32's 512: for benchmarks of what happens *around* the model (cache lookups,
+    classifier fits), where a real-size forward would only cost time."""
+    import torch
+    from transformers import CLIPModel
+
+    from skclip._testing import save_random_clip
+
+    folder = save_random_clip(folder or tempfile.mkdtemp(prefix="skclip-bench-small-"), "tiny")
+    config = CLIPModel.from_pretrained(folder).config
+    config.projection_dim = dim
+    torch.manual_seed(seed)
+    CLIPModel(config).eval().save_pretrained(folder)
+    return folder
+
+
+def timed(fn: Callable[[], object]) -> float:
+    """Wall time of one call."""
+    t0 = time.perf_counter()
+    fn()
+    return time.perf_counter() - t0
+
+
+class Paired(NamedTuple):
+    """Result of :func:`paired`: the median ratio and what it was computed from."""
+
+    ratio: float  # median over rounds of measured / baseline time
+    ratios: list[float]
+    baseline: float  # median time of the baseline
+    measured: float  # median time of the measured function
+
+    def line(self, what: str, goal: str = "", speedup: bool = False) -> str:
+        """A printable line; ``speedup=True`` reports baseline / measured time instead
+        (e.g. throughput relative to the baseline's)."""
+        ratios = [1 / r for r in self.ratios] if speedup else self.ratios
+        rounds = ", ".join(f"{r:.3f}" for r in sorted(ratios))
+        goal = f"  (goal {goal})" if goal else ""
+        return (f"ratio {what}: {statistics.median(ratios):.3f}{goal}  [median of {len(ratios)} "
+                f"paired rounds: {rounds}; median times {self.measured:.4g} s measured, "
+                f"{self.baseline:.4g} s baseline]")
+
+
+def paired(baseline: Callable[[], object], measured: Callable[[], object], rounds: int = 5) -> Paired:
+    """Time ``baseline`` and ``measured`` back to back ``rounds`` times (alternating which
+    goes first) and return the median of the per-round ratios measured / baseline.
+
+    Each round's ratio cancels slow drifts of a shared machine; the median resists the
+    odd disturbed round. Warm both up before calling this.
+    """
+    ratios, times_b, times_m = [], [], []
+    for r in range(rounds):
+        if r % 2:
+            t_m = timed(measured)
+            t_b = timed(baseline)
+        else:
+            t_b = timed(baseline)
+            t_m = timed(measured)
+        times_b.append(t_b)
+        times_m.append(t_m)
+        ratios.append(t_m / t_b)
+    return Paired(statistics.median(ratios), ratios, statistics.median(times_b),
+                  statistics.median(times_m))
+
+
+def machine() -> str:
+    """One line saying where the numbers were measured: CPUs, load, torch threads, GPU."""
+    import torch
+
+    load = " ".join(f"{x:.2f}" for x in os.getloadavg()) if hasattr(os, "getloadavg") else "?"
+    gpu = torch.cuda.get_device_name(0) if torch.cuda.is_available() else "none"
+    return (f"machine: {platform.machine()} cpus={os.cpu_count()} load average {load} "
+            f"torch={torch.__version__} threads={torch.get_num_threads()} gpu={gpu}")

@@ -8,8 +8,17 @@ P2  GridSearchCV(Pipeline([CLIPFeaturizer, TipAdapterClassifier]), 10 x 10 alpha
 P3  TipAdapterClassifierCV (10 x 10 candidates, cv=5) on 16-shot x 100-class features
     (d=512), divided by one TipAdapterClassifier fit + predict on a test set of the same
     size (1600 queries). Goal <= 3. GridSearchCV over TipAdapterClassifier is printed too.
+P4  Cached search at array speed: GridSearchCV(Pipeline, 10 x 10, cv=5) over 1000 images
+    that are all in the embedding cache, divided by the same search over
+    TipAdapterClassifier on the precomputed embeddings (512-d; a small random CLIP, as
+    no image is encoded while timing). Goal <= 1.5. Also: the lookup cost per image.
+P5  Parallel search: GridSearchCV(Pipeline, 3 x 2, cv=3, n_jobs=2) over 60 new images
+    (ViT-B/32-size CLIP, nothing cached: new images each round), divided by n_jobs=1.
+    Goal <= 1.0.
 
-    python benchmarks/bench_search.py [--skip-p2] [--skip-p3]
+Ratios are medians of paired rounds (baseline and measured back to back).
+
+    python benchmarks/bench_search.py [--parts p2,p3,p4,p5] [--device cpu] [--rounds 3]
 """
 
 from __future__ import annotations
@@ -17,13 +26,15 @@ from __future__ import annotations
 import argparse
 import os
 import sys
-import time
+import tempfile
 
 sys.path.insert(0, os.path.dirname(__file__))
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 import numpy as np  # noqa: E402
-from _common import best_of, jpeg_folder, vit_b32_folder  # noqa: E402
+from _common import (  # noqa: E402
+    best_of, jpeg_folder, machine, paired, small_clip_folder, timed, vit_b32_folder,
+)
 from sklearn.model_selection import GridSearchCV, StratifiedKFold  # noqa: E402
 from sklearn.pipeline import Pipeline  # noqa: E402
 
@@ -32,49 +43,49 @@ from skclip import CLIPFeaturizer, TipAdapterClassifier, TipAdapterClassifierCV 
 GRID = {"alpha": list(np.r_[0.0, np.geomspace(0.1, 50, 9)]), "beta": list(np.geomspace(0.5, 50, 10))}
 
 
-def _timed(fn) -> float:
-    t0 = time.perf_counter()
-    fn()
-    return time.perf_counter() - t0
+RUNTIME: dict = {}  # --runtime, when given: CLIPFeaturizer(runtime=...)
 
 
-def p2() -> None:
+def _pipe(model: str, device: str, **featurizer) -> Pipeline:
+    featurizer = {**RUNTIME, **featurizer}
+    return Pipeline([
+        ("clip", CLIPFeaturizer(model=model, device=device, progress=False, **featurizer)),
+        ("tip", TipAdapterClassifier(clip_model=model, device=device)),
+    ])
+
+
+def p2(args: argparse.Namespace) -> None:
     model = vit_b32_folder()
     paths = jpeg_folder(200)
     labels = np.repeat([f"class_{i}" for i in range(10)], 20)
-
-    def pipe(**featurizer) -> Pipeline:
-        return Pipeline([
-            ("clip", CLIPFeaturizer(model=model, device="cpu", progress=False, **featurizer)),
-            ("tip", TipAdapterClassifier(clip_model=model, device="cpu")),
-        ])
-
-    one_pass = CLIPFeaturizer(model=model, device="cpu", progress=False, cache=False)
+    one_pass = CLIPFeaturizer(model=model, device=args.device, progress=False, cache=False)
     one_pass.transform(paths[:32])  # warm-up: load the model, threads
-    t_pass = _timed(lambda: one_pass.transform(paths))
+    t_pass = timed(lambda: one_pass.transform(paths))
 
     grid = {f"tip__{k}": v for k, v in GRID.items()}
     CLIPFeaturizer.cache_clear()
-    search = GridSearchCV(pipe(), grid, cv=StratifiedKFold(5, shuffle=True, random_state=0))
-    t_search = _timed(lambda: search.fit(paths, labels))
+    search = GridSearchCV(_pipe(model, args.device), grid,
+                          cv=StratifiedKFold(5, shuffle=True, random_state=0))
+    t_search = timed(lambda: search.fit(paths, labels))
     info = CLIPFeaturizer.cache_info()
 
     small = {"tip__alpha": [1.0, 3.0], "tip__beta": [5.5]}
-    naive = GridSearchCV(pipe(cache=False), small, cv=StratifiedKFold(2, shuffle=True, random_state=0))
-    t_naive = _timed(lambda: naive.fit(paths, labels))
-    t_pass2 = _timed(lambda: one_pass.transform(paths))  # the divisor again, after: drift check
+    naive = GridSearchCV(_pipe(model, args.device, cache=False), small,
+                         cv=StratifiedKFold(2, shuffle=True, random_state=0))
+    t_naive = timed(lambda: naive.fit(paths, labels))
+    t_pass2 = timed(lambda: one_pass.transform(paths))  # the divisor again, after: drift check
 
-    print(f"P2: 200 images (500x375 JPEG), ViT-B/32-size CLIP on the CPU, {os.cpu_count()} cpus")
-    print(f"  one CLIPFeaturizer.transform pass: {t_pass:6.1f} s (again at the end: {t_pass2:.1f} s)")
-    print(f"  GridSearchCV 10x10, cv=5 (500 fits + refit), cache on: {t_search:6.1f} s; "
+    print(f"P2: 200 images (500x375 JPEG), ViT-B/32-size CLIP on {args.device}")
+    print(f"  one CLIPFeaturizer.transform pass: {t_pass:6.2f} s (again at the end: {t_pass2:.2f} s)")
+    print(f"  GridSearchCV 10x10, cv=5 (500 fits + refit), cache on: {t_search:6.2f} s; "
           f"cache hits {info.hits}, misses {info.misses}")
     divisor = (t_pass + t_pass2) / 2  # before and after: the machine drifts
     print(f"  ratio search / one pass (mean of both): {t_search / divisor:.2f}  (goal <= 1.3)")
-    print(f"  naive, cache=False, grid 2x1, cv=2 (4 fits + refit): {t_naive:6.1f} s, "
+    print(f"  naive, cache=False, grid 2x1, cv=2 (4 fits + refit): {t_naive:6.2f} s, "
           f"ratio {t_naive / divisor:.2f}; a 10x10 cv=5 grid would encode ~{500 + 1} passes")
 
 
-def p3(repeat: int = 3) -> None:
+def p3(args: argparse.Namespace, repeat: int = 3) -> None:
     rng = np.random.default_rng(0)
     d, classes, shots = 512, 100, 16
 
@@ -87,22 +98,22 @@ def p3(repeat: int = 3) -> None:
     X = unit(len(y)) + 2 * means[y]
     Xq = unit(len(y)) + 2 * means[y]
     W = unit(classes) + 0.5 * means
+    params = dict(clip_model=None, text_features=W, device=args.device)
 
     def one() -> None:
-        TipAdapterClassifier(clip_model=None, text_features=W).fit(X, y).predict(Xq)
+        TipAdapterClassifier(**params).fit(X, y).predict(Xq)
 
     def cv_estimator() -> None:
-        TipAdapterClassifierCV(
-            alphas=GRID["alpha"], betas=GRID["beta"], cv=5, clip_model=None, text_features=W
-        ).fit(X, y)
+        TipAdapterClassifierCV(alphas=GRID["alpha"], betas=GRID["beta"], cv=5, **params).fit(X, y)
 
     def grid_search() -> None:
-        GridSearchCV(TipAdapterClassifier(clip_model=None, text_features=W), GRID, cv=5).fit(X, y)
+        GridSearchCV(TipAdapterClassifier(**params), GRID, cv=5).fit(X, y)
 
     one(), cv_estimator()  # warm-up
     t_one, t_cv = best_of(one, repeat), best_of(cv_estimator, repeat)
     t_grid = best_of(grid_search, 1)
-    print(f"P3: {shots}-shot x {classes}-class features, d={d}, float32, 100 candidates, cv=5")
+    print(f"P3: {shots}-shot x {classes}-class features, d={d}, float32, 100 candidates, cv=5, "
+          f"device={args.device}")
     print(f"  one TipAdapterClassifier fit + predict (1600 queries): {t_one * 1e3:7.1f} ms")
     print(f"  TipAdapterClassifierCV:                             {t_cv * 1e3:7.1f} ms")
     print(f"  GridSearchCV(TipAdapterClassifier):                 {t_grid * 1e3:7.1f} ms")
@@ -110,15 +121,84 @@ def p3(repeat: int = 3) -> None:
           f"GridSearchCV / one: {t_grid / t_one:.1f}")
 
 
+def p4(args: argparse.Namespace) -> None:
+    n, classes = 1000, 10
+    model = small_clip_folder(512)
+    paths = jpeg_folder(n, size=(64, 48))
+    labels = np.repeat([f"class_{i}" for i in range(classes)], n // classes)
+    cv = StratifiedKFold(5, shuffle=True, random_state=0)
+    CLIPFeaturizer.cache_clear()
+    featurizer = CLIPFeaturizer(model=model, device=args.device, progress=False)
+    X = featurizer.transform(paths)  # every image is now in the memory cache
+    tip = TipAdapterClassifier(clip_model=model, device=args.device)
+    on_arrays = GridSearchCV(tip, GRID, cv=cv)
+    on_paths = GridSearchCV(_pipe(model, args.device), {f"tip__{k}": v for k, v in GRID.items()},
+                            cv=cv)
+
+    def arrays() -> None:
+        on_arrays.fit(X, labels)
+
+    def cached() -> None:
+        on_paths.fit(paths, labels)
+
+    arrays(), cached()  # warm-up: text weights, thread pools
+    hits = CLIPFeaturizer.cache_info()
+    result = paired(arrays, cached, args.rounds)
+    info = CLIPFeaturizer.cache_info()
+    assert info.misses == hits.misses, "P4 encoded images while timing"
+    lookups = (info.hits - hits.hits) / args.rounds  # images looked up per search
+    per_image = (result.measured - result.baseline) / lookups
+    t_lookup = min(timed(lambda: featurizer.transform(paths)) for _ in range(5))
+    print(f"P4: {n} cached images (d=512), GridSearchCV 10x10, cv=5 (500 fits + refit), "
+          f"device={args.device}")
+    print(f"  over precomputed embeddings: {result.baseline:6.2f} s; over the Pipeline: "
+          f"{result.measured:6.2f} s; {lookups:.0f} cached lookups per search, "
+          f"{per_image * 1e6:.1f} us extra per lookup")
+    print(f"  one CLIPFeaturizer.transform of {n} cached paths: {t_lookup * 1e3:.1f} ms "
+          f"({t_lookup / n * 1e6:.2f} us per image)")
+    print("  " + result.line("cached Pipeline search / search on embeddings", "<= 1.5"))
+
+
+def p5(args: argparse.Namespace) -> None:
+    model = vit_b32_folder()
+    labels = np.repeat(["a", "b", "c"], 20)
+    grid = {"tip__alpha": [0.5, 1.0, 2.0], "tip__beta": [1.0, 5.5]}
+    cv = StratifiedKFold(3, shuffle=True, random_state=0)
+    root = tempfile.mkdtemp(prefix="skclip-bench-p5-")
+    sets = iter(range(1, 100))
+
+    def search(n_jobs: int):
+        def run() -> None:
+            seed = next(sets)  # new images: nothing cached in any process
+            paths = jpeg_folder(60, folder=os.path.join(root, str(seed)), seed=seed)
+            GridSearchCV(_pipe(model, args.device), grid, cv=cv, n_jobs=n_jobs).fit(paths, labels)
+        return run
+
+    CLIPFeaturizer(model=model, device=args.device, progress=False).transform(
+        jpeg_folder(4, folder=os.path.join(root, "0")))  # load the model in this process
+    search(2)()  # warm-up: start the worker processes
+    result = paired(search(1), search(2), args.rounds)
+    print(f"P5: 60 new images, ViT-B/32-size CLIP on {args.device}, GridSearchCV 3x2, cv=3 "
+          f"(18 fits + refit); {os.cpu_count()} cpus")
+    print(f"  n_jobs=1: {result.baseline:6.2f} s, n_jobs=2: {result.measured:6.2f} s")
+    print("  " + result.line("n_jobs=2 / n_jobs=1", "<= 1.0"))
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--skip-p2", action="store_true")
-    parser.add_argument("--skip-p3", action="store_true")
+    parser.add_argument("--parts", default="p2,p3,p4,p5",
+                        help="comma-separated parts to run (p2, p3, p4, p5)")
+    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--rounds", type=int, default=3, help="paired rounds (p4, p5)")
+    parser.add_argument("--runtime", default=None, help="CLIPFeaturizer(runtime=...) in p4, p5")
     args = parser.parse_args()
-    if not args.skip_p3:
-        p3()
-    if not args.skip_p2:
-        p2()
+    if args.runtime is not None:
+        RUNTIME["runtime"] = args.runtime
+    parts = set(args.parts.split(","))
+    print(machine())
+    for name, fn in (("p3", p3), ("p4", p4), ("p2", p2), ("p5", p5)):
+        if name in parts:
+            fn(args)
 
 
 if __name__ == "__main__":

@@ -15,15 +15,21 @@ partial or corrupt file is ignored and recomputed, never returned.
 from __future__ import annotations
 
 import hashlib
+import multiprocessing
 import os
+import shutil
+import socket
 import tempfile
 import threading
+import time
 from collections import OrderedDict, namedtuple
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 from PIL import Image
+
+from ._watch import FileStamps
 
 CacheInfo = namedtuple("CacheInfo", ["hits", "misses", "maxsize", "currsize"])
 
@@ -43,30 +49,32 @@ def settings_digest(*parts: Any) -> str:
 
 class _FileDigests:
     """Content digests of files, memoized by (path, size, mtime): a file is read and
-    hashed again only when it changed."""
+    hashed again only when it changed.
+
+    Stamps come from :class:`~skclip._watch.FileStamps`: a file is stat'ed again only
+    when it may have changed (inotify on Linux), so looking up many unchanged files
+    costs no system call per file."""
 
     def __init__(self, maxsize: int = 1_000_000) -> None:
         self._memo: OrderedDict[tuple, str] = OrderedDict()
         self._lock = threading.Lock()
         self.maxsize = maxsize
-
-    @staticmethod
-    def _stamp(path: str) -> tuple | None:
-        try:
-            st = os.stat(path)
-        except OSError:
-            return None
-        return (path, st.st_size, st.st_mtime_ns)
+        self.stamps = FileStamps()
 
     def known(self, path: str) -> str | None:
         """The digest if the file is unchanged since it was last hashed, else None."""
-        stamp = self._stamp(path)
+        return self.known_many([path])[0]
+
+    def known_many(self, paths: list[str]) -> list[str | None]:
+        """:meth:`known` of each path, in one pass."""
+        stamps = self.stamps.stamps(paths)
         with self._lock:
-            return None if stamp is None else self._memo.get(stamp)
+            get = self._memo.get
+            return [None if stamp is None else get(stamp) for stamp in stamps]
 
     def read(self, path: str) -> tuple[str, bytes]:
         """Read the file, hash it, remember the digest; returns (digest, bytes)."""
-        stamp = self._stamp(path)
+        stamp = self.stamps.stamps([path])[0]
         with open(path, "rb") as f:
             data = f.read()
         h = _hasher()
@@ -127,6 +135,17 @@ class MemoryStore:
                 self._data.move_to_end(key)
             return vec
 
+    def get_many(self, keys: list[str]) -> list[np.ndarray | None]:
+        """:meth:`get` of each key under one lock."""
+        with self._lock:
+            data = self._data
+            vecs = [data.get(key) for key in keys]
+            touch = data.move_to_end
+            for key, vec in zip(keys, vecs):
+                if vec is not None:
+                    touch(key)
+            return vecs
+
     def put(self, key: str, vec: np.ndarray) -> None:
         vec = np.array(vec, dtype=np.float32)
         vec.setflags(write=False)
@@ -154,25 +173,116 @@ class MemoryStore:
 MEMORY = MemoryStore()
 
 _MAGIC = b"SKCLIPE1"
+_WRITES = 0  # disk-cache writes of this process (trims are spread over them)
+
+
+#: Default bound of a disk cache, in entries (about 2 GB of 512-d entries on a file
+#: system with 4 kB blocks); the oldest entries go first.
+DISK_MAX_ENTRIES = 500_000
+_SHARDS = 256  # entries live in folder/<first 2 hex digits of the key>/
+_TRIM_EVERY = 64  # writes of a process between two trims of the shard written to
+_HOST = socket.gethostname()
 
 
 class DiskStore:
     """One file per embedding under ``folder``, written atomically, with a checksum.
 
     File layout: 8-byte magic, 16-byte blake2b digest of the payload, float32 payload.
+
+    Bounded by ``max_entries``: every ``_TRIM_EVERY`` writes of a process, the shard
+    just written to is trimmed to its share of the bound, oldest entries first (a disk
+    hit refreshes an entry's time, so the order is about least recently used).
+
+    Processes sharing the folder do not encode an image twice at the same time: before
+    encoding, a process *claims* the entry (an exclusive ``.claim`` file naming its host
+    and process), and the others wait for the entry instead (see
+    ``skclip._encode.encode``). A claim whose process is gone, or older than
+    ``claim_timeout`` seconds, is void.
     """
 
-    def __init__(self, folder: str | os.PathLike) -> None:
+    claim_timeout = 300.0
+
+    def __init__(self, folder: str | os.PathLike, max_entries: int = DISK_MAX_ENTRIES) -> None:
         self.folder = Path(folder)
+        self.max_entries = max_entries
+
+    def _claim_path(self, key: str) -> Path:
+        return self.folder / key[:2] / f"{key}.claim"
+
+    def claim(self, key: str) -> bool:
+        """Claim the entry for this process; False if another live process holds it."""
+        path = self._claim_path(key)
+        for _ in range(2):
+            try:
+                fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
+            except FileExistsError:
+                if self.claimed(key):
+                    return False
+                try:  # void: its process is gone
+                    os.unlink(path)
+                except OSError:
+                    pass
+                continue
+            except FileNotFoundError:
+                path.parent.mkdir(parents=True, exist_ok=True)
+                continue
+            with os.fdopen(fd, "w") as f:
+                f.write(f"{_HOST} {os.getpid()}")
+            return True
+        return False
+
+    def claimed(self, key: str) -> bool:
+        """Whether another live process claims the entry."""
+        path = self._claim_path(key)
+        try:
+            owner = path.read_text().split()
+            age = time.time() - path.stat().st_mtime
+        except (OSError, ValueError):
+            return False
+        if age > self.claim_timeout:
+            return False
+        if len(owner) == 2 and owner[0] == _HOST and owner[1].isdigit():
+            pid = int(owner[1])
+            return pid != os.getpid() and _alive(pid)
+        return True
+
+    def release(self, key: str) -> None:
+        """Drop this process's claim on the entry."""
+        try:
+            os.unlink(self._claim_path(key))
+        except OSError:
+            pass
+
+    def _trim(self, shard: Path) -> None:
+        """Delete the oldest entries of ``shard`` beyond its share of the bound."""
+        share = max(1, self.max_entries // _SHARDS)
+        try:
+            with os.scandir(shard) as it:
+                entries = [e for e in it if e.name.endswith(".emb") and not e.name.startswith(".")]
+            if len(entries) <= share:
+                return
+            dated = sorted(entries, key=lambda e: e.stat().st_mtime_ns)
+        except OSError:
+            return
+        for entry in dated[: len(dated) - share]:
+            try:
+                os.unlink(entry.path)
+            except OSError:
+                pass
 
     def _path(self, key: str) -> Path:
         return self.folder / key[:2] / f"{key}.emb"
 
     def get(self, key: str, dim: int) -> np.ndarray | None:
+        path = self._path(key)
         try:
-            raw = self._path(key).read_bytes()
+            raw = path.read_bytes()
         except OSError:
             return None
+        try:
+            os.utime(path)  # recently used: trimmed last
+        except OSError:
+            pass  # a read-only cache
         head = len(_MAGIC) + _DIGEST_SIZE
         if len(raw) != head + 4 * dim or not raw.startswith(_MAGIC):
             return None  # partial, foreign or corrupt: recompute
@@ -201,6 +311,74 @@ class DiskStore:
             except OSError:
                 pass
             raise
+        global _WRITES
+        _WRITES += 1
+        if _WRITES % _TRIM_EVERY == 0:
+            self._trim(path.parent)
+
+
+def _alive(pid: int) -> bool:
+    """Whether process ``pid`` of this host runs (a zombie, dead but not yet reaped by
+    its parent, does not)."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except OSError:
+        pass  # exists, another user's
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as f:
+            return f.read().rsplit(b")", 1)[-1].split()[0] != b"Z"
+    except (OSError, IndexError):
+        return True  # no /proc (macOS...): trust kill()
+
+
+_WORKERS_PREFIX = "skclip-workers-"
+
+
+def worker_folder() -> Path | None:
+    """The disk folder that a process and its worker processes share, or None.
+
+    ``GridSearchCV(n_jobs=2)`` runs its fits in worker processes (joblib's loky, or
+    multiprocessing), each with its own memory cache: without a shared folder every
+    worker would encode every image again, and the final refit in the parent process
+    once more. This folder, in the temporary directory and named after the parent
+    process, lets them share embeddings (and, with the claims of :class:`DiskStore`,
+    split the encoding work) without any setting. A worker gets its parent's folder; a
+    process that is not a worker gets its own folder once its workers have made it
+    (None before). Folders of processes that are gone are deleted when a new one is
+    made.
+    """
+    root = Path(tempfile.gettempdir())
+    parent = multiprocessing.parent_process()
+    if parent is None or parent.pid is None:  # not a worker: its workers' folder, if any
+        own = root / f"{_WORKERS_PREFIX}{_HOST}-{os.getpid()}"
+        return own if own.is_dir() else None
+    folder = root / f"{_WORKERS_PREFIX}{_HOST}-{parent.pid}"
+    if not folder.exists():
+        _remove_stale_worker_folders(root)
+    return folder
+
+
+def clear_worker_folder() -> None:
+    """Delete the folder this process shares with its workers (not a parent's)."""
+    if multiprocessing.parent_process() is None:
+        own = Path(tempfile.gettempdir()) / f"{_WORKERS_PREFIX}{_HOST}-{os.getpid()}"
+        shutil.rmtree(own, ignore_errors=True)
+
+
+def _remove_stale_worker_folders(root: Path) -> None:
+    try:
+        with os.scandir(root) as it:
+            names = [e.name for e in it if e.name.startswith(f"{_WORKERS_PREFIX}{_HOST}-")]
+    except OSError:
+        return
+    for name in names:
+        pid = name.rsplit("-", 1)[-1]
+        if not pid.isdigit():
+            continue
+        if not _alive(int(pid)):
+            shutil.rmtree(root / name, ignore_errors=True)
 
 
 class EmbeddingCache:
@@ -221,6 +399,16 @@ class EmbeddingCache:
         self.dim = dim
         self.disk = DiskStore(Path(folder) / f"d{dim}") if folder is not None else None
 
+    def get_many(self, digests: list[str]) -> list[np.ndarray | None]:
+        """:meth:`get` of each digest: one pass over memory, then disk for the misses."""
+        prefix = self.prefix
+        vecs = MEMORY.get_many([prefix + digest for digest in digests])
+        if self.disk is not None:
+            for j, vec in enumerate(vecs):
+                if vec is None:
+                    vecs[j] = self.get(digests[j])
+        return vecs
+
     def get(self, digest: str) -> np.ndarray | None:
         key = self.prefix + digest
         vec = MEMORY.get(key)
@@ -229,6 +417,18 @@ class EmbeddingCache:
             if vec is not None:
                 MEMORY.put(key, vec)
         return vec
+
+    def claim(self, digest: str) -> bool:
+        """Claim the entry before encoding it (True without a disk folder)."""
+        return self.disk is None or self.disk.claim(self.prefix + digest)
+
+    def claimed(self, digest: str) -> bool:
+        """Whether another live process is encoding this entry."""
+        return self.disk is not None and self.disk.claimed(self.prefix + digest)
+
+    def release(self, digest: str) -> None:
+        if self.disk is not None:
+            self.disk.release(self.prefix + digest)
 
     def put(self, digest: str, vec: np.ndarray) -> None:
         key = self.prefix + digest

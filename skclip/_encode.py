@@ -9,9 +9,9 @@ call of :func:`encode` runs these small steps:
 2. :func:`prepare` (decode threads, through :func:`prefetch`): hash the other files,
    look them up, decode the misses, crop them (:func:`crops`: the clean view, or
    ``n_views`` random views seeded by the image's content, :func:`view_rng`).
-3. :func:`embed` (calling thread): the forward pass of the checkpoint's family
-   adapter (:mod:`skclip._backbones`), then :func:`pool_views` (the mean of the raw
-   views, then normalization).
+3. :func:`embed` (calling thread): :func:`tower`, the forward pass of the
+   checkpoint's family adapter (:mod:`skclip._backbones`) or its ONNX Runtime export,
+   then :func:`pool_views` (the mean of the raw views, then normalization).
 4. :func:`store`: cache writes.
 
 Every input is handled inside its own error handling (:func:`item_error`), so a bad
@@ -23,7 +23,9 @@ from __future__ import annotations
 
 import contextlib
 import os
+import time
 import warnings
+import weakref
 from collections import deque
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -37,9 +39,12 @@ from PIL import Image
 from sklearn.utils import check_random_state
 from tqdm.auto import tqdm
 
-from ._cache import FILE_DIGESTS, MEMORY, EmbeddingCache, memory_digest, settings_digest
+from ._cache import (
+    FILE_DIGESTS, MEMORY, EmbeddingCache, memory_digest, settings_digest, worker_folder,
+)
+from . import _onnx
 from ._images import ImageLoadError, ImageLoadWarning, describe, open_image
-from ._models import LoadedCLIP, load_clip
+from ._models import LoadedCLIP, load_clip, resolve_device
 from ._preprocess_families import Preprocessor
 
 
@@ -55,7 +60,8 @@ class Lookup(NamedTuple):
     """What :func:`lookup` found in the calling thread."""
 
     digests: list[str | None]  # content digest per input (None: a file not hashed yet)
-    hits: list[tuple[int, np.ndarray]]  # (input position, cached embedding)
+    hit_index: list[int]  # input positions of the cache hits
+    hit_vecs: list[np.ndarray]  # their cached embeddings, in the same order
     todo: list[int]  # positions still to hash, look up or encode, in input order
     errors: list[ItemError]  # in-memory inputs that could not even be hashed
 
@@ -99,6 +105,8 @@ class EncodeSpec:
     n_threads : int
         Decode threads.
     progress : bool or "auto"
+    encoder : skclip._onnx.ImageEncoder or None
+        The ONNX Runtime image tower (``runtime="onnxruntime"``), or None for PyTorch.
     """
 
     clip: LoadedCLIP
@@ -110,6 +118,7 @@ class EncodeSpec:
     batch_size: int
     n_threads: int
     progress: bool | str = "auto"
+    encoder: _onnx.ImageEncoder | None = None
 
     @property
     def needs_digests(self) -> bool:
@@ -198,13 +207,89 @@ def view_seeds(random_state: Any, n_views: int) -> list[int]:
 VIEW_POOLING = "normalized mean of raw views"
 
 
-def cache_settings(clip: LoadedCLIP, normalize: bool, n_views: int, seed: int | None) -> str:
-    """Digest of everything besides the image that determines an embedding."""
-    parts = (
+# cache_settings per loaded model (dropped with it): computed once, not on every call
+_SETTINGS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+
+
+def cache_settings(
+    clip: LoadedCLIP, normalize: bool, n_views: int, seed: int | None, onnx_dtype: str | None = None
+) -> str:
+    """Digest of everything besides the image that determines an embedding.
+
+    ``onnx_dtype`` is the precision of the ONNX Runtime tower (``"float32"``, ``"int8"``),
+    or None for PyTorch (whose entries keep the keys they always had)."""
+    memo = _SETTINGS.setdefault(clip, {})
+    key = (bool(normalize), n_views, seed, onnx_dtype)
+    if key not in memo:
+        memo[key] = _cache_settings(clip, *key)
+    return memo[key]
+
+
+def _cache_settings(
+    clip: LoadedCLIP, normalize: bool, n_views: int, seed: int | None, onnx_dtype: str | None
+) -> str:
+    parts: tuple = (
         clip.vision_fingerprint, sorted(clip.image_config.items()), str(clip.dtype),
         clip.device.type, normalize, n_views, seed,
     )
-    return settings_digest(*parts, VIEW_POOLING) if n_views > 0 else settings_digest(*parts)
+    if n_views > 0:
+        parts += (VIEW_POOLING,)
+    if onnx_dtype is not None:
+        parts += ("onnxruntime", onnx_dtype, _onnx.EXPORT_FORMAT)
+    return settings_digest(*parts)
+
+
+RUNTIMES = ("auto", "torch", "onnxruntime")
+
+
+def resolve_runtime(runtime: str, device: torch.device, dtype: str) -> str:
+    """``"torch"`` or ``"onnxruntime"``: what encodes for these featurizer parameters.
+
+    ``"auto"`` is ONNX Runtime on the CPU in float32 when it is installed (with the
+    ``onnx`` and ``onnxscript`` packages that export), PyTorch otherwise (GPU, float16,
+    bfloat16). ``dtype="int8"`` exists only in ONNX Runtime.
+    """
+    if dtype == "int8":
+        if runtime == "torch":
+            raise ValueError(
+                "dtype='int8' is ONNX Runtime's dynamic quantization: use runtime='onnxruntime' "
+                "or runtime='auto', or a torch dtype ('float32', 'float16', 'bfloat16')."
+            )
+        runtime = "onnxruntime"
+    if runtime == "auto":
+        cpu_float32 = device.type == "cpu" and dtype in ("auto", "float32")
+        return "onnxruntime" if cpu_float32 and _onnx.is_available() else "torch"
+    if runtime == "onnxruntime":
+        if device.type != "cpu":
+            raise ValueError(
+                f"runtime='onnxruntime' runs on the CPU; device={str(device)!r} was given. Use "
+                "runtime='auto' (PyTorch on a GPU) or runtime='torch'."
+            )
+        if dtype not in ("auto", "float32", "int8"):
+            raise ValueError(
+                f"runtime='onnxruntime' runs in float32 (or dtype='int8'), not dtype={dtype!r}."
+            )
+        _onnx.require()
+    return runtime
+
+
+def model_dtype(dtype: str) -> str:
+    """The torch dtype to load the model in for a featurizer ``dtype`` (``"int8"`` is
+    quantized from the float32 model)."""
+    return "float32" if dtype == "int8" else dtype
+
+
+def onnx_encoder(clip: LoadedCLIP, dtype: str, strict: bool) -> _onnx.ImageEncoder | None:
+    """The ONNX Runtime tower of ``clip``; None (PyTorch) if it cannot be exported and
+    ONNX Runtime was not asked for explicitly (``strict=False``: ``runtime="auto"``)."""
+    onnx_dtype = "int8" if dtype == "int8" else "float32"
+    try:
+        return _onnx.image_encoder(clip, dtype=onnx_dtype)
+    except Exception as exc:
+        if strict:
+            raise
+        _onnx.warn_fallback(clip, exc)
+        return None
 
 
 def spec_for(
@@ -214,12 +299,20 @@ def spec_for(
 
     Loads the model (once per process). ``progress`` overrides the featurizer's.
     """
-    clip = load_clip(featurizer.model, featurizer.device, featurizer.dtype)
+    device = resolve_device(featurizer.device)
+    runtime = resolve_runtime(featurizer.runtime, device, featurizer.dtype)
+    clip = load_clip(featurizer.model, device, model_dtype(featurizer.dtype))
+    encoder = None
+    strict = featurizer.runtime == "onnxruntime" or featurizer.dtype == "int8"
+    if runtime == "onnxruntime" and (strict or _onnx.supports(clip)):  # "auto": fixed sizes
+        encoder = onnx_encoder(clip, featurizer.dtype, strict)
     cache = None
     if featurizer.cache:
         MEMORY.maxsize = featurizer.cache_size
-        settings = cache_settings(clip, featurizer.normalize, n_views, seed)
-        cache = EmbeddingCache(settings, clip.embedding_dim, featurizer.cache_dir)
+        onnx_dtype = None if encoder is None else encoder.dtype
+        settings = cache_settings(clip, featurizer.normalize, n_views, seed, onnx_dtype)
+        folder = featurizer.cache_dir if featurizer.cache_dir is not None else worker_folder()
+        cache = EmbeddingCache(settings, clip.embedding_dim, folder)
     return EncodeSpec(
         clip=clip,
         preprocess=clip.preprocessor,
@@ -230,6 +323,7 @@ def spec_for(
         batch_size=featurizer.batch_size,
         n_threads=n_threads(featurizer.n_jobs, clip.device),
         progress=featurizer.progress if progress is None else progress,
+        encoder=encoder,
     )
 
 
@@ -270,23 +364,48 @@ def crops(img: Image.Image, spec: EncodeSpec, digest: str | None) -> list[np.nda
 
 
 # -- steps --------------------------------------------------------------------------------------
+def _known_digests(items: list) -> tuple[list[str | None], list[ItemError]]:
+    """:func:`known_digest` of every input: the files' in one batch (no system call per
+    unchanged file, see ``skclip._watch``), in-memory images one by one."""
+    n = len(items)
+    paths = [i for i, item in enumerate(items) if isinstance(item, (str, os.PathLike))]
+    known = FILE_DIGESTS.known_many([os.fspath(items[i]) for i in paths])
+    if len(paths) == n:  # the common case: only files
+        return known, []
+    digests: list[str | None] = [None] * n
+    for i, digest in zip(paths, known):
+        digests[i] = digest
+    errors = []
+    for i in sorted(set(range(n)).difference(paths)):
+        try:
+            digests[i] = known_digest(items[i])
+        except Exception as exc:  # noqa: BLE001 - e.g. a truncated, lazily opened image
+            errors.append(item_error(items[i], i, exc))
+    return digests, errors
+
+
 def lookup(items: list, spec: EncodeSpec) -> Lookup:
-    """Step 1, in the calling thread: known digests and their cache hits."""
-    digests: list[str | None] = [None] * len(items)
-    hits, todo, errors = [], [], []
-    for i, item in enumerate(items):
-        if spec.needs_digests:
-            try:
-                digests[i] = known_digest(item)
-            except Exception as exc:  # noqa: BLE001 - e.g. a truncated, lazily opened image
-                errors.append(item_error(item, i, exc))
-                continue
-        vec = spec.cache.get(digests[i]) if spec.cache is not None and digests[i] else None
-        if vec is None:
-            todo.append(i)
-        else:
-            hits.append((i, vec))
-    return Lookup(digests, hits, todo, errors)
+    """Step 1, in the calling thread: known digests and their cache hits, in one pass
+    over the cache (no per-item work beyond dictionary lookups when all are hits)."""
+    n = len(items)
+    digests: list[str | None] = [None] * n
+    errors: list[ItemError] = []
+    if spec.needs_digests:
+        digests, errors = _known_digests(items)
+    hit_index: list[int] = []
+    hit_vecs: list[np.ndarray] = []
+    if spec.cache is not None:
+        known = [i for i, digest in enumerate(digests) if digest is not None]
+        vecs = spec.cache.get_many([digests[i] for i in known])
+        if len(known) == n and all(vec is not None for vec in vecs):
+            return Lookup(digests, known, vecs, [], errors)  # all hits: nothing to do
+        for i, vec in zip(known, vecs):
+            if vec is not None:
+                hit_index.append(i)
+                hit_vecs.append(vec)
+    done = set(hit_index).union(e.index for e in errors)
+    todo = [i for i in range(n) if i not in done]
+    return Lookup(digests, hit_index, hit_vecs, todo, errors)
 
 
 def _read_file(item: Any) -> tuple[str | None, bytes | None]:
@@ -343,6 +462,16 @@ def prefetch(fn: Callable[[Any], Any], args: Sequence[Any], n_threads: int) -> I
             yield result
 
 
+def tower(spec: EncodeSpec, pixels: dict[str, np.ndarray]) -> torch.Tensor:
+    """Raw features ``(B, d)`` float32 of a collated batch by the spec's runtime: its
+    ONNX Runtime session, or the family's forward pass
+    (:meth:`~skclip._backbones.Backbone.forward_images`: ``uint8`` crosses to the
+    device, normalization runs there). Call under ``torch.inference_mode()``."""
+    if spec.encoder is not None:
+        return torch.from_numpy(spec.encoder(pixels["pixel_values"]))
+    return spec.clip.forward_images(pixels)
+
+
 def pool_views(emb: torch.Tensor, n_views: int, normalize: bool) -> torch.Tensor:
     """One row per image from ``(B * max(1, n_views), d)`` raw features: with views, the
     mean of each image's raw (un-normalized) view features, as the Tip-Adapter reference
@@ -355,11 +484,10 @@ def pool_views(emb: torch.Tensor, n_views: int, normalize: bool) -> torch.Tensor
 
 
 def embed(spec: EncodeSpec, pixels: dict[str, np.ndarray]) -> np.ndarray:
-    """Step 3: the embeddings of a prepared batch, ``(B, d)`` float32 numpy: the
-    family's forward pass (:meth:`~skclip._backbones.Backbone.forward_images`: ``uint8``
-    crosses to the device, normalization runs there), then :func:`pool_views`."""
+    """Step 3: the embeddings of a prepared batch, ``(B, d)`` float32 numpy:
+    :func:`tower`, then :func:`pool_views`."""
     with torch.inference_mode():
-        emb = spec.clip.forward_images(pixels)
+        emb = tower(spec, pixels)
         return pool_views(emb, spec.n_views, spec.normalize).cpu().numpy()
 
 
@@ -382,33 +510,147 @@ def encode(items: list, spec: EncodeSpec, keep_going: bool) -> Encoded:
     n, dim = len(items), spec.clip.embedding_dim
     out = np.empty((n, dim), dtype=np.float32)
     found = lookup(items, spec)
-    for i, vec in found.hits:
-        out[i] = vec
+    n_hits = len(found.hit_index)
+    if n_hits == n and spec.progress is not True:  # all cached: one gather, no bar
+        np.concatenate(found.hit_vecs, out=out.reshape(-1))
+        if spec.cache is not None:
+            MEMORY.count(hits=n, misses=0)
+        return Encoded(out, [])
+    if n_hits:
+        out[found.hit_index] = np.concatenate(found.hit_vecs).reshape(n_hits, dim)
     errors = list(found.errors)
-    n_hits = len(found.hits)
     keep_going = keep_going or spec.cache is not None
+    shared = spec.cache is not None and spec.cache.disk is not None
+    waiting: list[tuple[int, str]] = []  # (position, key) being encoded by another process
+    claims: set[str] = set()
     todo, size = found.todo, spec.batch_size
     batches = [todo[k : k + size] for k in range(0, len(todo), size)]
     disable = {True: False, False: True, "auto": None if len(todo) > size else True}
     results = prefetch(partial(prepare, items, found.digests, spec), batches, spec.n_threads)
-    with contextlib.closing(results), tqdm(
-        total=n, initial=n - len(todo), unit="img", desc="CLIP", disable=disable[spec.progress]
-    ) as bar:
-        for batch, res in zip(batches, results):
-            errors.extend(res.errors)
-            for i, vec in res.found:
-                out[i] = vec
-            n_hits += len(res.found)
-            if res.pixels is not None and (not errors or keep_going):
-                emb = embed(spec, res.pixels)
-                out[res.kept] = emb
-                store(spec.cache, res.keys, emb)
-            bar.update(len(batch))
+    try:
+        with contextlib.closing(results), tqdm(
+            total=n, initial=n - len(todo), unit="img", desc="CLIP", disable=disable[spec.progress]
+        ) as bar:
+            for batch, res in zip(batches, results):
+                errors.extend(res.errors)
+                for i, vec in res.found:
+                    out[i] = vec
+                n_hits += len(res.found)
+                if res.pixels is not None and (not errors or keep_going):
+                    # With a shared folder, claim and encode a few images at a time, so
+                    # that processes encoding the same images split them finely.
+                    for part in split(res, CLAIM_CHUNK) if shared else [res]:
+                        if shared:  # leave to other processes what they are encoding
+                            part, hits, others = claim(spec, part, claims)
+                            for i, vec in hits:
+                                out[i] = vec
+                            n_hits += len(hits)
+                            waiting.extend(others)
+                        if part.kept:
+                            emb = embed(spec, part.pixels)
+                            out[part.kept] = emb
+                            store(spec.cache, part.keys, emb)
+                            release(spec, part.keys, claims)
+                bar.update(len(batch))
+    finally:
+        release(spec, list(claims), claims)
+    again = []
+    if waiting:
+        hits, again = wait_for(spec, waiting)
+        for i, vec in hits:
+            out[i] = vec
+        n_hits += len(hits)
     if spec.cache is not None:
-        MEMORY.count(hits=n_hits, misses=n - n_hits - len(errors))
+        MEMORY.count(hits=n_hits, misses=n - n_hits - len(errors) - len(again))
+    if again:  # their claims were void (process gone): encode them here
+        redone = encode([items[i] for i in again], spec, keep_going)
+        out[again] = redone.embeddings
+        errors.extend(ItemError(again[e.index], e.message) for e in redone.errors)
     errors.sort()  # input order
     out[[e.index for e in errors]] = np.nan
     return Encoded(out, errors)
+
+
+#: Images claimed and encoded at a time when processes share a disk cache.
+CLAIM_CHUNK = 8
+
+
+def split(res: Prepared, size: int) -> list[Prepared]:
+    """A prepared batch as consecutive parts of at most ``size`` images (with their
+    views)."""
+    if len(res.kept) <= size:
+        return [res]
+    per_image = len(next(iter(res.pixels.values()))) // len(res.kept)
+    return [
+        Prepared([], res.kept[k : k + size], res.keys[k : k + size],
+                 {name: arr[k * per_image : (k + size) * per_image]
+                  for name, arr in res.pixels.items()}, [])
+        for k in range(0, len(res.kept), size)
+    ]
+
+
+def claim(
+    spec: EncodeSpec, res: Prepared, claims: set[str]
+) -> tuple[Prepared, list[tuple[int, np.ndarray]], list[tuple[int, str]]]:
+    """With a disk cache shared by processes, before a forward pass: the batch reduced
+    to the images this process claims, the cache hits that appeared since the lookup
+    (another process stored them), and the (position, key) of images another live
+    process is encoding now (wait for them: :func:`wait_for`)."""
+    cache = spec.cache
+    mine, hits, others = [], [], []
+    for j, (i, key) in enumerate(zip(res.kept, res.keys)):
+        if key is None:
+            mine.append(j)
+            continue
+        vec = cache.get(key)
+        if vec is not None:
+            hits.append((i, vec))
+        elif cache.claim(key):
+            claims.add(key)
+            mine.append(j)
+        else:
+            others.append((i, key))
+    if len(mine) < len(res.kept):
+        n = len(res.kept)
+        pixels = {  # the views of the claimed images, in every array of the batch
+            name: arr.reshape(n, -1, *arr.shape[1:])[mine].reshape(-1, *arr.shape[1:])
+            for name, arr in res.pixels.items()
+        }
+        res = res._replace(
+            kept=[res.kept[j] for j in mine], keys=[res.keys[j] for j in mine], pixels=pixels
+        )
+    return res, hits, others
+
+
+def release(spec: EncodeSpec, keys: list[str | None], claims: set[str]) -> None:
+    """Drop this process's claims on ``keys`` (stored, or given up)."""
+    for key in keys:
+        if key in claims:
+            claims.discard(key)
+            spec.cache.release(key)
+
+
+def wait_for(
+    spec: EncodeSpec, waiting: list[tuple[int, str]], poll: float = 0.02
+) -> tuple[list[tuple[int, np.ndarray]], list[int]]:
+    """Wait for entries other processes are encoding: (position, embedding) of those
+    stored, and the positions whose claim became void without an entry (to encode
+    here). Ends when no live process claims any of them."""
+    hits, again = [], []
+    while waiting:
+        still = []
+        for i, key in waiting:
+            vec = spec.cache.get(key)
+            if vec is not None:
+                hits.append((i, vec))
+            elif spec.cache.claimed(key):
+                still.append((i, key))
+            else:
+                again.append(i)
+        waiting = still
+        if waiting:
+            time.sleep(poll)
+    return hits, sorted(again)
 
 
 def report_errors(errors: list[ItemError], n: int, on_error: str, stacklevel: int = 2) -> None:

@@ -397,11 +397,11 @@ class APEClassifier(_BaseTipAdapter):
             self.key_divergence_ = ape_key_divergence(self.cache_keys_, y_enc, text).astype(X.dtype)
         return self
 
-    def _head(self, text_weights: torch.Tensor | None) -> _Head:
+    def _head(self, text_weights: torch.Tensor | None, device: torch.device) -> _Head:
         weights = np.exp(self.gamma * self.key_divergence_)  # R_FW: one weight per key
-        values = torch.from_numpy(self.cache_values_ * weights[:, None])
-        selected = torch.from_numpy(self.selected_features_)
-        keys = torch.from_numpy(self.cache_keys_)
+        values = torch.from_numpy(self.cache_values_ * weights[:, None]).to(device)
+        selected = torch.from_numpy(self.selected_features_).to(device)
+        keys = torch.from_numpy(self.cache_keys_).to(device)
         zero_shot = self._zero_shot_params()
 
         def logits(queries: torch.Tensor) -> torch.Tensor:

@@ -11,7 +11,7 @@ import torch
 from sklearn.base import BaseEstimator, TransformerMixin
 
 from . import _encode
-from ._cache import MEMORY, CacheInfo
+from ._cache import MEMORY, CacheInfo, clear_worker_folder
 from ._compat import Interval, StrOptions, get_output_config
 from ._models import DEFAULT_MODEL, LoadedCLIP, check_fingerprint, load_clip, resolve_device
 
@@ -42,9 +42,20 @@ class CLIPFeaturizer(TransformerMixin, BaseEstimator):
     device : str, default="auto"
         ``"auto"`` (CUDA when available, else CPU), ``"cpu"``, ``"cuda"``, ``"cuda:N"``
         or ``"mps"``.
-    dtype : {"auto", "float32", "float16", "bfloat16"}, default="auto"
+    dtype : {"auto", "float32", "float16", "bfloat16", "int8"}, default="auto"
         Model precision; ``"auto"`` is float16 on CUDA, float32 on CPU. Outputs are
-        always float32.
+        always float32. ``"int8"`` is ONNX Runtime's dynamic quantization (CPU only,
+        needs ``skclip[onnx]``): faster still, but the embeddings are *approximate*
+        (cosine to float32 about 0.9998 on a random ViT-B/32; check on your data).
+    runtime : {"auto", "torch", "onnxruntime"}, default="auto"
+        What runs the image tower. ``"onnxruntime"``: ONNX Runtime on the CPU, from an
+        export of the checkpoint made on first use and kept in the user's cache folder
+        (``~/.cache/skclip/onnx``, or ``$SKCLIP_CACHE_DIR/onnx``), about 2x PyTorch's
+        speed on a CPU with embeddings equal within 1e-5 (see
+        ``benchmarks/bench_featurizer.py``); exporting takes a few seconds to a minute,
+        once per checkpoint. ``"torch"``: PyTorch. ``"auto"``: ONNX Runtime on the CPU in
+        float32 when it is installed (``pip install 'skclip[onnx]'``), PyTorch otherwise
+        and on GPUs; if the export fails, PyTorch with a warning.
     batch_size : int, default=32
         Images per forward pass. Results do not depend on it.
     normalize : bool, default=True
@@ -98,9 +109,15 @@ class CLIPFeaturizer(TransformerMixin, BaseEstimator):
         file is encoded again. This is what makes ``GridSearchCV`` over a Pipeline
         encode each image once: alpha and beta never change the embeddings.
     cache_dir : str, path-like or None, default=None
-        Also keep embeddings in this folder, shared between processes (e.g.
-        ``GridSearchCV(n_jobs=2)`` workers) and later runs. Writes are atomic; a partial
-        or corrupt entry is ignored and recomputed.
+        Also keep embeddings in this folder, shared between processes and later runs.
+        Writes are atomic; a partial or corrupt entry is ignored and recomputed; about
+        500,000 entries are kept, the least recently used go first. Processes sharing
+        the folder never encode an image at the same time: one encodes it, the others
+        wait for its entry. With None, worker processes (``GridSearchCV(n_jobs=2)``,
+        joblib, multiprocessing) still share embeddings with their siblings through a
+        temporary folder named after their parent process, so a parallel search encodes
+        each image about once in all (see the user guide, "Parallel searches");
+        ``cache=False`` turns every cache off.
     cache_size : int, default=100_000
         Most embeddings kept in memory (least recently used ones are dropped first);
         100,000 ViT-B/32 embeddings take about 200 MB. The memory cache is shared by all
@@ -156,7 +173,8 @@ class CLIPFeaturizer(TransformerMixin, BaseEstimator):
     _parameter_constraints: dict = {
         "model": [str, os.PathLike],
         "device": [str, torch.device],
-        "dtype": [StrOptions({"auto", "float32", "float16", "bfloat16"})],
+        "dtype": [StrOptions({"auto", "float32", "float16", "bfloat16", "int8"})],
+        "runtime": [StrOptions(set(_encode.RUNTIMES))],
         "batch_size": [Interval(Integral, 1, None, closed="left")],
         "normalize": ["boolean"],
         "augment": [Interval(Integral, 0, None, closed="left")],
@@ -180,6 +198,7 @@ class CLIPFeaturizer(TransformerMixin, BaseEstimator):
         model: str | os.PathLike = DEFAULT_MODEL,
         device: str = "auto",
         dtype: str = "auto",
+        runtime: str = "auto",
         batch_size: int = 32,
         normalize: bool = True,
         augment: int = 0,
@@ -195,6 +214,7 @@ class CLIPFeaturizer(TransformerMixin, BaseEstimator):
         self.model = model
         self.device = device
         self.dtype = dtype
+        self.runtime = runtime
         self.batch_size = batch_size
         self.normalize = normalize
         self.augment = augment
@@ -309,9 +329,12 @@ class CLIPFeaturizer(TransformerMixin, BaseEstimator):
     def cache_clear() -> None:
         """Empty the process-wide embedding cache in memory and reset its statistics.
 
-        Files in a ``cache_dir`` are left alone; delete the folder to drop them.
+        The temporary folder this process shares with its worker processes (see
+        ``cache_dir``) is deleted too. Files in a ``cache_dir`` are left alone; delete
+        the folder to drop them.
         """
         MEMORY.clear()
+        clear_worker_folder()
 
     def __sklearn_tags__(self):
         tags = super().__sklearn_tags__()
@@ -323,12 +346,12 @@ class CLIPFeaturizer(TransformerMixin, BaseEstimator):
 
     # -- internals -----------------------------------------------------------------------
     def _clip(self) -> LoadedCLIP:
-        return load_clip(self.model, self.device, self.dtype)
+        return load_clip(self.model, self.device, _encode.model_dtype(self.dtype))
 
     def _fit(self, X: Any) -> list:
         """Validate the parameters and the input; the input as a list (read once)."""
         self._validate_params()
-        resolve_device(self.device)
+        _encode.resolve_runtime(self.runtime, resolve_device(self.device), self.dtype)
         items = _encode.check_items(X)
         self.n_features_in_ = 1
         self.model_fingerprint_ = self._clip().fingerprint

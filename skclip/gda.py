@@ -357,8 +357,9 @@ class GDAClassifier(_BaseTipAdapter):
             priors = priors / priors.sum()
         return priors
 
-    def _head(self, text_weights: torch.Tensor | None) -> _Head:
-        coef, intercept = torch.from_numpy(self.coef_), torch.from_numpy(self.intercept_)
+    def _head(self, text_weights: torch.Tensor | None, device: torch.device) -> _Head:
+        coef = torch.from_numpy(self.coef_).to(device)
+        intercept = torch.from_numpy(self.intercept_).to(device)
         zero_shot = self._zero_shot_params()
 
         def logits(queries: torch.Tensor) -> torch.Tensor:

@@ -45,6 +45,13 @@ from ._models import DEFAULT_MODEL, load_clip, resolve_device
 from .text import clean_class_name, resolve_templates, text_weights
 
 
+def _prediction_device(device: str | torch.device) -> torch.device:
+    """Where prediction runs: the GPU when ``device`` resolves to CUDA, else the CPU
+    (memory-bound work, where MPS gains little and float64 is unsupported)."""
+    resolved = resolve_device(device)
+    return resolved if resolved.type == "cuda" else torch.device("cpu")
+
+
 def _views_hint(n_features: int, dim: int) -> str:
     """For an X as wide as (1 + E) text dimensions: the likely cause, featurizer views."""
     if n_features <= dim or n_features % dim:
@@ -218,11 +225,12 @@ class _BaseTipAdapter(ClassifierMixin, BaseEstimator):
         self.cache_values_ = np.eye(len(self.classes_), dtype=keys.dtype)[y_enc]
         self._y = np.ascontiguousarray(y_enc, dtype=np.intp)
 
-    def _head(self, text_weights: torch.Tensor | None) -> _Head:
-        """The fitted head, given the text weights; by default the Tip-Adapter cache."""
+    def _head(self, text_weights: torch.Tensor | None, device: torch.device) -> _Head:
+        """The fitted head on ``device``, given the text weights (already there); by
+        default the Tip-Adapter cache."""
         alpha, beta = self._prediction_params()
-        keys = torch.from_numpy(self.cache_keys_)
-        values = torch.from_numpy(self._y)  # one-hot cache values as class indices: fast path
+        keys = torch.from_numpy(self.cache_keys_).to(device)
+        values = torch.from_numpy(self._y).to(device)  # one-hot values as class indices: fast
         n_classes, zero_shot = len(self.classes_), self._zero_shot_params()
 
         def logits(queries: torch.Tensor) -> torch.Tensor:
@@ -235,8 +243,9 @@ class _BaseTipAdapter(ClassifierMixin, BaseEstimator):
 
     def _logits(self, X: Any) -> np.ndarray:
         check_is_fitted(self)
+        device = _prediction_device(self.device)
         W = None if self.text_features_ is None else torch.from_numpy(self.text_features_)
-        head = self._head(W)
+        head = self._head(None if W is None else W.to(device), device)
         X = validate_data(self, X, dtype=[np.float64, np.float32], reset=False)
         X = normalize(X).astype(head.dtype, copy=False)
         out = np.empty((X.shape[0], len(self.classes_)), dtype=X.dtype)
@@ -244,7 +253,7 @@ class _BaseTipAdapter(ClassifierMixin, BaseEstimator):
         chunk = max(1, int(get_config()["working_memory"] * 2**20) // row_bytes)
         with torch.no_grad():
             for rows in gen_batches(X.shape[0], chunk):
-                out[rows] = head.logits(torch.from_numpy(X[rows])).numpy()
+                out[rows] = head.logits(torch.from_numpy(X[rows]).to(device)).cpu().numpy()
         return out
 
     def decision_function(self, X: Any) -> np.ndarray:
@@ -385,7 +394,8 @@ class TipAdapterClassifier(_BaseTipAdapter):
         guide). The loss is computed in float32 either way.
     device : str, default="auto"
         Where the text tower and fine-tuning run: ``"auto"`` (CUDA if available),
-        ``"cpu"``, ``"cuda"``, ``"cuda:N"``, ``"mps"``. Prediction runs on the CPU.
+        ``"cpu"``, ``"cuda"``, ``"cuda:N"``, ``"mps"``. Prediction runs on the GPU when
+        this is CUDA (in chunks, as on the CPU), otherwise on the CPU.
     random_state : int, RandomState instance or None, default=None
         Seeds the fine-tuning shuffles and the validation split.
     train_views : int, default=0

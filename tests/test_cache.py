@@ -11,23 +11,22 @@ from helpers import make_image
 from sklearn.model_selection import GridSearchCV, StratifiedKFold
 from sklearn.pipeline import Pipeline
 
-from skclip import CLIPFeaturizer, TipAdapterClassifier
+from skclip import CLIPFeaturizer, TipAdapterClassifier, _encode
 from skclip._models import load_clip
 
 
 @pytest.fixture
 def count_encoded(tiny_clip_path, monkeypatch):
-    """Counts images that go through the vision tower (all devices/dtypes of the tiny model)."""
+    """Counts images that go through the vision tower (any runtime, device or dtype)."""
     CLIPFeaturizer.cache_clear()
-    clip = load_clip(tiny_clip_path, "auto", "auto")
     counter = {"images": 0}
-    original = clip.model.get_image_features
+    original = _encode.tower
 
-    def counting(pixel_values, **kwargs):
-        counter["images"] += len(pixel_values)
-        return original(pixel_values=pixel_values, **kwargs)
+    def counting(spec, pixels):  # pixels: a collated batch, arrays of B images (views)
+        counter["images"] += len(next(iter(pixels.values())))
+        return original(spec, pixels)
 
-    monkeypatch.setattr(clip.model, "get_image_features", counting)
+    monkeypatch.setattr(_encode, "tower", counting)
     yield counter
     CLIPFeaturizer.cache_clear()
 

@@ -124,19 +124,18 @@ def test_worker_killed_mid_transform_is_retried(client, tiny_clip_path, image_fo
         import os
         import signal
 
-        from skclip._models import load_clip
+        from skclip import _encode
 
-        clip = load_clip(model, "auto", "auto")
-        forward = clip.model.get_image_features
+        forward = _encode.tower  # the image tower of any runtime
         calls = [0]
 
-        def patched(pixel_values, **kwargs):
+        def patched(spec, pixels):
             calls[0] += 1
             if calls[0] == 2:
                 os.kill(os.getpid(), signal.SIGKILL)
-            return forward(pixel_values=pixel_values, **kwargs)
+            return forward(spec, pixels)
 
-        clip.model.get_image_features = patched
+        _encode.tower = patched
 
     victim = sorted(client.scheduler_info()["workers"])[0]
     client.run(die_on_second_forward, tiny_clip_path, workers=[victim])

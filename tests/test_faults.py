@@ -62,12 +62,12 @@ def gate(what, after, go_file, paused_file=None):
             return replace(src, dst)
         os.replace = patched
     else:
-        clip = load_clip(cfg["model"], "auto", "auto")
-        forward = clip.model.get_image_features
-        def patched(pixel_values, **kwargs):
+        from skclip import _encode
+        forward = _encode.tower  # the image tower of any runtime
+        def patched(spec, pixels):
             check()
-            return forward(pixel_values=pixel_values, **kwargs)
-        clip.model.get_image_features = patched
+            return forward(spec, pixels)
+        _encode.tower = patched
 
 feat = CLIPFeaturizer(model=cfg["model"], cache_dir=cfg["cache_dir"], batch_size=1,
                       progress=False)

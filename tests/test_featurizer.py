@@ -327,7 +327,8 @@ def test_forward_accepts_a_plain_tensor_as_transformers_4_returns(
         return pooled_embeddings(original(pixel_values=pixel_values, **kwargs))
 
     monkeypatch.setattr(clip.model, "get_image_features", as_in_transformers_4)
-    X = CLIPFeaturizer(model=tiny_clip_path, device="cpu", dtype="float32", cache=False)
+    X = CLIPFeaturizer(model=tiny_clip_path, device="cpu", dtype="float32", runtime="torch",
+                       cache=False)
     np.testing.assert_allclose(X.transform(images), ref, atol=1e-6)
 
 

@@ -1,0 +1,420 @@
+"""ONNX Runtime for the image tower on the CPU.
+
+On a CPU, ONNX Runtime runs a ViT image tower faster than PyTorch's eager forward (it
+fuses attention and layer norms and picks better GEMM kernels; see
+``benchmarks/bench_featurizer.py``). This module makes that usable without any
+step by hand:
+
+- :func:`image_encoder` exports the checkpoint's image tower once, *with* the
+  preprocessing's rescale and normalization, so the ONNX model takes the decode
+  threads' ``uint8`` crops ``(B, 3, H, W)`` directly and returns the raw projected
+  features ``(B, d)`` (float32; batch size free).
+- Exports are kept in a folder (default: ``user_cache_dir("onnx")``, e.g.
+  ``~/.cache/skclip/onnx``) under a key made of the image tower's weight fingerprint,
+  its configuration, the preprocessing, the precision and :data:`EXPORT_FORMAT`: a
+  retrained checkpoint gets a new export, the same weights under another path share
+  one. Each export is a folder (``model.onnx`` with its weights in
+  ``model.onnx.data``) written under a temporary name and renamed into place in one
+  step, so a reader sees a complete export or none. One that cannot be used
+  (truncated, corrupt, from an incompatible ONNX Runtime) is deleted and rebuilt.
+- ``dtype="int8"`` applies ONNX Runtime's dynamic quantization to the float32 export
+  (int8 weights, activations quantized on the fly): faster, but the embeddings are
+  *approximate* (on a random ViT-B/32, cosine to float32 >= 0.9998; unknown on
+  trained weights). Opt-in only.
+- An :class:`onnxruntime.InferenceSession` is created once per (export, threads) in
+  the process and shared.
+
+``onnxruntime`` is an optional dependency (``pip install skclip[onnx]``); exporting
+also needs ``onnx`` and ``onnxscript`` (in the same extra).
+"""
+
+from __future__ import annotations
+
+import functools
+import hashlib
+import importlib.util
+import json
+import logging
+import os
+import shutil
+import tempfile
+import threading
+import warnings
+import weakref
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from ._models import LoadedCLIP
+from ._paths import user_cache_dir
+
+#: Version of the export recipe; part of every export's key. Bump it when the exported
+#: graph changes (inputs, outputs, what is baked in), so old exports are not reused.
+EXPORT_FORMAT = 1
+
+#: Precisions of an export: ``"float32"`` (equal to PyTorch within rounding) or
+#: ``"int8"`` (dynamic quantization, approximate).
+DTYPES = ("float32", "int8")
+
+_MODEL_FILE = "model.onnx"
+_META_FILE = "meta.json"
+
+_SESSIONS: dict[tuple[str, int], Any] = {}
+# per loaded model: (dtype, threads, folder) -> encoder, so that a call finds its encoder
+# without checking the export on disk again; dropped with the model
+_ENCODERS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+_LOCK = threading.RLock()  # one export (and one session creation) at a time per process
+
+
+_PACKAGES = ("onnxruntime", "onnx", "onnxscript")  # run, and export with torch.onnx
+
+
+@functools.lru_cache(maxsize=1)
+def is_available() -> bool:
+    """Whether ONNX Runtime and the packages that export to it are installed
+    (``onnxruntime``, ``onnx``, ``onnxscript``: ``pip install 'skclip[onnx]'``), and
+    torch can export (2.5 or later).
+
+    Examples
+    --------
+    >>> from skclip._onnx import is_available
+    >>> isinstance(is_available(), bool)
+    True
+    """
+    torch_major_minor = tuple(int(v) for v in torch.__version__.split(".")[:2])
+    return torch_major_minor >= (2, 5) and all(
+        importlib.util.find_spec(name) is not None for name in _PACKAGES
+    )
+
+
+def require() -> None:
+    """Raise an ImportError saying what to install if :func:`is_available` is False."""
+    if not is_available():
+        missing = [name for name in _PACKAGES if importlib.util.find_spec(name) is None]
+        raise ImportError(
+            "runtime='onnxruntime' needs the onnxruntime, onnx and onnxscript packages and "
+            f"torch >= 2.5 (missing: {', '.join(missing) or 'a newer torch'}): "
+            "pip install 'skclip[onnx]'."
+        )
+
+
+def _require_onnxruntime() -> Any:
+    require()
+    import onnxruntime
+
+    return onnxruntime
+
+
+_WARNED: set[str] = set()
+
+
+def warn_fallback(clip: LoadedCLIP, exc: BaseException) -> None:
+    """Warn once per checkpoint that ``runtime="auto"`` fell back to PyTorch."""
+    if clip.name not in _WARNED:
+        _WARNED.add(clip.name)
+        warnings.warn(
+            f"Could not run the image tower of {clip.name!r} in ONNX Runtime ({exc!r}); "
+            "runtime='auto' uses PyTorch instead. Pass runtime='torch' to skip the attempt.",
+            RuntimeWarning, stacklevel=4,
+        )
+
+
+def default_folder() -> Path:
+    """Where exports are kept by default: ``user_cache_dir("onnx")``
+    (``$SKCLIP_CACHE_DIR/onnx`` or e.g. ``~/.cache/skclip/onnx``)."""
+    return user_cache_dir("onnx")
+
+
+class _ImageTower(torch.nn.Module):
+    """What is exported: ``uint8`` crops -> the family's rescale and normalization ->
+    its image features (e.g. CLIP's projected embeddings)."""
+
+    def __init__(self, backbone: LoadedCLIP) -> None:
+        super().__init__()
+        self.model = backbone.model  # registered: its weights are the export's
+        self.backbone = backbone
+
+    def forward(self, pixels: torch.Tensor) -> torch.Tensor:
+        inputs = self.backbone.preprocessor.model_inputs({"pixel_values": pixels}, torch.float32)
+        return self.backbone.image_features(inputs).float()
+
+
+def supports(clip: LoadedCLIP) -> bool:
+    """Whether the checkpoint can be exported: a fixed input size (every family but
+    SigLIP 2's NaFlex, whose inputs vary in patches)."""
+    config = clip.image_config
+    if "crop_size" not in config:
+        return False
+    height, width = config["crop_size"] if config["do_center_crop"] else config["size"]
+    return height is not None and width is not None
+
+
+def _input_shape(clip: LoadedCLIP) -> tuple[int, int, int]:
+    if not supports(clip):
+        raise ValueError(
+            f"The checkpoint {clip.name!r} has no fixed input size, which an ONNX export "
+            "needs; use runtime='torch'."
+        )
+    config = clip.image_config
+    height, width = config["crop_size"] if config["do_center_crop"] else config["size"]
+    return 3, int(height), int(width)
+
+
+def export_key(clip: LoadedCLIP, dtype: str = "float32") -> str:
+    """The name of ``clip``'s export: a digest of the image tower's weights fingerprint
+    and configuration, the preprocessing (baked into the graph), ``dtype`` and
+    :data:`EXPORT_FORMAT`.
+
+    Parameters
+    ----------
+    clip : LoadedCLIP
+    dtype : {"float32", "int8"}
+
+    Returns
+    -------
+    key : str
+    """
+    if dtype not in DTYPES:
+        raise ValueError(f"dtype must be one of {DTYPES} for ONNX Runtime, got {dtype!r}.")
+    h = hashlib.blake2b(digest_size=12)
+    vision_config = getattr(clip.model.config, "vision_config", clip.model.config)
+    parts = (
+        EXPORT_FORMAT, clip.vision_fingerprint, vision_config.to_json_string(use_diff=False),
+        sorted(clip.image_config.items()), _input_shape(clip),
+    )
+    h.update(repr(parts).encode())
+    return f"{h.hexdigest()}-{dtype}"
+
+
+def _usable(folder: Path) -> bool:
+    """An export folder whose files are all there, at the sizes written."""
+    try:
+        meta = json.loads((folder / _META_FILE).read_text())
+        return all((folder / name).stat().st_size == size for name, size in meta["files"].items())
+    except (OSError, ValueError, KeyError, TypeError, AttributeError):
+        return False
+
+
+def _seal(tmp: Path, target: Path, info: dict) -> None:
+    """Record the sizes of ``tmp``'s files, then move ``tmp`` to ``target`` in one step.
+
+    If another process got there first, its export is kept and ``tmp`` is deleted."""
+    files = {p.name: p.stat().st_size for p in tmp.iterdir()}
+    (tmp / _META_FILE).write_text(json.dumps({"files": files, **info}, indent=1))
+    try:
+        os.rename(tmp, target)  # atomic; fails if target exists and is not empty
+    except OSError:
+        shutil.rmtree(tmp, ignore_errors=True)
+        if not _usable(target):
+            raise
+
+
+def _discard(folder: Path) -> None:
+    """Delete a broken export (renamed first, so no reader sees it half deleted)."""
+    trash = folder.with_name(f".trash-{folder.name}-{os.getpid()}-{threading.get_ident()}")
+    try:
+        os.rename(folder, trash)
+    except OSError:
+        return
+    shutil.rmtree(trash, ignore_errors=True)
+
+
+def _export_float32(clip: LoadedCLIP, target: Path) -> None:
+    """Export ``clip``'s image tower (float32, CPU) into the folder ``target``."""
+    if clip.device.type != "cpu" or clip.dtype != torch.float32:
+        raise ValueError(
+            f"ONNX export needs the model on the CPU in float32, got {clip.device} {clip.dtype}."
+        )
+    tower = _ImageTower(clip).eval()
+    example = torch.zeros((2, *_input_shape(clip)), dtype=torch.uint8)
+    tmp = Path(tempfile.mkdtemp(dir=target.parent, prefix=f".tmp-{target.name}-"))
+    chatty = logging.getLogger("torch.onnx")  # "torchvision is not installed..." warnings
+    level = chatty.level
+    try:
+        chatty.setLevel(logging.ERROR)
+        with warnings.catch_warnings(), torch.inference_mode(False), torch.no_grad():
+            warnings.simplefilter("ignore")  # exporter chatter (deprecations)
+            torch.onnx.export(
+                tower, (example,), str(tmp / _MODEL_FILE), input_names=["pixels"],
+                output_names=["features"], dynamic_shapes=({0: torch.export.Dim("batch")},),
+                dynamo=True, external_data=True, verbose=False,
+            )
+        _seal(tmp, target, {"model": clip.name, "torch": torch.__version__, "dtype": "float32"})
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    finally:
+        chatty.setLevel(level)
+
+
+def _export_int8(source: Path, target: Path) -> None:
+    """Dynamic int8 quantization of the float32 export in ``source`` into ``target``."""
+    ort = _require_onnxruntime()
+    from onnxruntime.quantization import QuantType, quantize_dynamic
+
+    tmp = Path(tempfile.mkdtemp(dir=target.parent, prefix=f".tmp-{target.name}-"))
+    root = logging.getLogger()
+    level = root.level
+    try:
+        root.setLevel(logging.ERROR)  # quantize_dynamic advises pre-processing on the root logger
+        quantize_dynamic(
+            source / _MODEL_FILE, tmp / _MODEL_FILE, weight_type=QuantType.QInt8,
+            use_external_data_format=True,
+        )
+        _seal(tmp, target, {"source": source.name, "onnxruntime": ort.__version__,
+                            "dtype": "int8"})
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    finally:
+        root.setLevel(level)
+
+
+def export(clip: LoadedCLIP, dtype: str = "float32", folder: str | os.PathLike | None = None) -> Path:
+    """The folder of ``clip``'s ONNX export, made now if it is missing or broken.
+
+    Parameters
+    ----------
+    clip : LoadedCLIP
+        A model loaded on the CPU in float32.
+    dtype : {"float32", "int8"}, default="float32"
+        ``"int8"``: ONNX Runtime's dynamic quantization of the float32 export
+        (approximate embeddings).
+    folder : path-like or None, default=None
+        Where exports are kept; None is :func:`default_folder`.
+
+    Returns
+    -------
+    path : pathlib.Path
+        The export's folder; its ``model.onnx`` takes ``uint8`` ``(B, 3, H, W)`` crops
+        and returns ``(B, d)`` float32 features.
+    """
+    key = export_key(clip, dtype)
+    root = Path(folder).expanduser() if folder is not None else default_folder()
+    target = root / key
+    with _LOCK:
+        if _usable(target):
+            return target
+        root.mkdir(parents=True, exist_ok=True)
+        if target.exists():
+            _discard(target)
+        if dtype == "float32":
+            _export_float32(clip, target)
+        else:
+            _export_int8(export(clip, "float32", root), target)
+        return target
+
+
+class ImageEncoder:
+    """An ONNX Runtime session of an exported image tower.
+
+    Call it with ``uint8`` crops ``(B, 3, H, W)``; it returns the raw (not normalized)
+    projected features ``(B, d)``, float32.
+
+    Attributes
+    ----------
+    path : pathlib.Path
+        The export's folder.
+    threads : int
+        ONNX Runtime's intra-op threads.
+    session : onnxruntime.InferenceSession
+    dtype : {"float32", "int8"}
+    """
+
+    def __init__(self, path: Path, threads: int, session: Any, dtype: str = "float32") -> None:
+        self.path = path
+        self.threads = threads
+        self.session = session
+        self.dtype = dtype
+
+    def __call__(self, pixels: np.ndarray) -> np.ndarray:
+        pixels = np.ascontiguousarray(pixels, dtype=np.uint8)
+        return self.session.run(None, {"pixels": pixels})[0]
+
+    def __repr__(self) -> str:
+        return f"ImageEncoder(path={str(self.path)!r}, threads={self.threads})"
+
+
+def _session(path: Path, threads: int) -> Any:
+    ort = _require_onnxruntime()
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = threads
+    options.inter_op_num_threads = 1
+    options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    # No busy-waiting between calls: the decode threads share the cores with it.
+    options.add_session_config_entry("session.intra_op.allow_spinning", "0")
+    options.log_severity_level = 3  # errors only
+    return ort.InferenceSession(
+        str(path / _MODEL_FILE), options, providers=["CPUExecutionProvider"]
+    )
+
+
+def image_encoder(
+    clip: LoadedCLIP,
+    *,
+    dtype: str = "float32",
+    threads: int | None = None,
+    folder: str | os.PathLike | None = None,
+) -> ImageEncoder:
+    """ONNX Runtime encoder of ``clip``'s image tower, exported on first use.
+
+    The export is made once per checkpoint (see :func:`export`); the session once per
+    (export, ``threads``) in the process.
+
+    Parameters
+    ----------
+    clip : LoadedCLIP
+        A model loaded on the CPU in float32 (only needed to export; the session runs
+        on its own copy of the weights).
+    dtype : {"float32", "int8"}, default="float32"
+        ``"int8"`` is approximate (dynamic quantization).
+    threads : int or None, default=None
+        Intra-op threads; None follows ``torch.get_num_threads()``, so thread limits set
+        for torch (e.g. inside joblib workers) apply here too.
+    folder : path-like or None, default=None
+        Where exports are kept; None is :func:`default_folder`.
+
+    Returns
+    -------
+    encoder : ImageEncoder
+
+    Examples
+    --------
+    >>> import numpy as np, tempfile
+    >>> from skclip._models import load_clip
+    >>> from skclip._onnx import image_encoder
+    >>> clip = load_clip(tiny_clip_path, "cpu", "float32")
+    >>> encoder = image_encoder(clip, folder=tempfile.mkdtemp())  # exported once, then reused
+    >>> encoder(np.zeros((2, 3, 32, 32), dtype=np.uint8)).shape
+    (2, 16)
+    """
+    _require_onnxruntime()
+    threads = int(threads) if threads is not None else torch.get_num_threads()
+    memo_key = (dtype, threads, None if folder is None else os.fspath(folder))
+    memo = _ENCODERS.get(clip)
+    if memo is not None and memo_key in memo:  # checked and loaded before in this process
+        return memo[memo_key]
+    with _LOCK:
+        path = export(clip, dtype, folder)
+        key = (str(path), threads)
+        if key not in _SESSIONS:
+            try:
+                session = _session(path, threads)
+            except Exception:  # noqa: BLE001 - sizes fine but unreadable: rebuild once
+                _discard(path)
+                path = export(clip, dtype, folder)
+                session = _session(path, threads)
+            _SESSIONS[key] = session
+        encoder = ImageEncoder(path, threads, _SESSIONS[key], dtype)
+        _ENCODERS.setdefault(clip, {})[memo_key] = encoder
+        return encoder
+
+
+def clear_sessions() -> None:
+    """Forget every ONNX Runtime session of this process (exports on disk stay)."""
+    with _LOCK:
+        _SESSIONS.clear()
+        _ENCODERS.clear()

@@ -1,0 +1,262 @@
+"""File stamps ``(path, size, mtime_ns)`` without a system call per file per call.
+
+The embedding cache notices an edited file by its stamp. Taking a stamp is one
+``os.stat``, which costs 1 to 15 µs depending on the machine (a virtual machine makes
+every system call expensive): more than everything else a cached lookup does. A search
+looks up the same files hundreds of times (``GridSearchCV`` over a Pipeline calls the
+featurizer twice per fit), so those stats would dominate it.
+
+:class:`FileStamps` keeps each file's last stamp and takes a new one only when the file
+may have changed:
+
+- On Linux, an inotify watch on each file's folder reports every write, attribute
+  change (``touch``, ``os.utime``), creation, deletion and rename of the files in it;
+  one ``read`` per call collects them, and only the files they name are stat'ed again.
+  A watch is placed *before* the first stat of a file, so no change is missed between
+  the two.
+- A stamp is trusted for at most ``max_age`` seconds anyway (default 1 s): changes
+  inotify cannot see (made on another machine of a network file system, or after an
+  ancestor folder was replaced) are noticed within that time, as they would be by a
+  stat when the file system caches attributes.
+- Files that are symbolic links or have several hard links (changed under another
+  name, in another folder) are stat'ed on every call, as is everything on systems
+  without inotify or when a watch cannot be placed (limit reached): the old behaviour.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import ctypes.util
+import errno
+import os
+import stat
+import struct
+import sys
+import threading
+import time
+
+# <sys/inotify.h>
+_IN_MODIFY = 0x002
+_IN_ATTRIB = 0x004
+_IN_CLOSE_WRITE = 0x008
+_IN_MOVED_FROM = 0x040
+_IN_MOVED_TO = 0x080
+_IN_CREATE = 0x100
+_IN_DELETE = 0x200
+_IN_DELETE_SELF = 0x400
+_IN_MOVE_SELF = 0x800
+_IN_UNMOUNT = 0x2000
+_IN_Q_OVERFLOW = 0x4000
+_IN_IGNORED = 0x8000
+_IN_ONLYDIR = 0x1000000
+_IN_NONBLOCK = 0o4000
+_IN_CLOEXEC = 0o2000000
+_MASK = (_IN_MODIFY | _IN_ATTRIB | _IN_CLOSE_WRITE | _IN_MOVED_FROM | _IN_MOVED_TO
+         | _IN_CREATE | _IN_DELETE | _IN_DELETE_SELF | _IN_MOVE_SELF | _IN_ONLYDIR)
+_FOLDER_GONE = _IN_DELETE_SELF | _IN_MOVE_SELF | _IN_UNMOUNT | _IN_IGNORED
+_EVENT = struct.Struct("iIII")  # wd, mask, cookie, len; then len bytes of name
+
+Stamp = tuple  # (path, size, mtime_ns)
+
+
+class _Inotify:
+    """A non-blocking inotify instance watching folders; None-safe to build."""
+
+    def __init__(self) -> None:
+        libc = ctypes.CDLL(ctypes.util.find_library("c") or None, use_errno=True)
+        self._add = libc.inotify_add_watch
+        self._add.argtypes = (ctypes.c_int, ctypes.c_char_p, ctypes.c_uint32)
+        fd = libc.inotify_init1(_IN_NONBLOCK | _IN_CLOEXEC)
+        if fd < 0:
+            raise OSError(ctypes.get_errno(), "inotify_init1 failed")
+        self.fd = fd
+        # watch descriptor -> the spellings of its folder ("/a/b", "/link/b", "/a/x/../b"
+        # name one folder, one watch); folder spelling -> watch descriptor
+        self.folders: dict[int, list[str]] = {}
+        self.watched: dict[str, int] = {}
+
+    def watch(self, folder: str) -> bool:
+        """Watch ``folder`` (idempotent); False if it cannot be watched."""
+        if folder in self.watched:
+            return True
+        wd = self._add(self.fd, os.fsencode(folder), _MASK)
+        if wd < 0:  # ENOSPC (watch limit), EACCES, ENOENT, ENOTDIR...
+            return False
+        self.folders.setdefault(wd, []).append(folder)
+        self.watched[folder] = wd
+        return True
+
+    def events(self) -> tuple[set[str], set[str], bool]:
+        """Drain the queue: (changed paths, folders gone or unreliable, overflowed)."""
+        changed: set[str] = set()
+        gone: set[str] = set()
+        overflow = False
+        while True:
+            try:
+                data = os.read(self.fd, 1 << 16)
+            except BlockingIOError:
+                break
+            except OSError as exc:
+                if exc.errno == errno.EINTR:
+                    continue
+                raise
+            offset = 0
+            while offset < len(data):
+                wd, mask, _, length = _EVENT.unpack_from(data, offset)
+                offset += _EVENT.size
+                name = data[offset : offset + length].rstrip(b"\0")
+                offset += length
+                if mask & _IN_Q_OVERFLOW:
+                    overflow = True
+                    continue
+                spellings = self.folders.get(wd)
+                if spellings is None:
+                    continue
+                if mask & _FOLDER_GONE:
+                    gone.update(spellings)
+                    if mask & _IN_IGNORED:  # the kernel dropped the watch
+                        for folder in self.folders.pop(wd):
+                            self.watched.pop(folder, None)
+                elif name:
+                    changed.update(os.path.join(f, os.fsdecode(name)) for f in spellings)
+            if len(data) < (1 << 15):  # the queue is (very likely) empty now
+                break
+        return changed, gone, overflow
+
+    def close(self) -> None:
+        try:
+            os.close(self.fd)
+        except OSError:
+            pass
+
+
+class FileStamps:
+    """Stamps ``(path, size, mtime_ns)`` of files, stat'ed only when they may have changed.
+
+    Parameters
+    ----------
+    max_age : float, default=1.0
+        Seconds a stamp is trusted without a stat even if no change was reported.
+    use_inotify : bool, default=True
+        Use inotify where available (Linux); False stats every file on every call.
+
+    Examples
+    --------
+    >>> import os, tempfile
+    >>> from skclip._watch import FileStamps
+    >>> path = os.path.join(tempfile.mkdtemp(), "a.txt")
+    >>> with open(path, "w") as f:
+    ...     _ = f.write("one")
+    >>> stamps = FileStamps()
+    >>> stamps.stamps([path])[0][1]  # (path, size, mtime_ns)
+    3
+    >>> with open(path, "a") as f:
+    ...     _ = f.write(" two")
+    >>> stamps.stamps([path])[0][1]  # the change is noticed at once
+    7
+    """
+
+    def __init__(self, max_age: float = 1.0, use_inotify: bool = True) -> None:
+        self.max_age = max_age
+        self.use_inotify = use_inotify
+        self._lock = threading.Lock()
+        self._inotify: _Inotify | None = None
+        self._inotify_failed = False
+        self._pid = os.getpid()
+        # absolute path -> (stamp, time taken); only files whose folder is watched
+        self._trusted: dict[str, tuple[Stamp, float]] = {}
+
+    def _watcher(self) -> _Inotify | None:
+        if os.getpid() != self._pid:  # forked: the inherited queue belongs to the parent
+            self._pid = os.getpid()
+            self._inotify, self._inotify_failed = None, False
+            self._trusted.clear()
+        if self._inotify is None and not self._inotify_failed and self.use_inotify:
+            if sys.platform.startswith("linux"):
+                try:
+                    self._inotify = _Inotify()
+                except (OSError, AttributeError):
+                    self._inotify_failed = True
+            else:
+                self._inotify_failed = True
+        return self._inotify
+
+    def _forget(self, changed: set[str], gone: set[str], overflow: bool) -> None:
+        if overflow:
+            self._trusted.clear()
+            return
+        for path in changed:
+            self._trusted.pop(path, None)
+        if gone:
+            prefixes = tuple(folder.rstrip(os.sep) + os.sep for folder in gone)
+            for path in [p for p in self._trusted if p.startswith(prefixes)]:
+                del self._trusted[path]
+
+    def stamps(self, paths: list[str]) -> list[Stamp | None]:
+        """The stamp of each path (as given), or None if it cannot be stat'ed.
+
+        Parameters
+        ----------
+        paths : list of str
+
+        Returns
+        -------
+        stamps : list of (path, size, mtime_ns) tuples or None
+        """
+        with self._lock:
+            watcher = self._watcher()
+            if watcher is None:
+                return [_stat_stamp(p) for p in paths]
+            self._forget(*watcher.events())
+            now = time.monotonic()
+            oldest = now - self.max_age
+            get = self._trusted.get
+            out: list[Stamp | None] = []
+            # relative paths are trusted under their absolute path
+            for path, full in zip(paths, _absolute(paths)):
+                entry = get(full)
+                if entry is not None and entry[1] > oldest:
+                    stamp = entry[0]
+                    out.append(stamp if stamp[0] == path else (path, stamp[1], stamp[2]))
+                else:
+                    out.append(self._check(watcher, path, full, now))
+            return out
+
+    def _check(self, watcher: _Inotify, path: str, full: str, now: float) -> Stamp | None:
+        """Watch the folder, then stat (in that order: no change slips in between)."""
+        watched = watcher.watch(os.path.dirname(full) or os.sep)
+        try:
+            st = os.lstat(full)
+            if stat.S_ISLNK(st.st_mode):
+                st = os.stat(full)
+                watched = False  # the target may change in another folder
+        except OSError:
+            self._trusted.pop(full, None)
+            return None
+        stamp = (path, st.st_size, st.st_mtime_ns)
+        if watched and st.st_nlink == 1 and stat.S_ISREG(st.st_mode):
+            self._trusted[full] = (stamp, now)
+        else:
+            self._trusted.pop(full, None)
+        return stamp
+
+    def clear(self) -> None:
+        """Forget every stamp (the next call stats every file)."""
+        with self._lock:
+            self._trusted.clear()
+
+
+def _absolute(paths: list[str]) -> list[str]:
+    """The absolute form of each path (the working directory read once)."""
+    if os.name == "posix" and all(path[:1] == "/" for path in paths):
+        return paths  # the common case, checked fast
+    cwd = os.getcwd()
+    return [path if os.path.isabs(path) else os.path.join(cwd, path) for path in paths]
+
+
+def _stat_stamp(path: str) -> Stamp | None:
+    try:
+        st = os.stat(path)
+    except OSError:
+        return None
+    return (path, st.st_size, st.st_mtime_ns)
