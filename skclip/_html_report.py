@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from ._images import ImageLoadError, open_image
+from ._report import protocol_items, shown_method
 
 #: Entries of a method's report that are scores, not hyperparameters.
 _SCORE_KEYS = frozenset(
@@ -234,7 +235,7 @@ def render_html(
     """
     methods: Mapping[str, Mapping[str, Any]] = report.get("methods", {})
     classes = list(report.get("classes", []))
-    best = max(methods, key=lambda k: methods[k].get("accuracy") or 0.0) if methods else None
+    best = shown_method(report) if methods else None  # the same method as the Markdown report
     title = f"skclip evaluation: {report.get('data_dir', '')}"
     body = [
         f"<h1>{_e(title)}</h1>",
@@ -244,6 +245,10 @@ def render_html(
         "<h2>Methods</h2>",
         *_method_table(methods, best),
     ]
+    if "model" in report and "protocol" in report:
+        body.append("<h2>Protocol</h2>")
+        body.append("<ul>" + "".join(f"<li>{_e(item)}</li>" for item in protocol_items(report))
+                    + "</ul>")
     for name, entry in methods.items():
         is_best = " open" if name == best else ""
         body.append(f'<details{is_best} class="method" data-method="{_e(name)}">')

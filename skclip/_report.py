@@ -74,34 +74,39 @@ def shown_method_reason(report: dict[str, Any]) -> str:
 
 
 def _protocol_lines(report: dict[str, Any]) -> list[str]:
-    """The "Protocol" section: everything needed to reproduce the numbers."""
+    """The "Protocol" section in Markdown."""
+    return ["## Protocol", "", *(f"- {item}" for item in protocol_items(report, code="`")), ""]
+
+
+def protocol_items(report: dict[str, Any], code: str = "") -> list[str]:
+    """Everything needed to reproduce the numbers, one plain-text item each: version,
+    model and fingerprint, protocol, sizes, each method's configuration and the skipped
+    files (``code`` quotes names, e.g. a backtick for Markdown)."""
     towers = report.get("tower_fingerprints") or {}
     prints = ", ".join(f"{tower} {fp}" for tower, fp in towers.items() if fp)
     fingerprint = report.get("model_fingerprint")
     splits = report.get("splits") or []
     sizes = sorted({(s["n_train"], s["n_test"]) for s in splits})
-    lines = [
-        "## Protocol",
-        "",
-        f"- skclip {report.get('skclip_version', '?')}; model `{report['model']}`"
+    items = [
+        f"skclip {report.get('skclip_version', '?')}; model {code}{report['model']}{code}"
         + (f", weights fingerprint {fingerprint}" if fingerprint else "")
         + (f" (towers: {prints})" if prints else ""),
-        f"- {report['protocol']}; shots: {report.get('shots')}, cv: {report.get('cv')}, "
+        f"{report['protocol']}; shots: {report.get('shots')}, cv: {report.get('cv')}, "
         f"inner cv: {report.get('inner_cv')}, random_state: {report.get('random_state')}, "
         f"augment: {report.get('augment')}",
     ]
     if sizes:
         per = " per fold" if len(splits) > 1 else ""
-        lines.append("- train / test images" + per + ": "
+        items.append("train / test images" + per + ": "
                      + ", ".join(f"{a} / {b}" for a, b in sizes))
     for name, m in report["methods"].items():
         if m.get("configuration"):
-            lines.append(f"- {name}: {m['configuration']}")
+            items.append(f"{name}: {m['configuration']}")
     skipped = report.get("skipped") or []
     if skipped:
-        lines.append(f"- skipped {len(skipped)} unreadable image(s):")
-        lines += [f"    - `{s['path']}`: {s['error']}" for s in skipped]
-    return lines + [""]
+        items.append(f"skipped {len(skipped)} unreadable image(s): " + "; ".join(
+            f"{code}{s['path']}{code}: {s['error']}" for s in skipped))
+    return items
 
 
 def render_markdown(report: dict[str, Any]) -> str:

@@ -146,3 +146,30 @@ def test_renders_in_a_headless_browser(page, tmp_path):
     # the embedded magenta thumbnail was decoded and drawn
     is_magenta = (np.abs(pixels - np.array(MAGENTA)) < 40).all(axis=-1)
     assert is_magenta.sum() > 0.5 * 90 * 60
+
+
+def test_protocol_skipped_files_and_shown_method_match_the_markdown(tmp_path):
+    """The page records the protocol (issue 15 item 7) and the skipped files (item 5), and
+    marks the same method as the Markdown report."""
+    from skclip._report import _protocol_lines, shown_method
+
+    report = {
+        "data_dir": "photos", "model": "/models/tiny", "n_images": 6, "classes": ["a", "b"],
+        "protocol": "3-fold stratified cross-validation", "skclip_version": "9.9",
+        "model_fingerprint": "f00dcafe", "shots": None, "cv": 3, "inner_cv": 2,
+        "random_state": 0, "augment": 0, "per_class_method": "zero-shot",
+        "skipped": [{"path": "photos/a/<bad>.jpg", "error": "not an image file"}],
+        "methods": {
+            "zero-shot": {"accuracy": 0.5, "accuracy_std": 0.1, "f1_macro": 0.5,
+                          "f1_macro_std": 0.1, "confusion_matrix": [[2, 1], [2, 1]]},
+            "Tip-Adapter": {"accuracy": 0.9, "accuracy_std": 0.1, "f1_macro": 0.9,
+                            "f1_macro_std": 0.1, "confusion_matrix": [[3, 0], [1, 2]]},
+        },
+    }
+    page = render_html(report, [], tmp_path / "r.html").read_text()
+    for text in ("f00dcafe", "skclip 9.9", "inner cv: 2", "photos/a/&lt;bad&gt;.jpg",
+                 "not an image file"):
+        assert text in page, text
+    assert shown_method(report) == "zero-shot"
+    assert '<details open class="method" data-method="zero-shot">' in page
+    assert any("f00dcafe" in line for line in _protocol_lines(report))
