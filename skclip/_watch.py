@@ -234,7 +234,10 @@ class FileStamps:
             self._trusted.pop(full, None)
             return None
         stamp = (path, st.st_size, st.st_mtime_ns)
-        if watched and st.st_nlink == 1 and stat.S_ISREG(st.st_mode):
+        # inotify names the file as folder + "/" + name: a path spelled otherwise ("a//b",
+        # "a/./b") would never match its events, so it is stat'ed every call instead
+        canonical = os.path.join(os.path.dirname(full), os.path.basename(full)) == full
+        if watched and canonical and st.st_nlink == 1 and stat.S_ISREG(st.st_mode):
             self._trusted[full] = (stamp, now)
         else:
             self._trusted.pop(full, None)

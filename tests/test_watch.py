@@ -161,3 +161,15 @@ def test_queue_overflow_forgets_everything(tmp_path):
     stamps.stamps([path])
     stamps._forget(set(), set(), overflow=True)
     assert stamps._trusted == {}
+
+
+@pytest.mark.parametrize("spelling", ["{d}//a.jpg", "{d}/./a.jpg"])
+def test_a_path_spelled_otherwise_still_sees_changes(tmp_path, spelling):
+    """inotify names a changed file as folder/name: a path spelled "d//a.jpg" or
+    "d/./a.jpg" must not trust a stamp that no event can ever clear."""
+    write(tmp_path / "a.jpg", b"aaaa")
+    path = spelling.format(d=tmp_path)
+    stamps = FileStamps(max_age=100)
+    assert stamps.stamps([path])[0][1] == 4
+    write(tmp_path / "a.jpg", b"AAAAAA")
+    assert stamps.stamps([path])[0][1] == 6
