@@ -283,13 +283,21 @@ def onnx_encoder(clip: LoadedCLIP, dtype: str, strict: bool) -> _onnx.ImageEncod
     """The ONNX Runtime tower of ``clip``; None (PyTorch) if it cannot be exported and
     ONNX Runtime was not asked for explicitly (``strict=False``: ``runtime="auto"``)."""
     onnx_dtype = "int8" if dtype == "int8" else "float32"
+    failed = _ONNX_FAILED.setdefault(clip, set())
+    if not strict and onnx_dtype in failed:
+        return None  # tried once for this loaded model: no export attempt per call
     try:
         return _onnx.image_encoder(clip, dtype=onnx_dtype)
     except Exception as exc:
         if strict:
             raise
+        failed.add(onnx_dtype)
         _onnx.warn_fallback(clip, exc)
         return None
+
+
+#: Loaded models whose ONNX export failed under runtime="auto", per ONNX dtype.
+_ONNX_FAILED: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
 
 
 def spec_for(

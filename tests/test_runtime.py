@@ -3,6 +3,8 @@ entries, falls back to PyTorch under "auto" when it cannot run; dtype="int8"."""
 
 from __future__ import annotations
 
+import weakref
+
 import numpy as np
 import pytest
 import torch
@@ -64,15 +66,21 @@ def test_runtime_is_part_of_the_cache_key(tiny_clip_path, images, count_encoded)
 
 @needs_onnx
 def test_auto_falls_back_to_torch_with_a_warning(tiny_clip_path, images, monkeypatch):
+    attempts = []
+
     def broken(*args, **kwargs):
+        attempts.append(1)
         raise RuntimeError("unsupported operator")
 
     monkeypatch.setattr(_onnx, "image_encoder", broken)
     monkeypatch.setattr(_onnx, "_WARNED", set())
+    monkeypatch.setattr(_encode, "_ONNX_FAILED", weakref.WeakKeyDictionary())
     with pytest.warns(RuntimeWarning, match="uses PyTorch instead"):
         got = CLIPFeaturizer(model=tiny_clip_path, cache=False).transform(images)
     expected = CLIPFeaturizer(model=tiny_clip_path, runtime="torch", cache=False).transform(images)
     np.testing.assert_array_equal(got, expected)
+    CLIPFeaturizer(model=tiny_clip_path, cache=False).transform(images)
+    assert len(attempts) == 1  # a failed export is not attempted again on every call
     with pytest.raises(RuntimeError, match="unsupported operator"):  # asked for: no fallback
         CLIPFeaturizer(model=tiny_clip_path, runtime="onnxruntime").transform(images)
 
