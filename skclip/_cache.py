@@ -14,11 +14,13 @@ partial or corrupt file is ignored and recomputed, never returned.
 
 from __future__ import annotations
 
+import atexit
 import hashlib
 import multiprocessing
 import os
 import shutil
 import socket
+import stat
 import tempfile
 import threading
 import time
@@ -353,11 +355,39 @@ def worker_folder() -> Path | None:
     parent = multiprocessing.parent_process()
     if parent is None or parent.pid is None:  # not a worker: its workers' folder, if any
         own = root / f"{_WORKERS_PREFIX}{_HOST}-{os.getpid()}"
-        return own if own.is_dir() else None
+        if not (own.is_dir() and _private(own)):
+            return None
+        global _CLEAN_AT_EXIT
+        if not _CLEAN_AT_EXIT:  # the parent removes its workers' folder when it ends
+            _CLEAN_AT_EXIT = True
+            atexit.register(clear_worker_folder)
+        return own
     folder = root / f"{_WORKERS_PREFIX}{_HOST}-{parent.pid}"
     if not folder.exists():
         _remove_stale_worker_folders(root)
-    return folder
+        try:
+            os.mkdir(folder, 0o700)  # readable by this user alone
+        except FileExistsError:
+            pass  # another worker made it
+        except OSError:
+            return None
+    return folder if _private(folder) else None  # never a folder another user made
+
+
+_CLEAN_AT_EXIT = False
+
+
+def _private(folder: Path) -> bool:
+    """Whether ``folder`` is a real folder of this user that nobody else can read or write."""
+    try:
+        st = os.lstat(folder)
+    except OSError:
+        return False
+    if not stat.S_ISDIR(st.st_mode):
+        return False
+    if not hasattr(os, "getuid"):  # Windows: the temporary folder is per user already
+        return True
+    return st.st_uid == os.getuid() and not st.st_mode & 0o077
 
 
 def clear_worker_folder() -> None:

@@ -92,8 +92,21 @@ def test_a_process_uses_its_workers_folder_once_it_exists(tmp_path, monkeypatch)
     monkeypatch.setattr(_cache.tempfile, "gettempdir", lambda: str(tmp_path))
     assert _cache.worker_folder() is None  # no workers yet: memory only
     own = tmp_path / f"{_cache._WORKERS_PREFIX}{_cache._HOST}-{os.getpid()}"
-    own.mkdir()
+    own.mkdir(mode=0o700)
     assert _cache.worker_folder() == own
+    own.chmod(0o755)  # readable by other users (or made by one): never used
+    assert _cache.worker_folder() is None
+
+
+def test_a_worker_makes_its_folder_private(tmp_path, monkeypatch):
+    import multiprocessing
+    import stat
+
+    monkeypatch.setattr(_cache.tempfile, "gettempdir", lambda: str(tmp_path))
+    monkeypatch.setattr(multiprocessing, "parent_process", lambda: type("P", (), {"pid": 1})())
+    folder = _cache.worker_folder()
+    assert folder is not None and folder.parent == tmp_path
+    assert stat.S_IMODE(folder.stat().st_mode) == 0o700
 
 
 def _worker_folder_and_pid():
