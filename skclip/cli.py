@@ -389,7 +389,9 @@ def _splits(args: argparse.Namespace, y: np.ndarray) -> dict:
         smallest_train = min(_smallest_class(y[train]) for train, _ in splits)
         return {"splits": splits, "cv": folds, "inner_cv": _inner_cv(smallest_train, None),
                 "protocol": f"{folds}-fold stratified cross-validation"}
-    if args.shots is not None:
+    if args.shots is not None and args.test_dir is not None:
+        train, test_idx = _shots_per_class(y, args.shots, args.random_state), None
+    elif args.shots is not None:
         train, test_idx = few_shot_split(y, args.shots, random_state=args.random_state)
     else:
         train, test_idx = np.arange(len(y)), None
@@ -404,6 +406,19 @@ def _splits(args: argparse.Namespace, y: np.ndarray) -> dict:
     inner_cv = _inner_cv(_smallest_class(y[train]), args.cv)
     return {"splits": [(train, test_idx)], "cv": None, "inner_cv": inner_cv,
             "protocol": protocol}
+
+
+def _shots_per_class(y: np.ndarray, shots: int, random_state: int) -> np.ndarray:
+    """Sorted indices of ``shots`` images per class (with ``--test-dir``, where no image
+    of DATA_DIR is kept to test on, so a class may have exactly ``shots``)."""
+    classes, counts = np.unique(y, return_counts=True)
+    short = [f"{c!r} ({n})" for c, n in zip(classes.tolist(), counts.tolist()) if n < shots]
+    if short:
+        raise ValueError(f"--shots {shots} needs {shots} training images in every class; "
+                         "these have fewer: " + ", ".join(short) + ".")
+    rng = np.random.RandomState(random_state)
+    return np.sort(np.concatenate(
+        [rng.choice(np.flatnonzero(y == c), shots, replace=False) for c in classes]))
 
 
 def _check_evaluate(args: argparse.Namespace) -> tuple[Any, Any]:

@@ -59,6 +59,14 @@ def test_evaluate_shots_and_test_dir(data_dir, tiny_clip_path, tmp_path, capsys)
     args = ["evaluate", data_dir, "--test-dir", data_dir, *base, str(tmp_path / "t.json")]
     assert main(args) == 0
     assert "test on" in json.loads((tmp_path / "t.json").read_text())["protocol"]
+    # With --test-dir no training image is kept to test on: a class may have exactly --shots.
+    args = ["evaluate", data_dir, "--test-dir", data_dir, "--shots", "6", *base,
+            str(tmp_path / "t6.json")]
+    assert main(args) == 0
+    assert json.loads((tmp_path / "t6.json").read_text())["splits"][0]["n_train"] == 18
+    args[args.index("6")] = "7"
+    assert main(args) == 1
+    assert "needs 7 training images in every class" in capsys.readouterr().err
 
 
 def test_fit_predict_round_trip_equals_in_process(data_dir, tiny_clip_path, tmp_path, image_folder):
