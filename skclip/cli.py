@@ -512,11 +512,16 @@ def _methods(args: argparse.Namespace, inner_cv: int | None, n_train_min: int) -
         "linear probe": (LogisticRegression(max_iter=2000), "logistic regression on the "
                          "embeddings (the CLIP paper's linear probe); "),
     }
+    # GDA learns nothing from one image per class (zero scatter): every alpha ties then
+    smallest_inner_train = 0 if inner_cv is None else n_train_min - -(-n_train_min // inner_cv)
     for name, (est, what) in heads.items():
         grid = GRIDS[name]
-        if inner_cv is None:
+        if inner_cv is None or (name == "GDA" and smallest_inner_train < 2):
             defaults = est.get_params()
-            how = "default " + ", ".join(f"{k}={defaults[k]:g}" for k in grid) + f": {no_cv}"
+            why = no_cv if inner_cv is None else (
+                f"{inner_cv}-fold inner folds train GDA on {smallest_inner_train} image(s) of "
+                "the smallest class, where its covariance carries no information")
+            how = "default " + ", ".join(f"{k}={defaults[k]:g}" for k in grid) + f": {why}"
         else:
             inner = StratifiedKFold(inner_cv, shuffle=True, random_state=args.random_state)
             est = GridSearchCV(est, grid, cv=inner, scoring="accuracy")

@@ -327,6 +327,16 @@ class GDAClassifier(_BaseTipAdapter):
         self._validate_params()
         X, y_enc = self._prepare(X, y)
         self.priors_ = self._resolve_priors(y_enc).astype(X.dtype)
+        if len(y_enc) == len(self.classes_):
+            warnings.warn(
+                f"GDAClassifier got one sample per class ({len(y_enc)} samples, "
+                f"{len(self.classes_)} classes): the class-centered features are all zero, so "
+                "the shared covariance and the GDA term carry no information (with a text "
+                "head this is zero-shot CLIP for every alpha). Give several samples per "
+                "class, e.g. augmented views (see the Notes).",
+                UserWarning,
+                stacklevel=2,
+            )
         # float64 for the precision: d x d, and pinv of a float32 scatter loses digits
         means, coef, intercept = gda_parameters(
             X.astype(np.float64), y_enc, self.priors_.astype(np.float64), self.covariance_estimator

@@ -305,6 +305,8 @@ def test_4_one_shot_is_evaluated_and_cv_is_the_inner_cv(data_dir, tiny_clip_path
     report = json.loads((tmp_path / "two.json").read_text())
     assert report["inner_cv"] == 2
     assert "2-fold inner cross-validation" in report["methods"]["Tip-Adapter"]["configuration"]
+    # 2-fold inner folds of 3 images train on 1 per class: GDA would tie on every alpha
+    assert "carries no information" in report["methods"]["GDA"]["configuration"]
     capsys.readouterr()
     assert main(["evaluate", data_dir, "--model", tiny_clip_path, "--shots", "2", "--cv", "3"]) == 1
     err = capsys.readouterr().err
