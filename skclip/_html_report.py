@@ -107,7 +107,7 @@ def thumbnail_data_uri(image: Any, size: int = 160) -> str:
 def _method_table(methods: Mapping[str, Mapping[str, Any]], best: str) -> list[str]:
     out = [
         '<table id="methods"><thead><tr><th>method</th><th>accuracy</th><th>macro-F1</th>'
-        "<th>hyperparameters (chosen on training data)</th></tr></thead><tbody>"
+        "<th>hyperparameters (see the protocol)</th></tr></thead><tbody>"
     ]
     for name, entry in methods.items():
         params = hyperparameters(entry)

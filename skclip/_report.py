@@ -88,6 +88,9 @@ def protocol_items(report: dict[str, Any], code: str = "") -> list[str]:
     splits = report.get("splits") or []
     sizes = sorted({(s["n_train"], s["n_test"]) for s in splits})
     items = [
+        "hyperparameters: each split's score uses the choice made on that split's training "
+        "images alone; the table shows, with several splits, the same search run on all "
+        "images (what a refit would use), with one split, that split's choice",
         f"skclip {report.get('skclip_version', '?')}; model {code}{report['model']}{code}"
         + (f", weights fingerprint {fingerprint}" if fingerprint else "")
         + (f" (towers: {prints})" if prints else ""),
@@ -118,7 +121,7 @@ def render_markdown(report: dict[str, Any]) -> str:
         f"Model `{report['model']}`, {report['n_images']} images, {len(report['classes'])} "
         f"classes; {report['protocol']}.",
         "",
-        "| method | accuracy | macro-F1 | hyperparameters (chosen on training data) |",
+        "| method | accuracy | macro-F1 | hyperparameters (see Protocol) |",
         "|---|---|---|---|",
     ]
 
