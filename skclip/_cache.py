@@ -351,10 +351,9 @@ def worker_folder() -> Path | None:
     (None before). Folders of processes that are gone are deleted when a new one is
     made.
     """
-    root = Path(tempfile.gettempdir())
     parent = multiprocessing.parent_process()
     if parent is None or parent.pid is None:  # not a worker: its workers' folder, if any
-        own = root / f"{_WORKERS_PREFIX}{_HOST}-{os.getpid()}"
+        own = _folder_of(os.getpid())
         if not (own.is_dir() and _private(own)):
             return None
         global _CLEAN_AT_EXIT
@@ -362,9 +361,9 @@ def worker_folder() -> Path | None:
             _CLEAN_AT_EXIT = True
             atexit.register(clear_worker_folder)
         return own
-    folder = root / f"{_WORKERS_PREFIX}{_HOST}-{parent.pid}"
+    folder = _folder_of(parent.pid)
     if not folder.exists():
-        _remove_stale_worker_folders(root)
+        _remove_stale_worker_folders(folder.parent)
         try:
             os.mkdir(folder, 0o700)  # readable by this user alone
         except FileExistsError:
@@ -390,10 +389,15 @@ def _private(folder: Path) -> bool:
     return st.st_uid == os.getuid() and not st.st_mode & 0o077
 
 
+def _folder_of(pid: int) -> Path:
+    """The folder that the worker processes of process ``pid`` share."""
+    return Path(tempfile.gettempdir()) / f"{_WORKERS_PREFIX}{_HOST}-{pid}"
+
+
 def clear_worker_folder() -> None:
     """Delete the folder this process shares with its workers (not a parent's)."""
     if multiprocessing.parent_process() is None:
-        own = Path(tempfile.gettempdir()) / f"{_WORKERS_PREFIX}{_HOST}-{os.getpid()}"
+        own = _folder_of(os.getpid())
         shutil.rmtree(own, ignore_errors=True)
 
 

@@ -141,25 +141,30 @@ class _ImageTower(torch.nn.Module):
         return self.backbone.image_features(inputs).float()
 
 
+def _fixed_size(clip: LoadedCLIP) -> tuple[int, int] | None:
+    """The (height, width) every input of ``clip`` has, or None where inputs vary
+    (SigLIP 2's NaFlex patches)."""
+    config = clip.image_config
+    if "crop_size" not in config:
+        return None
+    height, width = config["crop_size"] if config["do_center_crop"] else config["size"]
+    return None if height is None or width is None else (int(height), int(width))
+
+
 def supports(clip: LoadedCLIP) -> bool:
     """Whether the checkpoint can be exported: a fixed input size (every family but
     SigLIP 2's NaFlex, whose inputs vary in patches)."""
-    config = clip.image_config
-    if "crop_size" not in config:
-        return False
-    height, width = config["crop_size"] if config["do_center_crop"] else config["size"]
-    return height is not None and width is not None
+    return _fixed_size(clip) is not None
 
 
 def _input_shape(clip: LoadedCLIP) -> tuple[int, int, int]:
-    if not supports(clip):
+    size = _fixed_size(clip)
+    if size is None:
         raise ValueError(
             f"The checkpoint {clip.name!r} has no fixed input size, which an ONNX export "
             "needs; use runtime='torch'."
         )
-    config = clip.image_config
-    height, width = config["crop_size"] if config["do_center_crop"] else config["size"]
-    return 3, int(height), int(width)
+    return 3, *size
 
 
 def export_key(clip: LoadedCLIP, dtype: str = "float32") -> str:
