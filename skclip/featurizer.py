@@ -11,6 +11,7 @@ import torch
 from sklearn.base import BaseEstimator, TransformerMixin
 
 from . import _encode
+from . import _cache
 from ._cache import MEMORY, CacheInfo, clear_worker_folder
 from ._compat import Interval, StrOptions, get_output_config
 from ._models import DEFAULT_MODEL, LoadedCLIP, check_fingerprint, load_clip, resolve_device
@@ -329,11 +330,13 @@ class CLIPFeaturizer(TransformerMixin, BaseEstimator):
     def cache_clear() -> None:
         """Empty the process-wide embedding cache in memory and reset its statistics.
 
-        The temporary folder this process shares with its worker processes (see
-        ``cache_dir``) is deleted too. Files in a ``cache_dir`` are left alone; delete
+        The digests of files are forgotten too (their inotify watches removed), as are
+        the ``cache_dir`` folders found unusable (they are tried, and warned about,
+        again), and the temporary folder this process shares with its worker processes
+        (see ``cache_dir``) is deleted. Files in a ``cache_dir`` are left alone; delete
         the folder to drop them.
         """
-        MEMORY.clear()
+        _cache.clear()
         clear_worker_folder()
 
     def __sklearn_tags__(self):
