@@ -226,9 +226,26 @@ _HOST = socket.gethostname()
 
 
 class CacheDirWarning(UserWarning):
-    """A ``cache_dir`` is used read-only: its verified entries are read, nothing is
-    written to it (the message says why: read-only, full, missing, or writable by
-    others). Warned once per folder and process (again after ``cache_clear()``)."""
+    """A ``cache_dir`` is used read-only: its verified entries are read, new embeddings
+    stay in memory, nothing is written to it. The message names the folder and says
+    why: on a read-only file system, full, cannot be made (e.g. a link to a missing
+    folder), may be written by other users (``o+w``), or holds a planted link. Warned
+    once per folder and process (again after ``CLIPFeaturizer.cache_clear()``).
+
+    Examples
+    --------
+    >>> import os, tempfile, warnings
+    >>> import numpy as np
+    >>> from skclip import CacheDirWarning, CLIPFeaturizer
+    >>> folder = os.path.join(tempfile.mkdtemp(), "cache")
+    >>> os.symlink(os.path.join(os.path.dirname(folder), "missing"), folder)
+    >>> with warnings.catch_warnings(record=True) as caught:
+    ...     warnings.simplefilter("always")
+    ...     X = CLIPFeaturizer(model=tiny_clip_path, cache_dir=folder).transform(
+    ...         [np.zeros((8, 8, 3), dtype=np.uint8)])
+    >>> [w.category.__name__ for w in caught if issubclass(w.category, CacheDirWarning)]
+    ['CacheDirWarning']
+    """
 
 
 _DEGRADED: dict[str, str] = {}  # cache folder -> why nothing is written to it
