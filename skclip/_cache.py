@@ -277,6 +277,8 @@ def _reason(exc: OSError, root: Path) -> str:
         return f"cannot be written by this user: {exc.strerror}{where}"
     if isinstance(exc, FileExistsError) and os.path.islink(root):
         return "is a symbolic link to a folder that does not exist"
+    if isinstance(exc, (FileExistsError, NotADirectoryError)) and not os.path.isdir(root):
+        return "is not a folder"
     return f"cannot be written: {exc}"
 
 
@@ -309,9 +311,11 @@ class _Folder:
         return cls(path, os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC))
 
     def child(self, name: str, create: bool) -> _Folder:
+        made = False
         if create:
             with suppress(FileExistsError):
                 self.call(os.mkdir, name, 0o775)
+                made = True
         if self.fd is None:
             st = self.stat(name)
             if not stat.S_ISDIR(st.st_mode):
@@ -323,7 +327,18 @@ class _Folder:
             if exc.errno in (errno.ELOOP, errno.ENOTDIR):
                 raise _Link(exc.errno, "a link or a file", str(self.path / name)) from None
             raise
+        if made:
+            self._share_with_group(fd)
         return _Folder(self.path / name, fd)
+
+    def _share_with_group(self, fd: int) -> None:
+        """A folder made here is group-writable if this one is (a team's cache), whatever
+        the umask of whoever made it."""
+        mode = os.fstat(self.fd).st_mode
+        if mode & stat.S_IWGRP:
+            with suppress(OSError):
+                os.fchmod(fd, stat.S_IMODE(os.fstat(fd).st_mode) | stat.S_IWGRP | stat.S_IRGRP
+                          | stat.S_IXGRP | (mode & stat.S_ISGID))
 
     def call(self, fn: Any, name: str, *args: Any, **kwargs: Any) -> Any:
         """``fn(name, *args)`` relative to this folder."""

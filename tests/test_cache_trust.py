@@ -400,7 +400,17 @@ def test_12_a_cache_dir_others_may_write_to_is_never_written(
     assert sorted(p.name for p in folder.iterdir()) == ["d16", "v2-d16"]
 
 
-def test_12_a_team_cache_group_writable_stays_in_use(tiny_clip_path, tmp_path, count_encoded):
+@pytest.fixture
+def umask_022():
+    """A usual umask (new folders 0755), whatever the test run's."""
+    old = os.umask(0o022)
+    yield
+    os.umask(old)
+
+
+def test_12_a_team_cache_group_writable_stays_in_use(
+    tiny_clip_path, tmp_path, count_encoded, umask_022
+):
     folder = tmp_path / "team"
     folder.mkdir()
     os.chmod(folder, 0o2775)  # group-writable, new files in the folder's group
@@ -412,6 +422,9 @@ def test_12_a_team_cache_group_writable_stays_in_use(tiny_clip_path, tmp_path, c
         CLIPFeaturizer.cache_clear()
         np.testing.assert_array_equal(feat.transform(images), X)
     assert count_encoded["images"] == 3 and len(list(folder.rglob("*.emb"))) == 3
+    for sub in folder.rglob("*"):  # group-writable too, so that teammates can add shards
+        if sub.is_dir():
+            assert sub.stat().st_mode & 0o2070 == 0o2070, sub
 
 
 # -- 10: entries that prove themselves ----------------------------------------------------------
