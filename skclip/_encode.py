@@ -8,8 +8,9 @@ call of :func:`encode` runs these small steps:
    hashed before and unchanged since, and their cache hits, which need no decoding.
 2. :func:`prepare` (decode threads, through :func:`prefetch`): read each other file
    once, hash those bytes and look them up, decode the misses from the same bytes (so
-   an embedding is stored under the digest of exactly what was decoded), crop them (:func:`crops`: the clean view, or
-   ``n_views`` random views seeded by the image's content, :func:`view_rng`).
+   an embedding is stored under the digest of exactly what was decoded), crop them
+   (:func:`crops`: the clean view, or ``n_views`` random views seeded by the image's
+   content, :func:`view_rng`).
 3. :func:`embed` (calling thread): :func:`tower`, the forward pass of the
    checkpoint's family adapter (:mod:`skclip._backbones`) or its ONNX Runtime export,
    then :func:`pool_views` (the mean of the raw views, then normalization).
