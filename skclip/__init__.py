@@ -6,6 +6,7 @@ Public API: :class:`CLIPFeaturizer` turns images into CLIP embeddings;
 :class:`GDAClassifier` and :class:`APEClassifier` are two more training-free heads.
 """
 
+from ._cache import CacheDirWarning
 from ._images import ImageLoadError, ImageLoadWarning
 from ._models import CheckpointMismatchError
 from ._version import __version__
@@ -18,6 +19,7 @@ from .tip_adapter import TipAdapterClassifier
 __all__ = [
     "APEClassifier",
     "CLIPFeaturizer",
+    "CacheDirWarning",
     "CheckpointMismatchError",
     "GDAClassifier",
     "ImageLoadError",

@@ -6,9 +6,11 @@ call of :func:`encode` runs these small steps:
 
 1. :func:`lookup` (calling thread, cheap): digests of in-memory images and of files
    hashed before and unchanged since, and their cache hits, which need no decoding.
-2. :func:`prepare` (decode threads, through :func:`prefetch`): hash the other files,
-   look them up, decode the misses, crop them (:func:`crops`: the clean view, or
-   ``n_views`` random views seeded by the image's content, :func:`view_rng`).
+2. :func:`prepare` (decode threads, through :func:`prefetch`): read each other file
+   once, hash those bytes and look them up, decode the misses from the same bytes (so
+   an embedding is stored under the digest of exactly what was decoded), crop them
+   (:func:`crops`: the clean view, or ``n_views`` random views seeded by the image's
+   content, :func:`view_rng`).
 3. :func:`embed` (calling thread): :func:`tower`, the forward pass of the
    checkpoint's family adapter (:mod:`skclip._backbones`) or its ONNX Runtime export,
    then :func:`pool_views` (the mean of the raw views, then normalization).
@@ -23,10 +25,11 @@ from __future__ import annotations
 
 import contextlib
 import os
+import sys
 import time
 import warnings
 import weakref
-from collections import deque
+from collections import OrderedDict, deque
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -40,7 +43,8 @@ from sklearn.utils import check_random_state
 from tqdm.auto import tqdm
 
 from ._cache import (
-    FILE_DIGESTS, MEMORY, EmbeddingCache, memory_digest, settings_digest, worker_folder,
+    FILE_DIGESTS, MEMORY, EmbeddingCache, _read_bytes, memory_digest, settings_digest,
+    worker_folder,
 )
 from . import _onnx
 from ._images import ImageLoadError, ImageLoadWarning, describe, open_image
@@ -207,26 +211,34 @@ def view_seeds(random_state: Any, n_views: int) -> list[int]:
 VIEW_POOLING = "normalized mean of raw views"
 
 
-# cache_settings per loaded model (dropped with it): computed once, not on every call
+# cache_settings per loaded model (dropped with it): computed once, not on every call;
+# the most recently used few per model (a fresh seed per call must not grow it)
 _SETTINGS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+_SETTINGS_PER_MODEL = 64
 
 
 def cache_settings(
-    clip: LoadedCLIP, normalize: bool, n_views: int, seed: int | None, onnx_dtype: str | None = None
+    clip: LoadedCLIP, normalize: bool, n_views: int, seed: int | None, encoder: str | None = None
 ) -> str:
     """Digest of everything besides the image that determines an embedding.
 
-    ``onnx_dtype`` is the precision of the ONNX Runtime tower (``"float32"``, ``"int8"``),
-    or None for PyTorch (whose entries keep the keys they always had)."""
-    memo = _SETTINGS.setdefault(clip, {})
-    key = (bool(normalize), n_views, seed, onnx_dtype)
-    if key not in memo:
+    ``encoder`` is the identity of the ONNX Runtime tower that encodes
+    (:attr:`skclip._onnx.ImageEncoder.identity`: its export's checksums, ONNX Runtime's
+    version, the precision), or None for PyTorch (whose entries keep the keys they
+    always had)."""
+    memo = _SETTINGS.setdefault(clip, OrderedDict())
+    key = (bool(normalize), n_views, seed, encoder)
+    if key in memo:
+        memo.move_to_end(key)
+    else:
         memo[key] = _cache_settings(clip, *key)
+        if len(memo) > _SETTINGS_PER_MODEL:
+            memo.popitem(last=False)
     return memo[key]
 
 
 def _cache_settings(
-    clip: LoadedCLIP, normalize: bool, n_views: int, seed: int | None, onnx_dtype: str | None
+    clip: LoadedCLIP, normalize: bool, n_views: int, seed: int | None, encoder: str | None
 ) -> str:
     parts: tuple = (
         clip.vision_fingerprint, sorted(clip.image_config.items()), str(clip.dtype),
@@ -234,8 +246,8 @@ def _cache_settings(
     )
     if n_views > 0:
         parts += (VIEW_POOLING,)
-    if onnx_dtype is not None:
-        parts += ("onnxruntime", onnx_dtype, _onnx.EXPORT_FORMAT)
+    if encoder is not None:
+        parts += ("onnxruntime", encoder, _onnx.EXPORT_FORMAT)
     return settings_digest(*parts)
 
 
@@ -317,10 +329,10 @@ def spec_for(
     cache = None
     if featurizer.cache:
         MEMORY.maxsize = featurizer.cache_size
-        onnx_dtype = None if encoder is None else encoder.dtype
-        settings = cache_settings(clip, featurizer.normalize, n_views, seed, onnx_dtype)
+        identity = None if encoder is None else encoder.identity
+        settings = cache_settings(clip, featurizer.normalize, n_views, seed, identity)
         folder = featurizer.cache_dir if featurizer.cache_dir is not None else worker_folder()
-        cache = EmbeddingCache(settings, clip.embedding_dim, folder)
+        cache = EmbeddingCache(settings, clip.embedding_dim, folder, unit=featurizer.normalize)
     return EncodeSpec(
         clip=clip,
         preprocess=clip.preprocessor,
@@ -416,27 +428,33 @@ def lookup(items: list, spec: EncodeSpec) -> Lookup:
     return Lookup(digests, hit_index, hit_vecs, todo, errors)
 
 
-def _read_file(item: Any) -> tuple[str | None, bytes | None]:
-    """(digest, bytes) of a file, or (None, None) if it cannot be read (open_image then
-    says what is wrong with the path)."""
+def _read_file(item: Any, hashed: bool) -> tuple[str | None, bytes | None]:
+    """(digest, bytes) of a file read once: decode these bytes, and key them by this
+    digest of exactly these bytes (None unless ``hashed``). (None, None) if it cannot
+    be read (open_image then says what is wrong with the path)."""
     try:
-        return FILE_DIGESTS.read(os.fspath(item))
+        if hashed:
+            return FILE_DIGESTS.read(os.fspath(item))
+        return None, _read_bytes(os.fspath(item))
     except OSError:
         return None, None
 
 
 def prepare(items: list, digests: list[str | None], spec: EncodeSpec, batch: list[int]) -> Prepared:
-    """Step 2, in a decode thread: hash unknown files, look them up, decode the misses."""
+    """Step 2, in a decode thread: read each file once and hash those bytes, look them up,
+    decode the misses from the same bytes."""
     found, kept, keys, arrays, errors = [], [], [], [], []
     for i in batch:
         item, digest, data = items[i], digests[i], None
         try:
-            if spec.needs_digests and digest is None and isinstance(item, (str, os.PathLike)):
-                digest, data = _read_file(item)
-                vec = spec.cache.get(digest) if spec.cache is not None and digest else None
-                if vec is not None:
-                    found.append((i, vec))
-                    continue
+            if isinstance(item, (str, os.PathLike)):  # never a digest computed earlier
+                digest, data = _read_file(item, spec.needs_digests)
+                missed = digests[i]  # looked up already (a miss) under this digest
+                if spec.cache is not None and digest is not None and digest != missed:
+                    vec = spec.cache.get(digest)
+                    if vec is not None:
+                        found.append((i, vec))
+                        continue
             views = crops(open_image(item, i, data=data), spec, digest)
         except Exception as exc:  # noqa: BLE001 - any decoder failure names the input
             errors.append(item_error(item, i, exc))
@@ -638,25 +656,44 @@ def release(spec: EncodeSpec, keys: list[str | None], claims: set[str]) -> None:
             spec.cache.release(key)
 
 
+#: Seconds of waiting on other processes before a line says so, and between two lines.
+WAIT_NOTE_AFTER = 2.0
+WAIT_NOTE_EVERY = 30.0
+
+
 def wait_for(
     spec: EncodeSpec, waiting: list[tuple[int, str]], poll: float = 0.02
 ) -> tuple[list[tuple[int, np.ndarray]], list[int]]:
     """Wait for entries other processes are encoding: (position, embedding) of those
     stored, and the positions whose claim became void without an entry (to encode
-    here). Ends when no live process claims any of them."""
+    here). Ends when no live process claims any of them. After ``WAIT_NOTE_AFTER``
+    seconds, a line on stderr says what is awaited (unless ``progress=False``)."""
     hits, again = [], []
+    start = time.monotonic()
+    next_note = start + WAIT_NOTE_AFTER
     while waiting:
-        still = []
+        still, holders = [], set()
         for i, key in waiting:
             vec = spec.cache.get(key)
+            holder = None if vec is not None else spec.cache.holder(key)
             if vec is not None:
                 hits.append((i, vec))
-            elif spec.cache.claimed(key):
+            elif holder is not None:
                 still.append((i, key))
+                holders.add(holder)
             else:
                 again.append(i)
         waiting = still
         if waiting:
+            now = time.monotonic()
+            if now >= next_note and spec.progress is not False:
+                next_note = now + WAIT_NOTE_EVERY
+                where = spec.cache.disk.root if spec.cache.disk is not None else None
+                tqdm.write(
+                    f"skclip: waiting {now - start:.0f} s for {len(waiting)} image(s) that "
+                    f"{', '.join(sorted(holders))} is encoding (cache folder {where})",
+                    file=sys.stderr,
+                )
             time.sleep(poll)
     return hits, sorted(again)
 

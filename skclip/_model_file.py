@@ -12,6 +12,12 @@ Two formats:
   :data:`TRUSTED_TYPES` (what a ``skclip fit`` file holds) and refuses anything else,
   naming the type: safe for files from others.
 - ``.joblib`` (pickle): loading runs code stored in the file: only for files you made.
+
+A model file is data: it never decides where skclip writes or what this machine spends.
+Loading one resets the machine-local parameters of its steps (:data:`MACHINE_PARAMS`:
+``cache_dir``, ``cache_size``, ``n_jobs``, the featurizer's ``batch_size``, ``device``,
+``runtime``) to their defaults or to the command's options
+(:func:`reset_machine_params`).
 """
 
 from __future__ import annotations
@@ -102,7 +108,10 @@ def _classifiers() -> tuple[type, ...]:
     return (TipAdapterClassifierCV, TipAdapterClassifier)
 
 
-def load_model(path: str | os.PathLike, *, usage: str = "", note: Any = None) -> Any:
+def load_model(
+    path: str | os.PathLike, *, usage: str = "", note: Any = None,
+    machine: dict[str, Any] | None = None, reset_note: Any = None,
+) -> Any:
     """Load the Pipeline that ``skclip fit`` saved in ``path``.
 
     The file must end in ``.skops`` or ``.joblib`` (anything else is never unpickled) and
@@ -116,10 +125,16 @@ def load_model(path: str | os.PathLike, *, usage: str = "", note: Any = None) ->
         Appended to the messages about a missing file or a folder.
     note : callable or None, default=None
         Called with a one-line note before a joblib file is loaded (it runs code).
+    machine : dict or None, default=None
+        This machine's values of machine-local parameters (e.g. ``{"device": "cpu"}``);
+        the others get their defaults (see :func:`reset_machine_params`).
+    reset_note : callable or None, default=None
+        Called with a line per machine-local parameter whose stored value was replaced.
 
     Returns
     -------
     model : Pipeline
+        Its machine-local parameters reset.
 
     Raises
     ------
@@ -175,6 +190,9 @@ def load_model(path: str | os.PathLike, *, usage: str = "", note: Any = None) ->
         check_is_fitted(model)
     except NotFittedError:
         raise ValueError(f"The model in {name!r} is not fitted.") from None
+    for line in reset_machine_params(model, machine):
+        if reset_note is not None:
+            reset_note(line)
     return model
 
 
@@ -187,3 +205,64 @@ def checkpoint_names(model: Any) -> dict[str, str]:
             if isinstance(params.get(key), (str, os.PathLike)):
                 names[f"{step_name}__{key}"] = os.fspath(params[key])
     return names
+
+
+#: The parameters that belong to the machine running a model, not to the model, per
+#: step class name ("*": every step): where it writes, the threads and memory it uses,
+#: what runs it. A model file's values of these are never used.
+MACHINE_PARAMS = {
+    "CLIPFeaturizer": ("cache_dir", "cache_size", "n_jobs", "batch_size", "device", "runtime"),
+    "*": ("device",),
+}
+
+
+def reset_machine_params(model: Any, machine: dict[str, Any] | None = None) -> list[str]:
+    """Set the machine-local parameters (:data:`MACHINE_PARAMS`) of every step of the
+    Pipeline ``model`` to ``machine``'s value (where given and not None), else to the
+    step's default; the trust boundary of a model file, which is data from anyone.
+
+    Parameters
+    ----------
+    model : Pipeline
+    machine : dict or None, default=None
+        This machine's values, e.g. the command's options ``{"device": "cpu"}``.
+
+    Returns
+    -------
+    changed : list of str
+        One line per parameter whose stored value was replaced, e.g.
+        ``"clip__cache_dir: '/elsewhere' -> None"``.
+
+    Examples
+    --------
+    >>> from sklearn.pipeline import Pipeline
+    >>> from skclip import CLIPFeaturizer, TipAdapterClassifier
+    >>> from skclip._model_file import reset_machine_params
+    >>> pipe = Pipeline([("clip", CLIPFeaturizer(cache_dir="/elsewhere", n_jobs=64)),
+    ...                  ("tip", TipAdapterClassifier())])
+    >>> for line in reset_machine_params(pipe, {"device": "cpu"}):
+    ...     print(line)
+    clip__cache_dir: '/elsewhere' -> None
+    clip__n_jobs: 64 -> None
+    clip__device: 'auto' -> 'cpu'
+    tip__device: 'auto' -> 'cpu'
+    >>> pipe.named_steps["clip"].cache_dir is None
+    True
+    """
+    import inspect
+
+    machine = {k: v for k, v in (machine or {}).items() if v is not None}
+    changed, params = [], {}
+    for step_name, step in model.steps:
+        names = MACHINE_PARAMS.get(type(step).__name__, MACHINE_PARAMS["*"])
+        current = step.get_params(deep=False)
+        defaults = inspect.signature(type(step)).parameters
+        for name in names:
+            if name not in current or name not in defaults:
+                continue
+            value = machine.get(name, defaults[name].default)
+            if current[name] != value or type(current[name]) is not type(value):
+                changed.append(f"{step_name}__{name}: {current[name]!r} -> {value!r}")
+            params[f"{step_name}__{name}"] = value
+    model.set_params(**params)
+    return changed

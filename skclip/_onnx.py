@@ -15,8 +15,17 @@ step by hand:
   retrained checkpoint gets a new export, the same weights under another path share
   one. Each export is a folder (``model.onnx`` with its weights in
   ``model.onnx.data``) written under a temporary name and renamed into place in one
-  step, so a reader sees a complete export or none. One that cannot be used
-  (truncated, corrupt, from an incompatible ONNX Runtime) is deleted and rebuilt.
+  step, so a reader sees a complete export or none. Its ``meta.json`` records the
+  size and SHA-256 of each file and the torch and ONNX Runtime versions that made it.
+  The first time a process opens an export, every file is hashed and compared with
+  the record (a few hundred MB for a ViT-B: about a second, once per process; again
+  only if a file's stamp changes); one that does not match (bytes changed in place,
+  truncated, missing, from an older skclip) or that ONNX Runtime cannot load is
+  deleted and rebuilt.
+- Embeddings made by ONNX Runtime are cached under the identity of the exact encoder
+  (:attr:`ImageEncoder.identity`: the export's checksums, the ONNX Runtime version and
+  the precision), so entries made by another export, e.g. before a rebuild, are never
+  served.
 - ``dtype="int8"`` applies ONNX Runtime's dynamic quantization to the float32 export
   (int8 weights, activations quantized on the fly): faster, but the embeddings are
   *approximate* (on a random ViT-B/32, cosine to float32 >= 0.9998; unknown on
@@ -61,7 +70,10 @@ DTYPES = ("float32", "int8")
 _MODEL_FILE = "model.onnx"
 _META_FILE = "meta.json"
 
-_SESSIONS: dict[tuple[str, int], Any] = {}
+# export folder -> (stamps of its files, identity): verified in this process
+_VERIFIED: dict[str, tuple[tuple, str]] = {}
+
+_SESSIONS: dict[tuple[str, int, str | None], Any] = {}  # (export, threads, identity)
 # per loaded model: (dtype, threads, folder) -> encoder, so that a call finds its encoder
 # without checking the export on disk again; dropped with the model
 _ENCODERS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
@@ -202,12 +214,61 @@ def _usable(folder: Path) -> bool:
         return False
 
 
+def _sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def _stamps(folder: Path, names: list[str]) -> tuple:
+    out = []
+    for name in names:
+        st = (folder / name).stat()
+        out.append((name, st.st_size, st.st_mtime_ns, st.st_ino, st.st_ctime_ns))
+    return tuple(out)
+
+
+def verified(folder: Path) -> str | None:
+    """The identity of the export in ``folder`` if every file matches the SHA-256 its
+    ``meta.json`` records, else None (damaged, or written before checksums were).
+
+    Each file is hashed the first time in a process, and again only if its stamp
+    (size, times, inode) changed since."""
+    try:
+        meta = json.loads((folder / _META_FILE).read_text())
+        sums = meta["sha256"]
+        names = sorted(sums)
+        if not names or sorted(meta["files"]) != names:
+            return None
+        stamps = _stamps(folder, names)
+        memo = _VERIFIED.get(str(folder))
+        if memo is not None and memo[0] == stamps:
+            return memo[1]
+        if any(_sha256(folder / name) != sums[name] for name in names):
+            return None
+    except (OSError, ValueError, KeyError, TypeError, AttributeError):
+        return None
+    identity = hashlib.sha256(json.dumps(sums, sort_keys=True).encode()).hexdigest()[:32]
+    _VERIFIED[str(folder)] = (stamps, identity)
+    return identity
+
+
 def _seal(tmp: Path, target: Path, info: dict) -> None:
-    """Record the sizes of ``tmp``'s files, then move ``tmp`` to ``target`` in one step.
+    """Record the sizes and SHA-256 of ``tmp``'s files and the torch and ONNX Runtime
+    versions, then move ``tmp`` to ``target`` in one step.
 
     If another process got there first, its export is kept and ``tmp`` is deleted."""
-    files = {p.name: p.stat().st_size for p in tmp.iterdir()}
-    (tmp / _META_FILE).write_text(json.dumps({"files": files, **info}, indent=1))
+    files = sorted(p for p in tmp.iterdir() if p.name != _META_FILE)
+    record = {
+        "files": {p.name: p.stat().st_size for p in files},
+        "sha256": {p.name: _sha256(p) for p in files},
+        "torch": torch.__version__,
+        "onnxruntime": _require_onnxruntime().__version__,
+        **info,
+    }
+    (tmp / _META_FILE).write_text(json.dumps(record, indent=1))
     try:
         os.rename(tmp, target)  # atomic; fails if target exists and is not empty
     except OSError:
@@ -218,6 +279,7 @@ def _seal(tmp: Path, target: Path, info: dict) -> None:
 
 def _discard(folder: Path) -> None:
     """Delete a broken export (renamed first, so no reader sees it half deleted)."""
+    _VERIFIED.pop(str(folder), None)
     trash = folder.with_name(f".trash-{folder.name}-{os.getpid()}-{threading.get_ident()}")
     try:
         os.rename(folder, trash)
@@ -300,7 +362,7 @@ def export(clip: LoadedCLIP, dtype: str = "float32", folder: str | os.PathLike |
     root = Path(folder).expanduser() if folder is not None else default_folder()
     target = root / key
     with _LOCK:
-        if _usable(target):
+        if _usable(target) and verified(target) is not None:
             return target
         root.mkdir(parents=True, exist_ok=True)
         if target.exists():
@@ -326,13 +388,19 @@ class ImageEncoder:
         ONNX Runtime's intra-op threads.
     session : onnxruntime.InferenceSession
     dtype : {"float32", "int8"}
+    identity : str
+        What the embeddings it makes depend on besides the image: the export's
+        checksums, the ONNX Runtime version and the precision (part of their cache key).
     """
 
-    def __init__(self, path: Path, threads: int, session: Any, dtype: str = "float32") -> None:
+    def __init__(
+        self, path: Path, threads: int, session: Any, dtype: str = "float32", export_id: str = ""
+    ) -> None:
         self.path = path
         self.threads = threads
         self.session = session
         self.dtype = dtype
+        self.identity = f"{export_id} onnxruntime={_require_onnxruntime().__version__} {dtype}"
 
     def __call__(self, pixels: np.ndarray) -> np.ndarray:
         pixels = np.ascontiguousarray(pixels, dtype=np.uint8)
@@ -403,23 +471,26 @@ def image_encoder(
     if memo is not None and memo_key in memo:  # checked and loaded before in this process
         return memo[memo_key]
     with _LOCK:
-        path = export(clip, dtype, folder)
-        key = (str(path), threads)
+        path = export(clip, dtype, folder)  # verified
+        key = (str(path), threads, verified(path))
         if key not in _SESSIONS:
             try:
                 session = _session(path, threads)
-            except Exception:  # noqa: BLE001 - sizes fine but unreadable: rebuild once
+            except Exception:  # noqa: BLE001 - checksums fine but unreadable: rebuild once
                 _discard(path)
                 path = export(clip, dtype, folder)
                 session = _session(path, threads)
+                key = (str(path), threads, verified(path))
             _SESSIONS[key] = session
-        encoder = ImageEncoder(path, threads, _SESSIONS[key], dtype)
+        encoder = ImageEncoder(path, threads, _SESSIONS[key], dtype, key[2] or "")
         _ENCODERS.setdefault(clip, {})[memo_key] = encoder
         return encoder
 
 
 def clear_sessions() -> None:
-    """Forget every ONNX Runtime session of this process (exports on disk stay)."""
+    """Forget every ONNX Runtime session of this process and which exports were
+    verified (exports on disk stay)."""
     with _LOCK:
         _SESSIONS.clear()
         _ENCODERS.clear()
+        _VERIFIED.clear()

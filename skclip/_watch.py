@@ -1,6 +1,9 @@
-"""File stamps ``(path, size, mtime_ns)`` without a system call per file per call.
+"""File stamps without a system call per file per call.
 
-The embedding cache notices an edited file by its stamp. Taking a stamp is one
+A stamp is ``(path, size, mtime_ns, inode, ctime_ns)``. The embedding cache notices an
+edited file by its stamp: an edit that restores the size and the modification time
+(``cp -p``, ``rsync -t``, ``tar x``, ``touch -r``) still changes the inode or the change
+time (``ctime``), which no program can set back. Taking a stamp is one
 ``os.stat``, which costs 1 to 15 µs depending on the machine (a virtual machine makes
 every system call expensive): more than everything else a cached lookup does. A search
 looks up the same files hundreds of times (``GridSearchCV`` over a Pipeline calls the
@@ -20,7 +23,13 @@ may have changed:
   stat when the file system caches attributes.
 - Files that are symbolic links or have several hard links (changed under another
   name, in another folder) are stat'ed on every call, as is everything on systems
-  without inotify or when a watch cannot be placed (limit reached): the old behaviour.
+  without inotify or when a watch cannot be placed: the old behaviour.
+
+Watches are a resource of the user, shared with every other program (IDEs, file
+synchronization, systemd): at most :func:`watch_cap` folders are watched (an eighth of
+the user's limit, at most 4096), files in other folders are stat'ed on every call, and
+:meth:`FileStamps.clear` (called by ``CLIPFeaturizer.cache_clear()``) removes every
+watch. At most ``max_files`` stamps are kept (least recently taken dropped first).
 """
 
 from __future__ import annotations
@@ -56,16 +65,49 @@ _MASK = (_IN_MODIFY | _IN_ATTRIB | _IN_CLOSE_WRITE | _IN_MOVED_FROM | _IN_MOVED_
 _FOLDER_GONE = _IN_DELETE_SELF | _IN_MOVE_SELF | _IN_UNMOUNT | _IN_IGNORED
 _EVENT = struct.Struct("iIII")  # wd, mask, cookie, len; then len bytes of name
 
-Stamp = tuple  # (path, size, mtime_ns)
+Stamp = tuple  # (path, size, mtime_ns, inode, ctime_ns)
+
+#: Most folders watched by one process, whatever the user's limit.
+MAX_WATCHES = 4096
+
+# Where Linux keeps the user's inotify watch limit: the system-wide setting, and the
+# one of the user namespace (the lower applies).
+_LIMIT_FILES = ("/proc/sys/fs/inotify/max_user_watches", "/proc/sys/user/max_inotify_watches")
+
+
+def watch_cap() -> int:
+    """Most folders a :class:`FileStamps` watches: an eighth of the user's inotify watch
+    limit (the lower of ``/proc/sys/fs/inotify/max_user_watches`` and, in a user
+    namespace, ``/proc/sys/user/max_inotify_watches``), at most :data:`MAX_WATCHES`.
+
+    The limit counts the watches of every program of the user, so skclip keeps well
+    below it; folders beyond the cap are stat'ed instead (exact, a little slower).
+
+    Examples
+    --------
+    >>> from skclip._watch import watch_cap, MAX_WATCHES
+    >>> 0 <= watch_cap() <= MAX_WATCHES
+    True
+    """
+    limit = None
+    for name in _LIMIT_FILES:
+        try:
+            with open(name) as f:
+                value = int(f.read().strip())
+        except (OSError, ValueError):
+            continue
+        limit = value if limit is None else min(limit, value)
+    return MAX_WATCHES if limit is None else max(0, min(MAX_WATCHES, limit // 8))
 
 
 class _Inotify:
     """A non-blocking inotify instance watching folders; None-safe to build."""
 
-    def __init__(self) -> None:
+    def __init__(self, cap: int) -> None:
         libc = ctypes.CDLL(ctypes.util.find_library("c") or None, use_errno=True)
         self._add = libc.inotify_add_watch
         self._add.argtypes = (ctypes.c_int, ctypes.c_char_p, ctypes.c_uint32)
+        self.cap = cap  # most watch descriptors held
         fd = libc.inotify_init1(_IN_NONBLOCK | _IN_CLOEXEC)
         if fd < 0:
             raise OSError(ctypes.get_errno(), "inotify_init1 failed")
@@ -76,9 +118,12 @@ class _Inotify:
         self.watched: dict[str, int] = {}
 
     def watch(self, folder: str) -> bool:
-        """Watch ``folder`` (idempotent); False if it cannot be watched."""
+        """Watch ``folder`` (idempotent); False if it cannot be watched (the cap is
+        reached, or the system refuses)."""
         if folder in self.watched:
             return True
+        if len(self.folders) >= self.cap:
+            return False
         wd = self._add(self.fd, os.fsencode(folder), _MASK)
         if wd < 0:  # ENOSPC (watch limit), EACCES, ENOENT, ENOTDIR...
             return False
@@ -124,14 +169,18 @@ class _Inotify:
         return changed, gone, overflow
 
     def close(self) -> None:
+        """Close the instance: the kernel removes all its watches."""
         try:
             os.close(self.fd)
         except OSError:
             pass
+        self.folders.clear()
+        self.watched.clear()
 
 
 class FileStamps:
-    """Stamps ``(path, size, mtime_ns)`` of files, stat'ed only when they may have changed.
+    """Stamps ``(path, size, mtime_ns, inode, ctime_ns)`` of files, stat'ed only when
+    they may have changed.
 
     Parameters
     ----------
@@ -139,6 +188,10 @@ class FileStamps:
         Seconds a stamp is trusted without a stat even if no change was reported.
     use_inotify : bool, default=True
         Use inotify where available (Linux); False stats every file on every call.
+    max_files : int, default=1_000_000
+        Most stamps kept (the least recently taken are dropped first).
+    max_watches : int or None, default=None
+        Most folders watched; None is :func:`watch_cap`.
 
     Examples
     --------
@@ -148,7 +201,7 @@ class FileStamps:
     >>> with open(path, "w") as f:
     ...     _ = f.write("one")
     >>> stamps = FileStamps()
-    >>> stamps.stamps([path])[0][1]  # (path, size, mtime_ns)
+    >>> stamps.stamps([path])[0][1]  # (path, size, mtime_ns, inode, ctime_ns)
     3
     >>> with open(path, "a") as f:
     ...     _ = f.write(" two")
@@ -156,9 +209,17 @@ class FileStamps:
     7
     """
 
-    def __init__(self, max_age: float = 1.0, use_inotify: bool = True) -> None:
+    def __init__(
+        self,
+        max_age: float = 1.0,
+        use_inotify: bool = True,
+        max_files: int = 1_000_000,
+        max_watches: int | None = None,
+    ) -> None:
         self.max_age = max_age
         self.use_inotify = use_inotify
+        self.max_files = max_files
+        self.max_watches = max_watches
         self._lock = threading.Lock()
         self._inotify: _Inotify | None = None
         self._inotify_failed = False
@@ -169,12 +230,15 @@ class FileStamps:
     def _watcher(self) -> _Inotify | None:
         if os.getpid() != self._pid:  # forked: the inherited queue belongs to the parent
             self._pid = os.getpid()
+            if self._inotify is not None:
+                self._inotify.close()  # this process's copy of the descriptor only
             self._inotify, self._inotify_failed = None, False
             self._trusted.clear()
         if self._inotify is None and not self._inotify_failed and self.use_inotify:
             if sys.platform.startswith("linux"):
+                cap = watch_cap() if self.max_watches is None else self.max_watches
                 try:
-                    self._inotify = _Inotify()
+                    self._inotify = _Inotify(cap)
                 except (OSError, AttributeError):
                     self._inotify_failed = True
             else:
@@ -201,7 +265,7 @@ class FileStamps:
 
         Returns
         -------
-        stamps : list of (path, size, mtime_ns) tuples or None
+        stamps : list of (path, size, mtime_ns, inode, ctime_ns) tuples or None
         """
         with self._lock:
             watcher = self._watcher()
@@ -217,7 +281,7 @@ class FileStamps:
                 entry = get(full)
                 if entry is not None and entry[1] > oldest:
                     stamp = entry[0]
-                    out.append(stamp if stamp[0] == path else (path, stamp[1], stamp[2]))
+                    out.append(stamp if stamp[0] == path else (path, *stamp[1:]))
                 else:
                     out.append(self._check(watcher, path, full, now))
             return out
@@ -233,20 +297,29 @@ class FileStamps:
         except OSError:
             self._trusted.pop(full, None)
             return None
-        stamp = (path, st.st_size, st.st_mtime_ns)
+        stamp = _stamp(path, st)
         # inotify names the file as folder + "/" + name: a path spelled otherwise ("a//b",
         # "a/./b") would never match its events, so it is stat'ed every call instead
         canonical = os.path.join(os.path.dirname(full), os.path.basename(full)) == full
+        self._trusted.pop(full, None)  # re-inserted last: the most recently taken
         if watched and canonical and st.st_nlink == 1 and stat.S_ISREG(st.st_mode):
             self._trusted[full] = (stamp, now)
-        else:
-            self._trusted.pop(full, None)
+            if len(self._trusted) > self.max_files:
+                del self._trusted[next(iter(self._trusted))]  # the least recently taken
         return stamp
 
+    @property
+    def n_watches(self) -> int:
+        """Folders watched now."""
+        return 0 if self._inotify is None else len(self._inotify.folders)
+
     def clear(self) -> None:
-        """Forget every stamp (the next call stats every file)."""
+        """Forget every stamp and remove every watch (the next call stats every file)."""
         with self._lock:
             self._trusted.clear()
+            if self._inotify is not None:
+                self._inotify.close()
+            self._inotify = None
 
 
 def _absolute(paths: list[str]) -> list[str]:
@@ -257,9 +330,13 @@ def _absolute(paths: list[str]) -> list[str]:
     return [path if os.path.isabs(path) else os.path.join(cwd, path) for path in paths]
 
 
+def _stamp(path: str, st: os.stat_result) -> Stamp:
+    return (path, st.st_size, st.st_mtime_ns, st.st_ino, st.st_ctime_ns)
+
+
 def _stat_stamp(path: str) -> Stamp | None:
     try:
         st = os.stat(path)
     except OSError:
         return None
-    return (path, st.st_size, st.st_mtime_ns)
+    return _stamp(path, st)

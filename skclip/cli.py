@@ -55,6 +55,10 @@ def _common(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--batch-size", type=int, default=32, help="images per forward pass")
     parser.add_argument("--cache-dir", default=None, help="folder to keep embeddings in")
     _on_error(parser)
+    _quiet_or_verbose(parser)
+
+
+def _quiet_or_verbose(parser: argparse.ArgumentParser) -> None:
     group = parser.add_mutually_exclusive_group()
     group.add_argument("-q", "--quiet", action="store_true", help="no progress output")
     group.add_argument("-v", "--verbose", action="store_true", help="more detail")
@@ -139,7 +143,10 @@ def build_parser() -> argparse.ArgumentParser:
         description="Classify image files, or every image in folders, with a model saved by "
         "'skclip fit'. Writes CSV: path, prediction (and one probability column per class). "
         ".skops files are loaded trusting only skclip, scikit-learn and numpy types; a "
-        ".joblib file runs code stored in it, so load only .joblib files you made yourself.",
+        ".joblib file runs code stored in it, so load only .joblib files you made yourself. "
+        "A model file never chooses where skclip writes or what this machine spends: its "
+        "cache_dir, cache_size, n_jobs, batch_size, device and runtime are replaced by this "
+        "machine's defaults or the options below (-v lists them).",
     )
     pred.add_argument("model_file", help="a .skops or .joblib file written by 'skclip fit'")
     pred.add_argument("images", nargs="+", help="image files or folders")
@@ -148,9 +155,10 @@ def build_parser() -> argparse.ArgumentParser:
     pred.add_argument("--model", default=None,
                       help="where the checkpoint is now, if it moved since 'skclip fit' (its "
                       "weights fingerprint is still checked)")
-    pred.add_argument("--device", default=None, help="override the saved device")
+    pred.add_argument("--device", default=None, help="auto (default), cpu, cuda, cuda:N or mps")
+    pred.add_argument("--cache-dir", default=None, help="folder to keep embeddings in")
     _on_error(pred)
-    pred.add_argument("-q", "--quiet", action="store_true", help="no progress output")
+    _quiet_or_verbose(pred)
     pred.set_defaults(func=predict_command)
     return parser
 
@@ -201,6 +209,18 @@ def _reader_gone() -> int:
 
 
 # -- helpers ------------------------------------------------------------------------------
+@contextlib.contextmanager
+def _writing(path: str | os.PathLike) -> Iterator[None]:
+    """An OSError while writing ``path`` names it (a full disk's error, raised when a
+    buffer is flushed, names no file)."""
+    try:
+        yield
+    except OSError as exc:
+        if exc.filename is not None or isinstance(exc, BrokenPipeError) or exc.errno is None:
+            raise
+        raise OSError(exc.errno, exc.strerror, os.fspath(path)) from exc
+
+
 class _Say:
     """Messages on stderr. ``note``: always unless ``-q``. ``step``: plain progress lines,
     only when stderr is not a terminal (CI logs, nohup), where no progress bar shows."""
@@ -262,6 +282,10 @@ def _check_common(args: argparse.Namespace) -> None:
         raise ValueError(f"--batch-size must be at least 1, got {args.batch_size}.")
     if args.augment < 0:
         raise ValueError(f"--augment must be 0 or more, got {args.augment}.")
+    _check_cache_dir(args)
+
+
+def _check_cache_dir(args: argparse.Namespace) -> None:
     if args.cache_dir is not None and Path(args.cache_dir).exists() and not Path(
         args.cache_dir
     ).is_dir():
@@ -701,8 +725,10 @@ def evaluate(args: argparse.Namespace) -> int:
     report["per_class_method"] = shown_method(report)
     print(render_markdown(report))
     if args.report:
-        for path in write_report(report, args.report, verbose=args.verbose,
-                                 misclassified=_gallery(mistakes), max_images=GALLERY_SIZE):
+        with _writing(args.report):
+            written = write_report(report, args.report, verbose=args.verbose,
+                                   misclassified=_gallery(mistakes), max_images=GALLERY_SIZE)
+        for path in written:
             say.step(f"wrote {path}")
     return 0
 
@@ -756,7 +782,8 @@ def fit_command(args: argparse.Namespace) -> int:
     ])
     say.step(f"fitting on {len(files)} images ({cv}-fold choice of alpha and beta)")
     pipe.fit(files, labels)
-    save_model(pipe, args.output)
+    with _writing(args.output):
+        save_model(pipe, args.output)
     tip = pipe.named_steps["tip"]
     print(f"saved {args.output}: {len(labels)} images, classes {data.target_names.tolist()}, "
           f"alpha={tip.alpha_:.3g} beta={tip.beta_:.3g} ({cv}-fold accuracy {tip.best_score_:.3f})"
@@ -798,13 +825,15 @@ def _check_checkpoint(pipe: Any, model_file: str) -> None:
     CheckpointMismatchError
         Naming the model file, the checkpoint, both fingerprints and ``--model PATH``.
     """
+    from ._encode import model_dtype
     from ._models import CheckpointMismatchError, check_fingerprint, load_model
 
     for _, step in pipe.steps:
         name = getattr(step, "model", None) or getattr(step, "clip_model", None)
         if getattr(step, "model_fingerprint_", None) is None or name is None:
             continue
-        clip = load_model(name, step.device, getattr(step, "dtype", "auto"))
+        dtype = model_dtype(getattr(step, "dtype", "auto"))  # int8: quantized from float32
+        clip = load_model(name, step.device, dtype)
         try:
             check_fingerprint(step, name, clip)
         except CheckpointMismatchError:
@@ -821,7 +850,14 @@ def predict_command(args: argparse.Namespace) -> int:
     from ._model_file import checkpoint_names, load_model
 
     say = _Say(args.quiet)
-    pipe = load_model(args.model_file, usage=_USAGE_PREDICT, note=say.note)
+    _check_cache_dir(args)
+
+    def replaced(line: str) -> None:
+        if args.verbose:
+            say.note(f"the model file's machine-local parameter is not used: {line}")
+
+    pipe = load_model(args.model_file, usage=_USAGE_PREDICT, note=say.note, reset_note=replaced,
+                      machine={"device": args.device, "cache_dir": args.cache_dir})
     if args.output:
         check_output_path(args.output, "--output")
     paths = _image_paths(args.images)
@@ -829,11 +865,8 @@ def predict_command(args: argparse.Namespace) -> int:
     if args.model is not None:
         params.update(dict.fromkeys(checkpoint_names(pipe), _resolve_model(args.model, say)))
     for name, step in pipe.steps:
-        step_params = step.get_params(deep=False)
-        if args.quiet and "progress" in step_params:
+        if args.quiet and "progress" in step.get_params(deep=False):
             params[f"{name}__progress"] = False
-        if args.device and "device" in step_params:
-            params[f"{name}__device"] = args.device
     pipe.set_params(**params)
     featurizer, head = pipe.steps[0][1], pipe[1:]
     say.step(f"loading {featurizer.model}")
@@ -851,6 +884,16 @@ def predict_command(args: argparse.Namespace) -> int:
             pred[good] = classes[proba[good].argmax(axis=1)]
         else:
             pred[good] = head.predict(X[good])
+    with _writing(args.output or "<stdout>"):
+        _write_predictions(args, paths, pred, proba, classes, bad)
+    return 0
+
+
+def _write_predictions(
+    args: argparse.Namespace, paths: list[str], pred: np.ndarray, proba: np.ndarray,
+    classes: np.ndarray, bad: dict[int, str],
+) -> None:
+    """The CSV of ``skclip predict``, to ``--output`` or stdout."""
     skip = args.on_error == "skip"
     out = open(args.output, "w", newline="") if args.output else sys.stdout
     try:
@@ -865,7 +908,6 @@ def predict_command(args: argparse.Namespace) -> int:
     finally:
         if args.output:
             out.close()
-    return 0
 
 
 if __name__ == "__main__":  # pragma: no cover

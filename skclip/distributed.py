@@ -25,12 +25,18 @@ import numpy as np
 from . import _encode
 from ._compat import HasMethods, Interval, validate_params
 from ._encode import Encoded, ItemError
+from ._models import check_fingerprint, load_clip
 from .featurizer import CLIPFeaturizer
 
 
 def _encode_partition(featurizer: CLIPFeaturizer, items: list) -> Encoded:
     """On a worker: embed one partition with the engine, keeping the good embeddings of a
-    partition with bad inputs; those come back as errors (positions in the partition)."""
+    partition with bad inputs; those come back as errors (positions in the partition).
+
+    A fitted featurizer first checks that the checkpoint the worker loads is the one it
+    was fitted with, as :meth:`CLIPFeaturizer.transform` does."""
+    clip = load_clip(featurizer.model, featurizer.device, _encode.model_dtype(featurizer.dtype))
+    check_fingerprint(featurizer, featurizer.model, clip)
     spec = _encode.spec_for(featurizer, n_views=0, seed=None, progress=False)
     return _encode.encode(items, spec, keep_going=True)
 
@@ -73,6 +79,9 @@ def transform(
 
     Raises
     ------
+    CheckpointMismatchError
+        If the featurizer is fitted and a worker finds another checkpoint under
+        ``model`` than the one it was fitted with (checked on every worker).
     ImageLoadError
         With ``on_error="raise"`` (the featurizer's default), listing every bad input of
         every partition, after all partitions ran. With ``on_error="warn"``: one

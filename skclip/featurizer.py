@@ -11,6 +11,7 @@ import torch
 from sklearn.base import BaseEstimator, TransformerMixin
 
 from . import _encode
+from . import _cache
 from ._cache import MEMORY, CacheInfo, clear_worker_folder
 from ._compat import Interval, StrOptions, get_output_config
 from ._models import DEFAULT_MODEL, LoadedCLIP, check_fingerprint, load_clip, resolve_device
@@ -104,16 +105,23 @@ class CLIPFeaturizer(TransformerMixin, BaseEstimator):
     cache : bool, default=True
         Reuse embeddings of images encoded before in this process (and in
         ``cache_dir``). Entries are keyed by the model's weights, the preprocessing,
-        dtype, device type, ``normalize``, the augmentation settings and seed, and the
-        image *content* (a hash of the file's bytes, or of the pixels), so an edited
-        file is encoded again. This is what makes ``GridSearchCV`` over a Pipeline
-        encode each image once: alpha and beta never change the embeddings.
+        dtype, device type, the encoder (PyTorch, or the exact ONNX export and ONNX
+        Runtime version), ``normalize``, the augmentation settings and seed, and the
+        image *content* (a hash of exactly the file's bytes that were decoded, or of the
+        pixels), so an edited file is encoded again, even one whose size and modification
+        time were put back (see the user guide, "Embedding cache", for exactly which
+        edits are noticed). This is what makes ``GridSearchCV`` over a Pipeline encode
+        each image once: alpha and beta never change the embeddings.
     cache_dir : str, path-like or None, default=None
-        Also keep embeddings in this folder, shared between processes and later runs.
-        Writes are atomic; a partial or corrupt entry is ignored and recomputed; about
-        500,000 entries are kept, the least recently used go first. Processes sharing
-        the folder never encode an image at the same time: one encodes it, the others
-        wait for its entry. With None, worker processes (``GridSearchCV(n_jobs=2)``,
+        Also keep embeddings in this folder, shared between processes and later runs
+        (made if missing). Writes are atomic; each entry carries its key and a checksum,
+        and a partial, corrupt, misplaced or linked entry is ignored and recomputed;
+        about 500,000 entries are kept, the least recently used go first. Processes
+        sharing the folder never encode an image at the same time: one encodes it, the
+        others wait for its entry (a claim of a process that is gone is taken over at
+        once). A folder that is read-only, full, cannot be made, or may be written by
+        other users (``o+w``) is only read: new embeddings stay in memory, and one
+        ``CacheDirWarning`` says why. With None, worker processes (``GridSearchCV(n_jobs=2)``,
         joblib, multiprocessing) still share embeddings with their siblings through a
         temporary folder named after their parent process, so a parallel search encodes
         each image about once in all (see the user guide, "Parallel searches");
@@ -329,11 +337,13 @@ class CLIPFeaturizer(TransformerMixin, BaseEstimator):
     def cache_clear() -> None:
         """Empty the process-wide embedding cache in memory and reset its statistics.
 
-        The temporary folder this process shares with its worker processes (see
-        ``cache_dir``) is deleted too. Files in a ``cache_dir`` are left alone; delete
+        The digests of files are forgotten too (their inotify watches removed), as are
+        the ``cache_dir`` folders found unusable (they are tried, and warned about,
+        again), and the temporary folder this process shares with its worker processes
+        (see ``cache_dir``) is deleted. Files in a ``cache_dir`` are left alone; delete
         the folder to drop them.
         """
-        MEMORY.clear()
+        _cache.clear()
         clear_worker_folder()
 
     def __sklearn_tags__(self):

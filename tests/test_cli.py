@@ -667,3 +667,83 @@ def test_14_html_report_compares_every_method_with_a_gallery_of_mistakes(
                        page.resolve().as_uri()).stdout
     drawn = _parse(dom)
     assert drawn.tags.count("figure") == expected and drawn.tags.count("img") == expected
+
+
+# -- the cache never lies (issue 19) --------------------------------------------------------------
+@pytest.mark.parametrize("suffix", [".skops", ".joblib"])
+def test_19_7_a_model_file_cannot_steer_skclip(model_file, data_dir, tmp_path, capsys, suffix):
+    """Machine-local parameters stored in a shared model file (where to write, threads,
+    memory, device, runtime) are replaced by this machine's defaults or options."""
+    from skclip._model_file import load_model, save_model
+
+    if suffix == ".skops":
+        pytest.importorskip("skops.io")
+    pipe = joblib.load(model_file)
+    elsewhere = tmp_path / "anywhere" / "they" / "like"
+    pipe.set_params(clip__cache_dir=str(elsewhere), clip__n_jobs=3, clip__batch_size=7,
+                    clip__cache_size=5, clip__runtime="torch", tip__device="cpu")
+    shared = tmp_path / f"shared{suffix}"
+    save_model(pipe, shared)
+    out = tmp_path / "preds.csv"
+    assert main(["predict", str(shared), data_dir, "--output", str(out), "-q"]) == 0
+    assert not (tmp_path / "anywhere").exists()
+    loaded = load_model(shared)
+    params = loaded.named_steps["clip"].get_params()
+    assert (params["cache_dir"], params["n_jobs"], params["batch_size"]) == (None, None, 32)
+    assert (params["cache_size"], params["runtime"]) == (100_000, "auto")
+    assert loaded.named_steps["tip"].device == "auto"
+    capsys.readouterr()
+    from skclip import CLIPFeaturizer
+
+    CLIPFeaturizer.cache_clear()  # encoded again: written to the command's cache folder
+    mine = tmp_path / "mine"
+    assert main(["predict", str(shared), data_dir, "--output", str(out), "-v",
+                 "--cache-dir", str(mine), "--device", "cpu"]) == 0
+    err = capsys.readouterr().err
+    assert f"clip__cache_dir: {str(elsewhere)!r} -> {str(mine)!r}" in err
+    assert "clip__n_jobs: 3 -> None" in err and "tip__device: 'cpu' -> 'cpu'" not in err
+    assert len(list(mine.rglob("*.emb"))) == 18  # the command's own cache folder
+    assert not (tmp_path / "anywhere").exists()
+
+
+def test_19_9_predict_with_an_int8_featurizer(data_dir, tiny_clip_path, tmp_path, image_folder):
+    pytest.importorskip("onnxruntime")
+    pytest.importorskip("onnxscript")
+    from sklearn.pipeline import Pipeline
+
+    from skclip import CLIPFeaturizer, TipAdapterClassifier
+
+    paths, labels = image_folder
+    pipe = Pipeline([("clip", CLIPFeaturizer(model=tiny_clip_path, dtype="int8")),
+                     ("tip", TipAdapterClassifier(clip_model=tiny_clip_path))]).fit(paths, labels)
+    model = tmp_path / "int8.joblib"
+    joblib.dump(pipe, model)
+    out = tmp_path / "preds.csv"
+    assert main(["predict", str(model), *paths, "--output", str(out), "-q"]) == 0
+    rows = list(csv.DictReader(out.open()))
+    assert [row["prediction"] for row in rows] == list(pipe.predict(paths))
+
+
+def test_19_11_a_full_disk_error_names_the_file(model_file, data_dir, tmp_path, capsys):
+    """Writing the predictions to a full file system: the error says which file."""
+    if shutil.which("unshare") is None:
+        pytest.skip("no unshare command")
+    folder = tmp_path / "full"
+    folder.mkdir()
+    out = folder / "preds.csv"
+    code = ("import sys; from skclip.cli import main; "
+            f"sys.exit(main(['predict', {str(model_file)!r}, {data_dir!r}, '--output', "
+            f"{str(out)!r}, '-q', '--proba']))")
+    setup = (f"mount -t tmpfs -o size=4k,mode=755 tmpfs '{folder}' && "
+             f"(head -c 100000 /dev/zero > '{folder}/filler' 2>/dev/null; true) && ")
+    probe = subprocess.run(["unshare", "-Urm", "true"], capture_output=True)
+    if probe.returncode != 0:
+        pytest.skip(f"user namespaces are not permitted here: {probe.stderr!r}")
+    root = str(Path(__file__).resolve().parents[1])
+    done = subprocess.run(
+        ["unshare", "-Urm", "sh", "-c", setup + '"$0" -c "$1"', sys.executable, code],
+        capture_output=True, text=True, timeout=300,
+        env=dict(os.environ, PYTHONPATH=os.pathsep.join([root, os.environ.get("PYTHONPATH", "")])),
+    )
+    assert done.returncode == 1, done.stderr[-3000:]
+    assert f"No space left on device: {str(out)!r}" in done.stderr

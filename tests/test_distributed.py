@@ -142,3 +142,19 @@ def test_worker_killed_mid_transform_is_retried(client, tiny_clip_path, image_fo
     X = transform(feat, paths, client, partition_size=3)  # 6 partitions, 3 passes each
     assert victim not in client.scheduler_info()["workers"]  # it did die
     np.testing.assert_allclose(X, expected, atol=1e-6)
+
+
+def test_19_8_workers_check_the_checkpoint_fingerprint(client, tiny_clip_path, image_folder,
+                                                       tmp_path):
+    """A fitted featurizer pointed at another checkpoint is refused on the workers too,
+    as CLIPFeaturizer.transform refuses it."""
+    from skclip import CheckpointMismatchError
+    from skclip._testing import save_random_clip
+
+    paths, _ = image_folder
+    feat = CLIPFeaturizer(model=tiny_clip_path, cache=False).fit(paths[:2])
+    feat.set_params(model=save_random_clip(tmp_path / "swapped", seed=1))
+    with pytest.raises(CheckpointMismatchError):
+        feat.transform(paths[:2])
+    with pytest.raises(CheckpointMismatchError):
+        transform(feat, paths[:4], client, partition_size=2)

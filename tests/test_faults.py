@@ -57,9 +57,9 @@ def gate(what, after, go_file, paused_file=None):
                 time.sleep(0.01)
     if what == "replace":
         replace = os.replace
-        def patched(src, dst):
+        def patched(src, dst, **kwargs):
             check()
-            return replace(src, dst)
+            return replace(src, dst, **kwargs)
         os.replace = patched
     else:
         from skclip import _encode
@@ -125,8 +125,8 @@ def _entries(folder: Path) -> list[Path]:
 
 
 def _all_entries_valid(folder: Path, dim: int) -> bool:
-    store = DiskStore(next(folder.glob("d*")))
-    return all(store.get(p.stem, dim) is not None for p in _entries(folder) if
+    store = DiskStore(folder, dim, unit=True)
+    return all(store.get(p.stem) is not None for p in _entries(folder) if
                not p.name.startswith(".tmp-"))
 
 

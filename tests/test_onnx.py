@@ -155,3 +155,66 @@ def test_default_folder_is_the_user_cache(monkeypatch, tmp_path):
         assert _onnx.default_folder() == tmp_path / "xdg" / "skclip" / "onnx"
     monkeypatch.setenv("SKCLIP_CACHE_DIR", str(tmp_path / "mine"))
     assert _onnx.default_folder() == tmp_path / "mine" / "onnx"
+
+
+def _scale_weights(path, factor=1.1):
+    """Change bytes of the export's weights in place, keeping its size (a damaged disk,
+    or another export in its place)."""
+    weights = path / "model.onnx.data"
+    raw = np.frombuffer(weights.read_bytes(), dtype=np.float32).copy()
+    raw[: len(raw) // 2] *= factor
+    weights.write_bytes(raw.tobytes())
+
+
+def test_3_bytes_changed_in_place_are_noticed_and_rebuilt(clip, pixels, tmp_path, exports):
+    path = _onnx.image_encoder(clip, folder=tmp_path).path
+    _scale_weights(path)
+    assert _onnx._usable(path)  # every size as recorded: only a checksum tells
+    _onnx.clear_sessions()  # as a new process would
+    encoder = _onnx.image_encoder(clip, folder=tmp_path)
+    assert len(exports) == 2
+    np.testing.assert_allclose(encoder(pixels), torch_features(clip, pixels), atol=1e-5, rtol=0)
+    assert _onnx.verified(encoder.path) is not None
+
+
+def test_3_the_record_names_versions_and_checksums(clip, tmp_path, exports):
+    import json
+
+    import onnxruntime
+
+    path = _onnx.image_encoder(clip, folder=tmp_path).path
+    meta = json.loads((path / "meta.json").read_text())
+    assert meta["torch"] == torch.__version__ and meta["onnxruntime"] == onnxruntime.__version__
+    assert sorted(meta["sha256"]) == sorted(meta["files"]) == ["model.onnx", "model.onnx.data"]
+
+
+def test_3_cached_embeddings_are_keyed_by_the_exact_export(
+    tiny_clip_path, tmp_path, monkeypatch
+):
+    """Another export in its place (as another torch might write, sealed with its own
+    record): the entries the first one made are never served for it."""
+    import json
+
+    from helpers import make_image
+
+    from skclip import CLIPFeaturizer
+
+    monkeypatch.setenv("SKCLIP_CACHE_DIR", str(tmp_path / "user-cache"))  # exports made here
+    _onnx.clear_sessions()
+    images = [np.asarray(make_image(np.random.default_rng(i))) for i in range(3)]
+    feat = CLIPFeaturizer(model=tiny_clip_path, runtime="onnxruntime", cache_dir=tmp_path / "emb")
+    first = feat.transform(images)
+    (path,) = (tmp_path / "user-cache" / "onnx").glob("*-float32")
+    _scale_weights(path, 1.05)
+    meta = json.loads((path / "meta.json").read_text())
+    if "sha256" in meta:
+        meta["sha256"]["model.onnx.data"] = _onnx._sha256(path / "model.onnx.data")
+    (path / "meta.json").write_text(json.dumps(meta))
+    _onnx.clear_sessions()  # a new process: memory empty, the folder full
+    CLIPFeaturizer.cache_clear()
+    again = feat.transform(images)
+    direct = CLIPFeaturizer(model=tiny_clip_path, runtime="onnxruntime", cache=False)
+    np.testing.assert_allclose(again, direct.transform(images), atol=1e-6)
+    assert not np.allclose(again, first, atol=1e-4)
+    _onnx.clear_sessions()
+    CLIPFeaturizer.cache_clear()

@@ -29,14 +29,20 @@ def other_process():
     proc.wait()
 
 
-def write_claim(store: DiskStore, key: str, pid: int) -> None:
-    path = store._claim_path(key)
+def claim_line(pid: int, start: str | None = None) -> str:
+    """The claim a process of this machine writes (its real start time by default)."""
+    start = _cache._start_time(pid) if start is None else start
+    return " ".join((_cache._CLAIM_TAG, *_cache._machine(), str(pid), start))
+
+
+def write_claim(store: DiskStore, key: str, pid: int, text: str | None = None) -> None:
+    path = store.claim_path(key)
     path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(f"{_cache._HOST} {pid}")
+    path.write_text(claim_line(pid) if text is None else text)
 
 
 def test_claims_are_exclusive_between_live_processes(tmp_path, other_process):
-    store = DiskStore(tmp_path)
+    store = DiskStore(tmp_path, 4)
     key = "ab" + "0" * 30
     assert store.claim(key) and not store.claimed(key)  # ours: not "another process"
     store.release(key)
@@ -67,7 +73,7 @@ def test_an_image_claimed_elsewhere_is_waited_for_not_encoded(
     assert worker.is_alive() and count_encoded["images"] == 2  # the other two; waits
     marker = np.full(expected.shape[1], 0.25, dtype=np.float32)  # "the other process's"
     disk.put(spec.cache.prefix + key, marker)
-    disk.release(spec.cache.prefix + key)
+    disk.claim_path(spec.cache.prefix + key).unlink()  # the other process releases it
     worker.join(30)
     assert not worker.is_alive() and count_encoded["images"] == 2
     np.testing.assert_array_equal(result["X"][1], marker)
@@ -140,14 +146,14 @@ def test_parallel_search_workers_share_a_folder(tiny_clip_path, tmp_path, count_
 
 def test_disk_cache_is_bounded_oldest_first(tmp_path, monkeypatch):
     monkeypatch.setattr(_cache, "_TRIM_EVERY", 1)
-    store = DiskStore(tmp_path, max_entries=2 * _cache._SHARDS)  # 2 per shard
+    store = DiskStore(tmp_path, 4, max_entries=2 * _cache._SHARDS)  # 2 per shard
     keys = [f"aa{i:030d}" for i in range(5)]  # one shard
     for k, key in enumerate(keys):
-        store.put(key, np.full(4, k, dtype=np.float32))
-        os.utime(store._path(key), ns=(k * 10**9, k * 10**9))  # distinct ages
-    store.get(keys[3], 4)  # used: becomes the newest
-    store.put("aa" + "9" * 30, np.zeros(4, dtype=np.float32))
-    left = sorted(p.stem for p in (tmp_path / "aa").glob("*.emb"))
+        store.put(key, np.full(4, k + 1, dtype=np.float32))
+        os.utime(store.entry_path(key), ns=(k * 10**9, k * 10**9))  # distinct ages
+    assert store.get(keys[3]) is not None  # used: becomes the newest
+    store.put("aa" + "9" * 30, np.ones(4, dtype=np.float32))
+    left = sorted(p.stem for p in store.entry_path(keys[0]).parent.glob("*.emb"))
     assert left == sorted([keys[3], "aa" + "9" * 30])
 
 
