@@ -5,6 +5,8 @@ The cases follow the matrix of issue 7; the closing note's table is this file.
 
 from __future__ import annotations
 
+import os
+
 import numpy as np
 import pytest
 import torch
@@ -233,3 +235,230 @@ def test_truncated_lazy_pil_image_is_one_bad_item(tiny_clip_path, rgb, truncated
     np.testing.assert_allclose(X[0], X[2], atol=1e-6)
     with pytest.raises(ImageLoadError, match=r"1 of 3 images(.|\n)*PngImageFile input 1"):
         feat.set_params(on_error="raise").transform(items)
+
+
+# -- issue 20: inputs that still got through -----------------------------------------------------
+def _limited(code: str, *args: str, gib: float = 3.0, timeout: float = 120):
+    """Run ``code`` in a fresh Python under an address-space limit of ``gib`` GiB and a
+    timeout: a memory blow-up fails there (MemoryError), a hang raises TimeoutExpired."""
+    import resource
+    import subprocess
+    import sys
+
+    limit = int(gib * 2**30)
+
+    def cap():
+        resource.setrlimit(resource.RLIMIT_AS, (limit, limit))
+
+    return subprocess.run(
+        [sys.executable, "-c", code, *args], capture_output=True, text=True, timeout=timeout,
+        preexec_fn=cap,
+    )
+
+
+_TRANSFORM = """
+import sys
+import numpy as np
+from skclip import CLIPFeaturizer, ImageLoadError
+import skclip._images as images
+if len(sys.argv) > 3:
+    images.MAX_ASPECT_RATIO = None
+feat = CLIPFeaturizer(model=sys.argv[1], cache=sys.argv[3:] == ["cache"], progress=False)
+try:
+    X = feat.transform([sys.argv[2]])
+    print("ENCODED", np.isfinite(X).all())
+except ImageLoadError as exc:
+    print("ERROR", exc)
+"""
+
+
+@pytest.fixture(scope="module")
+def thin_pngs(tmp_path_factory):
+    """PNGs of 1,000,000 x 1 and 80,000,000 x 1 pixels: a few hundred bytes to kilobytes,
+    under Pillow's pixel limit, but 32 million pixels wide once the short side is 32."""
+    folder = tmp_path_factory.mktemp("thin")
+    paths = {}
+    for width in (1_000_000, 80_000_000):
+        paths[width] = folder / f"thin{width}.png"
+        Image.new("L", (width, 1)).save(paths[width])
+    return paths
+
+
+@pytest.mark.parametrize("width", [1_000_000, 80_000_000])
+def test_i20_1_thin_image_is_refused_before_decoding(tiny_clip_path, thin_pngs, width):
+    """Issue 20, case 1: 7.4 GB and a MemoryError (1,000,000 x 1), or OverflowError
+    (80,000,000 x 1), before; now the aspect-ratio limit names the file and its size."""
+    done = _limited(_TRANSFORM, tiny_clip_path, str(thin_pngs[width]))
+    assert done.stdout.startswith("ERROR"), done.stdout + done.stderr
+    assert f"thin{width}.png" in done.stdout and f"{width}x1 pixels" in done.stdout
+    assert "aspect ratio" in done.stdout and "MAX_ASPECT_RATIO" in done.stdout
+
+
+def test_i20_1_resized_size_is_bounded_without_the_aspect_limit(tiny_clip_path, thin_pngs):
+    """With ``MAX_ASPECT_RATIO = None`` the resized size is still checked before PIL
+    allocates it (against ``PIL.Image.MAX_IMAGE_PIXELS``)."""
+    done = _limited(_TRANSFORM, tiny_clip_path, str(thin_pngs[1_000_000]), "nolimit")
+    assert done.stdout.startswith("ERROR"), done.stdout + done.stderr
+    assert "thin1000000.png" in done.stdout and "resizing its 1000000x1 pixels" in done.stdout
+    assert "MemoryError" not in done.stdout
+
+
+def test_i20_1_images_within_the_limits_still_work(feat):
+    wide = np.full((2, 200, 3), 90, np.uint8)  # 100:1 exactly: allowed
+    assert np.isfinite(feat.transform([wide, wide.transpose(1, 0, 2)])).all()
+    with pytest.raises(ImageLoadError, match=r"array input 0 .*201x2 pixels.*aspect ratio"):
+        feat.transform([np.full((2, 201, 3), 90, np.uint8)])
+
+
+@pytest.fixture
+def fifo(tmp_path):
+    if not hasattr(os, "mkfifo"):
+        pytest.skip("no FIFOs on this platform")
+    path = tmp_path / "pipe.jpg"
+    os.mkfifo(path)
+    return path
+
+
+def test_i20_2_fifo_is_refused_not_waited_on(tiny_clip_path, fifo):
+    """Issue 20, case 2: reading a FIFO waited for a writer forever."""
+    done = _limited(_TRANSFORM, tiny_clip_path, str(fifo), timeout=60)
+    assert done.stdout.startswith("ERROR"), done.stdout + done.stderr
+    assert "pipe.jpg" in done.stdout and "FIFO" in done.stdout
+
+
+@pytest.mark.xfail(strict=False, reason="routed through read_image_bytes at merge with issue 19")
+def test_i20_2_fifo_is_refused_not_waited_on_with_the_cache(tiny_clip_path, fifo):
+    done = _limited(_TRANSFORM, tiny_clip_path, str(fifo), "cache", timeout=30)
+    assert done.stdout.startswith("ERROR") and "FIFO" in done.stdout, done.stdout + done.stderr
+
+
+@pytest.fixture
+def zero_link(tmp_path):
+    if not os.path.exists("/dev/zero"):
+        pytest.skip("no /dev/zero")
+    path = tmp_path / "zero.jpg"
+    path.symlink_to("/dev/zero")
+    return path
+
+
+def test_i20_2_device_is_refused_unread(tiny_clip_path, zero_link):
+    """Issue 20, case 2: ``zero.jpg -> /dev/zero`` was read without bound."""
+    done = _limited(_TRANSFORM, tiny_clip_path, str(zero_link), timeout=60)
+    assert done.stdout.startswith("ERROR"), done.stdout + done.stderr
+    assert "zero.jpg" in done.stdout and "character device" in done.stdout
+
+
+@pytest.mark.xfail(strict=False, reason="routed through read_image_bytes at merge with issue 19")
+def test_i20_2_device_is_refused_unread_with_the_cache(tiny_clip_path, zero_link):
+    done = _limited(_TRANSFORM, tiny_clip_path, str(zero_link), "cache", timeout=60)
+    assert done.stdout.startswith("ERROR") and "character device" in done.stdout, (
+        done.stdout + done.stderr
+    )
+
+
+def test_i20_2_proc_files_are_refused(feat, tmp_path):
+    """/proc files say size 0 and have contents: not image files (nor bounded in size)."""
+    if not os.path.exists("/proc/self/status"):
+        pytest.skip("no /proc")
+    link = tmp_path / "status.png"
+    link.symlink_to("/proc/self/status")
+    with pytest.raises(ImageLoadError, match=r"status.png.*virtual file system"):
+        feat.transform([link])
+
+
+def test_i20_2_byte_cap_names_the_file_and_the_way_out(feat, tmp_path, rgb, monkeypatch):
+    """At most ``image_byte_cap()`` bytes are read: 8 per pixel of Pillow's limit (plus
+    room for metadata); raising ``PIL.Image.MAX_IMAGE_PIXELS`` raises it."""
+    from PIL.PngImagePlugin import PngInfo
+
+    import skclip._images as images
+
+    info = PngInfo()
+    info.add_text("comment", "x" * 50_000)  # 40x30 pixels, over 50 kB of metadata
+    path = tmp_path / "fat.png"
+    rgb.save(path, pnginfo=info)
+    monkeypatch.setattr(images, "HEADER_BYTES", 0)
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 2000)  # a cap of 16,000 bytes
+    assert images.image_byte_cap() == 16_000
+    with pytest.raises(ImageLoadError, match=r"fat.png.*16000-byte cap.*MAX_IMAGE_PIXELS"):
+        feat.transform([path])
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 20_000)  # raised: a cap of 160,000 bytes
+    np.testing.assert_allclose(feat.transform([path]), feat.transform([rgb]), atol=1e-6)
+
+
+def test_i20_2_read_image_bytes(tmp_path, fifo):
+    from skclip._images import read_image_bytes
+
+    (tmp_path / "a.png").write_bytes(b"bytes")
+    assert read_image_bytes(tmp_path / "a.png") == b"bytes"
+    with pytest.raises(ImageLoadError, match=r"pipe.jpg' \(input 7\) is a FIFO"):
+        read_image_bytes(fifo, 7)
+    with pytest.raises(ImageLoadError, match="not found.*gone.png"):
+        read_image_bytes(tmp_path / "gone.png")
+    with pytest.raises(ImageLoadError, match="got a directory"):
+        read_image_bytes(tmp_path)
+    (tmp_path / "loop.png").symlink_to(tmp_path / "loop.png")
+    with pytest.raises(ImageLoadError, match=r"Cannot read image .*loop.png.*symbolic links"):
+        read_image_bytes(tmp_path / "loop.png")
+
+
+# Issue 20, case 3: one rule for every float form: [0, 1] is scaled to [0, 255].
+@pytest.fixture
+def gray_unit():
+    """Gray values in [0, 1] (float32) and the same image as uint8."""
+    unit = np.random.default_rng(0).uniform(0, 1, (30, 40)).astype(np.float32)
+    return unit, np.round(unit.astype(np.float64) * 255).astype(np.uint8)
+
+
+def test_i20_3_float_pil_image_in_unit_range_is_scaled(feat, gray_unit):
+    unit, as_uint8 = gray_unit
+    X = feat.transform([Image.fromarray(unit, mode="F"), as_uint8, np.zeros_like(as_uint8)])
+    np.testing.assert_allclose(X[0], X[1], atol=1e-6)  # was the black image's embedding
+    assert not np.allclose(X[0], X[2], atol=1e-3)
+
+
+def test_i20_3_float_tiff_in_unit_range_is_scaled(feat, gray_unit, tmp_path):
+    unit, as_uint8 = gray_unit
+    path = tmp_path / "unit.tif"
+    Image.fromarray(unit, mode="F").save(path)
+    with Image.open(path) as img:
+        assert img.mode == "F"
+    np.testing.assert_allclose(feat.transform([path]), feat.transform([as_uint8]), atol=1e-6)
+
+
+@pytest.mark.parametrize("dtype", [np.float16, np.float32, np.float64])
+def test_i20_3_float_arrays_in_unit_range_are_scaled(feat, gray_unit, dtype):
+    unit, as_uint8 = gray_unit
+    expected = np.round(unit.astype(dtype).astype(np.float64) * 255).astype(np.uint8)
+    np.testing.assert_allclose(
+        feat.transform([unit.astype(dtype)]), feat.transform([expected]), atol=1e-6
+    )
+
+
+def test_i20_3_floats_outside_unit_range_are_refused_in_every_form(feat, gray_unit, tmp_path):
+    unit, _ = gray_unit
+    wide = unit * 255  # a [0, 255] image stored as floats: would be clipped to white
+    path = tmp_path / "wide.tif"
+    Image.fromarray(wide, mode="F").save(path)
+    with pytest.raises(ImageLoadError, match=r"wide.tif.*\[0, 1\].*values from 0"):
+        feat.transform([path])
+    with pytest.raises(ImageLoadError, match=r"Image input 0.*float images.*\[0, 1\]"):
+        feat.transform([Image.fromarray(wide, mode="F")])
+    with pytest.raises(ImageLoadError, match=r"array input 0.*float arrays.*\[0, 1\]"):
+        feat.transform([wide])
+    nan = unit.copy()
+    nan[0, 0] = np.nan
+    with pytest.raises(ImageLoadError, match="NaN or infinite"):
+        feat.transform([Image.fromarray(nan, mode="F")])
+
+
+@pytest.mark.parametrize(
+    "item",
+    [np.zeros((0, 0, 3), np.uint8), np.zeros((0, 5), np.uint8), np.zeros((5, 0), np.float32),
+     Image.new("RGB", (0, 0))],
+    ids=["0x0-array", "0xN-array", "Nx0-float-array", "0x0-PIL"],
+)
+def test_i20_minor_images_without_pixels(feat, item):
+    """Issue 20, minor: ZeroDivisionError before."""
+    with pytest.raises(ImageLoadError, match=r"input 0.*: it has \d+x\d+ pixels, none to encode"):
+        feat.transform([item])
