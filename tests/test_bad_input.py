@@ -145,10 +145,24 @@ def unit():
     return X / np.linalg.norm(X, axis=1, keepdims=True)
 
 
-def test_one_class_predicts_it(unit):
-    clf = TipAdapterClassifier(clip_model=None).fit(unit, ["only"] * 12)
-    assert (clf.predict(unit) == "only").all()
-    np.testing.assert_allclose(clf.predict_proba(unit), 1.0)
+def _heads():
+    from skclip import APEClassifier, GDAClassifier, TipAdapterClassifierCV
+
+    return {
+        "tip": TipAdapterClassifier(clip_model=None),
+        "tip-f": TipAdapterClassifier(clip_model=None, fine_tune=True, epochs=1),
+        "tip-cv": TipAdapterClassifierCV(clip_model=None, cv=2),
+        "gda": GDAClassifier(clip_model=None),
+        "ape": APEClassifier(clip_model=None),
+    }
+
+
+@pytest.mark.parametrize("head", list(_heads()))
+def test_i20_minor_one_class_is_refused_by_every_head(unit, head):
+    """Issue 20, minor: Tip, GDA and Tip-F fitted a single class (and predicted it for
+    everything) while APE refused; now all refuse it the same way, naming the class."""
+    with pytest.raises(ValueError, match=r"needs samples of at least 2 classes.*one class: 'only'"):
+        _heads()[head].fit(unit, ["only"] * 12)
 
 
 def test_class_with_a_single_sample(unit):
