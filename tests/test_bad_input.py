@@ -252,9 +252,46 @@ def test_truncated_lazy_pil_image_is_one_bad_item(tiny_clip_path, rgb, truncated
 
 
 # -- issue 20: inputs that still got through -----------------------------------------------------
-def _limited(code: str, *args: str, gib: float = 3.0, timeout: float = 120):
-    """Run ``code`` in a fresh Python under an address-space limit of ``gib`` GiB and a
-    timeout: a memory blow-up fails there (MemoryError), a hang raises TimeoutExpired."""
+_BATCH = r"""
+import json, os, sys, threading
+import numpy as np
+from skclip import CLIPFeaturizer, ImageLoadError
+import skclip._images as images
+
+model, jobs = sys.argv[1], [arg.split("=", 1) for arg in sys.argv[2:]]
+featurizers = {cache: CLIPFeaturizer(model=model, cache=cache, progress=False)
+               for cache in (False, True)}
+for feat in featurizers.values():
+    feat.transform([np.zeros((8, 8, 3), np.uint8)])  # the model loads before any timing
+results = {}
+
+def run(mode, path):
+    images.MAX_ASPECT_RATIO = None if mode == "no-aspect-limit" else 100.0
+    try:
+        featurizers[mode == "cache"].transform([path])
+        results[f"{mode}={path}"] = "ENCODED"
+    except ImageLoadError as exc:
+        results[f"{mode}={path}"] = f"ERROR {exc}"
+    except BaseException as exc:  # noqa: BLE001 - MemoryError, OverflowError... as they are
+        results[f"{mode}={path}"] = f"{type(exc).__name__}: {exc}"
+
+for mode, path in jobs:
+    worker = threading.Thread(target=run, args=(mode, path), daemon=True)
+    worker.start()
+    worker.join(5)
+    results.setdefault(f"{mode}={path}", "HANG (still reading after 5 s)")
+print(json.dumps(results), flush=True)
+os._exit(0)  # a worker may still be blocked in a read
+"""
+
+
+def _encode_each(model: str, jobs: list[str], gib: float = 3.0) -> dict[str, str]:
+    """Encode each ``"mode=path"`` job in a fresh Python under an address-space limit of
+    ``gib`` GiB, one at a time, each for at most 5 s: ``{job: "ENCODED" | "ERROR
+    <message>" | "HANG ..." | "<exception>: ..."}``. Modes: "plain" (cache off),
+    "no-aspect-limit" (cache off, ``MAX_ASPECT_RATIO = None``), "cache" (cache on). A
+    memory blow-up fails there (MemoryError), a hang is reported instead of hanging."""
+    import json
     import resource
     import subprocess
     import sys
@@ -264,57 +301,67 @@ def _limited(code: str, *args: str, gib: float = 3.0, timeout: float = 120):
     def cap():
         resource.setrlimit(resource.RLIMIT_AS, (limit, limit))
 
-    return subprocess.run(
-        [sys.executable, "-c", code, *args], capture_output=True, text=True, timeout=timeout,
-        preexec_fn=cap,
+    done = subprocess.run(
+        [sys.executable, "-c", _BATCH, model, *jobs],
+        capture_output=True, text=True, timeout=300, preexec_fn=cap,
     )
-
-
-_TRANSFORM = """
-import sys
-import numpy as np
-from skclip import CLIPFeaturizer, ImageLoadError
-import skclip._images as images
-if len(sys.argv) > 3:
-    images.MAX_ASPECT_RATIO = None
-feat = CLIPFeaturizer(model=sys.argv[1], cache=sys.argv[3:] == ["cache"], progress=False)
-try:
-    X = feat.transform([sys.argv[2]])
-    print("ENCODED", np.isfinite(X).all())
-except ImageLoadError as exc:
-    print("ERROR", exc)
-"""
+    assert done.returncode == 0, done.stderr
+    return json.loads(done.stdout.strip().splitlines()[-1])
 
 
 @pytest.fixture(scope="module")
-def thin_pngs(tmp_path_factory):
-    """PNGs of 1,000,000 x 1 and 80,000,000 x 1 pixels: a few hundred bytes to kilobytes,
-    under Pillow's pixel limit, but 32 million pixels wide once the short side is 32."""
-    folder = tmp_path_factory.mktemp("thin")
-    paths = {}
+def hostile_files(tmp_path_factory):
+    """PNGs of 1,000,000 x 1 and 80,000,000 x 1 pixels (a few hundred bytes to kilobytes,
+    under Pillow's pixel limit, but 32 million pixels wide once the short side is 32), a
+    FIFO named pipe.jpg and zero.jpg -> /dev/zero, where the platform has them."""
+    folder = tmp_path_factory.mktemp("hostile")
+    files = {}
     for width in (1_000_000, 80_000_000):
-        paths[width] = folder / f"thin{width}.png"
-        Image.new("L", (width, 1)).save(paths[width])
-    return paths
+        files[width] = folder / f"thin{width}.png"
+        Image.new("L", (width, 1)).save(files[width])
+    if hasattr(os, "mkfifo"):
+        files["fifo"] = folder / "pipe.jpg"
+        os.mkfifo(files["fifo"])
+    if os.path.exists("/dev/zero"):
+        files["device"] = folder / "zero.jpg"
+        files["device"].symlink_to("/dev/zero")
+    return files
+
+
+@pytest.fixture(scope="module")
+def encoded_each(tiny_clip_path, hostile_files):
+    """What each hostile file gives with the cache off ("plain"), the 1,000,000 x 1 PNG
+    without the aspect-ratio limit, and the FIFO and the device with the cache on (last:
+    a read may stay blocked there), all in one process."""
+    jobs = [f"plain={path}" for path in hostile_files.values()]
+    jobs.append(f"no-aspect-limit={hostile_files[1_000_000]}")
+    jobs += [f"cache={hostile_files[k]}" for k in ("fifo", "device") if k in hostile_files]
+    return _encode_each(tiny_clip_path, jobs)
+
+
+def _outcome(encoded_each, hostile_files, mode, key):
+    if key not in hostile_files:
+        pytest.skip(f"no {key} on this platform")
+    return encoded_each[f"{mode}={hostile_files[key]}"]
 
 
 @pytest.mark.parametrize("width", [1_000_000, 80_000_000])
-def test_i20_1_thin_image_is_refused_before_decoding(tiny_clip_path, thin_pngs, width):
+def test_i20_1_thin_image_is_refused_before_decoding(encoded_each, hostile_files, width):
     """Issue 20, case 1: 7.4 GB and a MemoryError (1,000,000 x 1), or OverflowError
     (80,000,000 x 1), before; now the aspect-ratio limit names the file and its size."""
-    done = _limited(_TRANSFORM, tiny_clip_path, str(thin_pngs[width]))
-    assert done.stdout.startswith("ERROR"), done.stdout + done.stderr
-    assert f"thin{width}.png" in done.stdout and f"{width}x1 pixels" in done.stdout
-    assert "aspect ratio" in done.stdout and "MAX_ASPECT_RATIO" in done.stdout
+    out = _outcome(encoded_each, hostile_files, "plain", width)
+    assert out.startswith("ERROR"), out
+    assert f"thin{width}.png" in out and f"{width}x1 pixels" in out
+    assert "aspect ratio" in out and "MAX_ASPECT_RATIO" in out
 
 
-def test_i20_1_resized_size_is_bounded_without_the_aspect_limit(tiny_clip_path, thin_pngs):
+def test_i20_1_resized_size_is_bounded_without_the_aspect_limit(encoded_each, hostile_files):
     """With ``MAX_ASPECT_RATIO = None`` the resized size is still checked before PIL
     allocates it (against ``PIL.Image.MAX_IMAGE_PIXELS``)."""
-    done = _limited(_TRANSFORM, tiny_clip_path, str(thin_pngs[1_000_000]), "nolimit")
-    assert done.stdout.startswith("ERROR"), done.stdout + done.stderr
-    assert "thin1000000.png" in done.stdout and "resizing its 1000000x1 pixels" in done.stdout
-    assert "MemoryError" not in done.stdout
+    out = _outcome(encoded_each, hostile_files, "no-aspect-limit", 1_000_000)
+    assert out.startswith("ERROR"), out
+    assert "thin1000000.png" in out and "resizing its 1000000x1 pixels" in out
+    assert "MemoryError" not in out
 
 
 def test_i20_1_images_within_the_limits_still_work(feat):
@@ -324,6 +371,30 @@ def test_i20_1_images_within_the_limits_still_work(feat):
         feat.transform([np.full((2, 201, 3), 90, np.uint8)])
 
 
+def test_i20_2_fifo_is_refused_not_waited_on(encoded_each, hostile_files):
+    """Issue 20, case 2: reading a FIFO waited for a writer forever."""
+    out = _outcome(encoded_each, hostile_files, "plain", "fifo")
+    assert out.startswith("ERROR") and "pipe.jpg" in out and "FIFO" in out, out
+
+
+@pytest.mark.xfail(strict=False, reason="routed through read_image_bytes at merge with issue 19")
+def test_i20_2_fifo_is_refused_not_waited_on_with_the_cache(encoded_each, hostile_files):
+    out = _outcome(encoded_each, hostile_files, "cache", "fifo")
+    assert out.startswith("ERROR") and "FIFO" in out, out
+
+
+def test_i20_2_device_is_refused_unread(encoded_each, hostile_files):
+    """Issue 20, case 2: ``zero.jpg -> /dev/zero`` was read without bound."""
+    out = _outcome(encoded_each, hostile_files, "plain", "device")
+    assert out.startswith("ERROR") and "zero.jpg" in out and "character device" in out, out
+
+
+@pytest.mark.xfail(strict=False, reason="routed through read_image_bytes at merge with issue 19")
+def test_i20_2_device_is_refused_unread_with_the_cache(encoded_each, hostile_files):
+    out = _outcome(encoded_each, hostile_files, "cache", "device")
+    assert out.startswith("ERROR") and "character device" in out, out
+
+
 @pytest.fixture
 def fifo(tmp_path):
     if not hasattr(os, "mkfifo"):
@@ -331,43 +402,6 @@ def fifo(tmp_path):
     path = tmp_path / "pipe.jpg"
     os.mkfifo(path)
     return path
-
-
-def test_i20_2_fifo_is_refused_not_waited_on(tiny_clip_path, fifo):
-    """Issue 20, case 2: reading a FIFO waited for a writer forever."""
-    done = _limited(_TRANSFORM, tiny_clip_path, str(fifo), timeout=60)
-    assert done.stdout.startswith("ERROR"), done.stdout + done.stderr
-    assert "pipe.jpg" in done.stdout and "FIFO" in done.stdout
-
-
-@pytest.mark.xfail(strict=False, reason="routed through read_image_bytes at merge with issue 19")
-def test_i20_2_fifo_is_refused_not_waited_on_with_the_cache(tiny_clip_path, fifo):
-    done = _limited(_TRANSFORM, tiny_clip_path, str(fifo), "cache", timeout=30)
-    assert done.stdout.startswith("ERROR") and "FIFO" in done.stdout, done.stdout + done.stderr
-
-
-@pytest.fixture
-def zero_link(tmp_path):
-    if not os.path.exists("/dev/zero"):
-        pytest.skip("no /dev/zero")
-    path = tmp_path / "zero.jpg"
-    path.symlink_to("/dev/zero")
-    return path
-
-
-def test_i20_2_device_is_refused_unread(tiny_clip_path, zero_link):
-    """Issue 20, case 2: ``zero.jpg -> /dev/zero`` was read without bound."""
-    done = _limited(_TRANSFORM, tiny_clip_path, str(zero_link), timeout=60)
-    assert done.stdout.startswith("ERROR"), done.stdout + done.stderr
-    assert "zero.jpg" in done.stdout and "character device" in done.stdout
-
-
-@pytest.mark.xfail(strict=False, reason="routed through read_image_bytes at merge with issue 19")
-def test_i20_2_device_is_refused_unread_with_the_cache(tiny_clip_path, zero_link):
-    done = _limited(_TRANSFORM, tiny_clip_path, str(zero_link), "cache", timeout=60)
-    assert done.stdout.startswith("ERROR") and "character device" in done.stdout, (
-        done.stdout + done.stderr
-    )
 
 
 def test_i20_2_proc_files_are_refused(feat, tmp_path):
