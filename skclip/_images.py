@@ -116,7 +116,7 @@ def _array_to_image(arr: np.ndarray, index: int) -> Image.Image:
 # -- limits -------------------------------------------------------------------------------------
 #: Images whose longer side is more than this many times their shorter side are refused,
 #: from the header, before decoding: resizing the shortest side of a 1,000,000 x 1 image
-#: (201 bytes as a PNG, far below Pillow's pixel limit) to 224 pixels would make it
+#: (about a kilobyte as a PNG, far below Pillow's pixel limit) to 224 pixels would make it
 #: 224,000,000 x 224. Real photos, panoramas and line-scan strips stay well below 100:1;
 #: set ``skclip._images.MAX_ASPECT_RATIO`` higher, or to None, for stranger trusted images.
 MAX_ASPECT_RATIO: float | None = 100.0
