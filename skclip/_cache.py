@@ -42,6 +42,7 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
+from ._images import read_image_bytes
 from ._watch import FileStamps
 
 CacheInfo = namedtuple("CacheInfo", ["hits", "misses", "maxsize", "currsize"])
@@ -60,11 +61,12 @@ def settings_digest(*parts: Any) -> str:
     return h.hexdigest()
 
 
-def _read_bytes(path: str) -> bytes:
-    """All the bytes of the image file ``path``: the one place files are read, so that
-    what is hashed is exactly what is decoded."""
-    with open(path, "rb") as f:
-        return f.read()
+def _read_bytes(path: str, index: int = 0) -> bytes:
+    """All the bytes of the image file ``path`` (input ``index``), with the limits of
+    every image (:func:`~skclip._images.read_image_bytes`: regular files only, a byte
+    cap): the one place files are read, so that what is hashed is exactly what is
+    decoded."""
+    return read_image_bytes(path, index)
 
 
 #: A digest is remembered under a file's stamp only once the file's last change is
@@ -100,13 +102,13 @@ class _FileDigests:
             get = self._memo.get
             return [None if stamp is None else get(stamp) for stamp in stamps]
 
-    def read(self, path: str) -> tuple[str, bytes]:
+    def read(self, path: str, index: int = 0) -> tuple[str, bytes]:
         """Read the file once and hash those bytes; returns (digest, bytes): decode these
         bytes, not the file again. The digest is remembered for the file's stamp only if
         the stamp is the same before and after the read and older than ``_RACY_NS``."""
         start = time.time_ns()
         before = self.stamps.stamps([path])[0]
-        data = _read_bytes(path)
+        data = _read_bytes(path, index)
         h = _hasher()
         h.update(data)
         digest = h.hexdigest()

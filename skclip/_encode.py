@@ -47,7 +47,7 @@ from ._cache import (
     worker_folder,
 )
 from . import _onnx
-from ._images import ImageLoadError, ImageLoadWarning, describe, open_image
+from ._images import DECODE_RULES, ImageLoadError, ImageLoadWarning, describe, open_image
 from ._models import LoadedCLIP, load_clip, resolve_device
 from ._preprocess_families import Preprocessor
 
@@ -242,7 +242,7 @@ def _cache_settings(
 ) -> str:
     parts: tuple = (
         clip.vision_fingerprint, sorted(clip.image_config.items()), str(clip.dtype),
-        clip.device.type, normalize, n_views, seed,
+        clip.device.type, normalize, n_views, seed, DECODE_RULES,
     )
     if n_views > 0:
         parts += (VIEW_POOLING,)
@@ -428,16 +428,14 @@ def lookup(items: list, spec: EncodeSpec) -> Lookup:
     return Lookup(digests, hit_index, hit_vecs, todo, errors)
 
 
-def _read_file(item: Any, hashed: bool) -> tuple[str | None, bytes | None]:
+def _read_file(item: Any, index: int, hashed: bool) -> tuple[str | None, bytes]:
     """(digest, bytes) of a file read once: decode these bytes, and key them by this
-    digest of exactly these bytes (None unless ``hashed``). (None, None) if it cannot
-    be read (open_image then says what is wrong with the path)."""
-    try:
-        if hashed:
-            return FILE_DIGESTS.read(os.fspath(item))
-        return None, _read_bytes(os.fspath(item))
-    except OSError:
-        return None, None
+    digest of exactly these bytes (None unless ``hashed``). Raises
+    :class:`~skclip._images.ImageLoadError` naming the file if it cannot be read (missing,
+    not a regular file, over the byte cap)."""
+    if hashed:
+        return FILE_DIGESTS.read(os.fspath(item), index)
+    return None, _read_bytes(os.fspath(item), index)
 
 
 def prepare(items: list, digests: list[str | None], spec: EncodeSpec, batch: list[int]) -> Prepared:
@@ -448,7 +446,7 @@ def prepare(items: list, digests: list[str | None], spec: EncodeSpec, batch: lis
         item, digest, data = items[i], digests[i], None
         try:
             if isinstance(item, (str, os.PathLike)):  # never a digest computed earlier
-                digest, data = _read_file(item, spec.needs_digests)
+                digest, data = _read_file(item, i, spec.needs_digests)
                 missed = digests[i]  # looked up already (a miss) under this digest
                 if spec.cache is not None and digest is not None and digest != missed:
                     vec = spec.cache.get(digest)

@@ -11,12 +11,18 @@ import io
 import re
 import math
 import os
-from pathlib import Path
+import stat
 from typing import Any
 
 import numpy as np
 import torch
 from PIL import Image, ImageOps
+
+
+#: The version of the rules that turn an input into pixels (float images, conversions,
+#: orientation). It is part of every embedding-cache key: change it whenever a rule
+#: changes the pixels an input gives, so that no entry made under the old rules is served.
+DECODE_RULES = "2: float images in [0, 1] scaled x255 in every form"
 
 
 class ImageLoadError(ValueError):
@@ -46,10 +52,17 @@ def describe(item: Any, index: int) -> str:
     return f"{type(item).__name__} input {index}"
 
 
-def _to_rgb(img: Image.Image) -> Image.Image:
-    """RGB, with transparency composited on white (as ``CLIPImageProcessor`` does)."""
+def _to_rgb(img: Image.Image, item: Any = None, index: int = 0) -> Image.Image:
+    """RGB, with transparency composited on white (as ``CLIPImageProcessor`` does).
+
+    Float images (mode ``"F"``) follow :func:`_float_to_uint8`; ``item`` and ``index``
+    name the input in its error."""
     if img.mode == "RGB":
         return img
+    if img.mode == "F":
+        what = img if item is None else item
+        gray = _float_to_uint8(np.asarray(img, dtype=np.float64), what, index, "float images")
+        return Image.fromarray(gray).convert("RGB")
     if "A" in img.getbands() or img.info.get("transparency") is not None:
         rgba = img.convert("RGBA")
         background = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
@@ -63,6 +76,24 @@ def _to_rgb(img: Image.Image) -> Image.Image:
     return img.convert("RGB")
 
 
+def _float_to_uint8(arr: np.ndarray, item: Any, index: int, kind: str) -> np.ndarray:
+    """The one rule for float pixels, whatever their form (float arrays, PIL ``"F"``
+    images, float TIFF files): finite values in [0, 1], scaled to [0, 255] and rounded;
+    any other range is refused, naming the input, rather than guessed (values in
+    [0, 255] read as [0, 1] would be white, [0, 1] clipped as [0, 255] would be black)."""
+    finite = bool(np.all(np.isfinite(arr)))
+    if not finite or arr.min() < 0 or arr.max() > 1:
+        found = "NaN or infinite values" if not finite else (
+            f"values from {float(arr.min()):g} to {float(arr.max()):g}"
+        )
+        raise ImageLoadError(
+            f"Cannot use {describe(item, index)} as an image: {kind} must hold finite values "
+            f"in [0, 1] (scaled to [0, 255]), it has {found}. Scale it to [0, 1], or pass "
+            "uint8 values in [0, 255]."
+        )
+    return np.round(arr.astype(np.float64) * 255.0).astype(np.uint8)  # float16 too
+
+
 def _array_to_image(arr: np.ndarray, index: int) -> Image.Image:
     if arr.ndim == 3 and arr.shape[-1] == 1:
         arr = arr[..., 0]
@@ -71,15 +102,11 @@ def _array_to_image(arr: np.ndarray, index: int) -> Image.Image:
             f"Cannot use {describe(arr, index)} as an image: expected HxW (grayscale), HxWx3 (RGB) "
             "or HxWx4 (RGBA), channels last."
         )
+    _check_size((arr.shape[1], arr.shape[0]), arr, index)
     if arr.dtype == np.uint8:
         pass
     elif np.issubdtype(arr.dtype, np.floating):
-        if not np.all(np.isfinite(arr)) or arr.min() < 0 or arr.max() > 1:
-            raise ImageLoadError(
-                f"Cannot use {describe(arr, index)} as an image: float arrays must hold finite "
-                "values in [0, 1]; pass uint8 for values in [0, 255]."
-            )
-        arr = np.round(arr * 255.0).astype(np.uint8)
+        arr = _float_to_uint8(arr, arr, index, "float arrays")
     elif np.issubdtype(arr.dtype, np.integer) or arr.dtype == np.bool_:
         if arr.min() < 0 or arr.max() > 255:
             raise ImageLoadError(
@@ -92,15 +119,190 @@ def _array_to_image(arr: np.ndarray, index: int) -> Image.Image:
     return Image.fromarray(np.ascontiguousarray(arr))
 
 
-def _check_size(img: Image.Image, item: Any, index: int) -> None:
-    """Refuse images over Pillow's decompression-bomb limit before decoding them."""
+# -- limits -------------------------------------------------------------------------------------
+#: Images whose longer side is more than this many times their shorter side are refused,
+#: from the header, before decoding: resizing the shortest side of a 1,000,000 x 1 image
+#: (about a kilobyte as a PNG, far below Pillow's pixel limit) to 224 pixels would make it
+#: 224,000,000 x 224. Real photos, panoramas and line-scan strips stay well below 100:1;
+#: set ``skclip._images.MAX_ASPECT_RATIO`` higher, or to None, for stranger trusted images.
+MAX_ASPECT_RATIO: float | None = 100.0
+
+#: The byte cap of one image file is this many bytes per pixel of Pillow's decompression-bomb
+#: limit ``PIL.Image.MAX_IMAGE_PIXELS`` (8: an uncompressed 16-bit RGBA file of the largest
+#: size Pillow decodes), plus :data:`HEADER_BYTES`; see :func:`image_byte_cap`.
+BYTES_PER_PIXEL = 8
+#: Room for metadata (EXIF, ICC profiles, embedded thumbnails) in the byte cap.
+HEADER_BYTES = 16 * 2**20
+
+
+def image_byte_cap() -> int | None:
+    """The most bytes :func:`read_image_bytes` reads from one image file.
+
+    ``BYTES_PER_PIXEL * PIL.Image.MAX_IMAGE_PIXELS + HEADER_BYTES``: about 732 MB with
+    Pillow's default limit (89,478,485 pixels). It follows that limit, so raising
+    ``PIL.Image.MAX_IMAGE_PIXELS`` (for larger trusted images) raises it too, and setting
+    it to None (trusted files) lifts both.
+
+    Examples
+    --------
+    >>> from PIL import Image
+    >>> image_byte_cap() == 8 * Image.MAX_IMAGE_PIXELS + 16 * 2**20
+    True
+    """
     limit = Image.MAX_IMAGE_PIXELS
-    if limit is not None and img.size[0] * img.size[1] > limit:
+    return None if limit is None else int(BYTES_PER_PIXEL * limit) + HEADER_BYTES
+
+
+def _check_size(size: tuple[int, int], item: Any, index: int) -> None:
+    """Refuse images without pixels, over Pillow's decompression-bomb limit or thinner
+    than :data:`MAX_ASPECT_RATIO`, from their (width, height) alone: before decoding."""
+    width, height = size
+    if width < 1 or height < 1:
         raise ImageLoadError(
-            f"Image {describe(item, index)} has {img.size[0]}x{img.size[1]} pixels, more than "
-            f"PIL.Image.MAX_IMAGE_PIXELS={limit} (a guard against decompression bombs). If "
-            "the file is trusted, raise that limit (or set it to None) before encoding."
+            f"Cannot use {describe(item, index)} as an image: it has {width}x{height} pixels, "
+            "none to encode."
         )
+    limit = Image.MAX_IMAGE_PIXELS
+    if limit is not None and width * height > limit:
+        raise ImageLoadError(
+            f"Cannot use {describe(item, index)} as an image: it has {width}x{height} pixels, "
+            f"more than PIL.Image.MAX_IMAGE_PIXELS={limit} (a guard against decompression "
+            "bombs). If the file is trusted, raise that limit (or set it to None) before encoding."
+        )
+    if MAX_ASPECT_RATIO is not None and max(width, height) > MAX_ASPECT_RATIO * min(width, height):
+        raise ImageLoadError(
+            f"Cannot use {describe(item, index)} as an image: it has {width}x{height} pixels, "
+            f"an aspect ratio over skclip._images.MAX_ASPECT_RATIO={MAX_ASPECT_RATIO:g}: "
+            "resizing its shorter side to the model's input size would make it huge. If the "
+            "image is trusted, raise that limit (or set it to None)."
+        )
+
+
+def _file_kind(mode: int) -> str:
+    """What a file that is not a regular file is, in words."""
+    kinds = [
+        (stat.S_ISFIFO, "a FIFO (named pipe)"), (stat.S_ISCHR, "a character device"),
+        (stat.S_ISBLK, "a block device"), (stat.S_ISSOCK, "a socket"),
+    ]
+    return next((name for test, name in kinds if test(mode)), "not a regular file")
+
+
+def _check_regular(info: os.stat_result, path: Any, index: int) -> None:
+    if stat.S_ISDIR(info.st_mode):
+        raise ImageLoadError(
+            f"Expected an image file but got a directory: {describe(path, index)}."
+        )
+    if not stat.S_ISREG(info.st_mode):
+        raise ImageLoadError(
+            f"Image {describe(path, index)} is {_file_kind(info.st_mode)}, not a regular file: "
+            "only regular files are read as images (a FIFO or a device could block or never end)."
+        )
+
+
+def _too_large(path: Any, index: int, size: str, cap: int) -> ImageLoadError:
+    return ImageLoadError(
+        f"Image file {describe(path, index)} has {size} bytes, more than the {cap}-byte cap "
+        "of one image (skclip._images.image_byte_cap(), 8 bytes per pixel of "
+        "PIL.Image.MAX_IMAGE_PIXELS). If the file is trusted, raise PIL.Image.MAX_IMAGE_PIXELS "
+        "(or set it to None) before encoding."
+    )
+
+
+def _read_capped(fd: int, size_hint: int, cap: int | None, path: Any, index: int) -> bytes:
+    """Everything ``fd`` holds, but never more than ``cap`` bytes (then an error)."""
+    chunks, total = [], 0
+    while True:
+        want = max(size_hint + 1 - total, 2**16)
+        if cap is not None:
+            want = min(want, cap + 1 - total)
+        chunk = os.read(fd, want)
+        if not chunk:
+            return b"".join(chunks)
+        chunks.append(chunk)
+        total += len(chunk)
+        if cap is not None and total > cap:
+            raise _too_large(path, index, f"more than {cap}", cap)
+
+
+_OPEN_FLAGS = (
+    os.O_RDONLY | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_NOCTTY", 0)
+    | getattr(os, "O_CLOEXEC", 0) | getattr(os, "O_BINARY", 0)
+)
+
+
+def read_image_bytes(path: str | os.PathLike, index: int = 0) -> bytes:
+    """The bytes of the image file ``path``, read with the limits that hold for every input.
+
+    Only a regular file (or a symbolic link to one) is read: a FIFO, a device, a socket or
+    a folder is refused without reading it. The file is opened non-blocking (a FIFO
+    cannot hang the open) and checked again on the open descriptor. At most
+    :func:`image_byte_cap` bytes are read (raise ``PIL.Image.MAX_IMAGE_PIXELS`` to raise
+    it); a file that reports size 0 but has contents (``/proc``, ``/sys``) is refused.
+
+    Parameters
+    ----------
+    path : str or path-like
+        The image file.
+    index : int, default=0
+        Its position among the inputs, to name it in errors.
+
+    Returns
+    -------
+    data : bytes
+
+    Raises
+    ------
+    ImageLoadError
+        Naming the file: missing, unreadable, not a regular file or over the byte cap.
+
+    Examples
+    --------
+    >>> import os, tempfile
+    >>> folder = tempfile.mkdtemp()
+    >>> with open(os.path.join(folder, "a.png"), "wb") as f:
+    ...     f.write(b"not really a PNG")
+    16
+    >>> read_image_bytes(os.path.join(folder, "a.png"))
+    b'not really a PNG'
+    >>> os.mkfifo(os.path.join(folder, "pipe.jpg"))  # a reader would wait for a writer
+    >>> read_image_bytes(os.path.join(folder, "pipe.jpg"), index=3)  # doctest: +ELLIPSIS
+    Traceback (most recent call last):
+    ...
+    skclip._images.ImageLoadError: Image '...pipe.jpg' (input 3) is a FIFO (named pipe), ...
+    """
+    try:
+        _check_regular(os.stat(path), path, index)  # never open a device or a FIFO at all
+        fd = os.open(path, _OPEN_FLAGS)
+    except FileNotFoundError:
+        raise ImageLoadError(f"Image file not found: {describe(path, index)}.") from None
+    except IsADirectoryError:
+        raise ImageLoadError(
+            f"Expected an image file but got a directory: {describe(path, index)}."
+        ) from None
+    except OSError as exc:  # permissions, symbolic-link loops, names too long...
+        raise ImageLoadError(
+            f"Cannot read image {describe(path, index)}: {exc.strerror or exc}."
+        ) from None
+    try:
+        info = os.fstat(fd)
+        _check_regular(info, path, index)  # what was opened, if the path changed meanwhile
+        cap = image_byte_cap()
+        if cap is not None and info.st_size > cap:
+            raise _too_large(path, index, str(info.st_size), cap)
+        try:
+            data = _read_capped(fd, info.st_size, cap, path, index)
+        except OSError as exc:
+            raise ImageLoadError(
+                f"Cannot read image {describe(path, index)}: {exc.strerror or exc}."
+            ) from None
+    finally:
+        os.close(fd)
+    if info.st_size == 0 and data:
+        raise ImageLoadError(
+            f"Image {describe(path, index)} is a file of a virtual file system (such as /proc "
+            "or /sys: size 0, yet it has contents), not an image file."
+        )
+    return data
 
 
 _OBJECT_REPR = re.compile(r"<[\w.]+ object at 0x[0-9a-fA-F]+>")
@@ -127,8 +329,13 @@ def open_image(item: Any, index: int = 0, data: bytes | None = None) -> Image.Im
     """Open ``item`` (path, PIL image or array) as an upright RGB PIL image.
 
     EXIF orientation is applied, transparency is composited on white, grayscale,
-    palette, CMYK and 16-bit images are converted to 8-bit RGB. For a path whose bytes
-    were already read (to hash them), pass them as ``data`` to avoid a second read.
+    palette, CMYK and 16-bit images are converted to 8-bit RGB. Float pixels (float
+    arrays, PIL ``"F"`` images, float TIFF files) must lie in [0, 1] and are scaled to
+    [0, 255]. A path is read with :func:`read_image_bytes` (regular files only, at most
+    :func:`image_byte_cap` bytes); for a path whose bytes were already read (to hash
+    them), pass them as ``data`` to avoid a second read. Images without pixels, over
+    Pillow's ``MAX_IMAGE_PIXELS`` or thinner than :data:`MAX_ASPECT_RATIO` are refused
+    before decoding.
 
     Raises
     ------
@@ -136,26 +343,25 @@ def open_image(item: Any, index: int = 0, data: bytes | None = None) -> Image.Im
         With a message naming the file (or input position) that failed.
     """
     if isinstance(item, (str, os.PathLike)):
-        source = io.BytesIO(data) if data is not None else Path(item)
+        source = io.BytesIO(read_image_bytes(item, index) if data is None else data)
         try:
             with Image.open(source) as img:
-                _check_size(img, item, index)  # from the header, before decoding
+                _check_size(img.size, item, index)  # from the header, before decoding
                 img.load()
                 img = ImageOps.exif_transpose(img)
-                return _to_rgb(img)
-        except FileNotFoundError:
-            raise ImageLoadError(f"Image file not found: {describe(item, index)}.") from None
-        except IsADirectoryError:
-            raise ImageLoadError(
-                f"Expected an image file but got a directory: {describe(item, index)}."
-            ) from None
+                return _to_rgb(img, item, index)
         except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as exc:
+            if isinstance(exc, ImageLoadError):
+                raise
             raise ImageLoadError(
                 f"Cannot read image {describe(item, index)}: {readable(str(exc))}"
             ) from exc
     if isinstance(item, Image.Image):
+        _check_size(item.size, item, index)
         try:
-            return _to_rgb(ImageOps.exif_transpose(item))
+            return _to_rgb(ImageOps.exif_transpose(item), item, index)
+        except ImageLoadError:
+            raise
         except (OSError, ValueError) as exc:
             raise ImageLoadError(f"Cannot convert {describe(item, index)}: {exc}") from exc
     if isinstance(item, np.ndarray):
@@ -209,6 +415,12 @@ class CLIPPreprocessor:
             return w, h
         short, long = (width, height) if width <= height else (height, width)
         new_long = int(edge * long / short)
+        limit = Image.MAX_IMAGE_PIXELS
+        if limit is not None and edge * new_long > limit:  # before any pixel is allocated
+            raise ValueError(
+                f"resizing its {width}x{height} pixels to a shortest side of {edge} would make "
+                f"{edge * new_long} pixels, more than PIL.Image.MAX_IMAGE_PIXELS={limit}"
+            )
         return (edge, new_long) if width <= height else (new_long, edge)
 
     def normalize(self, pixels: torch.Tensor, dtype: torch.dtype = torch.float32) -> torch.Tensor:

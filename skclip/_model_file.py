@@ -140,8 +140,8 @@ def load_model(
     ------
     ValueError
         One sentence naming the file when it is missing, a folder, an image, has
-        another suffix, is damaged, holds untrusted types or something other than a
-        fitted skclip pipeline.
+        another suffix, is damaged (including fitted arrays with NaN or infinite
+        values), holds untrusted types or something other than a fitted skclip pipeline.
     """
     from sklearn.exceptions import NotFittedError
     from sklearn.pipeline import Pipeline
@@ -190,10 +190,33 @@ def load_model(
         check_is_fitted(model)
     except NotFittedError:
         raise ValueError(f"The model in {name!r} is not fitted.") from None
+    damaged = _non_finite(model)
+    if damaged is not None:
+        raise ValueError(
+            f"The model file {name!r} is damaged: its fitted array {damaged} holds NaN or "
+            "infinite values, which 'skclip fit' never writes."
+        )
     for line in reset_machine_params(model, machine):
         if reset_note is not None:
             reset_note(line)
     return model
+
+
+def _non_finite(model: Any) -> str | None:
+    """``"step.attribute"`` of the first fitted float array (or float) of the pipeline's
+    steps that holds NaN or infinity, else None. Such a model would predict one class
+    for every image, with NaN probabilities."""
+    import numpy as np
+
+    for step_name, step in model.steps:
+        for attr, value in vars(step).items():
+            if not (attr.endswith("_") or attr == "_y") or attr.startswith("__"):
+                continue
+            if isinstance(value, (float, np.floating, np.ndarray)):
+                array = np.asarray(value)
+                if array.dtype.kind in "fc" and not np.isfinite(array).all():
+                    return f"{step_name}.{attr}"
+    return None
 
 
 def checkpoint_names(model: Any) -> dict[str, str]:

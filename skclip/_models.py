@@ -128,11 +128,28 @@ def _offline_error(name: str, cause: BaseException | str) -> OSError:
     )
 
 
+def _check_readable(folder: Path, name: str) -> None:
+    """A checkpoint folder whose listing or files cannot be read is named as such:
+    transformers would report it as missing ("No such file") or as "Unrecognized model"."""
+    try:
+        entries = list(os.scandir(folder))
+    except OSError as exc:
+        reason = exc.strerror or str(exc)
+        raise OSError(f"Checkpoint folder {name!r} cannot be read: {reason}.") from None
+    for entry in entries:
+        if entry.is_file() and not os.access(entry.path, os.R_OK):
+            raise OSError(
+                f"Checkpoint folder {name!r} cannot be read: its file {entry.name!r} is not "
+                "readable (permission denied)."
+            )
+
+
 def _from_pretrained(cls: Any, name: str, **kwargs: Any) -> Any:
     """``cls.from_pretrained(name)``: a local folder, else the local cache, then the hub
     (if it answers within 2 s), with clear errors."""
     path = Path(name).expanduser()
     if path.is_dir():
+        _check_readable(path, name)
         return cls.from_pretrained(str(path), **kwargs)
     reason = "it exists but is a file" if path.exists() else _path_reason(name)
     if reason is not None:

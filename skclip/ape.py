@@ -371,11 +371,6 @@ class APEClassifier(_BaseTipAdapter):
         self._validate_params()
         X, y_enc = self._prepare(X, y)
         n_classes, n_features = len(self.classes_), X.shape[1]
-        if n_classes < 2:
-            raise ValueError(
-                f"APEClassifier needs at least 2 classes to compare; y has one class, "
-                f"{self.classes_[0]!r}."
-            )
         k = self.n_features_to_select
         if isinstance(k, Integral):
             if k > n_features:

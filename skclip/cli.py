@@ -30,7 +30,7 @@ from typing import Any
 
 import numpy as np
 
-from ._images import readable
+from ._images import ImageLoadError, readable
 from ._model_file import MODEL_SUFFIXES, require_skops
 from ._models import DEFAULT_MODEL
 from ._report import (
@@ -55,6 +55,7 @@ def _common(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--batch-size", type=int, default=32, help="images per forward pass")
     parser.add_argument("--cache-dir", default=None, help="folder to keep embeddings in")
     _on_error(parser)
+    _follow_symlinks(parser)
     _quiet_or_verbose(parser)
 
 
@@ -69,6 +70,14 @@ def _on_error(parser: argparse.ArgumentParser) -> None:
         "--on-error", choices=("raise", "skip"), default="raise",
         help="an image that cannot be read: stop with an error naming every such file "
         "(raise, the default), or leave it out and list it on stderr and in the output (skip)",
+    )
+
+
+def _follow_symlinks(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--follow-symlinks", action="store_true",
+        help="use class folders that are symbolic links to folders outside the data folder "
+        "(by default they are skipped with a warning; links into it are always an error)",
     )
 
 
@@ -222,8 +231,9 @@ def _writing(path: str | os.PathLike) -> Iterator[None]:
 
 
 class _Say:
-    """Messages on stderr. ``note``: always unless ``-q``. ``step``: plain progress lines,
-    only when stderr is not a terminal (CI logs, nohup), where no progress bar shows."""
+    """Messages on stderr. ``note``: always unless ``-q``; ``always``: even with ``-q``.
+    ``step``: plain progress lines, only when stderr is not a terminal (CI logs, nohup),
+    where no progress bar shows."""
 
     def __init__(self, quiet: bool) -> None:
         self.quiet = quiet
@@ -232,7 +242,12 @@ class _Say:
 
     def note(self, message: str) -> None:
         if not self.quiet:
-            print(f"skclip: {message}", file=sys.stderr, flush=True)
+            self.always(message)
+
+    @staticmethod
+    def always(message: str) -> None:
+        """A message that ``-q`` does not silence: what the user must know (safety)."""
+        print(f"skclip: {message}", file=sys.stderr, flush=True)
 
     def step(self, message: str) -> None:
         if self.plain:
@@ -458,12 +473,12 @@ def _check_evaluate(args: argparse.Namespace) -> tuple[Any, Any]:
     if args.report:
         check_output_path(args.report, "--report", REPORT_SUFFIXES)
     _check_data_folder(args.data_dir, "DATA_DIR")
-    data = load_image_folder(args.data_dir)
+    data = load_image_folder(args.data_dir, follow_symlinks=args.follow_symlinks)
     test = None
     if args.test_dir:
         _check_data_folder(args.test_dir, "--test-dir")
-        test = load_image_folder(args.test_dir)
-        unknown = sorted(set(test.labels) - set(data.target_names))
+        test = load_image_folder(args.test_dir, follow_symlinks=args.follow_symlinks)
+        unknown = sorted(set(test.labels.tolist()) - set(data.target_names.tolist()))
         if unknown:
             raise ValueError(f"--test-dir has classes not in {args.data_dir}: {unknown}.")
     _splits(args, data.labels)
@@ -751,7 +766,7 @@ def fit_command(args: argparse.Namespace) -> int:
     if Path(args.output).suffix.lower() == ".skops":
         require_skops()
     _check_data_folder(args.data_dir, "DATA_DIR")
-    data = load_image_folder(args.data_dir)
+    data = load_image_folder(args.data_dir, follow_symlinks=args.follow_symlinks)
     if _smallest_class(data.labels) < 2:
         raise ValueError("Every class needs at least 2 images to choose alpha and beta.")
     if args.cv is not None and args.cv > _smallest_class(data.labels):
@@ -781,7 +796,12 @@ def fit_command(args: argparse.Namespace) -> int:
         )),
     ])
     say.step(f"fitting on {len(files)} images ({cv}-fold choice of alpha and beta)")
-    pipe.fit(files, labels)
+    try:
+        pipe.fit(files, labels)
+    except ImageLoadError as exc:  # every unreadable image, named: say what to do
+        raise ValueError(
+            f"{readable(str(exc))}\nFix or remove them, or pass --on-error skip to leave them out."
+        ) from None
     with _writing(args.output):
         save_model(pipe, args.output)
     tip = pipe.named_steps["tip"]
@@ -798,22 +818,50 @@ _USAGE_PREDICT = (
 )
 
 
-def _image_paths(items: list[str]) -> list[str]:
-    """Expand folders into their images; every item must exist (checked before encoding)."""
-    from .datasets import IMAGE_EXTENSIONS, _images_below
+def _image_paths(items: list[str], say: _Say) -> list[str]:
+    """Expand folders into their images; every item must exist and be a regular file or
+    a folder (checked before encoding). A note lists what folders hold besides images."""
+    from ._images import _file_kind
+    from .datasets import IMAGE_EXTENSIONS, _list_images
 
     paths: list[str] = []
     for item in items:
         if Path(item).is_dir():
-            found = _images_below(Path(item), IMAGE_EXTENSIONS)
-            if not found:
+            listing = _list_images(Path(item), IMAGE_EXTENSIONS)
+            if not listing.images:
                 raise ValueError(f"Folder {item!r} has no images.")
-            paths.extend(found)
+            _note_skipped(item, listing, say)
+            paths.extend(listing.images)
         elif Path(item).is_file():
             paths.append(item)
+        elif Path(item).exists():  # a FIFO, a device, a socket: never opened
+            raise ValueError(f"Image {item!r} is {_file_kind(os.stat(item).st_mode)}, not an "
+                             "image file.")
+        elif os.path.lexists(item):
+            raise ValueError(f"Image {item!r} is a symbolic link whose target does not exist.")
         else:
             raise ValueError(f"Image file or folder {item!r} does not exist.")
     return paths
+
+
+def _note_skipped(folder: str, listing: Any, say: _Say) -> None:
+    """Say which files of ``folder`` are not encoded: other extensions (by extension),
+    and entries that are not regular files."""
+    if listing.other:
+        counts: dict[str, int] = {}
+        for path in listing.other:
+            ext = os.path.splitext(path)[1].lower() or "(no extension)"
+            counts[ext] = counts.get(ext, 0) + 1
+        say.note(
+            f"{folder}: skipped {len(listing.other)} file(s) that are not images by their "
+            "extension: " + ", ".join(f"{ext} ({n})" for ext, n in sorted(counts.items()))
+        )
+    if listing.special:
+        say.note(
+            f"{folder}: skipped {len(listing.special)} entries that are not regular files "
+            "(FIFOs, devices, sockets): " + ", ".join(listing.special[:5])
+            + (" ..." if len(listing.special) > 5 else "")
+        )
 
 
 def _check_checkpoint(pipe: Any, model_file: str) -> None:
@@ -856,11 +904,11 @@ def predict_command(args: argparse.Namespace) -> int:
         if args.verbose:
             say.note(f"the model file's machine-local parameter is not used: {line}")
 
-    pipe = load_model(args.model_file, usage=_USAGE_PREDICT, note=say.note, reset_note=replaced,
+    pipe = load_model(args.model_file, usage=_USAGE_PREDICT, note=say.always, reset_note=replaced,
                       machine={"device": args.device, "cache_dir": args.cache_dir})
     if args.output:
         check_output_path(args.output, "--output")
-    paths = _image_paths(args.images)
+    paths = _image_paths(args.images, say)
     params: dict[str, Any] = {}
     if args.model is not None:
         params.update(dict.fromkeys(checkpoint_names(pipe), _resolve_model(args.model, say)))

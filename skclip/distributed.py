@@ -26,6 +26,7 @@ from . import _encode
 from ._compat import HasMethods, Interval, validate_params
 from ._encode import Encoded, ItemError
 from ._models import check_fingerprint, load_clip
+from ._images import describe
 from .featurizer import CLIPFeaturizer
 
 
@@ -39,6 +40,15 @@ def _encode_partition(featurizer: CLIPFeaturizer, items: list) -> Encoded:
     check_fingerprint(featurizer, featurizer.model, clip)
     spec = _encode.spec_for(featurizer, n_views=0, seed=None, progress=False)
     return _encode.encode(items, spec, keep_going=True)
+
+
+def _global_error(error: ItemError, start: int, partition: int, item: Any) -> ItemError:
+    """A worker's error about input ``error.index`` of the partition that starts at input
+    ``start``, numbered as the caller's input: the message names ``input start + index``
+    (as ``featurizer.transform`` would), not the position in the partition."""
+    local, position = describe(item, error.index), start + error.index
+    message = error.message.replace(local, describe(item, position), 1)
+    return ItemError(position, f"partition {partition}: {message}")
 
 
 @validate_params(
@@ -106,7 +116,7 @@ def transform(
     results: list[Encoded] = client.gather(futures)  # in the order of the futures: input order
     out = np.concatenate([part.embeddings for part in results])
     errors = [
-        ItemError(start + e.index, f"partition {k}: {e.message}")
+        _global_error(e, start, k, items[start + e.index])
         for k, (start, part) in enumerate(zip(starts, results))
         for e in part.errors
     ]

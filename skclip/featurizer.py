@@ -22,9 +22,12 @@ class CLIPFeaturizer(TransformerMixin, BaseEstimator):
 
     Images can be file paths (``str`` or :class:`pathlib.Path`), PIL images or numpy
     arrays (``HxW`` grayscale, ``HxWx3`` RGB or ``HxWx4`` RGBA, ``uint8``), given as a
-    list, an array, or a one-column pandas DataFrame/Series. Each image is opened
-    (EXIF orientation applied, converted to RGB), preprocessed exactly like the
-    checkpoint's own image processor and encoded by its image tower. Decoding
+    list, an array, or a one-column pandas DataFrame/Series. Float pixels (float arrays,
+    PIL ``"F"`` images, float TIFF files) must lie in [0, 1] and are scaled to [0, 255].
+    Each image is opened (EXIF orientation applied, converted to RGB), preprocessed
+    exactly like the checkpoint's own image processor and encoded by its image tower.
+    Files are read only if they are regular files, within limits of pixels, aspect ratio
+    and bytes (see "Bad input" in the user guide). Decoding
     runs in worker threads while the model runs, so the model does not wait on JPEG
     decoding.
 

@@ -19,12 +19,11 @@ from __future__ import annotations
 
 import os
 from numbers import Integral, Real
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import Any, NamedTuple
 
 import numpy as np
 import torch
-from scipy.special import softmax
 from sklearn import get_config
 from sklearn.base import BaseEstimator, ClassifierMixin
 from sklearn.preprocessing import normalize
@@ -61,6 +60,38 @@ def _views_hint(n_features: int, dim: int) -> str:
         f" X is {e + 1} blocks of {dim}: if it comes from CLIPFeaturizer(train_views={e})"
         f".fit_transform, set train_views={e} on the classifier too."
     )
+
+
+def _unit_rows(X: np.ndarray) -> np.ndarray:
+    """``X`` with every row scaled to unit L2 norm, for any finite magnitude.
+
+    ``sklearn.preprocessing.normalize`` squares the values: features of magnitude 1e20
+    overflow in float32 (the norm is infinite and every row becomes 0), and tiny ones
+    underflow. Rows whose largest absolute value is outside the range where squaring is
+    exact enough are divided by it first; other rows are normalized exactly as
+    ``normalize`` does. Rows of zeros stay zero.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> _unit_rows(np.array([[3e20, 4e20], [3.0, 4.0]], dtype=np.float32))
+    array([[0.6, 0.8],
+           [0.6, 0.8]], dtype=float32)
+    """
+    info = np.finfo(X.dtype)
+    peak = np.abs(X).max(axis=1)
+    extreme = (peak > np.sqrt(info.max / max(1, X.shape[1]))) | (
+        (peak < np.sqrt(info.tiny)) & (peak > 0)
+    )
+    if extreme.any():
+        X = X.copy()
+        X[extreme] /= peak[extreme, None]
+    return normalize(X)
+
+
+#: Temporaries of a prediction chunk may take this much even when it is more than half
+#: of a small output (many tiny chunks would be slow for nothing).
+_SMALL_CHUNK_BYTES = 16 * 2**20
 
 
 class _Head(NamedTuple):
@@ -111,10 +142,15 @@ class _BaseTipAdapter(ClassifierMixin, BaseEstimator):
                 f"Mix of label input types {kinds}: labels must be all strings or all numbers "
                 "(convert them, e.g. y = np.asarray(y).astype(str))."
             ) from exc
+        if len(self.classes_) < 2:
+            raise ValueError(
+                f"{type(self).__name__} needs samples of at least 2 classes, but y has only "
+                f"one class: {self.classes_.tolist()[0]!r}."
+            )
         views = None
         if n_views:
             X, views = self._split_views(X, n_views)
-        X = normalize(X)
+        X = _unit_rows(X)
         self.model_fingerprint_ = None  # set by _text_head when it encodes the class names
         self.text_features_, self.logit_scale_, self.logit_bias_ = self._text_head(
             X.shape[1], X.dtype
@@ -149,9 +185,8 @@ class _BaseTipAdapter(ClassifierMixin, BaseEstimator):
         self.n_features_in_ = d
         if hasattr(self, "feature_names_in_"):
             self.feature_names_in_ = self.feature_names_in_[:d]
-        views = X[:, d:].reshape(X.shape[0], n_views, d).transpose(1, 0, 2)
-        views = views / np.maximum(np.linalg.norm(views, axis=2, keepdims=True), 1e-12)
-        return X[:, :d], np.ascontiguousarray(views, dtype=X.dtype)
+        views = _unit_rows(X[:, d:].reshape(-1, d)).reshape(X.shape[0], n_views, d)
+        return X[:, :d], np.ascontiguousarray(views.transpose(1, 0, 2), dtype=X.dtype)
 
     def _zero_shot_params(self) -> dict:
         """The fitted zero-shot scale and bias, as keyword arguments of the formula."""
@@ -179,7 +214,7 @@ class _BaseTipAdapter(ClassifierMixin, BaseEstimator):
                 )
             if not np.all(np.isfinite(W)):
                 raise ValueError("text_features contain NaN or infinity.")
-            return normalize(W), CLIP_LOGIT_SCALE, 0.0
+            return _unit_rows(W), CLIP_LOGIT_SCALE, 0.0
         if self.clip_model is None:
             return None, None, None
         templates = resolve_templates(self.templates)
@@ -241,20 +276,46 @@ class _BaseTipAdapter(ClassifierMixin, BaseEstimator):
         # Two (chunk, n_keys) buffers live at a time: the affinities and a matmul temporary.
         return _Head(logits, self.cache_keys_.dtype, 2 * keys.shape[0])
 
-    def _logits(self, X: Any) -> np.ndarray:
+    def _logit_chunks(
+        self, X: Any, outputs_full: bool
+    ) -> tuple[int, np.dtype, Iterator[tuple[slice, np.ndarray]]]:
+        """``n_samples``, the logits' dtype and the logits of ``X``, chunk by chunk:
+        ``(rows, logits[rows])``.
+
+        A chunk's temporaries (the head's, its logits and their sums) stay within
+        scikit-learn's ``working_memory``; when the caller returns an ``(n, n_classes)``
+        array (``outputs_full``), also within half of that array (or 16 MiB, for small
+        outputs), so that the peak memory is at most 1.5 times the output. Logits that
+        are not finite (fitted arrays damaged, or parameters so large that they
+        overflow) are an error."""
         check_is_fitted(self)
         device = _prediction_device(self.device)
         W = None if self.text_features_ is None else torch.from_numpy(self.text_features_)
         head = self._head(None if W is None else W.to(device), device)
         X = validate_data(self, X, dtype=[np.float64, np.float32], reset=False)
-        X = normalize(X).astype(head.dtype, copy=False)
-        out = np.empty((X.shape[0], len(self.classes_)), dtype=X.dtype)
-        row_bytes = max(1, head.row_floats) * X.itemsize
-        chunk = max(1, int(get_config()["working_memory"] * 2**20) // row_bytes)
-        with torch.no_grad():
-            for rows in gen_batches(X.shape[0], chunk):
-                out[rows] = head.logits(torch.from_numpy(X[rows]).to(device)).cpu().numpy()
-        return out
+        n, n_classes = X.shape[0], len(self.classes_)
+        itemsize = np.dtype(head.dtype).itemsize
+        # per query: the head's temporaries, its logits, the cache votes and their sum
+        row_bytes = max(1, head.row_floats + 3 * n_classes) * itemsize
+        budget = int(get_config()["working_memory"] * 2**20)
+        if outputs_full:  # temporaries within half the output: peak <= 1.5 x output
+            budget = min(budget, max(n * n_classes * itemsize // 4, _SMALL_CHUNK_BYTES))
+        chunk = max(1, budget // row_bytes)
+
+        def chunks() -> Iterator[tuple[slice, np.ndarray]]:
+            with torch.no_grad():
+                for rows in gen_batches(n, chunk):
+                    queries = _unit_rows(X[rows]).astype(head.dtype, copy=False)
+                    logits = head.logits(torch.from_numpy(queries).to(device)).cpu().numpy()
+                    if not np.isfinite(logits).all():
+                        raise ValueError(
+                            f"{type(self).__name__} computed logits that are not finite (NaN "
+                            "or infinity): its fitted arrays hold non-finite values (a damaged "
+                            "model file?) or its parameters are so large that they overflow."
+                        )
+                    yield rows, logits
+
+        return n, np.dtype(head.dtype), chunks()
 
     def decision_function(self, X: Any) -> np.ndarray:
         """The logits of the formula in the class description.
@@ -269,11 +330,19 @@ class _BaseTipAdapter(ClassifierMixin, BaseEstimator):
             For two classes, the logit of ``classes_[1]`` minus that of ``classes_[0]``,
             following scikit-learn's convention.
         """
-        logits = self._logits(X)
-        return logits[:, 1] - logits[:, 0] if len(self.classes_) == 2 else logits
+        n, dtype, chunks = self._logit_chunks(X, outputs_full=True)
+        n_classes = len(self.classes_)
+        out = np.empty((n,) if n_classes == 2 else (n, n_classes), dtype=dtype)
+        for rows, logits in chunks:
+            out[rows] = logits[:, 1] - logits[:, 0] if n_classes == 2 else logits
+        return out
 
     def predict_proba(self, X: Any) -> np.ndarray:
         """Class probabilities: the softmax of the logits.
+
+        Computed chunk by chunk into the output, in place: the peak memory is at most
+        1.5 times the output's (for outputs over 32 MiB; smaller ones take up to 16 MiB
+        more).
 
         Parameters
         ----------
@@ -283,10 +352,22 @@ class _BaseTipAdapter(ClassifierMixin, BaseEstimator):
         -------
         proba : ndarray of shape (n_samples, n_classes)
         """
-        return softmax(self._logits(X), axis=1)
+        n, dtype, chunks = self._logit_chunks(X, outputs_full=True)
+        out = np.empty((n, len(self.classes_)), dtype=dtype)
+        for rows, logits in chunks:
+            block = out[rows]
+            block[...] = logits
+            del logits
+            block -= block.max(axis=1, keepdims=True)  # softmax, as scipy's, in place
+            np.exp(block, out=block)
+            block /= block.sum(axis=1, keepdims=True)
+        return out
 
     def predict(self, X: Any) -> np.ndarray:
         """Predict class labels.
+
+        The logits are computed chunk by chunk and only their argmax is kept: memory
+        does not grow with ``n_samples x n_classes``.
 
         Parameters
         ----------
@@ -296,8 +377,11 @@ class _BaseTipAdapter(ClassifierMixin, BaseEstimator):
         -------
         y_pred : ndarray of shape (n_samples,)
         """
-        logits = self._logits(X)
-        return self.classes_[np.argmax(logits, axis=1)]
+        n, _, chunks = self._logit_chunks(X, outputs_full=False)
+        best = np.empty(n, dtype=np.intp)
+        for rows, logits in chunks:
+            best[rows] = np.argmax(logits, axis=1)
+        return self.classes_[best]
 
     def __sklearn_tags__(self):
         tags = super().__sklearn_tags__()

@@ -168,14 +168,15 @@ def test_augmented_entries_of_the_old_view_averaging_are_not_reused(tiny_clip_pa
     embeddings did not change and keep their settings."""
     from skclip._cache import EmbeddingCache, memory_digest, settings_digest
     from skclip._encode import cache_settings, draw_seed
+    from skclip._images import DECODE_RULES
 
     clip = load_clip(tiny_clip_path, "auto", "auto")
     dim, image = clip.embedding_dim, np.asarray(make_image(np.random.default_rng(0)))
 
-    def old_settings(n_views, seed):  # the settings of skclip before the change
+    def old_settings(n_views, seed):  # the settings before the change (today's decode rules)
         return settings_digest(
             clip.vision_fingerprint, sorted(clip.image_config.items()), str(clip.dtype),
-            clip.device.type, True, n_views, seed,
+            clip.device.type, True, n_views, seed, DECODE_RULES,
         )
 
     seed = draw_seed(0, 2)

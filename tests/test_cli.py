@@ -189,7 +189,9 @@ def test_damaged_model_file_exits_1_naming_it(model_file, data_dir, tmp_path, ca
         assert main(["predict", str(bad), data_dir, "-q"]) == 1, name
         err = capsys.readouterr().err
         assert f"Cannot read the model file {str(bad)!r}" in err
-        assert len(err.strip().splitlines()) == 1
+        # the note (even with -q: loading a .joblib runs code), then one line of error
+        note, *error = err.strip().splitlines()
+        assert note.startswith("skclip: note: loading a .joblib file runs code") and len(error) == 1
     # The installed command, end to end: one line, no traceback.
     done = subprocess.run(
         [sys.executable, "-m", "skclip", "predict", str(bad), data_dir, "-q"],
@@ -198,7 +200,9 @@ def test_damaged_model_file_exits_1_naming_it(model_file, data_dir, tmp_path, ca
     )
     assert done.returncode == 1
     assert "Traceback" not in done.stderr
-    assert done.stderr.startswith(f"skclip: error: Cannot read the model file {str(bad)!r}")
+    assert done.stderr.splitlines()[-1].startswith(
+        f"skclip: error: Cannot read the model file {str(bad)!r}"
+    )
 
 
 def test_augmentation_is_seeded(data_dir, tiny_clip_path, tmp_path, capsys):
@@ -747,3 +751,115 @@ def test_19_11_a_full_disk_error_names_the_file(model_file, data_dir, tmp_path, 
     )
     assert done.returncode == 1, done.stderr[-3000:]
     assert f"No space left on device: {str(out)!r}" in done.stderr
+
+
+# -- issue 20 ---------------------------------------------------------------------------------
+@pytest.fixture
+def folder_with_a_fifo(data_dir, tmp_path):
+    if not hasattr(os, "mkfifo"):
+        pytest.skip("no FIFOs on this platform")
+    root = tmp_path / "data"
+    shutil.copytree(data_dir, root)
+    os.mkfifo(root / "red_apple" / "pipe.jpg")
+    return root
+
+
+def test_i20_2_predict_folder_with_a_fifo_does_not_hang(folder_with_a_fifo, model_file, tmp_path):
+    """Issue 20, case 2: a FIFO named pipe.jpg in the folder made predict hang."""
+    out = tmp_path / "out.csv"
+    done = subprocess.run(
+        [sys.executable, "-m", "skclip", "predict", str(model_file), str(folder_with_a_fifo),
+         "--output", str(out)],
+        capture_output=True, text=True, timeout=120,
+    )
+    assert done.returncode == 0, done.stderr
+    assert "skipped 1 entries that are not regular files" in done.stderr
+    assert "pipe.jpg" in done.stderr
+    rows = _rows(out)  # one dict per image
+    assert len(rows) == 18 and not any("pipe.jpg" in r["path"] for r in rows)
+
+
+def test_i20_2_fifo_given_as_an_image(folder_with_a_fifo, model_file, capsys):
+    """It was reported as "does not exist"."""
+    fifo = folder_with_a_fifo / "red_apple" / "pipe.jpg"
+    assert main(["predict", str(model_file), str(fifo), "-q"]) == 1
+    assert f"Image {str(fifo)!r} is a FIFO (named pipe), not an image file" in (
+        capsys.readouterr().err
+    )
+
+
+def test_i20_6_joblib_note_even_with_quiet(model_file, data_dir, tmp_path, capsys):
+    """Issue 20, case 6: with -q, loading a .joblib (which runs code) said nothing."""
+    out = str(tmp_path / "p.csv")
+    assert main(["predict", str(model_file), data_dir, "-q", "--output", out]) == 0
+    assert "note: loading a .joblib file runs code stored in it" in capsys.readouterr().err
+
+
+def test_i20_minor_fit_suggests_on_error_skip(folder_with_a_bad_image, tiny_clip_path, tmp_path,
+                                              capsys):
+    """docs/cli.rst promises the suggestion for fit too."""
+    root, bad = folder_with_a_bad_image
+    out = str(tmp_path / "m.joblib")
+    assert main(["fit", str(root), "-o", out, "--model", tiny_clip_path, "-q"]) == 1
+    err = capsys.readouterr().err
+    assert "broken.jpg" in err and "pass --on-error skip to leave them out" in err
+
+
+def test_i20_minor_test_dir_classes_are_named_plainly(data_dir, tiny_clip_path, tmp_path,
+                                                      capsys):
+    other = tmp_path / "test"
+    shutil.copytree(data_dir, other)
+    (other / "red_apple").rename(other / "zebra")
+    args = ["evaluate", data_dir, "--test-dir", str(other), "--model", tiny_clip_path, "-q"]
+    assert main(args) == 1
+    err = capsys.readouterr().err
+    assert "--test-dir has classes not in" in err and "['zebra']" in err and "np.str_" not in err
+
+
+def test_i20_minor_predict_folder_says_what_it_skips(data_dir, model_file, tmp_path, capsys):
+    """Folder predict skipped .gif (an image Pillow reads) and .heic silently."""
+    from PIL import Image
+
+    folder = tmp_path / "new"
+    folder.mkdir()
+    Image.open(next(Path(data_dir, "red_apple").iterdir())).save(folder / "a.gif")
+    (folder / "b.heic").write_bytes(b"\0" * 16)
+    (folder / "c.HEIC").write_bytes(b"\0" * 16)
+    out = tmp_path / "p.csv"
+    assert main(["predict", str(model_file), str(folder), "--output", str(out)]) == 0
+    assert [r["path"] for r in _rows(out)] == [str(folder / "a.gif")]
+    assert "skipped 2 file(s) that are not images by their extension: .heic (2)" in (
+        capsys.readouterr().err
+    )
+
+
+_LOAD = """
+import sys
+from skclip._models import load_model
+try:
+    load_model(sys.argv[1])
+    print("LOADED")
+except Exception as exc:
+    print(type(exc).__name__, exc)
+"""
+
+
+@pytest.mark.parametrize("what", ["file", "folder"])
+def test_i20_minor_unreadable_checkpoint_is_named(tiny_clip_path, tmp_path, what):
+    """An unreadable checkpoint said "No such file" (or "Unrecognized model"). Run as
+    another user in a user namespace, where permissions apply (they do not to root)."""
+    folder = tmp_path / "clip"
+    shutil.copytree(tiny_clip_path, folder)
+    os.chmod(folder / "model.safetensors" if what == "file" else folder, 0)
+    cmd = ["unshare", "--user", "--map-user=1000", "--map-group=1000",
+           sys.executable, "-c", _LOAD, str(folder)]
+    try:
+        done = subprocess.run(cmd, capture_output=True, text=True, timeout=120)
+    finally:
+        os.chmod(folder / "model.safetensors" if what == "file" else folder, 0o755)
+    if done.returncode != 0 or not done.stdout:
+        pytest.skip(f"user namespaces are not permitted here: {done.stderr.strip()[:200]}")
+    expected = "its file 'model.safetensors' is not readable" if what == "file" else (
+        "cannot be read: Permission denied")
+    assert done.stdout.startswith("OSError") and expected in done.stdout, done.stdout
+    assert "No such file" not in done.stdout

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+
 import numpy as np
 import pytest
 from PIL import Image
@@ -97,3 +99,58 @@ def test_parameters_are_validated(tree):
         load_image_folder(None)
     with pytest.raises(ValueError, match=r"extensions must be .* got ''"):
         load_image_folder(tree, extensions=[".png", ""])
+
+
+# -- issue 20: links and special files -----------------------------------------------------------
+def test_i20_4_class_folder_linking_to_the_root_is_refused(tree):
+    """Issue 20, case 4: ``ln -s . data/c`` gave class ``c`` every image of the others."""
+    (tree / "c").symlink_to(".")
+    with pytest.raises(ValueError, match=r"'.*c' is a symbolic link .*the image folder itself"):
+        load_image_folder(tree)
+    with pytest.raises(ValueError, match="the image folder itself"):
+        load_image_folder(tree, follow_symlinks=True)  # never followed
+
+
+@pytest.mark.parametrize(
+    "target, where",
+    [("ok", "inside the image folder"), ("ok/batch2", "inside the image folder"),
+     ("..", "a folder holding the image folder")],
+)
+def test_i20_4_class_folder_linking_into_or_above_the_root_is_refused(tree, target, where):
+    (tree / "alias").symlink_to(target)
+    with pytest.raises(ValueError, match=f"alias' is a symbolic link .*{where}.*two classes"):
+        load_image_folder(tree, follow_symlinks=True)
+
+
+def test_i20_4_class_folder_linking_outside(tree, tmp_path):
+    outside = tmp_path / "elsewhere" / "rust"
+    _img(outside / "r.png")
+    (tree / "rust").symlink_to(outside)
+    with pytest.warns(UserWarning, match=r"'.*rust' is a symbolic link .*follow_symlinks=True"):
+        data = load_image_folder(tree)
+    assert data.target_names.tolist() == ["dent", "ok", "scratch"]
+    data = load_image_folder(tree, follow_symlinks=True)
+    assert data.target_names.tolist() == ["dent", "ok", "rust", "scratch"]
+    assert data.filenames[data.labels == "rust"].tolist() == [str(tree / "rust" / "r.png")]
+    (tree / "rust2").symlink_to(outside.parent)  # holds rust's images too
+    with pytest.raises(ValueError, match=r"'rust' and 'rust2' .* overlapping folders"):
+        load_image_folder(tree, follow_symlinks=True)
+
+
+def test_i20_2_listing_skips_fifos_and_devices(tree):
+    """Issue 20, case 2: a FIFO named like an image was listed, then blocked its reader."""
+    if not hasattr(os, "mkfifo"):
+        pytest.skip("no FIFOs on this platform")
+    os.mkfifo(tree / "ok" / "pipe.jpg")
+    if os.path.exists("/dev/zero"):
+        (tree / "ok" / "zero.png").symlink_to("/dev/zero")
+    (tree / "ok" / "gone.png").symlink_to(tree / "nowhere.png")  # kept: encoding names it
+    with pytest.warns(UserWarning, match=r"Skipped \d entries .*not regular files.*pipe.jpg"):
+        data = load_image_folder(tree)
+    names = [os.path.basename(p) for p in data.filenames[data.labels == "ok"]]
+    assert names == ["1.png", "2.png", "gone.png"]
+
+
+def test_i20_minor_gif_is_an_image_extension(tree):
+    _img(tree / "ok" / "anim.gif")
+    assert str(tree / "ok" / "anim.gif") in load_image_folder(tree).filenames.tolist()

@@ -94,6 +94,25 @@ def test_bad_files_are_named_not_lost(client, tiny_clip_path, tmp_path):
     assert np.isnan(X[3]).all() and np.isfinite(np.delete(X, 3, axis=0)).all()
 
 
+def test_i20_minor_errors_number_inputs_as_the_caller_does(client, tiny_clip_path, tmp_path):
+    """Issue 20, minor: messages numbered inputs per partition ("input 1" for input 9)."""
+    good = tmp_path / "good.png"
+    make_image(np.random.default_rng(0)).save(good)
+    bad = tmp_path / "broken.jpg"
+    bad.write_text("not an image")
+    items = [str(good)] * 9 + [str(bad), np.zeros((0, 3), np.uint8)]
+    feat = CLIPFeaturizer(model=tiny_clip_path, cache=False)
+    with pytest.raises(ImageLoadError) as info:
+        transform(feat, items, client, partition_size=4)
+    message = str(info.value)
+    assert f"{str(bad)!r} (input 9)" in message and "(input 1)" not in message
+    assert "array input 10 with shape (0, 3)" in message and "input 2 " not in message
+    with pytest.raises(ImageLoadError) as local:
+        feat.transform(items)
+    for line in str(local.value).splitlines()[1:]:  # the same lines, each with its partition
+        assert line.strip() in message
+
+
 def test_gridsearch_on_the_cluster_equals_single_process(client, tiny_clip_path, image_folder):
     paths, labels = image_folder
     pipe = Pipeline([

@@ -13,7 +13,7 @@ from sklearn.model_selection import GridSearchCV, StratifiedKFold
 from sklearn.pipeline import Pipeline
 from test_cache import count_encoded  # noqa: F401 (fixture: images through the tower)
 
-from skclip import CLIPFeaturizer, TipAdapterClassifier
+from skclip import CLIPFeaturizer, TipAdapterClassifier, _cache
 from skclip._cache import FILE_DIGESTS
 
 
@@ -46,6 +46,9 @@ def test_a_file_edited_in_place_is_encoded_again_at_once(tiny_clip_path, files, 
 
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="inotify is Linux-only")
 def test_unchanged_cached_files_cost_no_stat(tiny_clip_path, files, count_encoded, monkeypatch):
+    # The files were written just now: within the racy window (file-system clocks are
+    # coarse) a file is hashed again on every call. Here they count as settled at once.
+    monkeypatch.setattr(_cache, "_RACY_NS", 0)
     feat = CLIPFeaturizer(model=tiny_clip_path)
     first = feat.transform(files)
     seen = []

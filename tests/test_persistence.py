@@ -111,3 +111,30 @@ def test_missing_model_folder_is_named(tiny_clip_path, image_folder, tmp_path):
     loaded = pickle.loads(blob)
     with pytest.raises(OSError, match=r"my-clip.*does not exist"):
         loaded.predict(paths)
+
+
+@pytest.mark.parametrize("fmt", ["skops", "joblib"])
+@pytest.mark.parametrize("attr", ["cache_keys_", "text_features_", "logit_scale_"])
+def test_i20_6_non_finite_fitted_arrays_are_refused_on_load(
+    tiny_clip_path, image_folder, tmp_path, fmt, attr, capsys
+):
+    """Issue 20, case 6: a .skops with NaN cache_keys_ predicted one class for every image
+    with NaN probabilities, exit 0."""
+    from skclip._model_file import load_model, save_model
+    from skclip.cli import main
+
+    if fmt == "skops":
+        pytest.importorskip("skops.io")
+    paths, labels = image_folder
+    pipe = _pipe(tiny_clip_path, "tip-cv").fit(paths, labels)
+    tip = pipe.named_steps["tip"]
+    if attr == "logit_scale_":
+        tip.logit_scale_ = float("inf")
+    else:
+        getattr(tip, attr)[1, 2] = np.nan
+    path = tmp_path / f"damaged.{fmt}"
+    save_model(pipe, path)
+    with pytest.raises(ValueError, match=rf"damaged.{fmt}' is damaged: .* tip.{attr} holds NaN"):
+        load_model(path)
+    assert main(["predict", str(path), paths[0], "-q"]) == 1
+    assert f"tip.{attr} holds NaN or infinite values" in capsys.readouterr().err

@@ -23,7 +23,7 @@ LABEL_SETS = {
 @st.composite
 def problems(draw):
     n_features = draw(st.integers(1, 12))
-    n_classes = draw(st.integers(1, 5))
+    n_classes = draw(st.integers(2, 5))  # one class is refused
     kind = draw(st.sampled_from(sorted(LABEL_SETS)))
     n_classes = min(n_classes, len(LABEL_SETS[kind]))
     n_samples = draw(st.integers(n_classes, 30))
@@ -70,7 +70,7 @@ def test_classifier_properties(problem, alpha, beta):
 
 
 @settings(max_examples=25, deadline=None)
-@given(n_queries=st.integers(1, 300), n_keys=st.integers(1, 200), budget=st.integers(1, 64))
+@given(n_queries=st.integers(1, 300), n_keys=st.integers(2, 200), budget=st.integers(1, 64))
 def test_prediction_is_chunked_within_working_memory(n_queries, n_keys, budget, monkeypatch_module):
     """Each chunk's (queries x keys) buffers fit in sklearn's working_memory."""
     rng = np.random.default_rng(0)

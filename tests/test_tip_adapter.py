@@ -525,3 +525,123 @@ def test_predict_uses_the_integer_labels_stored_at_fit(features, cls, fine_tune)
     expected = clf.decision_function(Xq)
     del clf.cache_values_  # still public and set by fit; predict does not read it
     np.testing.assert_array_equal(clf.decision_function(Xq), expected)
+
+
+# -- issue 20: magnitudes, damaged fitted arrays, memory of prediction ---------------------------
+def _all_heads(**text):
+    from skclip import APEClassifier, GDAClassifier
+
+    return {
+        "tip": TipAdapterClassifier(**text),
+        "tip-cv": TipAdapterClassifierCV(cv=2, **text),
+        "gda": GDAClassifier(**text),
+        "ape": APEClassifier(**text),
+    }
+
+
+@pytest.mark.parametrize("scale", [1e20, 1e30, 1e-30])
+@pytest.mark.parametrize("head", ["tip", "tip-cv", "gda", "ape"])
+@pytest.mark.parametrize("with_text", [False, True])
+def test_i20_5_feature_magnitude_does_not_matter(head, scale, with_text):
+    """Issue 20, case 5: features of magnitude 1e20 (float32) normalized to zero, so Tip,
+    GDA and APE predicted one class with uniform probabilities, without an error."""
+    X, y, Xq, _, W = clip_like_task(seed=3, d=16, n_classes=3, shots=6, n_test=5)
+    X, Xq, W = (a.astype(np.float32) for a in (X, Xq, W))
+
+    def fit(s):
+        text = W * np.float32(s) if with_text else None
+        return _all_heads(clip_model=None, text_features=text)[head].fit(X * np.float32(s), y)
+
+    plain, big = fit(1), fit(scale)
+    np.testing.assert_array_equal(big.predict(Xq * np.float32(scale)), plain.predict(Xq))
+    np.testing.assert_allclose(big.predict_proba(Xq * np.float32(scale)),
+                               plain.predict_proba(Xq), atol=1e-5)
+    assert np.ptp(big.predict_proba(Xq * np.float32(scale)), axis=1).min() > 0  # not uniform
+
+
+def test_i20_5_views_of_any_magnitude(tiny_clip_path):
+    X, y, _, _, _ = clip_like_task(seed=1, d=8, n_classes=2, shots=6, n_test=1)
+    views = np.hstack([X, X[::-1] * 1e200])  # one view block, huge (float64)
+    clf = TipAdapterClassifier(clip_model=None, train_views=1)
+    _, _, normed = clf._prepare_views(views, y, 1)
+    np.testing.assert_allclose(normed[0], X[::-1] / np.linalg.norm(X, axis=1)[::-1, None])
+
+
+def test_i20_5_non_finite_fitted_arrays_are_an_error_at_predict():
+    X, y, Xq, _, W = clip_like_task(seed=0, d=8, n_classes=3, shots=4, n_test=2)
+    for head, attr in [("tip", "cache_keys_"), ("gda", "coef_"), ("ape", "cache_keys_")]:
+        clf = _all_heads(clip_model=None, text_features=W)[head].fit(X, y)
+        getattr(clf, attr)[0, 0] = np.nan  # as a damaged model file would hold
+        for method in ("predict", "predict_proba", "decision_function"):
+            with pytest.raises(ValueError, match="logits that are not finite"):
+                getattr(clf, method)(Xq)
+
+
+def test_i20_7_chunked_prediction_equals_the_whole(monkeypatch):
+    """predict, predict_proba and decision_function, chunk by chunk, equal the logits
+    computed at once (softmax as scipy's)."""
+    from scipy.special import softmax
+
+    X, y, Xq, _, W = clip_like_task(seed=2, d=16, n_classes=5, shots=8, n_test=40)
+    clf = TipAdapterClassifier(clip_model=None, text_features=W).fit(X, y)
+    whole = _formula.tip_adapter_logits(
+        torch.from_numpy(normalize(Xq)), torch.from_numpy(clf.cache_keys_),
+        torch.from_numpy(clf._y), torch.from_numpy(W / np.linalg.norm(W, axis=1)[:, None]),
+        clf.alpha, clf.beta, n_classes=5,
+    ).numpy()
+    with sklearn.config_context(working_memory=0.01):  # chunks of a few rows
+        np.testing.assert_allclose(clf.decision_function(Xq), whole, rtol=1e-12, atol=1e-12)
+        np.testing.assert_allclose(clf.predict_proba(Xq), softmax(whole, axis=1), atol=1e-12)
+        np.testing.assert_array_equal(clf.predict(Xq), whole.argmax(axis=1))
+
+
+_PEAK = r"""
+import json, re, sys
+import numpy as np
+import sklearn
+from skclip import TipAdapterClassifier
+
+def status(key):
+    with open("/proc/self/status") as f:
+        return int(re.search(key + r":\s+(\d+)", f.read()).group(1)) * 1024
+
+n, c, method, wm = int(sys.argv[1]), int(sys.argv[2]), sys.argv[3], float(sys.argv[4])
+rng = np.random.default_rng(0)
+clf = TipAdapterClassifier(clip_model=None).fit(
+    rng.normal(size=(c, 8)).astype(np.float32), np.arange(c))
+X = rng.normal(size=(n, 8)).astype(np.float32)
+with sklearn.config_context(working_memory=wm):
+    getattr(clf, method)(X[:50])  # warm up
+    with open("/proc/self/clear_refs", "w") as f:
+        f.write("5")  # resets VmHWM to the current resident size
+    before = status("VmRSS")
+    getattr(clf, method)(X)
+print(json.dumps((status("VmHWM") - before) / (n * c * 4)))
+"""
+
+
+@pytest.mark.parametrize(
+    "method, working_memory, most",
+    [("predict", 4, 0.25), ("predict_proba", 1024, 1.5)],
+)
+def test_i20_7_peak_memory_of_prediction(method, working_memory, most):
+    """Issue 20, case 7: predict built the whole (n, C) logits (3.5 GB at 100k x 5,000)
+    and predict_proba peaked at 3x its output. Peak resident memory over the call, in
+    a fresh process, as a multiple of the (n, C) float32 logits: predict stays within
+    sklearn's working_memory (4 MiB here, a 76 MiB matrix), predict_proba within 1.5x
+    its output. glibc's adaptive mmap threshold is fixed so that freed buffers go back
+    to the system and the peak measures live memory, not the allocator's retention."""
+    import json
+    import os
+    import subprocess
+    import sys
+
+    if not os.path.exists("/proc/self/clear_refs"):
+        pytest.skip("needs Linux's /proc/self/clear_refs to measure the peak")
+    env = {**os.environ, "MALLOC_MMAP_THRESHOLD_": "131072", "OMP_NUM_THREADS": "1"}
+    done = subprocess.run(
+        [sys.executable, "-c", _PEAK, "20000", "1000", method, str(working_memory)],
+        capture_output=True, text=True, env=env, timeout=300,
+    )
+    assert done.returncode == 0, done.stderr
+    assert json.loads(done.stdout.strip().splitlines()[-1]) <= most
