@@ -174,14 +174,15 @@ class MondrianConformalClassifier(MetaEstimatorMixin, BaseEstimator):
         self.quantiles_ = np.column_stack(
             [_class_quantiles(scores[y_enc == k], levels) for k in range(len(self.classes_))]
         )
-        short = self.classes_[np.isinf(self.quantiles_).any(axis=0)]
-        if short.size:
+        infinite = np.isinf(self.quantiles_)
+        if infinite.any():
             warnings.warn(
-                f"Too few calibration images for confidence_level={self.confidence_level} in "
-                f"the classes {short.tolist()} (n_calibration_ "
-                f"{self.n_calibration_[np.isinf(self.quantiles_).any(axis=0)].tolist()}): "
-                "they are in every prediction set. At level c, a class needs at least "
-                "c / (1 - c) calibration images (9 at 0.9).",
+                "Too few calibration images for confidence_level "
+                f"{levels[infinite.any(axis=1)].tolist()} in the classes "
+                f"{self.classes_[infinite.any(axis=0)].tolist()} (n_calibration_ "
+                f"{self.n_calibration_[infinite.any(axis=0)].tolist()}): they are in every "
+                "prediction set at that level. At level c, a class needs at least c / (1 - c) "
+                "calibration images (9 at 0.9).",
                 UserWarning,
                 stacklevel=2,
             )
@@ -252,7 +253,7 @@ def coverage_score(
     ----------
     y_true : array-like of shape (n_samples,)
         True labels.
-    y_pred_set : array-like of bool, shape (n_samples, n_classes) or (n_samples, n_classes, n_levels)
+    y_pred_set : array-like of bool, shape (n_samples, n_classes[, n_levels])
         Prediction sets, e.g. from MAPIE's or :class:`MondrianConformalClassifier`'s
         ``predict_set``.
     labels : array-like of shape (n_classes,)

@@ -159,7 +159,8 @@ def test_mapie_split_conformal_around_every_head(small_task, name, score):
     X, y, W, train, cal, test = small_task
     labels = np.array(["hole", "knot", "nominal", "stain", "tear"])  # string labels
     head = clone(SMALL_HEADS[name]).set_params(text_features=W).fit(X[train], labels[y[train]])
-    scaled = TemperatureScaledClassifier(FrozenEstimator(head)).fit(X[cal[::2]], labels[y[cal[::2]]])
+    half = cal[::2]
+    scaled = TemperatureScaledClassifier(FrozenEstimator(head)).fit(X[half], labels[y[half]])
     for model in (head, scaled):
         mapie = SplitConformalClassifier(model, confidence_level=LEVEL, conformity_score=score)
         y_pred, sets = mapie.conformalize(X[cal[1::2]], labels[y[cal[1::2]]]).predict_set(X[test])
