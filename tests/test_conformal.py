@@ -284,6 +284,10 @@ def test_mondrian_threshold_is_the_finite_sample_order_statistic():
     y_pred, sets = mondrian.predict_set(np.array([0]))
     assert y_pred.tolist() == ["b"]
     np.testing.assert_array_equal(sets[0], [[False, True], [True, True]])
+    # A score equal to the threshold is in the set (ties count as conforming: that keeps
+    # the guarantee when probabilities saturate and scores tie).
+    est.proba = np.array([[p_a[7], 1 - p_a[7]]])
+    np.testing.assert_array_equal(mondrian.predict_set(np.array([0]))[1][0, 0], [True, True])
 
 
 @needs_mapie
@@ -461,6 +465,10 @@ def test_ece_values_and_errors():
     for n_bins in (1, 10):
         assert expected_calibration_error(["a", "a", "b", "b"], proba,
                                           n_bins=n_bins) == pytest.approx(0.25)
+    # Bins weigh by their share of samples: 3 right at 0.95 (gap 0.05 each), 1 wrong at
+    # 0.55 (gap 0.55): (3 * 0.05 + 0.55) / 4, not the mean of the bins' gaps (0.3).
+    proba = [[0.95, 0.05]] * 3 + [[0.55, 0.45]]
+    assert expected_calibration_error([0, 0, 0, 1], proba) == pytest.approx(0.175)
     with pytest.raises(ValueError, match="pass labels=classifier.classes_"):
         expected_calibration_error(["a", "a"], [[0.5, 0.5]] * 2)
     with pytest.raises(ValueError, match=r"not in labels: \['c'\]"):
