@@ -211,13 +211,15 @@ class TemperatureScaledClassifier(MetaEstimatorMixin, ClassifierMixin, BaseEstim
 
     def _encode(self, y: np.ndarray) -> np.ndarray:
         """Indices of ``y`` in ``classes_``; labels the estimator does not know are an error."""
-        unknown = np.setdiff1d(y, self.classes_)
-        if unknown.size:
+        position = {label: i for i, label in enumerate(self.classes_.tolist())}
+        unknown = sorted({repr(v) for v in y.tolist() if v not in position})
+        if unknown:
             raise ValueError(
-                f"y has labels the estimator was not trained on: {unknown.tolist()}; its "
+                f"y has labels the estimator was not trained on: [{', '.join(unknown)}]; its "
                 f"classes are {self.classes_.tolist()}."
             )
-        return np.searchsorted(self.classes_, y)
+        # by position, not searchsorted: an estimator's classes_ need not be sorted
+        return np.array([position[v] for v in y.tolist()], dtype=np.intp)
 
     def _out_of_fold_logits(self, X: Any, y: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """Logits of each ``cv`` test part from a clone fitted on its training part."""

@@ -189,7 +189,7 @@ class MondrianConformalClassifier(MetaEstimatorMixin, BaseEstimator):
         return self
 
     def predict_set(self, X: Any) -> tuple[np.ndarray, np.ndarray]:
-        """The estimator's prediction and the prediction set of each image.
+        """The most probable class and the prediction set of each image.
 
         Parameters
         ----------
@@ -198,7 +198,7 @@ class MondrianConformalClassifier(MetaEstimatorMixin, BaseEstimator):
         Returns
         -------
         y_pred : ndarray of shape (n_samples,)
-            The estimator's predictions.
+            The class of largest ``predict_proba`` (a skclip head's ``predict``).
         y_pred_set : ndarray of bool, shape (n_samples, n_classes, n_confidence_levels)
             ``y_pred_set[i, k, j]``: class ``classes_[k]`` is in the set of image ``i``
             at the ``j``-th confidence level (MAPIE's layout).

@@ -435,6 +435,11 @@ def test_temperature_errors():
         TemperatureScaledClassifier(FrozenEstimator(est)).fit(np.eye(3) * 5, ["a", "b", "c"])
     with pytest.warns(UserWarning, match="barely depend on the class"):
         TemperatureScaledClassifier(FrozenEstimator(est)).fit(np.zeros((3, 3)), ["a", "b", "c"])
+    # classes_ in any order: labels are matched by position, not by sorting.
+    rev = _Logits(classes=["c", "b", "a"]).fit(None, None)
+    logits = np.array([[3.0, 0.0, 0.0], [0.0, 3.0, 0.0], [0.0, 0.0, 3.0], [3.0, 0.0, 0.0]])
+    scaled = TemperatureScaledClassifier(FrozenEstimator(rev)).fit(logits, ["c", "b", "a", "a"])
+    assert scaled.temperature_ > 1  # one of four is wrong: softer, not T -> 0
     scaled = TemperatureScaledClassifier(GDAClassifier(alpha=2.0), cv=3)
     assert clone(scaled).get_params()["estimator__alpha"] == 2.0
 
