@@ -388,7 +388,7 @@ class CLIPPreprocessor:
     Parameters
     ----------
     config : dict
-        As returned by ``skclip._preprocess_families.image_config``.
+        As returned by ``skclip.backbones.preprocess.image_config``.
     """
 
     def __init__(self, config: dict) -> None:

@@ -79,7 +79,7 @@ def save_random_clip(folder: str | os.PathLike, size: str = "tiny", seed: int = 
     import torch
     from transformers import CLIPConfig, CLIPModel
 
-    from ._models import _pil_image_processor_class
+    from .backbones.loading import _pil_image_processor_class
 
     processor_cls = _pil_image_processor_class()  # needs no torchvision
 
@@ -113,7 +113,7 @@ def save_random_clip(folder: str | os.PathLike, size: str = "tiny", seed: int = 
     return folder
 
 
-# -- other backbone families (tests of skclip._backbones) ----------------------------------
+# -- other backbone families (tests of skclip.backbones.families) ----------------------------------
 #: The tiny checkpoints of the other families share these sizes: 32x32 images, 8x8 patches.
 TINY_WIDTH = 32
 TINY_PATCH = 8

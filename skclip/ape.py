@@ -34,8 +34,8 @@ from scipy.special import softmax
 from sklearn.preprocessing import normalize
 
 from ._compat import Interval, StrOptions
-from ._formula import CLIP_LOGIT_SCALE, cache_logits, zero_shot_logits
-from ._models import DEFAULT_MODEL
+from .heads._formula import CLIP_LOGIT_SCALE, cache_logits, zero_shot_logits
+from .backbones.loading import DEFAULT_MODEL
 from .tip_adapter import _BaseTipAdapter, _Head
 
 #: The smoothing constant of the authors' KL divergence.

@@ -22,10 +22,10 @@ from typing import Any
 
 import numpy as np
 
-from . import _encode
+from .encoding import engine as _encode
 from ._compat import HasMethods, Interval, validate_params
-from ._encode import Encoded, ItemError
-from ._models import check_fingerprint, load_clip
+from .encoding.engine import Encoded, ItemError
+from .backbones.loading import check_fingerprint, load_clip
 from ._images import describe
 from .featurizer import CLIPFeaturizer
 

@@ -10,11 +10,11 @@ import numpy as np
 import torch
 from sklearn.base import BaseEstimator, TransformerMixin
 
-from . import _encode
-from . import _cache
-from ._cache import MEMORY, CacheInfo, clear_worker_folder
+from .encoding import engine as _encode
+from .encoding import cache as _cache
+from .encoding.cache import MEMORY, CacheInfo, clear_worker_folder
 from ._compat import Interval, StrOptions, get_output_config
-from ._models import DEFAULT_MODEL, LoadedCLIP, check_fingerprint, load_clip, resolve_device
+from .backbones.loading import DEFAULT_MODEL, LoadedCLIP, check_fingerprint, load_clip, resolve_device
 
 
 class CLIPFeaturizer(TransformerMixin, BaseEstimator):

@@ -27,8 +27,8 @@ from scipy.linalg import pinvh
 from sklearn.base import clone
 
 from ._compat import HasMethods, Interval, StrOptions
-from ._formula import CLIP_LOGIT_SCALE, zero_shot_logits
-from ._models import DEFAULT_MODEL
+from .heads._formula import CLIP_LOGIT_SCALE, zero_shot_logits
+from .backbones.loading import DEFAULT_MODEL
 from .tip_adapter import _BaseTipAdapter, _Head
 
 

@@ -16,9 +16,9 @@ from sklearn.model_selection import check_cv
 from sklearn.utils import check_random_state
 
 from ._compat import PositiveInt, StrOptions, validate_params
-from ._finetune import FineTuneResult, fine_tune_keys
-from ._formula import tip_adapter_grid
-from ._models import DEFAULT_MODEL
+from .heads._finetune import FineTuneResult, fine_tune_keys
+from .heads._formula import tip_adapter_grid
+from .backbones.loading import DEFAULT_MODEL
 from .tip_adapter import TipAdapterClassifier, _BaseTipAdapter
 
 #: Default alpha grid: zero-shot (0) plus log-spaced values up to 50, the top of the

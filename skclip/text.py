@@ -18,7 +18,7 @@ from collections.abc import Sequence
 import numpy as np
 import torch
 
-from ._models import LoadedCLIP
+from .backbones.loading import LoadedCLIP
 
 #: The 7-prompt ensemble that the CLIP authors selected for ImageNet and that the
 #: Tip-Adapter paper uses for its ImageNet experiments.
@@ -86,7 +86,7 @@ def text_weights(
     Parameters
     ----------
     clip : LoadedCLIP
-        The loaded checkpoint (see ``skclip._models.load_clip``).
+        The loaded checkpoint (see ``skclip.backbones.loading.load_clip``).
     class_names : sequence of str
     templates : sequence of str
         Each with one ``{}`` for the class name.
@@ -104,7 +104,7 @@ def text_weights(
 
     Examples
     --------
-    >>> from skclip._models import load_clip
+    >>> from skclip.backbones.loading import load_clip
     >>> W = text_weights(load_clip(tiny_clip_path, "cpu"), ["cat", "dog"], SIMPLE_TEMPLATES)
     >>> W.shape, W.dtype
     ((2, 16), dtype('float32'))

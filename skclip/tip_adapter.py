@@ -10,9 +10,9 @@ text weights ``W`` (the text embeddings of the class names)::
 with the text model's zero-shot scale ``s`` and bias ``b``: 100 and 0 for CLIP (the
 paper's formula) and MetaCLIP 2, the learned ones for SigLIP and SigLIP 2.
 
-The formula lives in :func:`tip_adapter_logits` only (module ``skclip._formula``,
+The formula lives in :func:`tip_adapter_logits` only (module ``skclip.heads._formula``,
 re-exported here); the classifier's ``decision_function`` and the Tip-Adapter-F
-training loss (``skclip._finetune.fine_tune_keys``) both call it.
+training loss (``skclip.heads._finetune.fine_tune_keys``) both call it.
 """
 
 from __future__ import annotations
@@ -32,15 +32,15 @@ from sklearn.utils.multiclass import check_classification_targets
 from sklearn.utils.validation import check_is_fitted, validate_data
 
 from ._compat import Interval, StrOptions
-from ._finetune import fine_tune_keys
-from ._formula import (  # noqa: F401  (re-exported: the formula's public home)
+from .heads._finetune import fine_tune_keys
+from .heads._formula import (  # noqa: F401  (re-exported: the formula's public home)
     CLIP_LOGIT_SCALE,
     cache_logits,
     tip_adapter_grid,
     tip_adapter_logits,
     zero_shot_logits,
 )
-from ._models import DEFAULT_MODEL, load_clip, resolve_device
+from .backbones.loading import DEFAULT_MODEL, load_clip, resolve_device
 from .text import clean_class_name, resolve_templates, text_weights
 
 

@@ -10,11 +10,11 @@ import torch
 from helpers import make_image
 from PIL import Image, ImageOps
 
-from skclip._backbones import NoTextTowerError
+from skclip.backbones.families import NoTextTowerError
 from skclip._compat import pooled_embeddings
 from skclip._images import open_image
-from skclip._models import load_model
-from skclip._preprocess_families import (
+from skclip.backbones.loading import load_model
+from skclip.backbones.preprocess import (
     NaFlexPreprocessor,
     ResizeCropPreprocessor,
     UnsupportedPreprocessingError,
@@ -361,7 +361,7 @@ def test_persistence_round_trip_reloads_the_backbone(request, fixture, image_fol
     from sklearn.pipeline import Pipeline
 
     from skclip import CLIPFeaturizer, TipAdapterClassifier
-    from skclip._models import clear_model_cache
+    from skclip.backbones.loading import clear_model_cache
 
     path = request.getfixturevalue(fixture)
     paths, labels = image_folder

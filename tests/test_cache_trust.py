@@ -26,9 +26,11 @@ from helpers import make_image
 from test_cache import count_encoded  # noqa: F401 (fixture: images through the tower)
 
 import skclip
-from skclip import CLIPFeaturizer, _cache, _encode
-from skclip._cache import FILE_DIGESTS, memory_digest
-from skclip._watch import FileStamps
+from skclip import CLIPFeaturizer
+from skclip.encoding import cache as _cache
+from skclip.encoding import engine as _encode
+from skclip.encoding.cache import FILE_DIGESTS, memory_digest
+from skclip.encoding.stamps import FileStamps
 
 HANG_GUARD_S = 120  # only against a hang; never reached when things work
 linux = pytest.mark.skipif(not sys.platform.startswith("linux"), reason="Linux only")
@@ -166,7 +168,8 @@ def test_4_the_disk_bound_holds_for_one_featurizers_entries(
 CHILD = r"""
 import json, sys, warnings
 cfg = json.loads(sys.argv[1])
-from skclip import CLIPFeaturizer, _encode
+from skclip import CLIPFeaturizer
+from skclip.encoding import engine as _encode
 calls = [0]
 tower = _encode.tower
 def counting(spec, pixels):
@@ -490,7 +493,7 @@ def test_10_no_special_file_is_read_or_written_through(
 WATCH_CHILD = r"""
 import ctypes, ctypes.util, json, os, sys
 folders = json.loads(sys.argv[1])
-from skclip._watch import FileStamps
+from skclip.encoding.stamps import FileStamps
 stamps = FileStamps()
 got = stamps.stamps([os.path.join(f, "a.jpg") for f in folders[:-50]])
 libc = ctypes.CDLL(ctypes.util.find_library("c") or None, use_errno=True)
@@ -562,7 +565,7 @@ def test_and_stamps_and_watches_are_bounded(tmp_path):
 
 
 def test_and_cache_settings_do_not_grow_per_seed(tiny_clip_path):
-    from skclip._models import load_clip
+    from skclip.backbones.loading import load_clip
 
     clip = load_clip(tiny_clip_path, "cpu", "float32")
     for seed in range(300):
@@ -572,7 +575,7 @@ def test_and_cache_settings_do_not_grow_per_seed(tiny_clip_path):
 
 WORKER_FOLDER_CHILD = r"""
 import multiprocessing, sys
-from skclip import _cache
+from skclip.encoding import cache as _cache
 
 if __name__ == "__main__":
     ctx = multiprocessing.get_context("spawn")

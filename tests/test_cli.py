@@ -15,7 +15,7 @@ import joblib
 import numpy as np
 import pytest
 
-from skclip._report import render_markdown
+from skclip.cli.report.summary import render_markdown
 from skclip.cli import main
 
 
@@ -234,7 +234,7 @@ def test_1_local_checkpoint_stored_absolute_and_guarded(
     """Item 1: a relative --model is recorded as an absolute path (and the CLI says so);
     a different checkpoint found there later is an error naming both fingerprints;
     predict --model points at the checkpoint's new location, still checked."""
-    from skclip._models import clear_model_cache
+    from skclip.backbones.loading import clear_model_cache
     from skclip._testing import save_random_clip
 
     work = tmp_path / "work"
@@ -363,7 +363,7 @@ def test_7_report_records_the_protocol(data_dir, tiny_clip_path, tmp_path, capsy
     """Item 7: shots, cv, random_state, sizes, version, model and fingerprint; the
     per-class section names its method."""
     from skclip import __version__
-    from skclip._models import load_clip
+    from skclip.backbones.loading import load_clip
 
     report = tmp_path / "r.json"
     args = ["evaluate", data_dir, "--model", tiny_clip_path, "-q", "--cv", "3",
@@ -453,7 +453,7 @@ def test_r2_checkpoint_checked_before_encoding_report_shows_the_same_fingerprint
     image is encoded, names --model PATH, and evaluate's report records the fingerprint
     that the error shows."""
     from skclip import CheckpointMismatchError
-    from skclip._models import clear_model_cache
+    from skclip.backbones.loading import clear_model_cache
     from skclip._testing import save_random_clip
     from skclip.featurizer import CLIPFeaturizer
 
@@ -475,7 +475,7 @@ def test_r2_checkpoint_checked_before_encoding_report_shows_the_same_fingerprint
     monkeypatch.setattr(CLIPFeaturizer, "transform",
                         lambda self, X: encoded.append(len(X)) or original(self, X))
     with pytest.raises(CheckpointMismatchError):  # in Python: the same error class
-        from skclip.cli import _check_checkpoint
+        from skclip.cli.commands import _check_checkpoint
         _check_checkpoint(skops_load(model), str(model))
     assert main(["predict", str(model), data_dir, "-q"]) == 1
     err = capsys.readouterr().err
@@ -486,7 +486,7 @@ def test_r2_checkpoint_checked_before_encoding_report_shows_the_same_fingerprint
 
 
 def skops_load(path):
-    from skclip._model_file import load_model
+    from skclip.cli.model_file import load_model
 
     return load_model(path)
 
@@ -568,7 +568,7 @@ def test_r7_per_class_heading_says_which_method_and_why():
 
 
 def test_r7_encode_restores_on_error_after_a_failure(tiny_clip_path, monkeypatch):
-    from skclip.cli import _encode
+    from skclip.cli.commands import _encode
     from skclip.featurizer import CLIPFeaturizer
 
     def fail(self, X):
@@ -633,7 +633,7 @@ def test_14_html_report_compares_every_method_with_a_gallery_of_mistakes(
     (each method's most confident mistakes: thumbnail, true, predicted, confidence)."""
     from test_html_report import _browser, _parse, _run_browser
 
-    from skclip.cli import GALLERY_SIZE
+    from skclip.cli.commands import GALLERY_SIZE
 
     base = ["evaluate", data_dir, "--model", tiny_clip_path, "--cv", "3", "--fine-tune", "-q"]
     assert main(base + ["--report", str(tmp_path / "r.json")]) == 0
@@ -678,7 +678,7 @@ def test_14_html_report_compares_every_method_with_a_gallery_of_mistakes(
 def test_19_7_a_model_file_cannot_steer_skclip(model_file, data_dir, tmp_path, capsys, suffix):
     """Machine-local parameters stored in a shared model file (where to write, threads,
     memory, device, runtime) are replaced by this machine's defaults or options."""
-    from skclip._model_file import load_model, save_model
+    from skclip.cli.model_file import load_model, save_model
 
     if suffix == ".skops":
         pytest.importorskip("skops.io")
@@ -835,7 +835,7 @@ def test_i20_minor_predict_folder_says_what_it_skips(data_dir, model_file, tmp_p
 
 _LOAD = """
 import sys
-from skclip._models import load_model
+from skclip.backbones.loading import load_model
 try:
     load_model(sys.argv[1])
     print("LOADED")

@@ -29,7 +29,7 @@ def client():
 
 def _models_loaded_per_worker(client):
     def count():
-        from skclip import _models
+        from skclip.backbones import loading as _models
 
         return len(_models._CACHE)
 
@@ -143,7 +143,7 @@ def test_worker_killed_mid_transform_is_retried(client, tiny_clip_path, image_fo
         import os
         import signal
 
-        from skclip import _encode
+        from skclip.encoding import engine as _encode
 
         forward = _encode.tower  # the image tower of any runtime
         calls = [0]

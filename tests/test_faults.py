@@ -26,7 +26,7 @@ from test_cache import count_encoded  # noqa: F401 (fixture: images through the 
 
 import skclip
 from skclip import CLIPFeaturizer
-from skclip._cache import DiskStore
+from skclip.encoding.cache import DiskStore
 
 N_IMAGES = 40
 HANG_GUARD_S = 300  # only against a hung child; never reached when things work
@@ -43,7 +43,7 @@ import json, os, sys, time
 import numpy as np
 cfg = json.loads(sys.argv[1])
 from skclip import CLIPFeaturizer
-from skclip._models import load_clip
+from skclip.backbones.loading import load_clip
 
 def gate(what, after, go_file, paused_file=None):
     calls = [0]
@@ -62,7 +62,7 @@ def gate(what, after, go_file, paused_file=None):
             return replace(src, dst, **kwargs)
         os.replace = patched
     else:
-        from skclip import _encode
+        from skclip.encoding import engine as _encode
         forward = _encode.tower  # the image tower of any runtime
         def patched(spec, pixels):
             check()

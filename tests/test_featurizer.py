@@ -17,7 +17,7 @@ from sklearn.pipeline import Pipeline
 from skclip import CLIPFeaturizer
 from skclip._compat import pooled_embeddings
 from skclip._images import CLIPPreprocessor, ImageLoadError, open_image
-from skclip._models import load_clip
+from skclip.backbones.loading import load_clip
 
 
 @pytest.fixture(scope="module")
@@ -27,7 +27,7 @@ def clip(tiny_clip_path):
 
 @pytest.fixture(scope="module")
 def hf_processor(tiny_clip_path):
-    from skclip._models import _pil_image_processor_class
+    from skclip.backbones.loading import _pil_image_processor_class
 
     return _pil_image_processor_class().from_pretrained(tiny_clip_path)
 
@@ -335,8 +335,8 @@ def test_forward_accepts_a_plain_tensor_as_transformers_4_returns(
 def test_augmented_key_is_normalized_mean_of_raw_views(tiny_clip_path, clip):
     """As the reference's build_cache_model: average the raw features of the views, then
     L2-normalize (not the mean of normalized views)."""
-    from skclip import _encode
-    from skclip._cache import memory_digest
+    from skclip.encoding import engine as _encode
+    from skclip.encoding.cache import memory_digest
 
     images = [make_image(np.random.default_rng(i), (60, 45)) for i in range(3)]
     k = 4

@@ -1,4 +1,4 @@
-"""Tip-Adapter-F training (skclip._finetune): the reference loop, float16, the defaults."""
+"""Tip-Adapter-F training (skclip.heads._finetune): the reference loop, float16, the defaults."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ from helpers import TIPF_TASKS, clip_statistics_task
 from sklearn.preprocessing import normalize
 
 from skclip import TipAdapterClassifier, TipAdapterClassifierCV
-from skclip._finetune import AUTO_STEPS, fine_tune_keys
+from skclip.heads._finetune import AUTO_STEPS, fine_tune_keys
 
 REPRO = dict(lr=1e-3, epochs=20, batch_size=256, leave_one_out=False, validation_fraction=None,
              normalize_keys=False)

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from skclip._html_report import hyperparameters, render_html
+from skclip.cli.report.html_page import hyperparameters, render_html
 
 #: Debian's packages: chromium-headless-shell (small) or chromium.
 BROWSERS = ("chromium-headless-shell", "chromium", "chrome-headless-shell", "google-chrome")
@@ -151,7 +151,7 @@ def test_renders_in_a_headless_browser(page, tmp_path):
 def test_protocol_skipped_files_and_shown_method_match_the_markdown(tmp_path):
     """The page records the protocol (issue 15 item 7) and the skipped files (item 5), and
     marks the same method as the Markdown report."""
-    from skclip._report import _protocol_lines, shown_method
+    from skclip.cli.report.summary import _protocol_lines, shown_method
 
     report = {
         "data_dir": "photos", "model": "/models/tiny", "n_images": 6, "classes": ["a", "b"],

@@ -13,8 +13,9 @@ from sklearn.model_selection import GridSearchCV, StratifiedKFold
 from sklearn.pipeline import Pipeline
 from test_cache import count_encoded  # noqa: F401 (fixture: images through the tower)
 
-from skclip import CLIPFeaturizer, TipAdapterClassifier, _cache
-from skclip._cache import FILE_DIGESTS
+from skclip import CLIPFeaturizer, TipAdapterClassifier
+from skclip.encoding import cache as _cache
+from skclip.encoding.cache import FILE_DIGESTS
 
 
 @pytest.fixture

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import torch
 
-from skclip._models import load_clip, resolve_device, resolve_dtype
+from skclip.backbones.loading import load_clip, resolve_device, resolve_dtype
 
 
 def test_loaded_once_and_shared(tiny_clip_path):
@@ -97,7 +97,7 @@ def test_fitted_featurizer_refuses_a_different_checkpoint_under_its_name(tmp_pat
     import shutil
 
     from skclip import CheckpointMismatchError, CLIPFeaturizer, TipAdapterClassifier
-    from skclip._models import clear_model_cache
+    from skclip.backbones.loading import clear_model_cache
     from skclip._testing import save_random_clip
 
     folder = tmp_path / "clip"

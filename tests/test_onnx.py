@@ -11,9 +11,9 @@ import torch
 pytest.importorskip("onnxruntime")
 pytest.importorskip("onnxscript")
 
-from skclip import _onnx  # noqa: E402
+from skclip.backbones import onnx as _onnx  # noqa: E402
 from skclip._images import CLIPPreprocessor  # noqa: E402
-from skclip._models import load_clip  # noqa: E402
+from skclip.backbones.loading import load_clip  # noqa: E402
 from skclip._paths import user_cache_dir  # noqa: E402
 
 

@@ -11,7 +11,9 @@ import torch
 from helpers import make_image
 from test_cache import count_encoded  # noqa: F401 (fixture: images through the tower)
 
-from skclip import CLIPFeaturizer, _encode, _onnx
+from skclip import CLIPFeaturizer
+from skclip.encoding import engine as _encode
+from skclip.backbones import onnx as _onnx
 
 needs_onnx = pytest.mark.skipif(not _onnx.is_available(), reason="needs skclip[onnx]")
 CPU = torch.device("cpu")

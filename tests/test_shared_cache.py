@@ -16,8 +16,10 @@ from sklearn.model_selection import GridSearchCV, StratifiedKFold
 from sklearn.pipeline import Pipeline
 from test_cache import count_encoded  # noqa: F401 (fixture: images through the tower)
 
-from skclip import CLIPFeaturizer, TipAdapterClassifier, _cache, _encode
-from skclip._cache import DiskStore
+from skclip import CLIPFeaturizer, TipAdapterClassifier
+from skclip.encoding import cache as _cache
+from skclip.encoding import engine as _encode
+from skclip.encoding.cache import DiskStore
 
 
 @pytest.fixture

@@ -15,11 +15,11 @@ from sklearn.preprocessing import normalize
 from sklearn.utils.estimator_checks import parametrize_with_checks
 
 from skclip import CLIPFeaturizer, TipAdapterClassifier, TipAdapterClassifierCV
-from skclip import _formula
-from skclip._finetune import fine_tune_keys
+from skclip.heads import _formula
+from skclip.heads._finetune import fine_tune_keys
 from skclip._compat import pooled_embeddings
-from skclip._formula import cache_logits
-from skclip._models import clear_model_cache, load_clip
+from skclip.heads._formula import cache_logits
+from skclip.backbones.loading import clear_model_cache, load_clip
 from skclip._testing import save_random_clip
 from skclip.text import IMAGENET_TEMPLATES, SIMPLE_TEMPLATES, clear_text_cache, text_weights
 

@@ -13,12 +13,12 @@ from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import normalize
 
 from skclip import CLIPFeaturizer, TipAdapterClassifier, TipAdapterClassifierCV
-from skclip import _encode
-from skclip._cache import memory_digest
+from skclip.encoding import engine as _encode
+from skclip.encoding.cache import memory_digest
 from skclip._compat import pooled_embeddings
-from skclip._finetune import fine_tune_keys
+from skclip.heads._finetune import fine_tune_keys
 from skclip._images import CLIPPreprocessor, open_image
-from skclip._models import load_clip
+from skclip.backbones.loading import load_clip
 
 
 @pytest.fixture(scope="module")

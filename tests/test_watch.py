@@ -7,8 +7,8 @@ import sys
 
 import pytest
 
-from skclip import _watch
-from skclip._watch import FileStamps
+from skclip.encoding import stamps as _watch
+from skclip.encoding.stamps import FileStamps
 
 linux = pytest.mark.skipif(not sys.platform.startswith("linux"), reason="inotify is Linux-only")
 

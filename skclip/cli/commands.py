@@ -30,10 +30,10 @@ from typing import Any
 
 import numpy as np
 
-from ._images import ImageLoadError, readable
-from ._model_file import MODEL_SUFFIXES, require_skops
-from ._models import DEFAULT_MODEL
-from ._report import (
+from .._images import ImageLoadError, readable
+from .model_file import MODEL_SUFFIXES, require_skops
+from ..backbones.loading import DEFAULT_MODEL
+from .report.summary import (
     REPORT_SUFFIXES, check_output_path, render_markdown, shown_method, write_report,
 )
 
@@ -83,7 +83,7 @@ def _follow_symlinks(parser: argparse.ArgumentParser) -> None:
 
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser of the ``skclip`` command."""
-    from ._version import __version__
+    from .._version import __version__
 
     parser = argparse.ArgumentParser(
         prog="skclip", description="Few-shot image classification with CLIP and Tip-Adapter.",
@@ -258,7 +258,7 @@ class _Say:
 def _resolve_model(name: str, say: _Say) -> str:
     """A local checkpoint folder as an absolute path (a saved model then finds it from any
     directory, never a hub model of the same name); a hub id as given."""
-    from ._models import _path_reason
+    from ..backbones.loading import _path_reason
 
     folder = Path(name).expanduser()
     if not folder.is_dir():
@@ -280,7 +280,7 @@ def _resolve_model(name: str, say: _Say) -> str:
 
 
 def _featurizer(args: argparse.Namespace):
-    from .featurizer import CLIPFeaturizer
+    from ..featurizer import CLIPFeaturizer
 
     # A seed, always: with random_state=None every call would draw new augmented views,
     # so the embedding cache could never reuse them.
@@ -321,7 +321,7 @@ def _check_data_folder(path: str, option: str) -> None:
 def _short_reason(path: str, index: int, reason: str) -> str:
     """The reason an image could not be used, without its path and input position (the
     caller names the path once)."""
-    from ._images import describe
+    from .._images import describe
 
     named = re.escape(describe(path, index))
     reason = re.sub(rf"^Cannot read image {named}: ", "", reason)
@@ -336,7 +336,7 @@ def _encode(
     ``on_error="skip"``, ``{position: reason}`` of the files that could not be read
     (their rows are NaN). With ``on_error="raise"`` such files are a ValueError that
     lists them, each as "path: reason", and suggests ``--on-error skip``."""
-    from ._images import ImageLoadWarning
+    from .._images import ImageLoadWarning
 
     featurizer.set_params(on_error="warn")  # every bad file is found, then reported here
     try:
@@ -417,7 +417,7 @@ def _splits(args: argparse.Namespace, y: np.ndarray) -> dict:
     inner CV. Raises a ValueError for anything the class sizes do not allow."""
     from sklearn.model_selection import StratifiedKFold
 
-    from .model_selection import few_shot_split
+    from ..model_selection import few_shot_split
 
     if args.shots is None and args.test_dir is None:
         folds = 5 if args.cv is None else args.cv
@@ -463,7 +463,7 @@ def _shots_per_class(y: np.ndarray, shots: int, random_state: int) -> np.ndarray
 def _check_evaluate(args: argparse.Namespace) -> tuple[Any, Any]:
     """Check everything that can be checked from the arguments and the folder listings,
     before any model is loaded or image encoded; return the listings."""
-    from .datasets import load_image_folder
+    from ..datasets import load_image_folder
 
     _check_common(args)
     if args.shots is not None and args.shots < 1:
@@ -488,7 +488,7 @@ def _check_evaluate(args: argparse.Namespace) -> tuple[Any, Any]:
 def _text_model(args: argparse.Namespace) -> str | None:
     """``args.model`` as the classifiers' ``clip_model``, or None for an image-only
     backbone (DINOv2...): the cache model alone, without a zero-shot text term."""
-    from ._models import load_model
+    from ..backbones.loading import load_model
 
     return args.model if load_model(args.model, args.device).has_text else None
 
@@ -518,10 +518,10 @@ def _methods(args: argparse.Namespace, inner_cv: int | None, n_train_min: int) -
     from sklearn.linear_model import LogisticRegression
     from sklearn.model_selection import GridSearchCV, StratifiedKFold
 
-    from .ape import APEClassifier
-    from .gda import GDAClassifier
-    from .model_selection import TipAdapterClassifierCV
-    from .tip_adapter import TipAdapterClassifier
+    from ..ape import APEClassifier
+    from ..gda import GDAClassifier
+    from ..model_selection import TipAdapterClassifierCV
+    from ..tip_adapter import TipAdapterClassifier
 
     common = dict(clip_model=_text_model(args), device=args.device)
     methods: dict[str, tuple[Any, str]] = {}
@@ -646,7 +646,7 @@ def _after_skipping(
 def _fingerprints(args: argparse.Namespace) -> dict[str, Any]:
     """The checkpoint's ``model_fingerprint`` (the one estimators record and errors show)
     and, for reference, its towers' fingerprints."""
-    from ._models import load_model
+    from ..backbones.loading import load_model
 
     clip = load_model(args.model, args.device)
     return {
@@ -661,7 +661,7 @@ def evaluate(args: argparse.Namespace) -> int:
     from sklearn.base import clone
     from sklearn.metrics import accuracy_score, f1_score
 
-    from ._version import __version__
+    from .._version import __version__
 
     say = _Say(args.quiet)
     args.model = _resolve_model(args.model, say)
@@ -753,9 +753,9 @@ def fit_command(args: argparse.Namespace) -> int:
     """``skclip fit``: see the sub-command's help."""
     from sklearn.pipeline import Pipeline
 
-    from ._model_file import save_model
-    from .datasets import load_image_folder
-    from .model_selection import TipAdapterClassifierCV
+    from .model_file import save_model
+    from ..datasets import load_image_folder
+    from ..model_selection import TipAdapterClassifierCV
 
     say = _Say(args.quiet)
     args.model = _resolve_model(args.model, say)
@@ -821,8 +821,8 @@ _USAGE_PREDICT = (
 def _image_paths(items: list[str], say: _Say) -> list[str]:
     """Expand folders into their images; every item must exist and be a regular file or
     a folder (checked before encoding). A note lists what folders hold besides images."""
-    from ._images import _file_kind
-    from .datasets import IMAGE_EXTENSIONS, _list_images
+    from .._images import _file_kind
+    from ..datasets import IMAGE_EXTENSIONS, _list_images
 
     paths: list[str] = []
     for item in items:
@@ -873,8 +873,8 @@ def _check_checkpoint(pipe: Any, model_file: str) -> None:
     CheckpointMismatchError
         Naming the model file, the checkpoint, both fingerprints and ``--model PATH``.
     """
-    from ._encode import model_dtype
-    from ._models import CheckpointMismatchError, check_fingerprint, load_model
+    from ..encoding.engine import model_dtype
+    from ..backbones.loading import CheckpointMismatchError, check_fingerprint, load_model
 
     for _, step in pipe.steps:
         name = getattr(step, "model", None) or getattr(step, "clip_model", None)
@@ -895,7 +895,7 @@ def _check_checkpoint(pipe: Any, model_file: str) -> None:
 
 def predict_command(args: argparse.Namespace) -> int:
     """``skclip predict``: see the sub-command's help."""
-    from ._model_file import checkpoint_names, load_model
+    from .model_file import checkpoint_names, load_model
 
     say = _Say(args.quiet)
     _check_cache_dir(args)

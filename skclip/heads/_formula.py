@@ -7,7 +7,7 @@ and text weights ``W``::
 
 ``s`` and ``b`` are the text model's zero-shot logit scale and bias: 100 and 0 for
 CLIP and MetaCLIP 2 (the paper's formula), the learned ``exp(logit_scale)`` and
-``logit_bias`` for SigLIP and SigLIP 2 (see ``skclip._backbones``).
+``logit_bias`` for SigLIP and SigLIP 2 (see ``skclip.backbones.families``).
 
 :func:`tip_adapter_logits` is the formula; :func:`tip_adapter_grid` evaluates it for
 a grid of (alpha, beta) sharing the work. The classifiers (``tip_adapter.py``,

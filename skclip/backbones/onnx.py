@@ -56,8 +56,8 @@ from typing import Any
 import numpy as np
 import torch
 
-from ._models import LoadedCLIP
-from ._paths import user_cache_dir
+from .loading import LoadedCLIP
+from .._paths import user_cache_dir
 
 #: Version of the export recipe; part of every export's key. Bump it when the exported
 #: graph changes (inputs, outputs, what is baked in), so old exports are not reused.
@@ -91,7 +91,7 @@ def is_available() -> bool:
 
     Examples
     --------
-    >>> from skclip._onnx import is_available
+    >>> from skclip.backbones.onnx import is_available
     >>> isinstance(is_available(), bool)
     True
     """
@@ -457,8 +457,8 @@ def image_encoder(
     Examples
     --------
     >>> import numpy as np, tempfile
-    >>> from skclip._models import load_clip
-    >>> from skclip._onnx import image_encoder
+    >>> from skclip.backbones.loading import load_clip
+    >>> from skclip.backbones.onnx import image_encoder
     >>> clip = load_clip(tiny_clip_path, "cpu", "float32")
     >>> encoder = image_encoder(clip, folder=tempfile.mkdtemp())  # exported once, then reused
     >>> encoder(np.zeros((2, 3, 32, 32), dtype=np.uint8)).shape

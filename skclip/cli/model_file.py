@@ -102,8 +102,8 @@ def _load_skops(path: str) -> Any:
 
 def _classifiers() -> tuple[type, ...]:
     """The classifier classes a model file's second step may be."""
-    from .model_selection import TipAdapterClassifierCV
-    from .tip_adapter import TipAdapterClassifier
+    from ..model_selection import TipAdapterClassifierCV
+    from ..tip_adapter import TipAdapterClassifier
 
     return (TipAdapterClassifierCV, TipAdapterClassifier)
 
@@ -147,7 +147,7 @@ def load_model(
     from sklearn.pipeline import Pipeline
     from sklearn.utils.validation import check_is_fitted
 
-    from .featurizer import CLIPFeaturizer
+    from ..featurizer import CLIPFeaturizer
 
     name = os.fspath(path)
     file = Path(name)
@@ -260,7 +260,7 @@ def reset_machine_params(model: Any, machine: dict[str, Any] | None = None) -> l
     --------
     >>> from sklearn.pipeline import Pipeline
     >>> from skclip import CLIPFeaturizer, TipAdapterClassifier
-    >>> from skclip._model_file import reset_machine_params
+    >>> from skclip.cli.model_file import reset_machine_params
     >>> pipe = Pipeline([("clip", CLIPFeaturizer(cache_dir="/elsewhere", n_jobs=64)),
     ...                  ("tip", TipAdapterClassifier())])
     >>> for line in reset_machine_params(pipe, {"device": "cpu"}):

@@ -3,7 +3,7 @@
 Like the private solvers of ``sklearn/linear_model/_ridge.py``, :func:`fine_tune_keys`
 does the maths on arrays and knows nothing of estimators: ``TipAdapterClassifier.fit``
 calls it once, ``TipAdapterClassifierCV.fit`` once per fold and once to refit. The
-loss is the cross-entropy of :func:`skclip._formula.tip_adapter_logits`, the one
+loss is the cross-entropy of :func:`skclip.heads._formula.tip_adapter_logits`, the one
 place the formula lives.
 
 The defaults (at least 300 optimizer steps, normalized keys) were chosen on
@@ -24,7 +24,7 @@ from sklearn.model_selection import train_test_split
 from sklearn.utils import check_random_state
 
 from ._formula import CLIP_LOGIT_SCALE, tip_adapter_logits
-from ._models import resolve_device
+from ..backbones.loading import resolve_device
 
 #: ``epochs="auto"``: the reference's 20 epochs, or more to make at least 300 AdamW steps.
 AUTO_EPOCHS = 20

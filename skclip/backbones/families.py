@@ -38,8 +38,8 @@ from typing import Any, ClassVar
 import numpy as np
 import torch
 
-from ._compat import pooled_embeddings
-from ._preprocess_families import image_config, make_preprocessor
+from .._compat import pooled_embeddings
+from .preprocess import image_config, make_preprocessor
 
 #: The zero-shot scale of the CLIP family (see the module docstring).
 CLIP_LOGIT_SCALE = 100.0
@@ -89,7 +89,7 @@ class Backbone:
     @functools.cached_property
     def preprocessor(self) -> Any:
         """The checkpoint's preprocessing (``__call__``, ``random_view``, ``collate``,
-        ``model_inputs``), see :mod:`skclip._preprocess_families`."""
+        ``model_inputs``), see :mod:`skclip.backbones.preprocess`."""
         return make_preprocessor(self.image_config)
 
     @property
@@ -331,7 +331,7 @@ FAMILIES: dict[str, tuple[type[Backbone], str]] = {
 def _model_type(name: str) -> str:
     from transformers import AutoConfig
 
-    from ._models import _from_pretrained
+    from .loading import _from_pretrained
 
     return str(_from_pretrained(AutoConfig, name).model_type)
 
@@ -339,7 +339,7 @@ def _model_type(name: str) -> str:
 def _load_tokenizer(name: str) -> tuple[Any, str | None]:
     from transformers import AutoTokenizer
 
-    from ._models import _from_pretrained
+    from .loading import _from_pretrained
 
     try:
         return _from_pretrained(AutoTokenizer, name), None
@@ -360,7 +360,7 @@ def build_backbone(name: str, device: torch.device, dtype: torch.dtype) -> Backb
     """
     import transformers
 
-    from ._models import _from_pretrained
+    from .loading import _from_pretrained
 
     model_type = _model_type(name)
     if model_type in FAMILIES:

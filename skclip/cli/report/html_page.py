@@ -20,8 +20,8 @@ from numbers import Real
 from pathlib import Path
 from typing import Any
 
-from ._images import ImageLoadError, open_image
-from ._report import protocol_items, shown_method
+from ..._images import ImageLoadError, open_image
+from .summary import protocol_items, shown_method
 
 #: Entries of a method's report that are scores, not hyperparameters.
 _SCORE_KEYS = frozenset(

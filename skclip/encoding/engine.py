@@ -12,7 +12,7 @@ call of :func:`encode` runs these small steps:
    (:func:`crops`: the clean view, or ``n_views`` random views seeded by the image's
    content, :func:`view_rng`).
 3. :func:`embed` (calling thread): :func:`tower`, the forward pass of the
-   checkpoint's family adapter (:mod:`skclip._backbones`) or its ONNX Runtime export,
+   checkpoint's family adapter (:mod:`skclip.backbones.families`) or its ONNX Runtime export,
    then :func:`pool_views` (the mean of the raw views, then normalization).
 4. :func:`store`: cache writes.
 
@@ -42,14 +42,14 @@ from PIL import Image
 from sklearn.utils import check_random_state
 from tqdm.auto import tqdm
 
-from ._cache import (
+from .cache import (
     FILE_DIGESTS, MEMORY, EmbeddingCache, _read_bytes, memory_digest, settings_digest,
     worker_folder,
 )
-from . import _onnx
-from ._images import DECODE_RULES, ImageLoadError, ImageLoadWarning, describe, open_image
-from ._models import LoadedCLIP, load_clip, resolve_device
-from ._preprocess_families import Preprocessor
+from ..backbones import onnx as _onnx
+from .._images import DECODE_RULES, ImageLoadError, ImageLoadWarning, describe, open_image
+from ..backbones.loading import LoadedCLIP, load_clip, resolve_device
+from ..backbones.preprocess import Preprocessor
 
 
 # -- named results ---------------------------------------------------------------------------
@@ -109,7 +109,7 @@ class EncodeSpec:
     n_threads : int
         Decode threads.
     progress : bool or "auto"
-    encoder : skclip._onnx.ImageEncoder or None
+    encoder : skclip.backbones.onnx.ImageEncoder or None
         The ONNX Runtime image tower (``runtime="onnxruntime"``), or None for PyTorch.
     """
 
@@ -223,7 +223,7 @@ def cache_settings(
     """Digest of everything besides the image that determines an embedding.
 
     ``encoder`` is the identity of the ONNX Runtime tower that encodes
-    (:attr:`skclip._onnx.ImageEncoder.identity`: its export's checksums, ONNX Runtime's
+    (:attr:`skclip.backbones.onnx.ImageEncoder.identity`: its export's checksums, ONNX Runtime's
     version, the precision), or None for PyTorch (whose entries keep the keys they
     always had)."""
     memo = _SETTINGS.setdefault(clip, OrderedDict())
@@ -386,7 +386,7 @@ def crops(img: Image.Image, spec: EncodeSpec, digest: str | None) -> list[np.nda
 # -- steps --------------------------------------------------------------------------------------
 def _known_digests(items: list) -> tuple[list[str | None], list[ItemError]]:
     """:func:`known_digest` of every input: the files' in one batch (no system call per
-    unchanged file, see ``skclip._watch``), in-memory images one by one."""
+    unchanged file, see ``skclip.encoding.stamps``), in-memory images one by one."""
     n = len(items)
     paths = [i for i, item in enumerate(items) if isinstance(item, (str, os.PathLike))]
     known = FILE_DIGESTS.known_many([os.fspath(items[i]) for i in paths])
@@ -489,7 +489,7 @@ def prefetch(fn: Callable[[Any], Any], args: Sequence[Any], n_threads: int) -> I
 def tower(spec: EncodeSpec, pixels: dict[str, np.ndarray]) -> torch.Tensor:
     """Raw features ``(B, d)`` float32 of a collated batch by the spec's runtime: its
     ONNX Runtime session, or the family's forward pass
-    (:meth:`~skclip._backbones.Backbone.forward_images`: ``uint8`` crosses to the
+    (:meth:`~skclip.backbones.families.Backbone.forward_images`: ``uint8`` crosses to the
     device, normalization runs there). Call under ``torch.inference_mode()``."""
     if spec.encoder is not None:
         return torch.from_numpy(spec.encoder(pixels["pixel_values"]))

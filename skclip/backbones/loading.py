@@ -2,7 +2,7 @@
 
 A featurizer and a classifier that name the same checkpoint, device and dtype
 share one loaded model through :func:`load_model` (also known as :func:`load_clip`).
-What is loaded is a :class:`skclip._backbones.Backbone`: the model with its family's
+What is loaded is a :class:`skclip.backbones.families.Backbone`: the model with its family's
 adapter (CLIP, MetaCLIP 2, SigLIP, SigLIP 2, image-only), chosen from the checkpoint's
 config. Estimators only ever store the *name* of a checkpoint, so pickled estimators
 hold no weights and reload the model lazily on first use.
@@ -17,7 +17,7 @@ from typing import Any
 
 import torch
 
-from ._backbones import Backbone, build_backbone
+from .families import Backbone, build_backbone
 
 DEFAULT_MODEL = "openai/clip-vit-base-patch32"
 
@@ -219,7 +219,7 @@ def load_model(
 
     Examples
     --------
-    >>> from skclip._models import load_model
+    >>> from skclip.backbones.loading import load_model
     >>> clip = load_model(tiny_clip_path)  # a local folder, or a hub id with internet
     >>> clip.family, clip.embedding_dim, clip.logit_scale
     ('clip', 16, 100.0)
@@ -260,7 +260,7 @@ def check_fingerprint(estimator: Any, name: Any, clip: LoadedCLIP) -> None:
 def clear_model_cache() -> None:
     """Forget every loaded model and the text weights computed with them (frees their
     memory once no estimator uses them)."""
-    from .text import clear_text_cache  # text.py imports this module
+    from ..text import clear_text_cache  # text.py imports this module
 
     with _CACHE_LOCK:
         _CACHE.clear()

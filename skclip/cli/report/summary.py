@@ -2,7 +2,7 @@
 PNG, or one self-contained HTML page with a gallery of the misclassified images.
 
 The report is a plain dict (what ``--report x.json`` writes); this module only turns it
-into files (the HTML page through :func:`skclip._html_report.render_html`). Figures use
+into files (the HTML page through :func:`skclip.cli.report.html_page.render_html`). Figures use
 matplotlib's object API with an Agg canvas, so the process's matplotlib backend is never
 changed.
 """
@@ -212,7 +212,7 @@ def write_report(
     """
     path = check_output_path(path, "--report", REPORT_SUFFIXES)
     if path.suffix.lower() == ".html":
-        from ._html_report import render_html
+        from .html_page import render_html
 
         how = "; ".join(f"{name}: {m['configuration']}" for name, m in report["methods"].items()
                         if m.get("configuration"))

@@ -85,7 +85,7 @@ def watch_cap() -> int:
 
     Examples
     --------
-    >>> from skclip._watch import watch_cap, MAX_WATCHES
+    >>> from skclip.encoding.stamps import watch_cap, MAX_WATCHES
     >>> 0 <= watch_cap() <= MAX_WATCHES
     True
     """
@@ -196,7 +196,7 @@ class FileStamps:
     Examples
     --------
     >>> import os, tempfile
-    >>> from skclip._watch import FileStamps
+    >>> from skclip.encoding.stamps import FileStamps
     >>> path = os.path.join(tempfile.mkdtemp(), "a.txt")
     >>> with open(path, "w") as f:
     ...     _ = f.write("one")

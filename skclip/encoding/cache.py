@@ -42,8 +42,8 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
-from ._images import read_image_bytes
-from ._watch import FileStamps
+from .._images import read_image_bytes
+from .stamps import FileStamps
 
 CacheInfo = namedtuple("CacheInfo", ["hits", "misses", "maxsize", "currsize"])
 
@@ -81,7 +81,7 @@ class _FileDigests:
     """Content digests of files, memoized by stamp ``(path, size, mtime_ns, inode,
     ctime_ns)``: a file is read and hashed again only when it changed.
 
-    Stamps come from :class:`~skclip._watch.FileStamps`: a file is stat'ed again only
+    Stamps come from :class:`~skclip.encoding.stamps.FileStamps`: a file is stat'ed again only
     when it may have changed (inotify on Linux), so looking up many unchanged files
     costs no system call per file."""
 
@@ -537,7 +537,7 @@ class DiskStore:
     Processes sharing the folder do not encode an image twice at the same time: before
     encoding, a process *claims* the entry (an exclusive ``.claim`` file naming its host,
     boot, PID namespace, PID and start time), and the others wait for the entry instead
-    (see ``skclip._encode.encode``). A claim is void (taken over at once) when it is
+    (see ``skclip.encoding.engine.encode``). A claim is void (taken over at once) when it is
     empty or damaged, when its process is gone or its PID now names another process,
     when it is older than ``claim_timeout`` seconds, or, for a process of another
     machine, which cannot be checked, older than ``claim_lease`` seconds (a slower

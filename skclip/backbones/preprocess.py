@@ -33,7 +33,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-from ._images import CLIPPreprocessor, _random_resized_crop_box
+from .._images import CLIPPreprocessor, _random_resized_crop_box
 
 #: Keys that mark a NaFlex config (a resize-crop config has those CLIPPreprocessor reads).
 NAFLEX_KEYS = ("patch_size", "max_num_patches")
@@ -177,7 +177,7 @@ def image_config(name: str) -> dict:
     """
     from transformers import AutoImageProcessor
 
-    from ._models import _from_pretrained
+    from .loading import _from_pretrained
 
     try:
         import transformers.image_processing_backends  # noqa: F401 - transformers 5
@@ -193,7 +193,7 @@ def make_preprocessor(config: dict) -> Preprocessor:
 
     Examples
     --------
-    >>> from skclip._preprocess_families import image_config, make_preprocessor
+    >>> from skclip.backbones.preprocess import image_config, make_preprocessor
     >>> type(make_preprocessor(image_config(tiny_clip_path))).__name__
     'ResizeCropPreprocessor'
     """

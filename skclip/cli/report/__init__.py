@@ -1,0 +1,1 @@
+"""The evaluation report: JSON and Markdown, and the HTML page."""
