@@ -18,7 +18,7 @@ from collections.abc import Sequence
 import numpy as np
 import torch
 
-from .backbones.loading import LoadedCLIP
+from .backbones.loading import LoadedCLIP, on_clear
 
 #: The 7-prompt ensemble that the CLIP authors selected for ImageNet and that the
 #: Tip-Adapter paper uses for its ImageNet experiments.
@@ -143,3 +143,6 @@ def clear_text_cache() -> None:
     """
     with _TEXT_LOCK:
         _TEXT_CACHE.clear()
+
+
+on_clear(clear_text_cache)  # clear_model_cache() forgets the text weights too

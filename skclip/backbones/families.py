@@ -39,6 +39,7 @@ import numpy as np
 import torch
 
 from .._compat import pooled_embeddings
+from ._hub import from_pretrained
 from .preprocess import image_config, make_preprocessor
 
 #: The zero-shot scale of the CLIP family (see the module docstring).
@@ -331,18 +332,16 @@ FAMILIES: dict[str, tuple[type[Backbone], str]] = {
 def _model_type(name: str) -> str:
     from transformers import AutoConfig
 
-    from .loading import _from_pretrained
 
-    return str(_from_pretrained(AutoConfig, name).model_type)
+    return str(from_pretrained(AutoConfig, name).model_type)
 
 
 def _load_tokenizer(name: str) -> tuple[Any, str | None]:
     from transformers import AutoTokenizer
 
-    from .loading import _from_pretrained
 
     try:
-        return _from_pretrained(AutoTokenizer, name), None
+        return from_pretrained(AutoTokenizer, name), None
     except (OSError, ValueError, ImportError, AttributeError) as exc:
         # e.g. no tokenizer files, or SigLIP's SentencePiece tokenizer without the
         # `sentencepiece` and `protobuf` packages
@@ -360,17 +359,16 @@ def build_backbone(name: str, device: torch.device, dtype: torch.dtype) -> Backb
     """
     import transformers
 
-    from .loading import _from_pretrained
 
     model_type = _model_type(name)
     if model_type in FAMILIES:
         cls, model_class = FAMILIES[model_type]
-        model = _from_pretrained(getattr(transformers, model_class), name, dtype=dtype)
+        model = from_pretrained(getattr(transformers, model_class), name, dtype=dtype)
         tokenizer, why = _load_tokenizer(name)
     else:
         cls, tokenizer, why = ImageOnlyBackbone, None, None
         try:
-            model = _from_pretrained(transformers.AutoModel, name, dtype=dtype)
+            model = from_pretrained(transformers.AutoModel, name, dtype=dtype)
         except ValueError as exc:
             raise ValueError(_unsupported(name, model_type)) from exc
         if "pixel_values" not in _forward_params(model):

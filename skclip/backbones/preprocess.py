@@ -34,6 +34,7 @@ import torch
 from PIL import Image
 
 from .._images import CLIPPreprocessor, _random_resized_crop_box
+from ._hub import from_pretrained
 
 #: Keys that mark a NaFlex config (a resize-crop config has those CLIPPreprocessor reads).
 NAFLEX_KEYS = ("patch_size", "max_num_patches")
@@ -177,14 +178,13 @@ def image_config(name: str) -> dict:
     """
     from transformers import AutoImageProcessor
 
-    from .loading import _from_pretrained
 
     try:
         import transformers.image_processing_backends  # noqa: F401 - transformers 5
     except ImportError:  # transformers 4: the "slow" processors are the PIL/numpy ones
-        proc = _from_pretrained(AutoImageProcessor, name, use_fast=False)
+        proc = from_pretrained(AutoImageProcessor, name, use_fast=False)
     else:
-        proc = _from_pretrained(AutoImageProcessor, name, backend="pil")
+        proc = from_pretrained(AutoImageProcessor, name, backend="pil")
     return config_from_processor(proc, name)
 
 

@@ -33,9 +33,8 @@ import numpy as np
 from .._images import ImageLoadError, readable
 from .model_file import MODEL_SUFFIXES, require_skops
 from ..backbones.loading import DEFAULT_MODEL
-from .report.summary import (
-    REPORT_SUFFIXES, check_output_path, render_markdown, shown_method, write_report,
-)
+from .report import write_report
+from .report.summary import REPORT_SUFFIXES, check_output_path, render_markdown, shown_method
 
 _EPILOG = (
     "The model is a Hugging Face hub id or a local folder written by save_pretrained (a "
@@ -258,7 +257,7 @@ class _Say:
 def _resolve_model(name: str, say: _Say) -> str:
     """A local checkpoint folder as an absolute path (a saved model then finds it from any
     directory, never a hub model of the same name); a hub id as given."""
-    from ..backbones.loading import _path_reason
+    from ..backbones._hub import _path_reason
 
     folder = Path(name).expanduser()
     if not folder.is_dir():
