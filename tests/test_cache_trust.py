@@ -28,6 +28,7 @@ from test_cache import count_encoded  # noqa: F401 (fixture: images through the 
 import skclip
 from skclip import CLIPFeaturizer
 from skclip.encoding import cache as _cache
+from skclip.encoding import claims as _claims
 from skclip.encoding import engine as _encode
 from skclip.encoding.cache import FILE_DIGESTS, memory_digest
 from skclip.encoding.stamps import FileStamps
@@ -358,7 +359,7 @@ def test_11_a_fresh_claim_of_another_machine_is_waited_for_then_taken_over(
 def test_11_waiting_on_another_process_says_so(
     tiny_clip_path, tmp_path, other_process, count_encoded, monkeypatch, capfd
 ):
-    monkeypatch.setattr(_encode, "WAIT_NOTE_AFTER", 0.0, raising=False)
+    monkeypatch.setattr(_claims, "WAIT_NOTE_AFTER", 0.0, raising=False)
     images = arrays(1, seed=5)
     feat = CLIPFeaturizer(model=tiny_clip_path, cache_dir=tmp_path / "emb")
     spec = _encode.spec_for(feat, n_views=0, seed=None)

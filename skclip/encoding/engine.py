@@ -25,8 +25,6 @@ from __future__ import annotations
 
 import contextlib
 import os
-import sys
-import time
 import warnings
 import weakref
 from collections import OrderedDict, deque
@@ -42,6 +40,7 @@ from PIL import Image
 from sklearn.utils import check_random_state
 from tqdm.auto import tqdm
 
+from .claims import claim, release, wait_for
 from .cache import (
     FILE_DIGESTS, MEMORY, EmbeddingCache, _read_bytes, memory_digest, settings_digest,
     worker_folder,
@@ -565,7 +564,7 @@ def encode(items: list, spec: EncodeSpec, keep_going: bool) -> Encoded:
                     # that processes encoding the same images split them finely.
                     for part in split(res, CLAIM_CHUNK) if shared else [res]:
                         if shared:  # leave to other processes what they are encoding
-                            part, hits, others = claim(spec, part, claims)
+                            part, hits, others = _claimed(spec.cache, part, claims)
                             for i, vec in hits:
                                 out[i] = vec
                             n_hits += len(hits)
@@ -574,13 +573,13 @@ def encode(items: list, spec: EncodeSpec, keep_going: bool) -> Encoded:
                             emb = embed(spec, part.pixels)
                             out[part.kept] = emb
                             store(spec.cache, part.keys, emb)
-                            release(spec, part.keys, claims)
+                            release(spec.cache, part.keys, claims)
                 bar.update(len(batch))
     finally:
-        release(spec, list(claims), claims)
+        release(spec.cache, list(claims), claims)
     again = []
     if waiting:
-        hits, again = wait_for(spec, waiting)
+        hits, again = wait_for(spec.cache, waiting, spec.progress)
         for i, vec in hits:
             out[i] = vec
         n_hits += len(hits)
@@ -613,27 +612,12 @@ def split(res: Prepared, size: int) -> list[Prepared]:
     ]
 
 
-def claim(
-    spec: EncodeSpec, res: Prepared, claims: set[str]
+def _claimed(
+    cache: EmbeddingCache, res: Prepared, claims: set[str]
 ) -> tuple[Prepared, list[tuple[int, np.ndarray]], list[tuple[int, str]]]:
-    """With a disk cache shared by processes, before a forward pass: the batch reduced
-    to the images this process claims, the cache hits that appeared since the lookup
-    (another process stored them), and the (position, key) of images another live
-    process is encoding now (wait for them: :func:`wait_for`)."""
-    cache = spec.cache
-    mine, hits, others = [], [], []
-    for j, (i, key) in enumerate(zip(res.kept, res.keys)):
-        if key is None:
-            mine.append(j)
-            continue
-        vec = cache.get(key)
-        if vec is not None:
-            hits.append((i, vec))
-        elif cache.claim(key):
-            claims.add(key)
-            mine.append(j)
-        else:
-            others.append((i, key))
+    """The batch reduced to the images this process claims (:func:`~.claims.claim`),
+    with the hits that appeared since the lookup and the images to wait for."""
+    mine, hits, others = claim(cache, res.kept, res.keys, claims)
     if len(mine) < len(res.kept):
         n = len(res.kept)
         pixels = {  # the views of the claimed images, in every array of the batch
@@ -644,56 +628,6 @@ def claim(
             kept=[res.kept[j] for j in mine], keys=[res.keys[j] for j in mine], pixels=pixels
         )
     return res, hits, others
-
-
-def release(spec: EncodeSpec, keys: list[str | None], claims: set[str]) -> None:
-    """Drop this process's claims on ``keys`` (stored, or given up)."""
-    for key in keys:
-        if key in claims:
-            claims.discard(key)
-            spec.cache.release(key)
-
-
-#: Seconds of waiting on other processes before a line says so, and between two lines.
-WAIT_NOTE_AFTER = 2.0
-WAIT_NOTE_EVERY = 30.0
-
-
-def wait_for(
-    spec: EncodeSpec, waiting: list[tuple[int, str]], poll: float = 0.02
-) -> tuple[list[tuple[int, np.ndarray]], list[int]]:
-    """Wait for entries other processes are encoding: (position, embedding) of those
-    stored, and the positions whose claim became void without an entry (to encode
-    here). Ends when no live process claims any of them. After ``WAIT_NOTE_AFTER``
-    seconds, a line on stderr says what is awaited (unless ``progress=False``)."""
-    hits, again = [], []
-    start = time.monotonic()
-    next_note = start + WAIT_NOTE_AFTER
-    while waiting:
-        still, holders = [], set()
-        for i, key in waiting:
-            vec = spec.cache.get(key)
-            holder = None if vec is not None else spec.cache.holder(key)
-            if vec is not None:
-                hits.append((i, vec))
-            elif holder is not None:
-                still.append((i, key))
-                holders.add(holder)
-            else:
-                again.append(i)
-        waiting = still
-        if waiting:
-            now = time.monotonic()
-            if now >= next_note and spec.progress is not False:
-                next_note = now + WAIT_NOTE_EVERY
-                where = spec.cache.disk.root if spec.cache.disk is not None else None
-                tqdm.write(
-                    f"skclip: waiting {now - start:.0f} s for {len(waiting)} image(s) that "
-                    f"{', '.join(sorted(holders))} is encoding (cache folder {where})",
-                    file=sys.stderr,
-                )
-            time.sleep(poll)
-    return hits, sorted(again)
 
 
 def report_errors(errors: list[ItemError], n: int, on_error: str, stacklevel: int = 2) -> None:
