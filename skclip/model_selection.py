@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 from numbers import Integral
 from typing import Any
 
@@ -18,7 +17,6 @@ from sklearn.utils import check_random_state
 from ._compat import PositiveInt, StrOptions, validate_params
 from .heads._finetune import FineTuneResult, fine_tune_keys
 from .heads._formula import tip_adapter_grid
-from .backbones.loading import DEFAULT_MODEL
 from .tip_adapter import TipAdapterClassifier, _BaseTipAdapter
 
 #: Default alpha grid: zero-shot (0) plus log-spaced values up to 50, the top of the
@@ -137,8 +135,6 @@ class TipAdapterClassifierCV(_BaseTipAdapter):
     alpha, beta : float, default=1.0, 5.5
         Only with ``fine_tune=True``: the values the keys are trained with. Prediction
         uses the chosen ``alpha_`` and ``beta_``.
-    clip_model, templates, class_names, text_features
-        The text head, as in :class:`TipAdapterClassifier`; text is encoded once.
     epochs, lr, batch_size, leave_one_out, normalize_keys, train_dtype
         Tip-Adapter-F training, as in :class:`TipAdapterClassifier` and with its
         defaults; there is no validation split (the folds' held-out parts score the
@@ -149,8 +145,9 @@ class TipAdapterClassifierCV(_BaseTipAdapter):
         training and the refit use the views of their samples as per-epoch queries,
         while the grid is scored on the held-out samples' features (first block).
         Ignored without fine-tuning.
-    device, random_state, verbose
+    random_state, verbose
         As in :class:`TipAdapterClassifier`.
+    <text-head parameters>
 
     Attributes
     ----------
@@ -217,21 +214,18 @@ class TipAdapterClassifierCV(_BaseTipAdapter):
         fine_tune: bool = False,
         alpha: float = 1.0,
         beta: float = 5.5,
-        clip_model: str | os.PathLike | None = DEFAULT_MODEL,
-        templates: str | list[str] = "auto",
-        class_names: dict | list[str] | None = None,
-        text_features: Any = None,
         epochs: int | str = "auto",
         lr: float = 1e-3,
         batch_size: int = 256,
         leave_one_out: bool = True,
         normalize_keys: bool = True,
         train_dtype: str = "float32",
-        device: str = "auto",
         random_state: int | np.random.RandomState | None = None,
         train_views: int = 0,
         verbose: int = 0,
+        **text_head: Any,
     ) -> None:
+        super().__init__(**text_head)
         self.alphas = alphas
         self.betas = betas
         self.cv = cv
@@ -239,17 +233,12 @@ class TipAdapterClassifierCV(_BaseTipAdapter):
         self.fine_tune = fine_tune
         self.alpha = alpha
         self.beta = beta
-        self.clip_model = clip_model
-        self.templates = templates
-        self.class_names = class_names
-        self.text_features = text_features
         self.epochs = epochs
         self.lr = lr
         self.batch_size = batch_size
         self.leave_one_out = leave_one_out
         self.normalize_keys = normalize_keys
         self.train_dtype = train_dtype
-        self.device = device
         self.random_state = random_state
         self.train_views = train_views
         self.verbose = verbose

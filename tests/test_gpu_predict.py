@@ -7,7 +7,8 @@ import pytest
 import sklearn
 import torch
 
-from skclip import TipAdapterClassifier, TipAdapterClassifierCV, tip_adapter
+from skclip import TipAdapterClassifier, TipAdapterClassifierCV
+from skclip.heads import _base as tip_adapter
 from skclip._testing import TINY_DIM
 
 cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")

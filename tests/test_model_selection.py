@@ -180,7 +180,7 @@ def test_refit_without_fine_tuning_clears_the_loss_curve(task):
 
 
 def test_unknown_scoring_fails_before_any_model_loads(tmp_path, monkeypatch):
-    import skclip.tip_adapter as tip_module
+    import skclip.heads._base as tip_module
 
     def no_loading(*args, **kwargs):
         raise AssertionError("a model was loaded before scoring was checked")

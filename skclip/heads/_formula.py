@@ -38,6 +38,20 @@ def zero_shot_logits(
     return logits + logit_bias if logit_bias else logits
 
 
+def with_zero_shot(
+    logits: torch.Tensor,
+    queries: torch.Tensor,
+    text_weights: torch.Tensor | None,
+    logit_scale: float = CLIP_LOGIT_SCALE,
+    logit_bias: float = 0.0,
+) -> torch.Tensor:
+    """A head's own ``logits`` plus the zero-shot term of ``queries`` (nothing without
+    ``text_weights``): the ending of every head's formula, written once."""
+    if text_weights is None:
+        return logits
+    return logits + zero_shot_logits(queries, text_weights, logit_scale, logit_bias)
+
+
 def cache_logits(
     affinity: torch.Tensor,
     values: torch.Tensor,
@@ -138,9 +152,7 @@ def tip_adapter_logits(
     tensor([[1.0000, 0.3679]])
     """
     logits = alpha * cache_logits(queries @ keys.T, values, beta, exclude, n_classes)
-    if text_weights is not None:
-        logits = logits + zero_shot_logits(queries, text_weights, logit_scale, logit_bias)
-    return logits
+    return with_zero_shot(logits, queries, text_weights, logit_scale, logit_bias)
 
 
 def tip_adapter_grid(
