@@ -34,7 +34,7 @@ from sklearn.pipeline import Pipeline  # noqa: E402
 
 from skclip import CLIPFeaturizer, TipAdapterClassifier  # noqa: E402
 from skclip._images import CLIPPreprocessor, open_image  # noqa: E402
-from skclip.backbones.loading import load_clip  # noqa: E402
+from skclip.backbones.loading import load_backbone as load_clip  # noqa: E402
 
 
 def _featurizer_params(args: argparse.Namespace) -> dict:

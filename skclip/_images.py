@@ -372,6 +372,25 @@ def open_image(item: Any, index: int = 0, data: bytes | None = None) -> Image.Im
     )
 
 
+def fixed_size(config: dict) -> tuple[int, int] | None:
+    """The (height, width) of every preprocessed input of an image ``config`` (as
+    ``skclip.backbones.preprocess.image_config`` returns it): the center crop, else the
+    resized size; None where inputs vary (a resize of the shortest edge without a crop,
+    or SigLIP 2's NaFlex patches, whose configs have no ``crop_size``).
+
+    Examples
+    --------
+    >>> fixed_size({"do_center_crop": True, "crop_size": (224, 224), "size": (None, None)})
+    (224, 224)
+    >>> fixed_size({"do_center_crop": False, "crop_size": None, "size": (None, None)}) is None
+    True
+    """
+    if "crop_size" not in config:
+        return None
+    height, width = config["crop_size"] if config["do_center_crop"] else config["size"]
+    return None if height is None or width is None else (int(height), int(width))
+
+
 class CLIPPreprocessor:
     """CLIP preprocessing from a checkpoint's image-processor settings.
 
@@ -398,10 +417,9 @@ class CLIPPreprocessor:
     @property
     def output_size(self) -> tuple[int, int]:
         """(height, width) of the arrays this preprocessor returns for any input."""
-        if self.config["do_center_crop"]:
-            return tuple(self.config["crop_size"])
-        if self.config["shortest_edge"] is None:
-            return tuple(self.config["size"])
+        size = fixed_size(self.config)
+        if size is not None:
+            return size
         raise ValueError(
             "This checkpoint resizes the shortest edge without a center crop, so images of "
             "different aspect ratios give arrays of different shapes; it is not supported."

@@ -14,7 +14,7 @@ from .encoding import engine as _encode
 from .encoding import cache as _cache
 from .encoding.cache import MEMORY, CacheInfo, clear_worker_folder
 from ._compat import Interval, StrOptions, get_output_config
-from .backbones.loading import DEFAULT_MODEL, LoadedCLIP, check_fingerprint, load_clip, resolve_device
+from .backbones.loading import DEFAULT_MODEL, Backbone, check_fingerprint, load_backbone, resolve_device
 
 
 class CLIPFeaturizer(TransformerMixin, BaseEstimator):
@@ -358,8 +358,8 @@ class CLIPFeaturizer(TransformerMixin, BaseEstimator):
         return tags
 
     # -- internals -----------------------------------------------------------------------
-    def _clip(self) -> LoadedCLIP:
-        return load_clip(self.model, self.device, _encode.model_dtype(self.dtype))
+    def _clip(self) -> Backbone:
+        return load_backbone(self.model, self.device, _encode.model_dtype(self.dtype))
 
     def _fit(self, X: Any) -> list:
         """Validate the parameters and the input; the input as a list (read once)."""

@@ -18,7 +18,7 @@ from collections.abc import Sequence
 import numpy as np
 import torch
 
-from .backbones.loading import LoadedCLIP, on_clear
+from .backbones.loading import Backbone, on_clear
 
 #: The 7-prompt ensemble that the CLIP authors selected for ImageNet and that the
 #: Tip-Adapter paper uses for its ImageNet experiments.
@@ -79,14 +79,14 @@ def resolve_templates(templates: str | Sequence[str]) -> tuple[str, ...]:
 
 
 def text_weights(
-    clip: LoadedCLIP, class_names: Sequence[str], templates: Sequence[str]
+    clip: Backbone, class_names: Sequence[str], templates: Sequence[str]
 ) -> np.ndarray:
     """Prompt-ensembled, L2-normalized text embeddings, one row per class.
 
     Parameters
     ----------
-    clip : LoadedCLIP
-        The loaded checkpoint (see ``skclip.backbones.loading.load_clip``).
+    clip : Backbone
+        The loaded checkpoint (see ``skclip.backbones.loading.load_backbone``).
     class_names : sequence of str
     templates : sequence of str
         Each with one ``{}`` for the class name.
@@ -104,8 +104,8 @@ def text_weights(
 
     Examples
     --------
-    >>> from skclip.backbones.loading import load_clip
-    >>> W = text_weights(load_clip(tiny_clip_path, "cpu"), ["cat", "dog"], SIMPLE_TEMPLATES)
+    >>> from skclip.backbones.loading import load_backbone
+    >>> W = text_weights(load_backbone(tiny_clip_path, "cpu"), ["cat", "dog"], SIMPLE_TEMPLATES)
     >>> W.shape, W.dtype
     ((2, 16), dtype('float32'))
     """

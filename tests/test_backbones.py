@@ -13,7 +13,7 @@ from PIL import Image, ImageOps
 from skclip.backbones.families import NoTextTowerError
 from skclip._compat import pooled_embeddings
 from skclip._images import open_image
-from skclip.backbones.loading import load_model
+from skclip.backbones.loading import load_backbone as load_model
 from skclip.backbones.preprocess import (
     NaFlexPreprocessor,
     ResizeCropPreprocessor,

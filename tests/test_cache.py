@@ -13,7 +13,7 @@ from sklearn.pipeline import Pipeline
 
 from skclip import CLIPFeaturizer, TipAdapterClassifier
 from skclip.encoding import engine as _encode
-from skclip.backbones.loading import load_clip
+from skclip.backbones.loading import load_backbone as load_clip
 
 
 @pytest.fixture

@@ -566,7 +566,7 @@ def test_and_stamps_and_watches_are_bounded(tmp_path):
 
 
 def test_and_cache_settings_do_not_grow_per_seed(tiny_clip_path):
-    from skclip.backbones.loading import load_clip
+    from skclip.backbones.loading import load_backbone as load_clip
 
     clip = load_clip(tiny_clip_path, "cpu", "float32")
     for seed in range(300):

@@ -363,7 +363,7 @@ def test_7_report_records_the_protocol(data_dir, tiny_clip_path, tmp_path, capsy
     """Item 7: shots, cv, random_state, sizes, version, model and fingerprint; the
     per-class section names its method."""
     from skclip import __version__
-    from skclip.backbones.loading import load_clip
+    from skclip.backbones.loading import load_backbone as load_clip
 
     report = tmp_path / "r.json"
     args = ["evaluate", data_dir, "--model", tiny_clip_path, "-q", "--cv", "3",
@@ -486,7 +486,7 @@ def test_r2_checkpoint_checked_before_encoding_report_shows_the_same_fingerprint
 
 
 def skops_load(path):
-    from skclip.cli.model_file import load_model
+    from skclip.cli.model_file import load_model_file as load_model
 
     return load_model(path)
 
@@ -568,7 +568,7 @@ def test_r7_per_class_heading_says_which_method_and_why():
 
 
 def test_r7_encode_restores_on_error_after_a_failure(tiny_clip_path, monkeypatch):
-    from skclip.cli.commands import _encode
+    from skclip.cli.commands import _featurize as _encode
     from skclip.featurizer import CLIPFeaturizer
 
     def fail(self, X):
@@ -678,7 +678,7 @@ def test_14_html_report_compares_every_method_with_a_gallery_of_mistakes(
 def test_19_7_a_model_file_cannot_steer_skclip(model_file, data_dir, tmp_path, capsys, suffix):
     """Machine-local parameters stored in a shared model file (where to write, threads,
     memory, device, runtime) are replaced by this machine's defaults or options."""
-    from skclip.cli.model_file import load_model, save_model
+    from skclip.cli.model_file import load_model_file as load_model, save_model
 
     if suffix == ".skops":
         pytest.importorskip("skops.io")
@@ -835,7 +835,7 @@ def test_i20_minor_predict_folder_says_what_it_skips(data_dir, model_file, tmp_p
 
 _LOAD = """
 import sys
-from skclip.backbones.loading import load_model
+from skclip.backbones.loading import load_backbone as load_model
 try:
     load_model(sys.argv[1])
     print("LOADED")

@@ -43,7 +43,7 @@ import json, os, sys, time
 import numpy as np
 cfg = json.loads(sys.argv[1])
 from skclip import CLIPFeaturizer
-from skclip.backbones.loading import load_clip
+from skclip.backbones.loading import load_backbone as load_clip
 
 def gate(what, after, go_file, paused_file=None):
     calls = [0]

@@ -17,7 +17,7 @@ from sklearn.pipeline import Pipeline
 from skclip import CLIPFeaturizer
 from skclip._compat import pooled_embeddings
 from skclip._images import CLIPPreprocessor, ImageLoadError, open_image
-from skclip.backbones.loading import load_clip
+from skclip.backbones.loading import load_backbone as load_clip
 
 
 @pytest.fixture(scope="module")

@@ -185,7 +185,7 @@ def test_unknown_scoring_fails_before_any_model_loads(tmp_path, monkeypatch):
     def no_loading(*args, **kwargs):
         raise AssertionError("a model was loaded before scoring was checked")
 
-    monkeypatch.setattr(tip_module, "load_clip", no_loading)
+    monkeypatch.setattr(tip_module, "load_backbone", no_loading)
     X, y = np.eye(4)[[0, 1, 2, 3] * 3], ["a", "b"] * 6
     clf = TipAdapterClassifierCV(clip_model=tmp_path / "not-loaded", scoring="acuracy", cv=2)
     with pytest.raises(ValueError, match=r"'scoring' parameter of TipAdapterClassifierCV.*'acuracy'"):

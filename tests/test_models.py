@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import torch
 
-from skclip.backbones.loading import load_clip, resolve_device, resolve_dtype
+from skclip.backbones.loading import load_backbone as load_clip, resolve_device, resolve_dtype
 
 
 def test_loaded_once_and_shared(tiny_clip_path):

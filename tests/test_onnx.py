@@ -13,7 +13,7 @@ pytest.importorskip("onnxscript")
 
 from skclip.backbones import onnx as _onnx  # noqa: E402
 from skclip._images import CLIPPreprocessor  # noqa: E402
-from skclip.backbones.loading import load_clip  # noqa: E402
+from skclip.backbones.loading import load_backbone as load_clip  # noqa: E402
 from skclip._paths import user_cache_dir  # noqa: E402
 
 

@@ -120,7 +120,7 @@ def test_i20_6_non_finite_fitted_arrays_are_refused_on_load(
 ):
     """Issue 20, case 6: a .skops with NaN cache_keys_ predicted one class for every image
     with NaN probabilities, exit 0."""
-    from skclip.cli.model_file import load_model, save_model
+    from skclip.cli.model_file import load_model_file as load_model, save_model
     from skclip.cli import main
 
     if fmt == "skops":

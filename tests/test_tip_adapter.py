@@ -19,7 +19,7 @@ from skclip.heads import _formula
 from skclip.heads._finetune import fine_tune_keys
 from skclip._compat import pooled_embeddings
 from skclip.heads._formula import cache_logits
-from skclip.backbones.loading import clear_model_cache, load_clip
+from skclip.backbones.loading import clear_model_cache, load_backbone as load_clip
 from skclip._testing import save_random_clip
 from skclip.text import IMAGENET_TEMPLATES, SIMPLE_TEMPLATES, clear_text_cache, text_weights
 

@@ -18,7 +18,7 @@ from skclip.encoding.cache import memory_digest
 from skclip._compat import pooled_embeddings
 from skclip.heads._finetune import fine_tune_keys
 from skclip._images import CLIPPreprocessor, open_image
-from skclip.backbones.loading import load_clip
+from skclip.backbones.loading import load_backbone as load_clip
 
 
 @pytest.fixture(scope="module")

@@ -31,7 +31,6 @@ probabilities: they are read from the weights.
 from __future__ import annotations
 
 import functools
-import hashlib
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
@@ -39,6 +38,7 @@ import numpy as np
 import torch
 
 from .._compat import pooled_embeddings
+from .._hashing import hasher
 from ._hub import from_pretrained
 from .preprocess import image_config, make_preprocessor
 
@@ -124,7 +124,7 @@ class Backbone:
         Identifies the model in embedding-cache keys across processes: two folders with
         the same weights share entries, a retrained model with the same name does not.
         """
-        h = hashlib.blake2b(digest_size=16)
+        h = hasher()
         self._hash_weights(h, self.vision_modules)
         return h.hexdigest()
 
@@ -138,7 +138,7 @@ class Backbone:
         """
         text = self.text_fingerprint if self.has_text else "image-only"
         parts = f"{self.vision_fingerprint}:{text}"
-        return hashlib.blake2b(parts.encode(), digest_size=16).hexdigest()
+        return hasher(parts.encode()).hexdigest()
 
     @functools.cached_property
     def text_fingerprint(self) -> str:
@@ -149,7 +149,7 @@ class Backbone:
         """
         if not self.has_text:
             raise self._no_text_error()
-        h = hashlib.blake2b(digest_size=16)
+        h = hasher()
         self._hash_weights(h, self.text_modules)
         if self.tokenizer is not None:
             vocab = sorted(self.tokenizer.get_vocab().items(), key=lambda kv: kv[1])

@@ -1,7 +1,7 @@
 """Loading checkpoints once per process.
 
 A featurizer and a classifier that name the same checkpoint, device and dtype
-share one loaded model through :func:`load_model` (also known as :func:`load_clip`).
+share one loaded model through :func:`load_backbone`.
 What is loaded is a :class:`skclip.backbones.families.Backbone`: the model with its family's
 adapter (CLIP, MetaCLIP 2, SigLIP, SigLIP 2, image-only), chosen from the checkpoint's
 config. Estimators only ever store the *name* of a checkpoint, so pickled estimators
@@ -22,11 +22,9 @@ from .families import Backbone, build_backbone
 
 
 _DEVICES = ("auto", "cpu", "cuda", "mps")
-_DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
+#: The torch dtype of each ``dtype`` name skclip accepts (models, Tip-Adapter-F training).
+TORCH_DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
 
-
-#: A loaded checkpoint of any supported family (the name predates the other families).
-LoadedCLIP = Backbone
 
 _CACHE: dict[tuple[str, str, str], Backbone] = {}
 _CACHE_LOCK = threading.Lock()
@@ -69,7 +67,7 @@ def resolve_dtype(dtype: str | torch.dtype, device: torch.device) -> torch.dtype
     if dtype == "auto":
         return torch.float16 if device.type == "cuda" else torch.float32
     try:
-        return _DTYPES[dtype]
+        return TORCH_DTYPES[dtype]
     except KeyError:
         raise ValueError(
             f"Unknown dtype {dtype!r}: use 'auto', 'float32', 'float16' or 'bfloat16'."
@@ -86,7 +84,7 @@ def _pil_image_processor_class() -> type:
     return CLIPImageProcessorPil
 
 
-def load_model(
+def load_backbone(
     name_or_path: str | os.PathLike = DEFAULT_MODEL,
     device: str | torch.device = "auto",
     dtype: str | torch.dtype = "auto",
@@ -121,8 +119,8 @@ def load_model(
 
     Examples
     --------
-    >>> from skclip.backbones.loading import load_model
-    >>> clip = load_model(tiny_clip_path)  # a local folder, or a hub id with internet
+    >>> from skclip.backbones.loading import load_backbone
+    >>> clip = load_backbone(tiny_clip_path)  # a local folder, or a hub id with internet
     >>> clip.family, clip.embedding_dim, clip.logit_scale
     ('clip', 16, 100.0)
     """
@@ -136,15 +134,11 @@ def load_model(
         return _CACHE[key]
 
 
-#: The loader's first name, from when only CLIP was supported.
-load_clip = load_model
-
-
 class CheckpointMismatchError(ValueError):
     """A fitted estimator found a different checkpoint than the one it was fitted with."""
 
 
-def check_fingerprint(estimator: Any, name: Any, clip: LoadedCLIP) -> None:
+def check_fingerprint(estimator: Any, name: Any, clip: Backbone) -> None:
     """Raise :class:`CheckpointMismatchError` if ``estimator`` was fitted on another
     checkpoint than ``clip`` (its ``model_fingerprint_`` differs); no-op before fit."""
     stored = getattr(estimator, "model_fingerprint_", None)

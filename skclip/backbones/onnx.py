@@ -56,7 +56,9 @@ from typing import Any
 import numpy as np
 import torch
 
-from .loading import LoadedCLIP
+from .loading import Backbone
+from .._hashing import hasher
+from .._images import fixed_size
 from .._paths import user_cache_dir
 
 #: Version of the export recipe; part of every export's key. Bump it when the exported
@@ -122,7 +124,7 @@ def _require_onnxruntime() -> Any:
 _WARNED: set[str] = set()
 
 
-def warn_fallback(clip: LoadedCLIP, exc: BaseException) -> None:
+def warn_fallback(clip: Backbone, exc: BaseException) -> None:
     """Warn once per checkpoint that ``runtime="auto"`` fell back to PyTorch."""
     if clip.name not in _WARNED:
         _WARNED.add(clip.name)
@@ -143,7 +145,7 @@ class _ImageTower(torch.nn.Module):
     """What is exported: ``uint8`` crops -> the family's rescale and normalization ->
     its image features (e.g. CLIP's projected embeddings)."""
 
-    def __init__(self, backbone: LoadedCLIP) -> None:
+    def __init__(self, backbone: Backbone) -> None:
         super().__init__()
         self.model = backbone.model  # registered: its weights are the export's
         self.backbone = backbone
@@ -153,23 +155,19 @@ class _ImageTower(torch.nn.Module):
         return self.backbone.image_features(inputs).float()
 
 
-def _fixed_size(clip: LoadedCLIP) -> tuple[int, int] | None:
+def _fixed_size(clip: Backbone) -> tuple[int, int] | None:
     """The (height, width) every input of ``clip`` has, or None where inputs vary
     (SigLIP 2's NaFlex patches)."""
-    config = clip.image_config
-    if "crop_size" not in config:
-        return None
-    height, width = config["crop_size"] if config["do_center_crop"] else config["size"]
-    return None if height is None or width is None else (int(height), int(width))
+    return fixed_size(clip.image_config)
 
 
-def supports(clip: LoadedCLIP) -> bool:
+def supports(clip: Backbone) -> bool:
     """Whether the checkpoint can be exported: a fixed input size (every family but
     SigLIP 2's NaFlex, whose inputs vary in patches)."""
     return _fixed_size(clip) is not None
 
 
-def _input_shape(clip: LoadedCLIP) -> tuple[int, int, int]:
+def _input_shape(clip: Backbone) -> tuple[int, int, int]:
     size = _fixed_size(clip)
     if size is None:
         raise ValueError(
@@ -179,14 +177,14 @@ def _input_shape(clip: LoadedCLIP) -> tuple[int, int, int]:
     return 3, *size
 
 
-def export_key(clip: LoadedCLIP, dtype: str = "float32") -> str:
+def export_key(clip: Backbone, dtype: str = "float32") -> str:
     """The name of ``clip``'s export: a digest of the image tower's weights fingerprint
     and configuration, the preprocessing (baked into the graph), ``dtype`` and
     :data:`EXPORT_FORMAT`.
 
     Parameters
     ----------
-    clip : LoadedCLIP
+    clip : Backbone
     dtype : {"float32", "int8"}
 
     Returns
@@ -195,7 +193,7 @@ def export_key(clip: LoadedCLIP, dtype: str = "float32") -> str:
     """
     if dtype not in DTYPES:
         raise ValueError(f"dtype must be one of {DTYPES} for ONNX Runtime, got {dtype!r}.")
-    h = hashlib.blake2b(digest_size=12)
+    h = hasher(digest_size=12)
     vision_config = getattr(clip.model.config, "vision_config", clip.model.config)
     parts = (
         EXPORT_FORMAT, clip.vision_fingerprint, vision_config.to_json_string(use_diff=False),
@@ -288,7 +286,7 @@ def _discard(folder: Path) -> None:
     shutil.rmtree(trash, ignore_errors=True)
 
 
-def _export_float32(clip: LoadedCLIP, target: Path) -> None:
+def _export_float32(clip: Backbone, target: Path) -> None:
     """Export ``clip``'s image tower (float32, CPU) into the folder ``target``."""
     if clip.device.type != "cpu" or clip.dtype != torch.float32:
         raise ValueError(
@@ -339,12 +337,12 @@ def _export_int8(source: Path, target: Path) -> None:
         root.setLevel(level)
 
 
-def export(clip: LoadedCLIP, dtype: str = "float32", folder: str | os.PathLike | None = None) -> Path:
+def export(clip: Backbone, dtype: str = "float32", folder: str | os.PathLike | None = None) -> Path:
     """The folder of ``clip``'s ONNX export, made now if it is missing or broken.
 
     Parameters
     ----------
-    clip : LoadedCLIP
+    clip : Backbone
         A model loaded on the CPU in float32.
     dtype : {"float32", "int8"}, default="float32"
         ``"int8"``: ONNX Runtime's dynamic quantization of the float32 export
@@ -426,7 +424,7 @@ def _session(path: Path, threads: int) -> Any:
 
 
 def image_encoder(
-    clip: LoadedCLIP,
+    clip: Backbone,
     *,
     dtype: str = "float32",
     threads: int | None = None,
@@ -439,7 +437,7 @@ def image_encoder(
 
     Parameters
     ----------
-    clip : LoadedCLIP
+    clip : Backbone
         A model loaded on the CPU in float32 (only needed to export; the session runs
         on its own copy of the weights).
     dtype : {"float32", "int8"}, default="float32"
@@ -457,9 +455,9 @@ def image_encoder(
     Examples
     --------
     >>> import numpy as np, tempfile
-    >>> from skclip.backbones.loading import load_clip
+    >>> from skclip.backbones.loading import load_backbone
     >>> from skclip.backbones.onnx import image_encoder
-    >>> clip = load_clip(tiny_clip_path, "cpu", "float32")
+    >>> clip = load_backbone(tiny_clip_path, "cpu", "float32")
     >>> encoder = image_encoder(clip, folder=tempfile.mkdtemp())  # exported once, then reused
     >>> encoder(np.zeros((2, 3, 32, 32), dtype=np.uint8)).shape
     (2, 16)

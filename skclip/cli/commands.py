@@ -328,7 +328,7 @@ def _short_reason(path: str, index: int, reason: str) -> str:
     return readable(reason)
 
 
-def _encode(
+def _featurize(
     featurizer: Any, files: np.ndarray, on_error: str, *, augmented: bool = False
 ) -> tuple[np.ndarray, dict[int, str]]:
     """Embeddings of ``files`` (augmented training keys if ``augmented``) and, with
@@ -487,9 +487,9 @@ def _check_evaluate(args: argparse.Namespace) -> tuple[Any, Any]:
 def _text_model(args: argparse.Namespace) -> str | None:
     """``args.model`` as the classifiers' ``clip_model``, or None for an image-only
     backbone (DINOv2...): the cache model alone, without a zero-shot text term."""
-    from ..backbones.loading import load_model
+    from ..backbones.loading import load_backbone
 
-    return args.model if load_model(args.model, args.device).has_text else None
+    return args.model if load_backbone(args.model, args.device).has_text else None
 
 
 #: Hyperparameter grids that the inner cross-validation of ``skclip evaluate`` searches.
@@ -645,9 +645,9 @@ def _after_skipping(
 def _fingerprints(args: argparse.Namespace) -> dict[str, Any]:
     """The checkpoint's ``model_fingerprint`` (the one estimators record and errors show)
     and, for reference, its towers' fingerprints."""
-    from ..backbones.loading import load_model
+    from ..backbones.loading import load_backbone
 
-    clip = load_model(args.model, args.device)
+    clip = load_backbone(args.model, args.device)
     return {
         "model_fingerprint": clip.fingerprint,
         "tower_fingerprints": {"vision": clip.vision_fingerprint,
@@ -670,14 +670,14 @@ def evaluate(args: argparse.Namespace) -> int:
              + (f"; {args.test_dir}: {len(test.labels)} images" if test is not None else ""))
     featurizer = _featurizer(args)
     say.step(f"encoding {len(data.labels)} images with {args.model}")
-    X, bad = _encode(featurizer, data.filenames, args.on_error)
+    X, bad = _featurize(featurizer, data.filenames, args.on_error)
     skipped = _skipped(data.filenames, bad, say)
     keep = np.setdiff1d(np.arange(len(X)), list(bad))
     files, X, y = data.filenames[keep], X[keep], data.labels[keep]
-    X_keys = _encode(featurizer, files, "raise", augmented=True)[0] if args.augment else X
+    X_keys = _featurize(featurizer, files, "raise", augmented=True)[0] if args.augment else X
     if test is not None:
         say.step(f"encoding {len(test.labels)} test images")
-        X_test, bad_test = _encode(featurizer, test.filenames, args.on_error)
+        X_test, bad_test = _featurize(featurizer, test.filenames, args.on_error)
         skipped += _skipped(test.filenames, bad_test, say)
         keep_test = np.setdiff1d(np.arange(len(X_test)), list(bad_test))
         X_test, y_test = X_test[keep_test], test.labels[keep_test]
@@ -775,7 +775,7 @@ def fit_command(args: argparse.Namespace) -> int:
     skipped: list[dict[str, str]] = []
     if args.on_error == "skip":  # find the unreadable files (the embeddings stay cached)
         say.step(f"encoding {len(files)} images with {args.model}")
-        _, bad = _encode(_featurizer(args), files, "skip")
+        _, bad = _featurize(_featurizer(args), files, "skip")
         skipped = _skipped(files, bad, say)
         keep = np.setdiff1d(np.arange(len(files)), list(bad))
         files, labels = files[keep], labels[keep]
@@ -873,14 +873,14 @@ def _check_checkpoint(pipe: Any, model_file: str) -> None:
         Naming the model file, the checkpoint, both fingerprints and ``--model PATH``.
     """
     from ..encoding.engine import model_dtype
-    from ..backbones.loading import CheckpointMismatchError, check_fingerprint, load_model
+    from ..backbones.loading import CheckpointMismatchError, check_fingerprint, load_backbone
 
     for _, step in pipe.steps:
         name = getattr(step, "model", None) or getattr(step, "clip_model", None)
         if getattr(step, "model_fingerprint_", None) is None or name is None:
             continue
         dtype = model_dtype(getattr(step, "dtype", "auto"))  # int8: quantized from float32
-        clip = load_model(name, step.device, dtype)
+        clip = load_backbone(name, step.device, dtype)
         try:
             check_fingerprint(step, name, clip)
         except CheckpointMismatchError:
@@ -894,7 +894,7 @@ def _check_checkpoint(pipe: Any, model_file: str) -> None:
 
 def predict_command(args: argparse.Namespace) -> int:
     """``skclip predict``: see the sub-command's help."""
-    from .model_file import checkpoint_names, load_model
+    from .model_file import checkpoint_names, load_model_file
 
     say = _Say(args.quiet)
     _check_cache_dir(args)
@@ -903,7 +903,7 @@ def predict_command(args: argparse.Namespace) -> int:
         if args.verbose:
             say.note(f"the model file's machine-local parameter is not used: {line}")
 
-    pipe = load_model(args.model_file, usage=_USAGE_PREDICT, note=say.always, reset_note=replaced,
+    pipe = load_model_file(args.model_file, usage=_USAGE_PREDICT, note=say.always, reset_note=replaced,
                       machine={"device": args.device, "cache_dir": args.cache_dir})
     if args.output:
         check_output_path(args.output, "--output")
@@ -919,7 +919,7 @@ def predict_command(args: argparse.Namespace) -> int:
     say.step(f"loading {featurizer.model}")
     _check_checkpoint(pipe, args.model_file)
     say.step(f"encoding {len(paths)} images")
-    X, bad = _encode(featurizer, np.array(paths), args.on_error)
+    X, bad = _featurize(featurizer, np.array(paths), args.on_error)
     _skipped(np.asarray(paths), bad, say)
     good = np.setdiff1d(np.arange(len(paths)), list(bad))
     classes = pipe.classes_

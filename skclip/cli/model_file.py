@@ -108,7 +108,7 @@ def _classifiers() -> tuple[type, ...]:
     return (TipAdapterClassifierCV, TipAdapterClassifier)
 
 
-def load_model(
+def load_model_file(
     path: str | os.PathLike, *, usage: str = "", note: Any = None,
     machine: dict[str, Any] | None = None, reset_note: Any = None,
 ) -> Any:

@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import atexit
 import errno
-import hashlib
 import multiprocessing
 import os
 import secrets
@@ -42,16 +41,13 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
+from .._hashing import DIGEST_SIZE as _DIGEST_SIZE
+from .._hashing import hasher as _hasher
 from .._images import read_image_bytes
 from .stamps import FileStamps
 
 CacheInfo = namedtuple("CacheInfo", ["hits", "misses", "maxsize", "currsize"])
 
-_DIGEST_SIZE = 16
-
-
-def _hasher() -> Any:
-    return hashlib.blake2b(digest_size=_DIGEST_SIZE)
 
 
 def settings_digest(*parts: Any) -> str:

@@ -47,7 +47,7 @@ from .cache import (
 )
 from ..backbones import onnx as _onnx
 from .._images import DECODE_RULES, ImageLoadError, ImageLoadWarning, describe, open_image
-from ..backbones.loading import LoadedCLIP, load_clip, resolve_device
+from ..backbones.loading import Backbone, load_backbone, resolve_device
 from ..backbones.preprocess import Preprocessor
 
 
@@ -92,7 +92,7 @@ class EncodeSpec:
 
     Attributes
     ----------
-    clip : LoadedCLIP
+    clip : Backbone
         The loaded checkpoint, with its family's adapter.
     preprocess : Preprocessor
         The checkpoint's preprocessing (``clip.preprocessor``).
@@ -112,7 +112,7 @@ class EncodeSpec:
         The ONNX Runtime image tower (``runtime="onnxruntime"``), or None for PyTorch.
     """
 
-    clip: LoadedCLIP
+    clip: Backbone
     preprocess: Preprocessor
     normalize: bool
     n_views: int
@@ -217,7 +217,7 @@ _SETTINGS_PER_MODEL = 64
 
 
 def cache_settings(
-    clip: LoadedCLIP, normalize: bool, n_views: int, seed: int | None, encoder: str | None = None
+    clip: Backbone, normalize: bool, n_views: int, seed: int | None, encoder: str | None = None
 ) -> str:
     """Digest of everything besides the image that determines an embedding.
 
@@ -237,7 +237,7 @@ def cache_settings(
 
 
 def _cache_settings(
-    clip: LoadedCLIP, normalize: bool, n_views: int, seed: int | None, encoder: str | None
+    clip: Backbone, normalize: bool, n_views: int, seed: int | None, encoder: str | None
 ) -> str:
     parts: tuple = (
         clip.vision_fingerprint, sorted(clip.image_config.items()), str(clip.dtype),
@@ -290,7 +290,7 @@ def model_dtype(dtype: str) -> str:
     return "float32" if dtype == "int8" else dtype
 
 
-def onnx_encoder(clip: LoadedCLIP, dtype: str, strict: bool) -> _onnx.ImageEncoder | None:
+def onnx_encoder(clip: Backbone, dtype: str, strict: bool) -> _onnx.ImageEncoder | None:
     """The ONNX Runtime tower of ``clip``; None (PyTorch) if it cannot be exported and
     ONNX Runtime was not asked for explicitly (``strict=False``: ``runtime="auto"``)."""
     onnx_dtype = "int8" if dtype == "int8" else "float32"
@@ -320,7 +320,7 @@ def spec_for(
     """
     device = resolve_device(featurizer.device)
     runtime = resolve_runtime(featurizer.runtime, device, featurizer.dtype)
-    clip = load_clip(featurizer.model, device, model_dtype(featurizer.dtype))
+    clip = load_backbone(featurizer.model, device, model_dtype(featurizer.dtype))
     encoder = None
     strict = featurizer.runtime == "onnxruntime" or featurizer.dtype == "int8"
     if runtime == "onnxruntime" and (strict or _onnx.supports(clip)):  # "auto": fixed sizes

@@ -37,7 +37,7 @@ from sklearn.utils.multiclass import check_classification_targets
 from sklearn.utils.validation import check_is_fitted, validate_data
 
 from .._compat import StrOptions
-from ..backbones.loading import DEFAULT_MODEL, load_clip, resolve_device
+from ..backbones.loading import DEFAULT_MODEL, load_backbone, resolve_device
 from ..text import clean_class_name, resolve_templates, text_weights
 from ._formula import CLIP_LOGIT_SCALE
 
@@ -231,7 +231,7 @@ class TextHead(ClassifierMixin, BaseEstimator):
         if self.text_features is not None:
             dim = np.shape(self.text_features)[-1]
         elif self.clip_model is not None:
-            dim = load_clip(self.clip_model, self.device, "auto").embedding_dim
+            dim = load_backbone(self.clip_model, self.device, "auto").embedding_dim
         if dim is not None and dim != d:
             raise ValueError(
                 f"{how}, but X has {width} columns = {blocks} x {d} while the text embeddings "
@@ -274,7 +274,7 @@ class TextHead(ClassifierMixin, BaseEstimator):
             return None, None, None
         templates = resolve_templates(self.templates)
         names = self._class_names()
-        clip = load_clip(self.clip_model, self.device, "auto")
+        clip = load_backbone(self.clip_model, self.device, "auto")
         clip.require_text()  # an image-only backbone has no text tower: say so, clearly
         if clip.embedding_dim != n_features:
             raise ValueError(

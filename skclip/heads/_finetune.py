@@ -24,7 +24,7 @@ from sklearn.model_selection import train_test_split
 from sklearn.utils import check_random_state
 
 from ._formula import CLIP_LOGIT_SCALE, tip_adapter_logits
-from ..backbones.loading import resolve_device
+from ..backbones.loading import TORCH_DTYPES, resolve_device
 
 #: ``epochs="auto"``: the reference's 20 epochs, or more to make at least 300 AdamW steps.
 AUTO_EPOCHS = 20
@@ -34,7 +34,6 @@ AUTO_VALIDATION_FRACTION = 0.1
 #: ... when every class has at least this many samples (else it holds out nothing).
 AUTO_VALIDATION_MIN_SAMPLES = 20
 
-_DTYPES = {"float32": torch.float32, "float16": torch.float16}
 
 
 class FineTuneResult(NamedTuple):
@@ -180,7 +179,7 @@ def fine_tune_keys(
         )
     rng = check_random_state(random_state)
     dev = resolve_device(device)
-    dtype = _DTYPES[train_dtype]
+    dtype = TORCH_DTYPES[train_dtype]
     validation_fraction = resolve_validation_fraction(validation_fraction, y_enc, n_classes)
     train = np.arange(len(X))
     val = None

@@ -22,8 +22,8 @@ from collections.abc import Iterator, Sequence
 
 import torch
 
-#: CLIP's learned logit scale (temperature 0.01), fixed as in the paper.
-CLIP_LOGIT_SCALE = 100.0
+from ..backbones.families import CLIP_LOGIT_SCALE
+
 
 
 def zero_shot_logits(
