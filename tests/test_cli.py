@@ -475,7 +475,7 @@ def test_r2_checkpoint_checked_before_encoding_report_shows_the_same_fingerprint
     monkeypatch.setattr(CLIPFeaturizer, "transform",
                         lambda self, X: encoded.append(len(X)) or original(self, X))
     with pytest.raises(CheckpointMismatchError):  # in Python: the same error class
-        from skclip.cli.commands import _check_checkpoint
+        from skclip.cli.predict import _check_checkpoint
         _check_checkpoint(skops_load(model), str(model))
     assert main(["predict", str(model), data_dir, "-q"]) == 1
     err = capsys.readouterr().err
@@ -568,7 +568,7 @@ def test_r7_per_class_heading_says_which_method_and_why():
 
 
 def test_r7_encode_restores_on_error_after_a_failure(tiny_clip_path, monkeypatch):
-    from skclip.cli.commands import _featurize as _encode
+    from skclip.cli.common import _featurize as _encode
     from skclip.featurizer import CLIPFeaturizer
 
     def fail(self, X):
@@ -633,7 +633,7 @@ def test_14_html_report_compares_every_method_with_a_gallery_of_mistakes(
     (each method's most confident mistakes: thumbnail, true, predicted, confidence)."""
     from test_html_report import _browser, _parse, _run_browser
 
-    from skclip.cli.commands import GALLERY_SIZE
+    from skclip.cli.evaluate import GALLERY_SIZE
 
     base = ["evaluate", data_dir, "--model", tiny_clip_path, "--cv", "3", "--fine-tune", "-q"]
     assert main(base + ["--report", str(tmp_path / "r.json")]) == 0

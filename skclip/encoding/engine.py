@@ -560,20 +560,7 @@ def encode(items: list, spec: EncodeSpec, keep_going: bool) -> Encoded:
                     out[i] = vec
                 n_hits += len(res.found)
                 if res.pixels is not None and (not errors or keep_going):
-                    # With a shared folder, claim and encode a few images at a time, so
-                    # that processes encoding the same images split them finely.
-                    for part in split(res, CLAIM_CHUNK) if shared else [res]:
-                        if shared:  # leave to other processes what they are encoding
-                            part, hits, others = _claimed(spec.cache, part, claims)
-                            for i, vec in hits:
-                                out[i] = vec
-                            n_hits += len(hits)
-                            waiting.extend(others)
-                        if part.kept:
-                            emb = embed(spec, part.pixels)
-                            out[part.kept] = emb
-                            store(spec.cache, part.keys, emb)
-                            release(spec.cache, part.keys, claims)
+                    n_hits += _forward(spec, res, out, claims if shared else None, waiting)
                 bar.update(len(batch))
     finally:
         release(spec.cache, list(claims), claims)
@@ -596,6 +583,31 @@ def encode(items: list, spec: EncodeSpec, keep_going: bool) -> Encoded:
 
 #: Images claimed and encoded at a time when processes share a disk cache.
 CLAIM_CHUNK = 8
+
+
+def _forward(
+    spec: EncodeSpec, res: Prepared, out: np.ndarray, claims: set[str] | None,
+    waiting: list[tuple[int, str]],
+) -> int:
+    """Embed a prepared batch into ``out`` and store it; the number of cache hits found
+    meanwhile. With a disk cache shared by processes (``claims`` not None), a few
+    images at a time are claimed and encoded, so that processes encoding the same
+    images split them finely; those another process is encoding go to ``waiting``."""
+    n_hits = 0
+    for part in [res] if claims is None else split(res, CLAIM_CHUNK):
+        if claims is not None:  # leave to other processes what they are encoding
+            part, hits, others = _claimed(spec.cache, part, claims)
+            for i, vec in hits:
+                out[i] = vec
+            n_hits += len(hits)
+            waiting.extend(others)
+        if part.kept:
+            emb = embed(spec, part.pixels)
+            out[part.kept] = emb
+            store(spec.cache, part.keys, emb)
+            if claims is not None:
+                release(spec.cache, part.keys, claims)
+    return n_hits
 
 
 def split(res: Prepared, size: int) -> list[Prepared]:
