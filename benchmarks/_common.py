@@ -104,7 +104,9 @@ class Paired(NamedTuple):
                 f"{self.baseline:.4g} s baseline]")
 
 
-def paired(baseline: Callable[[], object], measured: Callable[[], object], rounds: int = 5) -> Paired:
+def paired(
+    baseline: Callable[[], object], measured: Callable[[], object], rounds: int = 5
+) -> Paired:
     """Time ``baseline`` and ``measured`` back to back ``rounds`` times (alternating which
     goes first) and return the median of the per-round ratios measured / baseline.
 

@@ -119,12 +119,17 @@ def bench_predict(args: argparse.Namespace) -> None:
     print(f"  device={args.device}: peaks are {where} memory; times are the best of {args.repeat}")
     (t_ours, peak_ours, check_ours) = min(runs["skclip"])
     if args.skip_naive:
-        print(f"  TipAdapterClassifier.decision:  {t_ours:7.2f} s, peak +{peak_ours / GiB:5.2f} GiB "
-              "(naive formula skipped)")
+        print(
+            f"  TipAdapterClassifier.decision:  {t_ours:7.2f} s, peak +{peak_ours / GiB:5.2f} GiB "
+            "(naive formula skipped)"
+        )
         return
     (t_np, peak_np, check_np) = min(runs["numpy"])
     assert abs(check_ours - check_np) <= 1e-3 * abs(check_np), "results differ"
-    print(f"  naive formula ({'torch' if where == 'GPU' else 'numpy'}):  {t_np:7.2f} s, peak +{peak_np / GiB:5.2f} GiB")
+    print(
+        f"  naive formula ({'torch' if where == 'GPU' else 'numpy'}):  {t_np:7.2f} s, "
+        f"peak +{peak_np / GiB:5.2f} GiB"
+    )
     print(f"  TipAdapterClassifier.decision:  {t_ours:7.2f} s, peak +{peak_ours / GiB:5.2f} GiB")
     print(f"  ratio time skclip / naive formula: {t_ours / t_np:.3f}  (goal <= 1.0)")
     print(f"  peak memory skclip: {peak_ours / GiB:.2f} GiB  (goal <= 2 GiB)")

@@ -74,8 +74,13 @@ def throughput(args: argparse.Namespace, model_dir: str) -> None:
     n = len(paths)
     print(f"throughput: device={clip.device} dtype={clip.dtype} runtime={args.runtime} "
           f"images={n} (500x375 JPEG) batch_size={args.batch_size} n_jobs={args.n_jobs}")
-    print(f"  raw get_image_features (PyTorch eager), ready tensors: {n / result.baseline:8.1f} img/s")
-    print(f"  CLIPFeaturizer paths -> embeddings:                     {n / result.measured:8.1f} img/s")
+    print(
+        f"  raw get_image_features (PyTorch eager), ready tensors: {n / result.baseline:8.1f} img/s"
+    )
+    print(
+        "  CLIPFeaturizer paths -> embeddings:                     "
+        f"{n / result.measured:8.1f} img/s"
+    )
     print("  " + result.line("featurizer throughput / raw forward throughput",
                              args.goal or ">= 0.9", speedup=True))
 

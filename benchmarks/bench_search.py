@@ -40,7 +40,10 @@ from sklearn.pipeline import Pipeline  # noqa: E402
 
 from skclip import CLIPFeaturizer, TipAdapterClassifier, TipAdapterClassifierCV  # noqa: E402
 
-GRID = {"alpha": list(np.r_[0.0, np.geomspace(0.1, 50, 9)]), "beta": list(np.geomspace(0.5, 50, 10))}
+GRID = {
+    "alpha": list(np.r_[0.0, np.geomspace(0.1, 50, 9)]),
+    "beta": list(np.geomspace(0.5, 50, 10)),
+}
 
 
 RUNTIME: dict = {}  # --runtime, when given: CLIPFeaturizer(runtime=...)
@@ -76,7 +79,9 @@ def p2(args: argparse.Namespace) -> None:
     t_pass2 = timed(lambda: one_pass.transform(paths))  # the divisor again, after: drift check
 
     print(f"P2: 200 images (500x375 JPEG), ViT-B/32-size CLIP on {args.device}")
-    print(f"  one CLIPFeaturizer.transform pass: {t_pass:6.2f} s (again at the end: {t_pass2:.2f} s)")
+    print(
+        f"  one CLIPFeaturizer.transform pass: {t_pass:6.2f} s (again at the end: {t_pass2:.2f} s)"
+    )
     print(f"  GridSearchCV 10x10, cv=5 (500 fits + refit), cache on: {t_search:6.2f} s; "
           f"cache hits {info.hits}, misses {info.misses}")
     divisor = (t_pass + t_pass2) / 2  # before and after: the machine drifts

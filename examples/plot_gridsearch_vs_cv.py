@@ -33,7 +33,9 @@ cv = StratifiedKFold(3, shuffle=True, random_state=0)
 # %%
 # GridSearchCV over the whole pipeline. The featurizer's cache means each image is
 # encoded once, not once per candidate and fold.
-pipe = Pipeline([("clip", CLIPFeaturizer(model=model)), ("tip", TipAdapterClassifier(clip_model=model))])
+pipe = Pipeline(
+    [("clip", CLIPFeaturizer(model=model)), ("tip", TipAdapterClassifier(clip_model=model))]
+)
 t0 = time.perf_counter()
 search = GridSearchCV(pipe, {"tip__alpha": alphas, "tip__beta": betas}, cv=cv)
 search.fit(data.filenames, data.labels)

@@ -25,7 +25,9 @@ from skclip import CLIPFeaturizer, TipAdapterClassifier
 from skclip.datasets import load_image_folder
 from skclip.model_selection import few_shot_split
 
-data = load_image_folder(sys.argv[1] if len(sys.argv) > 1 else make_folder(n_per_class=16, noise=60))
+data = load_image_folder(
+    sys.argv[1] if len(sys.argv) > 1 else make_folder(n_per_class=16, noise=60)
+)
 model = os.environ.get("SKCLIP_MODEL", "openai/clip-vit-base-patch32")
 train, test = few_shot_split(data.labels, shots=8, random_state=0)
 

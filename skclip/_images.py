@@ -110,7 +110,8 @@ def _array_to_image(arr: np.ndarray, index: int) -> Image.Image:
     elif np.issubdtype(arr.dtype, np.integer) or arr.dtype == np.bool_:
         if arr.min() < 0 or arr.max() > 255:
             raise ImageLoadError(
-                f"Cannot use {describe(arr, index)} as an image: integer values must lie in [0, 255]."
+                f"Cannot use {describe(arr, index)} as an image: integer values must lie in "
+                "[0, 255]."
             )
         arr = arr.astype(np.uint8)
     else:
@@ -210,7 +211,8 @@ def _too_large(path: Any, index: int, size: str, cap: int) -> ImageLoadError:
 
 def _read_capped(fd: int, size_hint: int, cap: int | None, path: Any, index: int) -> bytes:
     """Everything ``fd`` holds, but never more than ``cap`` bytes (then an error)."""
-    chunks, total = [], 0
+    chunks: list[bytes] = []
+    total = 0
     while True:
         want = max(size_hint + 1 - total, 2**16)
         if cap is not None:

@@ -3,11 +3,10 @@
 from __future__ import annotations
 
 import os
-import stat
 import warnings
 from collections.abc import Iterable
 from pathlib import Path
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 import numpy as np
 from sklearn.utils import Bunch
@@ -86,7 +85,8 @@ def _class_folders(root: Path, follow_symlinks: bool) -> list[str]:
     to a folder outside ``root`` is followed if ``follow_symlinks``, else skipped with a
     warning; two followed links may not share images either."""
     real_root = root.resolve()
-    names, targets = [], {}
+    names: list[str] = []
+    targets: dict[str, Any] = {}
     for path in root.iterdir():
         if _hidden(path.name) or not path.is_dir():
             continue

@@ -294,7 +294,8 @@ class TipAdapterClassifierCV(_BaseTipAdapter):
             if counts.min() < n_splits:
                 worst = int(np.argmin(counts))
                 raise ValueError(
-                    f"Class {self.classes_.tolist()[worst]!r} has only {counts[worst]} samples, fewer than "
+                    f"Class {self.classes_.tolist()[worst]!r} has only {counts[worst]} samples, "
+                    "fewer than "
                     f"cv={n_splits} folds: every fold must be able to hold out each class. Use "
                     f"cv={max(2, int(counts.min()))} or fewer folds, or pass a splitter."
                 )
@@ -323,8 +324,8 @@ class TipAdapterClassifierCV(_BaseTipAdapter):
             )
             scores = np.empty((len(alphas), len(betas)))
             y_true = self.classes_[y_enc[test]]
-            for ib, logits in enumerate(grid):
-                logits = logits.numpy()
+            for ib, grid_logits in enumerate(grid):
+                logits = grid_logits.numpy()
                 if scorer is None:
                     scores[:, ib] = (logits.argmax(axis=2) == y_enc[test]).mean(axis=1)
                 else:
@@ -335,7 +336,7 @@ class TipAdapterClassifierCV(_BaseTipAdapter):
         if self.fine_tune:
             result = self._fine_tune(X, y_enc, n_classes, W, views)
             self._set_cache(result.keys, y_enc[result.kept])
-            self.loss_curve_ = result.loss_curve
+            self.loss_curve_: list[float] | None = result.loss_curve
         else:
             self._set_cache(X, y_enc)
             self.loss_curve_ = None

@@ -73,7 +73,8 @@ def resolve_templates(templates: str | Sequence[str]) -> tuple[str, ...]:
     for t in out:
         if not isinstance(t, str) or t.count("{}") != 1:
             raise ValueError(
-                f"Each template must be a string with exactly one '{{}}' for the class name; got {t!r}."
+                "Each template must be a string with exactly one '{}' for the class name; "
+                f"got {t!r}."
             )
     return out
 

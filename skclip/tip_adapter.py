@@ -254,7 +254,7 @@ class TipAdapterClassifier(_BaseTipAdapter):
 
         Parameters
         ----------
-        X : array-like of shape (n_samples, n_features) or (n_samples, (1 + train_views) * n_features)
+        X : array-like of shape (n_samples, (1 + train_views) * n_features)
             Image features, e.g. from :class:`CLIPFeaturizer`; normalized inside. With
             ``train_views=E``, followed by ``E`` blocks of view features.
         y : array-like of shape (n_samples,)

@@ -48,7 +48,8 @@ def clip_like_task(seed=0, d=64, n_classes=8, shots=16, n_test=100, noise=2.0, t
     return X_train, y_train, X_test, y_test, W
 
 
-#: Three CLIP-like tasks of growing size for Tip-Adapter-F (``clip_statistics_task(**TASKS[name])``).
+#: Three CLIP-like tasks of growing size for Tip-Adapter-F
+#: (``clip_statistics_task(**TASKS[name])``).
 #: Same-class image cosines ~0.76, other-class ~0.5-0.6, image-text ~0.2-0.25 with the true
 #: class a few hundredths above the rest; zero-shot accuracy ~0.5-0.7.
 TIPF_TASKS = {

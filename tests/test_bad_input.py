@@ -192,7 +192,9 @@ def test_bad_features_and_labels(unit, mutate, match):
 
 def test_other_width_at_predict(unit):
     clf = TipAdapterClassifier(clip_model=None).fit(unit, ["a", "b"] * 6)
-    with pytest.raises(ValueError, match="X has 5 features, but TipAdapterClassifier is expecting 6"):
+    with pytest.raises(
+        ValueError, match="X has 5 features, but TipAdapterClassifier is expecting 6"
+    ):
         clf.predict(unit[:, :5])
 
 

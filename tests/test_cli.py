@@ -93,9 +93,13 @@ def test_errors_exit_1_with_a_message(tmp_path, tiny_clip_path, capsys):
 
 
 def test_entry_point_help_and_usage_errors():
-    done = subprocess.run([sys.executable, "-m", "skclip", "--help"], capture_output=True, text=True)
+    done = subprocess.run(
+        [sys.executable, "-m", "skclip", "--help"], capture_output=True, text=True
+    )
     assert done.returncode == 0 and "evaluate" in done.stdout and "predict" in done.stdout
-    done = subprocess.run([sys.executable, "-m", "skclip", "evaluate"], capture_output=True, text=True)
+    done = subprocess.run(
+        [sys.executable, "-m", "skclip", "evaluate"], capture_output=True, text=True
+    )
     assert done.returncode == 2 and "data_dir" in done.stderr
 
 

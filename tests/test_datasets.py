@@ -43,7 +43,9 @@ def test_layout_and_order(tree):
     X, y = load_image_folder(tree, return_X_y=True)
     np.testing.assert_array_equal(X, data.filenames)
     np.testing.assert_array_equal(y, data.target)
-    with pytest.raises(ValueError, match=r"scratch' has no images with extensions \['.png', '.webp'\]"):
+    with pytest.raises(
+        ValueError, match=r"scratch' has no images with extensions \['.png', '.webp'\]"
+    ):
         load_image_folder(tree, extensions=["png", ".WEBP"])
 
 

@@ -63,7 +63,10 @@ def test_transform_validates_its_arguments_before_any_work(kwargs, match):
 def test_core_package_does_not_import_dask():
     import subprocess
 
-    code = "import skclip, sys; print(any(m.split('.')[0] in ('dask', 'distributed') for m in sys.modules))"
+    code = (
+        "import skclip, sys; "
+        "print(any(m.split('.')[0] in ('dask', 'distributed') for m in sys.modules))"
+    )
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert done.stdout.strip() == "False", done.stderr
 

@@ -54,7 +54,9 @@ def test_preprocessing_equals_clip_image_processor(clip, hf_processor, size):
 
 def test_embeddings_equal_get_image_features(tiny_clip_path, clip, hf_processor):
     rng = np.random.default_rng(1)
-    images = [make_image(rng, (int(rng.integers(30, 90)), int(rng.integers(30, 90)))) for _ in range(7)]
+    images = [
+        make_image(rng, (int(rng.integers(30, 90)), int(rng.integers(30, 90)))) for _ in range(7)
+    ]
     X = CLIPFeaturizer(model=tiny_clip_path, device="cpu", cache=False).transform(images)
     assert X.dtype == np.float32 and X.shape == (7, TINY_DIM)
     np.testing.assert_allclose(X, _reference_embeddings(clip, hf_processor, images), atol=1e-5)
@@ -72,7 +74,9 @@ def test_normalize_false_gives_raw_projection(tiny_clip_path, clip, hf_processor
 
 def test_batch_size_and_threads_invariance_and_order(tiny_clip_path):
     images = [make_image(np.random.default_rng(i)) for i in range(11)]
-    ref = CLIPFeaturizer(model=tiny_clip_path, batch_size=32, n_jobs=1, cache=False).transform(images)
+    ref = CLIPFeaturizer(model=tiny_clip_path, batch_size=32, n_jobs=1, cache=False).transform(
+        images
+    )
     for batch_size, n_jobs in [(1, 1), (3, 2), (4, 4), (11, None)]:
         X = CLIPFeaturizer(
             model=tiny_clip_path, batch_size=batch_size, n_jobs=n_jobs, cache=False
@@ -157,7 +161,9 @@ def test_exif_orientation_is_applied(tiny_clip_path, tmp_path):
 
 def test_augment_fit_transform_is_mean_of_views_and_seeded(tiny_clip_path):
     images = [make_image(np.random.default_rng(i), (60, 45)) for i in range(5)]
-    feat = CLIPFeaturizer(model=tiny_clip_path, augment=4, random_state=0, batch_size=2, cache=False)
+    feat = CLIPFeaturizer(
+        model=tiny_clip_path, augment=4, random_state=0, batch_size=2, cache=False
+    )
     A = feat.fit_transform(images)
     clean = feat.transform(images)
     assert A.shape == clean.shape
@@ -209,8 +215,10 @@ def test_sklearn_api(tiny_clip_path):
 
 def test_set_output_pandas(tiny_clip_path):
     pd = pytest.importorskip("pandas")
-    images = pd.DataFrame({"img": [np.asarray(make_image(np.random.default_rng(i))) for i in range(3)]},
-                          index=["a", "b", "c"])
+    images = pd.DataFrame(
+        {"img": [np.asarray(make_image(np.random.default_rng(i))) for i in range(3)]},
+        index=["a", "b", "c"],
+    )
     out = CLIPFeaturizer(model=tiny_clip_path).set_output(transform="pandas").fit_transform(images)
     assert isinstance(out, pd.DataFrame)
     assert list(out.index) == ["a", "b", "c"] and out.shape == (3, TINY_DIM)

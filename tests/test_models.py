@@ -121,4 +121,7 @@ def test_fitted_featurizer_refuses_a_different_checkpoint_under_its_name(tmp_pat
     restored.set_params(model=str(tmp_path / "moved"))
     np.testing.assert_allclose(restored.transform(images), X, atol=1e-6)
     # An unfitted featurizer has nothing to check: it uses whatever the name holds.
-    assert CLIPFeaturizer(model=str(folder), cache=False, progress=False).transform(images).shape == X.shape
+    assert (
+        CLIPFeaturizer(model=str(folder), cache=False, progress=False).transform(images).shape
+        == X.shape
+    )

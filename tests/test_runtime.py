@@ -42,7 +42,9 @@ def test_onnxruntime_equals_torch_within_1e_5(tiny_clip_path, images, params):
 def test_auto_is_onnxruntime_on_the_cpu_in_float32(tiny_clip_path):
     assert spec(CLIPFeaturizer(model=tiny_clip_path, device="cpu")).encoder is not None
     assert spec(CLIPFeaturizer(model=tiny_clip_path, runtime="torch")).encoder is None
-    assert spec(CLIPFeaturizer(model=tiny_clip_path, device="cpu", dtype="bfloat16")).encoder is None
+    assert (
+        spec(CLIPFeaturizer(model=tiny_clip_path, device="cpu", dtype="bfloat16")).encoder is None
+    )
     assert _encode.resolve_runtime("auto", torch.device("cuda"), "auto") == "torch"
 
 

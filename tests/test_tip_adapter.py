@@ -48,7 +48,9 @@ def features():
     return X, y, Xq, W
 
 
-@pytest.mark.parametrize("alpha, beta", [(1.0, 5.5), (0.5, 1.0), (3.0, 7.0), (10.0, 0.0), (1.17, 50.0)])
+@pytest.mark.parametrize(
+    "alpha, beta", [(1.0, 5.5), (0.5, 1.0), (3.0, 7.0), (10.0, 0.0), (1.17, 50.0)]
+)
 def test_decision_function_equals_numpy_formula(features, alpha, beta):
     X, y, Xq, W = features
     clf = TipAdapterClassifier(alpha=alpha, beta=beta, clip_model=None, text_features=W).fit(X, y)
@@ -206,7 +208,9 @@ def test_text_weights_are_prompt_ensembled_class_names(tiny_clip_path):
         clip_model=tiny_clip_path, templates="simple", class_names=["d", "f", "c"], device="cpu"
     ).fit(X, y)
     np.testing.assert_allclose(
-        clf3.text_features_, _manual_text_weights(clip, ["d", "f", "c"], SIMPLE_TEMPLATES), atol=1e-5
+        clf3.text_features_,
+        _manual_text_weights(clip, ["d", "f", "c"], SIMPLE_TEMPLATES),
+        atol=1e-5,
     )
 
 
@@ -237,7 +241,9 @@ def test_text_weights_follow_a_checkpoint_rewritten_in_place(tmp_path):
     clip = load_clip(folder, "cpu", "float32")
     after = text_weights(clip, names, SIMPLE_TEMPLATES)
     assert not np.allclose(before, after, atol=1e-3)
-    np.testing.assert_allclose(after, _manual_text_weights(clip, names, SIMPLE_TEMPLATES), atol=1e-5)
+    np.testing.assert_allclose(
+        after, _manual_text_weights(clip, names, SIMPLE_TEMPLATES), atol=1e-5
+    )
     # The same weights under another name share the entry: nothing is encoded again.
     twin = save_random_clip(tmp_path / "twin", seed=1)
     assert text_weights(load_clip(twin, "cpu", "float32"), names, SIMPLE_TEMPLATES) is after

@@ -56,8 +56,8 @@ def _offline_error(name: str, cause: BaseException | str) -> OSError:
     return OSError(
         f"Could not load the checkpoint {name!r}: it is not a local folder, and it is neither "
         "in the Hugging Face cache nor downloadable from the hub (no internet connection, or "
-        "HF_HUB_OFFLINE=1). Pass a local folder instead, e.g. model='/path/to/clip-folder'. To make "
-        "one, on a machine with internet run:\n"
+        "HF_HUB_OFFLINE=1). Pass a local folder instead, e.g. model='/path/to/clip-folder'. "
+        "To make one, on a machine with internet run:\n"
         "    from transformers import AutoModel, AutoProcessor\n"
         f"    AutoModel.from_pretrained({name!r}).save_pretrained('clip-folder')\n"
         f"    AutoProcessor.from_pretrained({name!r}).save_pretrained('clip-folder')\n"

@@ -298,7 +298,7 @@ class ImageOnlyBackbone(Backbone):
     vision_modules = ("model",)
 
     @functools.cached_property
-    def embedding_dim(self) -> int:  # type: ignore[override]
+    def embedding_dim(self) -> int:
         """Read from one forward pass on a blank image (any pooled width is right)."""
         from PIL import Image
 

@@ -46,14 +46,18 @@ def resolve_device(device: str | torch.device) -> torch.device:
             f"Unknown device {device!r}: use 'auto', 'cpu', 'cuda', 'cuda:N' or 'mps'."
         ) from exc
     if dev.type not in ("cpu", "cuda", "mps"):
-        raise ValueError(f"Unknown device {device!r}: use 'auto', 'cpu', 'cuda', 'cuda:N' or 'mps'.")
+        raise ValueError(
+            f"Unknown device {device!r}: use 'auto', 'cpu', 'cuda', 'cuda:N' or 'mps'."
+        )
     if dev.type == "cuda" and not torch.cuda.is_available():
         raise ValueError(
             f"device={device!r} was requested but CUDA is not available on this machine; "
             "use device='auto' or device='cpu'."
         )
     if dev.type == "mps" and not torch.backends.mps.is_available():
-        raise ValueError(f"device={device!r} was requested but MPS is not available on this machine.")
+        raise ValueError(
+            f"device={device!r} was requested but MPS is not available on this machine."
+        )
     return dev
 
 
@@ -77,11 +81,10 @@ def resolve_dtype(dtype: str | torch.dtype, device: torch.device) -> torch.dtype
 def _pil_image_processor_class() -> type:
     """The CLIP image processor that needs no torchvision: ``CLIPImageProcessorPil`` in
     transformers 5, ``CLIPImageProcessor`` (the PIL/numpy one) in transformers 4."""
-    try:
-        from transformers import CLIPImageProcessorPil
-    except ImportError:  # transformers 4.x
-        from transformers import CLIPImageProcessor as CLIPImageProcessorPil
-    return CLIPImageProcessorPil
+    import transformers
+
+    pil = getattr(transformers, "CLIPImageProcessorPil", None)  # None in transformers 4.x
+    return pil if pil is not None else transformers.CLIPImageProcessor
 
 
 def load_backbone(

@@ -151,7 +151,7 @@ def _featurize(
             warnings.warn_explicit(w.message, w.category, w.filename, w.lineno)
     bad = {
         int(i): _short_reason(str(files[int(i)]), int(i), reason)
-        for w in caught if issubclass(w.category, ImageLoadWarning)
+        for w in caught if isinstance(w.message, ImageLoadWarning)
         for i, reason in w.message.errors.items()
     }
     if bad and on_error == "raise":

@@ -9,7 +9,17 @@ import numpy as np
 
 from .report import write_report
 from .report.summary import REPORT_SUFFIXES, check_output_path, render_markdown, shown_method
-from .common import _Say, _check_common, _check_data_folder, _featurize, _featurizer, _resolve_model, _scores, _skipped, _writing
+from .common import (
+    _Say,
+    _check_common,
+    _check_data_folder,
+    _featurize,
+    _featurizer,
+    _resolve_model,
+    _scores,
+    _skipped,
+    _writing,
+)
 from .methods import _chosen, _methods
 
 
@@ -228,7 +238,8 @@ def _evaluate_method(
     pred_all, truth_all, acc, f1, chosen = [], [], [], [], []
     mistakes: list[dict[str, Any]] = []
     for train, part in splits:
-        if part is None:
+        if part is None:  # the --test-dir images
+            assert enc.X_test is not None and enc.y_test is not None and enc.test_files is not None
             X_q, y_q, files_q = enc.X_test, enc.y_test, enc.test_files
         else:
             X_q, y_q, files_q = enc.X[part], enc.y[part], enc.files[part]
@@ -270,6 +281,7 @@ def evaluate(args: argparse.Namespace) -> int:
              + (f"; {args.test_dir}: {len(test.labels)} images" if test is not None else ""))
     enc = _encode_all(args, data, test, say)
     y, y_test = enc.y, enc.y_test
+    n_test_dir = 0 if y_test is None else len(y_test)
     # Again: skipped files may have changed the classes' sizes.
     plan = _after_skipping(args, classes, y, len(enc.skipped), y_test,
                            None if test is None else np.unique(test.labels))
@@ -284,7 +296,7 @@ def evaluate(args: argparse.Namespace) -> int:
         "inner_cv": plan["inner_cv"], "random_state": args.random_state, "augment": args.augment,
         "n_images": int(len(y)), "n_test_dir_images": None if y_test is None else int(len(y_test)),
         "splits": [
-            {"n_train": int(len(train)), "n_test": int(len(y_test) if part is None else len(part))}
+            {"n_train": int(len(train)), "n_test": int(n_test_dir if part is None else len(part))}
             for train, part in splits
         ],
         "skipped": enc.skipped, "classes": classes.tolist(), "methods": {},

@@ -10,7 +10,16 @@ import numpy as np
 from .._images import ImageLoadError, readable
 from .model_file import MODEL_SUFFIXES, require_skops
 from .report.summary import check_output_path
-from .common import _Say, _check_common, _check_data_folder, _featurize, _featurizer, _resolve_model, _skipped, _writing
+from .common import (
+    _Say,
+    _check_common,
+    _check_data_folder,
+    _featurize,
+    _featurizer,
+    _resolve_model,
+    _skipped,
+    _writing,
+)
 from .evaluate import _smallest_class, _too_few_for_cv
 from .methods import _text_model
 

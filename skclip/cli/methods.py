@@ -47,7 +47,7 @@ def _methods(args: argparse.Namespace, inner_cv: int | None, n_train_min: int) -
     from ..tip_adapter import TipAdapterClassifier
 
     common = dict(clip_model=_text_model(args), device=args.device)
-    methods: dict[str, tuple[Any, str]] = {}
+    methods: dict[str, tuple[Any, str, tuple[str, ...]]] = {}
     if common["clip_model"] is not None:
         methods["zero-shot CLIP"] = (TipAdapterClassifier(alpha=0.0, **common),
                                      "text classifier only (alpha=0), no training image used",

@@ -107,8 +107,13 @@ def predict_command(args: argparse.Namespace) -> int:
         if args.verbose:
             say.note(f"the model file's machine-local parameter is not used: {line}")
 
-    pipe = load_model_file(args.model_file, usage=_USAGE_PREDICT, note=say.always, reset_note=replaced,
-                      machine={"device": args.device, "cache_dir": args.cache_dir})
+    pipe = load_model_file(
+        args.model_file,
+        usage=_USAGE_PREDICT,
+        note=say.always,
+        reset_note=replaced,
+        machine={"device": args.device, "cache_dir": args.cache_dir},
+    )
     if args.output:
         check_output_path(args.output, "--output")
     paths = _image_paths(args.images, say)

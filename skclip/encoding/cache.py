@@ -332,6 +332,7 @@ class _Folder:
     def _share_with_group(self, fd: int) -> None:
         """A folder made here is group-writable if this one is (a team's cache), whatever
         the umask of whoever made it."""
+        assert self.fd is not None  # only a folder opened by descriptor makes folders
         mode = os.fstat(self.fd).st_mode
         if mode & stat.S_IWGRP:
             with suppress(OSError):

@@ -28,11 +28,11 @@ import os
 import warnings
 import weakref
 from collections import OrderedDict, deque
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Generator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from functools import partial
-from typing import Any, NamedTuple
+from typing import Any, NamedTuple, cast
 
 import numpy as np
 import torch
@@ -55,7 +55,7 @@ from ..backbones.preprocess import Preprocessor
 class ItemError(NamedTuple):
     """A bad input: its position in the input and a message naming it."""
 
-    index: int
+    index: int  # type: ignore[assignment]  # shadows tuple.index, by name only
     message: str
 
 
@@ -202,6 +202,7 @@ def view_seeds(random_state: Any, n_views: int) -> list[int]:
     if n_views == 0:
         return []
     base = draw_seed(random_state, 1)
+    assert base is not None  # one view: a seed is drawn
     return [int(np.random.SeedSequence([base, e]).generate_state(1)[0]) for e in range(n_views)]
 
 
@@ -378,6 +379,7 @@ def crops(img: Image.Image, spec: EncodeSpec, digest: str | None) -> list[np.nda
         return [spec.preprocess(img)]
     if digest is None:
         raise ValueError("its content could not be hashed to seed its augmented views")
+    assert spec.seed is not None  # views have a seed
     rng = view_rng(spec.seed, digest)
     return [spec.preprocess.random_view(img, rng) for _ in range(spec.n_views)]
 
@@ -415,9 +417,10 @@ def lookup(items: list, spec: EncodeSpec) -> Lookup:
     hit_vecs: list[np.ndarray] = []
     if spec.cache is not None:
         known = [i for i, digest in enumerate(digests) if digest is not None]
-        vecs = spec.cache.get_many([digests[i] for i in known])
+        vecs = spec.cache.get_many([digest for digest in digests if digest is not None])
         if len(known) == n and all(vec is not None for vec in vecs):
-            return Lookup(digests, known, vecs, [], errors)  # all hits: nothing to do
+            hits = cast("list[np.ndarray]", vecs)
+            return Lookup(digests, known, hits, [], errors)  # all hits: nothing to do
         for i, vec in zip(known, vecs):
             if vec is not None:
                 hit_index.append(i)
@@ -463,7 +466,9 @@ def prepare(items: list, digests: list[str | None], spec: EncodeSpec, batch: lis
     return Prepared(found, kept, keys, pixels, errors)
 
 
-def prefetch(fn: Callable[[Any], Any], args: Sequence[Any], n_threads: int) -> Iterator[Any]:
+def prefetch(
+    fn: Callable[[Any], Any], args: Sequence[Any], n_threads: int
+) -> Generator[Any, None, None]:
     """``map(fn, args)`` computed ahead in threads, in order, with bounded look-ahead.
 
     The generator owns a thread pool: close it explicitly (``contextlib.closing``) in
@@ -564,7 +569,7 @@ def encode(items: list, spec: EncodeSpec, keep_going: bool) -> Encoded:
                 bar.update(len(batch))
     finally:
         release(spec.cache, list(claims), claims)
-    again = []
+    again: list[int] = []
     if waiting:
         hits, again = wait_for(spec.cache, waiting, spec.progress)
         for i, vec in hits:
@@ -596,12 +601,14 @@ def _forward(
     n_hits = 0
     for part in [res] if claims is None else split(res, CLAIM_CHUNK):
         if claims is not None:  # leave to other processes what they are encoding
+            assert spec.cache is not None  # claims are made in a shared disk cache
             part, hits, others = _claimed(spec.cache, part, claims)
             for i, vec in hits:
                 out[i] = vec
             n_hits += len(hits)
             waiting.extend(others)
         if part.kept:
+            assert part.pixels is not None  # a batch with images to encode has their views
             emb = embed(spec, part.pixels)
             out[part.kept] = emb
             store(spec.cache, part.keys, emb)
@@ -615,6 +622,7 @@ def split(res: Prepared, size: int) -> list[Prepared]:
     views)."""
     if len(res.kept) <= size:
         return [res]
+    assert res.pixels is not None  # images kept: their views are there
     per_image = len(next(iter(res.pixels.values()))) // len(res.kept)
     return [
         Prepared([], res.kept[k : k + size], res.keys[k : k + size],
@@ -630,7 +638,7 @@ def _claimed(
     """The batch reduced to the images this process claims (:func:`~.claims.claim`),
     with the hits that appeared since the lookup and the images to wait for."""
     mine, hits, others = claim(cache, res.kept, res.keys, claims)
-    if len(mine) < len(res.kept):
+    if len(mine) < len(res.kept) and res.pixels is not None:
         n = len(res.kept)
         pixels = {  # the views of the claimed images, in every array of the batch
             name: arr.reshape(n, -1, *arr.shape[1:])[mine].reshape(-1, *arr.shape[1:])

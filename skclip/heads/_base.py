@@ -144,6 +144,8 @@ class TextHead(ClassifierMixin, BaseEstimator):
     and :meth:`_head_parts`, its formula and fitted arrays.
     """
 
+    feature_names_in_: np.ndarray  # set by validate_data when X has column names
+
     def __init__(
         self,
         *,
@@ -206,7 +208,7 @@ class TextHead(ClassifierMixin, BaseEstimator):
         if n_views:
             X, views = self._split_views(X, n_views)
         X = _unit_rows(X)
-        self.model_fingerprint_ = None  # set by _text_head when it encodes the class names
+        self.model_fingerprint_: str | None = None  # set by _text_head with the class names
         self.text_features_, self.logit_scale_, self.logit_bias_ = self._text_head(
             X.shape[1], X.dtype
         )

@@ -68,7 +68,7 @@ def resolve_validation_fraction(
 ) -> float | None:
     """``"auto"``: ``AUTO_VALIDATION_FRACTION`` if every class has at least
     ``AUTO_VALIDATION_MIN_SAMPLES`` samples, else ``None``; other values unchanged."""
-    if validation_fraction != "auto":
+    if not isinstance(validation_fraction, str):  # the only string is "auto"
         return validation_fraction
     smallest = np.bincount(y_enc, minlength=n_classes).min()
     return AUTO_VALIDATION_FRACTION if smallest >= AUTO_VALIDATION_MIN_SAMPLES else None

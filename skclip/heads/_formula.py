@@ -18,7 +18,7 @@ without a cycle. ``skclip.tip_adapter`` re-exports them.
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterable, Iterator
 
 import torch
 
@@ -161,7 +161,7 @@ def tip_adapter_grid(
     values: torch.Tensor,
     text_weights: torch.Tensor | None,
     alphas: torch.Tensor,
-    betas: Sequence[float],
+    betas: Iterable[float],
     n_classes: int | None = None,
     logit_scale: float = CLIP_LOGIT_SCALE,
     logit_bias: float = 0.0,

@@ -104,7 +104,7 @@ def thumbnail_data_uri(image: Any, size: int = 160) -> str:
     return "data:image/jpeg;base64," + base64.b64encode(buffer.getvalue()).decode("ascii")
 
 
-def _method_table(methods: Mapping[str, Mapping[str, Any]], best: str) -> list[str]:
+def _method_table(methods: Mapping[str, Mapping[str, Any]], best: str | None) -> list[str]:
     out = [
         '<table id="methods"><thead><tr><th>method</th><th>accuracy</th><th>macro-F1</th>'
         "<th>hyperparameters (see the protocol)</th></tr></thead><tbody>"

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
+from collections.abc import Mapping
 from typing import Any
 
 import numpy as np
@@ -44,7 +45,7 @@ def check_output_path(path: str | os.PathLike, option: str, suffixes: tuple[str,
     return out
 
 
-def shown_method(report: dict[str, Any]) -> str:
+def shown_method(report: Mapping[str, Any]) -> str:
     """The method whose per-class results and confusion matrix the report shows:
     ``report["per_class_method"]`` if set, else the one with the best accuracy (the
     first one listed on ties)."""
@@ -54,11 +55,11 @@ def shown_method(report: dict[str, Any]) -> str:
     return _best(methods)
 
 
-def _best(methods: dict[str, Any]) -> str:
+def _best(methods: Mapping[str, Any]) -> str:
     return max(methods, key=lambda name: methods[name]["accuracy"])
 
 
-def shown_method_reason(report: dict[str, Any]) -> str:
+def shown_method_reason(report: Mapping[str, Any]) -> str:
     """Why :func:`shown_method` is the one shown, e.g. "the method with the best
     accuracy" or "chosen by per_class_method; the best accuracy is Tip-Adapter's"."""
     methods, shown = report["methods"], shown_method(report)
@@ -71,12 +72,12 @@ def shown_method_reason(report: dict[str, Any]) -> str:
     return f"chosen by per_class_method; the best accuracy is {best}'s"
 
 
-def _protocol_lines(report: dict[str, Any]) -> list[str]:
+def _protocol_lines(report: Mapping[str, Any]) -> list[str]:
     """The "Protocol" section in Markdown."""
     return ["## Protocol", "", *(f"- {item}" for item in protocol_items(report, code="`")), ""]
 
 
-def protocol_items(report: dict[str, Any], code: str = "") -> list[str]:
+def protocol_items(report: Mapping[str, Any], code: str = "") -> list[str]:
     """Everything needed to reproduce the numbers, one plain-text item each: version,
     model and fingerprint, protocol, sizes, each method's configuration and the skipped
     files (``code`` quotes names, e.g. a backtick for Markdown)."""
