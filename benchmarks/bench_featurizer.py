@@ -34,7 +34,7 @@ from sklearn.pipeline import Pipeline  # noqa: E402
 
 from skclip import CLIPFeaturizer, TipAdapterClassifier  # noqa: E402
 from skclip._images import CLIPPreprocessor, open_image  # noqa: E402
-from skclip.backbones.loading import load_backbone as load_clip  # noqa: E402
+from skclip.backbones.loading import load_backbone  # noqa: E402
 
 
 def _featurizer_params(args: argparse.Namespace) -> dict:
@@ -57,7 +57,7 @@ def _raw_forward(clip, pixels: torch.Tensor, batch_size: int) -> None:
 
 def throughput(args: argparse.Namespace, model_dir: str) -> None:
     paths = jpeg_folder(args.n_images)
-    clip = load_clip(model_dir, args.device, args.dtype)
+    clip = load_backbone(model_dir, args.device, args.dtype)
     prep = CLIPPreprocessor(clip.image_config)
     pixels = torch.from_numpy(np.stack([prep(open_image(p)) for p in paths]))
     pixels = prep.normalize(pixels.to(clip.device), clip.dtype)
@@ -94,7 +94,7 @@ def latency(args: argparse.Namespace, model_dir: str) -> None:
         ("clip", CLIPFeaturizer(model=model_dir, cache=False, **_featurizer_params(args))),
         ("tip", TipAdapterClassifier(clip_model=model_dir, device=args.device)),
     ]).fit(train, np.repeat(["a", "b"], 10))
-    clip = load_clip(model_dir, args.device, args.dtype)
+    clip = load_backbone(model_dir, args.device, args.dtype)
     prep = CLIPPreprocessor(clip.image_config)
     one = prep.normalize(torch.from_numpy(prep(open_image(train[0]))[None]).to(clip.device),
                          clip.dtype)
