@@ -143,9 +143,7 @@ def load_model_file(
         another suffix, is damaged (including fitted arrays with NaN or infinite
         values), holds untrusted types or something other than a fitted skclip pipeline.
     """
-    from sklearn.exceptions import NotFittedError
     from sklearn.pipeline import Pipeline
-    from sklearn.utils.validation import check_is_fitted
 
     from ..featurizer import CLIPFeaturizer
 
@@ -186,6 +184,18 @@ def load_model_file(
             f"[{', '.join(f'{t.__module__}.{t.__qualname__}' for t in steps)}], not "
             "[CLIPFeaturizer, a skclip classifier]."
         )
+    _check_fitted(model, name)
+    for line in reset_machine_params(model, machine):
+        if reset_note is not None:
+            reset_note(line)
+    return model
+
+
+def _check_fitted(model: Any, name: str) -> None:
+    """A fitted model whose fitted arrays are all finite, or a ValueError naming the file."""
+    from sklearn.exceptions import NotFittedError
+    from sklearn.utils.validation import check_is_fitted
+
     try:
         check_is_fitted(model)
     except NotFittedError:
@@ -196,10 +206,6 @@ def load_model_file(
             f"The model file {name!r} is damaged: its fitted array {damaged} holds NaN or "
             "infinite values, which 'skclip fit' never writes."
         )
-    for line in reset_machine_params(model, machine):
-        if reset_note is not None:
-            reset_note(line)
-    return model
 
 
 def _non_finite(model: Any) -> str | None:
