@@ -31,7 +31,11 @@ step by hand:
   *approximate* (on a random ViT-B/32, cosine to float32 >= 0.9998; unknown on
   trained weights). Opt-in only.
 - An :class:`onnxruntime.InferenceSession` is created once per (export, threads) in
-  the process and shared.
+  the process and shared. It is created from the bytes that were hashed (the files are
+  read into memory, checked against the record, and the weights handed to ONNX Runtime
+  from memory), so a weights file edited or replaced later, even while the session
+  lives, cannot change what it computes. Cost: the export's files are hashed a second
+  time then, and the bytes of its weights stay in memory while the session lives.
 
 ``onnxruntime`` is an optional dependency (``pip install skclip[onnx]``); exporting
 also needs ``onnx`` and ``onnxscript`` (in the same extra).
@@ -410,8 +414,20 @@ class ImageEncoder:
         return f"ImageEncoder(path={str(self.path)!r}, threads={self.threads})"
 
 
-def _session(path: Path, threads: int) -> Any:
+def _session(path: Path, threads: int) -> tuple[Any, str]:
+    """A session of the export in ``path`` and its identity, made from the verified bytes.
+
+    Every file is read into memory once, hashed and compared with ``meta.json``; the
+    session is created from those same bytes (the weights file through ONNX Runtime's
+    in-memory external data), never from the files: ONNX Runtime maps a weights file and
+    would read later edits of it. Raises ValueError if a file no longer matches."""
     ort = _require_onnxruntime()
+    meta = json.loads((path / _META_FILE).read_text())
+    sums = meta["sha256"]
+    blobs = {name: (path / name).read_bytes() for name in sorted(sums)}
+    changed = [name for name, data in blobs.items() if hashlib.sha256(data).hexdigest() != sums[name]]
+    if changed or _MODEL_FILE not in blobs:
+        raise ValueError(f"the export in {path} changed since it was verified: {changed}")
     options = ort.SessionOptions()
     options.intra_op_num_threads = threads
     options.inter_op_num_threads = 1
@@ -420,9 +436,18 @@ def _session(path: Path, threads: int) -> Any:
     # No busy-waiting between calls: the decode threads share the cores with it.
     options.add_session_config_entry("session.intra_op.allow_spinning", "0")
     options.log_severity_level = 3  # errors only
-    return ort.InferenceSession(
-        str(path / _MODEL_FILE), options, providers=["CPUExecutionProvider"]
+    weights = [name for name in blobs if name != _MODEL_FILE]
+    buffers = [np.frombuffer(blobs[name], dtype=np.uint8) for name in weights]
+    if weights:
+        options.add_external_initializers_from_files_in_memory(
+            weights, buffers, [len(b) for b in buffers]
+        )
+    session = ort.InferenceSession(
+        blobs[_MODEL_FILE], options, providers=["CPUExecutionProvider"]
     )
+    session._skclip_buffers = buffers  # kept alive as long as the session
+    identity = hashlib.sha256(json.dumps(sums, sort_keys=True).encode()).hexdigest()[:32]
+    return session, identity
 
 
 def image_encoder(
@@ -474,13 +499,13 @@ def image_encoder(
         path = export(clip, dtype, folder)  # verified
         key = (str(path), threads, verified(path))
         if key not in _SESSIONS:
-            try:
-                session = _session(path, threads)
-            except Exception:  # noqa: BLE001 - checksums fine but unreadable: rebuild once
+            try:  # from the bytes it hashes: what is verified is what runs
+                session, identity = _session(path, threads)
+            except Exception:  # noqa: BLE001 - changed since, or unreadable: rebuild once
                 _discard(path)
                 path = export(clip, dtype, folder)
-                session = _session(path, threads)
-                key = (str(path), threads, verified(path))
+                session, identity = _session(path, threads)
+            key = (str(path), threads, identity)
             _SESSIONS[key] = session
         encoder = ImageEncoder(path, threads, _SESSIONS[key], dtype, key[2] or "")
         _ENCODERS.setdefault(clip, {})[memo_key] = encoder
