@@ -1,0 +1,54 @@
+"""Review of issue 20: inputs whose pixels did not follow the documented rules (16-bit
+PNG transparency, PIL "I" images, bool and uint16 arrays), and the other input checks."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from skclip._images import ImageLoadError, open_image
+
+
+def _pixel(item):
+    return tuple(int(v) for v in np.asarray(open_image(item))[0, 0])
+
+
+def test_4_sixteen_bit_png_with_trns_keeps_its_gray(tmp_path):
+    arr = np.full((8, 8), 30000, dtype=np.uint16)
+    arr[0, 1] = 12345  # the transparent colour
+    path = tmp_path / "t.png"
+    Image.fromarray(arr).save(path, transparency=12345)
+    rgb = np.asarray(open_image(str(path)))
+    assert tuple(rgb[0, 0]) == (117,) * 3  # 30000 / 65535 * 255; was white (255)
+    assert tuple(rgb[0, 1]) == (255,) * 3  # transparent: composited on white
+
+
+def test_5_mode_i_follows_the_16_bit_rule_not_its_own_range():
+    small = Image.fromarray(np.full((8, 8), 100, dtype=np.int32))
+    large = Image.fromarray(np.full((8, 8), 30000, dtype=np.int32))
+    assert small.mode == large.mode == "I"
+    assert _pixel(small) == (0,) * 3  # 100 / 65535 * 255; was 100 (divided by 255)
+    assert _pixel(large) == (117,) * 3
+    assert _pixel(Image.fromarray(np.full((8, 8), 30000, dtype=np.uint16))) == (117,) * 3
+
+
+def test_5_mode_i_outside_16_bits_is_refused():
+    with pytest.raises(ImageLoadError, match=r"\[0, 65535\]"):
+        open_image(Image.fromarray(np.full((8, 8), 70000, dtype=np.int32)))
+
+
+def test_6_bool_arrays_are_masks():
+    mask = np.zeros((8, 8), dtype=bool)
+    mask[0, 0] = True
+    rgb = np.asarray(open_image(mask))
+    assert tuple(rgb[0, 0]) == (255,) * 3  # was 1: black
+    assert tuple(rgb[1, 1]) == (0,) * 3
+    assert _pixel(mask) == _pixel(Image.fromarray(mask))  # PIL mode "1"
+
+
+def test_6_uint16_arrays_follow_the_16_bit_rule():
+    arr = np.full((8, 8), 30000, dtype=np.uint16)
+    assert _pixel(arr) == _pixel(Image.fromarray(arr)) == (117,) * 3  # was an error
+    low = np.full((8, 8, 3), 200, dtype=np.uint16)
+    assert _pixel(low) == (1,) * 3  # was 200: read as 8-bit
