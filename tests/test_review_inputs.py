@@ -52,3 +52,57 @@ def test_6_uint16_arrays_follow_the_16_bit_rule():
     assert _pixel(arr) == _pixel(Image.fromarray(arr)) == (117,) * 3  # was an error
     low = np.full((8, 8, 3), 200, dtype=np.uint16)
     assert _pixel(low) == (1,) * 3  # was 200: read as 8-bit
+
+
+def _classes(root, names="abc"):
+    for c in names:
+        (root / c).mkdir()
+        Image.fromarray(np.zeros((8, 8, 3), np.uint8)).save(root / c / "1.png")
+
+
+def test_7_file_link_to_another_class_is_refused(tmp_path):
+    import os
+
+    from skclip.datasets import load_image_folder
+
+    _classes(tmp_path)
+    os.symlink(tmp_path / "b" / "1.png", tmp_path / "a" / "from_b.png")
+    with pytest.raises(ValueError, match=r"from_b\.png.*two labels"):
+        load_image_folder(tmp_path)  # was: the same image labelled a and b
+
+
+def test_7_two_classes_linking_one_outside_file_are_refused(tmp_path):
+    import os
+
+    from skclip.datasets import load_image_folder
+
+    root = tmp_path / "data"
+    root.mkdir()
+    _classes(root)
+    Image.fromarray(np.zeros((8, 8, 3), np.uint8)).save(tmp_path / "shared.png")
+    os.symlink(tmp_path / "shared.png", root / "a" / "s.png")
+    os.symlink(tmp_path / "shared.png", root / "c" / "s.png")
+    with pytest.raises(ValueError, match="two labels"):
+        load_image_folder(root)
+
+
+def test_7_link_within_its_own_class_is_kept(tmp_path):
+    import os
+
+    from skclip.datasets import load_image_folder
+
+    _classes(tmp_path)
+    os.symlink(tmp_path / "a" / "1.png", tmp_path / "a" / "again.png")
+    assert load_image_folder(tmp_path).labels.tolist() == ["a", "a", "b", "c"]
+
+
+def test_7_dangling_class_folder_link_is_named(tmp_path):
+    import os
+
+    from skclip.datasets import load_image_folder
+
+    _classes(tmp_path)
+    os.symlink(tmp_path / "gone", tmp_path / "d")
+    with pytest.warns(UserWarning, match=r"'.*/d' is a symbolic link .* does not exist"):
+        data = load_image_folder(tmp_path)  # was: class d dropped without a word
+    assert data.target_names.tolist() == ["a", "b", "c"]
