@@ -1,0 +1,53 @@
+"""Review of issue 19: cache identity (config files, file stamps), the disk bound, and
+small files the cache and exports read."""
+
+from __future__ import annotations
+
+import json
+import shutil
+
+import numpy as np
+import pytest
+
+from skclip import CLIPFeaturizer
+from skclip._models import clear_model_cache
+
+
+@pytest.fixture
+def own_clip(tiny_clip_path, tmp_path):
+    """A copy of the tiny checkpoint that a test may edit; models forgotten after."""
+    path = shutil.copytree(tiny_clip_path, tmp_path / "clip")
+    yield str(path)
+    clear_model_cache()
+
+
+def _encode(model, **kw):
+    x = [np.full((32, 32, 3), 90, np.uint8)]
+    return CLIPFeaturizer(model=model, runtime="torch", progress=False, **kw).transform(x)
+
+
+def test_3_edited_config_is_a_new_cache_identity(own_clip, tmp_path):
+    from skclip._models import load_clip
+
+    before = load_clip(own_clip, "cpu", "float32").fingerprint
+    _encode(own_clip, cache_dir=tmp_path / "cache")
+    config_file = f"{own_clip}/config.json"
+    with open(config_file) as f:
+        config = json.load(f)
+    config["vision_config"]["hidden_act"] = "gelu"  # was quick_gelu: same weights
+    config["vision_config"]["layer_norm_eps"] = 0.5
+    with open(config_file, "w") as f:
+        json.dump(config, f)
+    clear_model_cache()
+    cached = _encode(own_clip, cache_dir=tmp_path / "cache")
+    fresh = _encode(own_clip, cache=False)
+    np.testing.assert_allclose(cached, fresh, atol=1e-6)  # before the fix: max diff 0.08
+    assert load_clip(own_clip, "cpu", "float32").fingerprint != before
+
+
+def test_3_same_config_elsewhere_shares_the_fingerprint(own_clip, tiny_clip_path):
+    from skclip._models import load_clip
+
+    here = load_clip(own_clip, "cpu", "float32")
+    there = load_clip(tiny_clip_path, "cpu", "float32")
+    assert here.vision_fingerprint == there.vision_fingerprint  # the path is not hashed
