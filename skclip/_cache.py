@@ -79,7 +79,7 @@ _RACY_NS = 2_000_000_000
 
 class _FileDigests:
     """Content digests of files, memoized by stamp ``(path, size, mtime_ns, inode,
-    ctime_ns)``: a file is read and hashed again only when it changed.
+    ctime_ns, device)``: a file is read and hashed again only when it changed.
 
     Stamps come from :class:`~skclip._watch.FileStamps`: a file is stat'ed again only
     when it may have changed (inotify on Linux), so looking up many unchanged files

@@ -230,7 +230,7 @@ def _stamps(folder: Path, names: list[str]) -> tuple:
     out = []
     for name in names:
         st = (folder / name).stat()
-        out.append((name, st.st_size, st.st_mtime_ns, st.st_ino, st.st_ctime_ns))
+        out.append((name, st.st_size, st.st_mtime_ns, st.st_ino, st.st_ctime_ns, st.st_dev))
     return tuple(out)
 
 

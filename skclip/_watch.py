@@ -1,9 +1,11 @@
 """File stamps without a system call per file per call.
 
-A stamp is ``(path, size, mtime_ns, inode, ctime_ns)``. The embedding cache notices an
+A stamp is ``(path, size, mtime_ns, inode, ctime_ns, device)``. The embedding cache notices an
 edited file by its stamp: an edit that restores the size and the modification time
 (``cp -p``, ``rsync -t``, ``tar x``, ``touch -r``) still changes the inode or the change
-time (``ctime``), which no program can set back. Taking a stamp is one
+time (``ctime``), which no program can set back; the device number tells apart a file
+of another file system mounted at the same path that happens to share its inode number
+and times (a remount, a restored copy). Taking a stamp is one
 ``os.stat``, which costs 1 to 15 µs depending on the machine (a virtual machine makes
 every system call expensive): more than everything else a cached lookup does. A search
 looks up the same files hundreds of times (``GridSearchCV`` over a Pipeline calls the
@@ -65,7 +67,7 @@ _MASK = (_IN_MODIFY | _IN_ATTRIB | _IN_CLOSE_WRITE | _IN_MOVED_FROM | _IN_MOVED_
 _FOLDER_GONE = _IN_DELETE_SELF | _IN_MOVE_SELF | _IN_UNMOUNT | _IN_IGNORED
 _EVENT = struct.Struct("iIII")  # wd, mask, cookie, len; then len bytes of name
 
-Stamp = tuple  # (path, size, mtime_ns, inode, ctime_ns)
+Stamp = tuple  # (path, size, mtime_ns, inode, ctime_ns, device)
 
 #: Most folders watched by one process, whatever the user's limit.
 MAX_WATCHES = 4096
@@ -179,7 +181,7 @@ class _Inotify:
 
 
 class FileStamps:
-    """Stamps ``(path, size, mtime_ns, inode, ctime_ns)`` of files, stat'ed only when
+    """Stamps ``(path, size, mtime_ns, inode, ctime_ns, device)`` of files, stat'ed only when
     they may have changed.
 
     Parameters
@@ -201,7 +203,7 @@ class FileStamps:
     >>> with open(path, "w") as f:
     ...     _ = f.write("one")
     >>> stamps = FileStamps()
-    >>> stamps.stamps([path])[0][1]  # (path, size, mtime_ns, inode, ctime_ns)
+    >>> stamps.stamps([path])[0][1]  # (path, size, mtime_ns, inode, ctime_ns, device)
     3
     >>> with open(path, "a") as f:
     ...     _ = f.write(" two")
@@ -265,7 +267,7 @@ class FileStamps:
 
         Returns
         -------
-        stamps : list of (path, size, mtime_ns, inode, ctime_ns) tuples or None
+        stamps : list of (path, size, mtime_ns, inode, ctime_ns, device) tuples or None
         """
         with self._lock:
             watcher = self._watcher()
@@ -331,7 +333,7 @@ def _absolute(paths: list[str]) -> list[str]:
 
 
 def _stamp(path: str, st: os.stat_result) -> Stamp:
-    return (path, st.st_size, st.st_mtime_ns, st.st_ino, st.st_ctime_ns)
+    return (path, st.st_size, st.st_mtime_ns, st.st_ino, st.st_ctime_ns, st.st_dev)
 
 
 def _stat_stamp(path: str) -> Stamp | None:

@@ -51,3 +51,32 @@ def test_3_same_config_elsewhere_shares_the_fingerprint(own_clip, tiny_clip_path
     here = load_clip(own_clip, "cpu", "float32")
     there = load_clip(tiny_clip_path, "cpu", "float32")
     assert here.vision_fingerprint == there.vision_fingerprint  # the path is not hashed
+
+
+def test_9_a_file_of_another_device_is_a_new_stamp(tmp_path, monkeypatch):
+    """A file system mounted at the same path (a remount, a restored copy) whose file has
+    the same inode number, size and times: simulated by changing st_dev alone."""
+    import os
+
+    from skclip import _watch
+    from skclip._cache import _FileDigests
+
+    path = tmp_path / "a.png"
+    path.write_bytes(b"x" * 100)
+    monkeypatch.setattr("skclip._cache._RACY_NS", 0)  # remember the digest at once
+    digests = _FileDigests()
+    digests.stamps = _watch.FileStamps(use_inotify=False)
+    digest, _ = digests.read(str(path))
+    assert digests.known(str(path)) == digest
+    real_stat = os.stat
+
+    class OtherDevice:
+        def __init__(self, st):
+            self._st = st
+
+        def __getattr__(self, name):
+            value = getattr(self._st, name)
+            return value + 1 if name == "st_dev" else value
+
+    monkeypatch.setattr(_watch.os, "stat", lambda p, *a, **k: OtherDevice(real_stat(p, *a, **k)))
+    assert digests.known(str(path)) is None  # before the fix: the old digest
