@@ -373,6 +373,8 @@ class GDAClassifier(_BaseTipAdapter):
         zero_shot = self._zero_shot_params()
 
         def logits(queries: torch.Tensor) -> torch.Tensor:
-            return gda_logits(queries, coef, intercept, text_weights, self.alpha, **zero_shot)
+            out = gda_logits(queries, coef, intercept, text_weights, self.alpha, **zero_shot)
+            out[queries.abs().amax(dim=1) == 0] = 0.0  # no direction: even, not the intercept
+            return out
 
         return _Head(logits, self.coef_.dtype, 2 * len(self.classes_))

@@ -106,3 +106,23 @@ def test_7_dangling_class_folder_link_is_named(tmp_path):
     with pytest.warns(UserWarning, match=r"'.*/d' is a symbolic link .* does not exist"):
         data = load_image_folder(tmp_path)  # was: class d dropped without a word
     assert data.target_names.tolist() == ["a", "b", "c"]
+
+
+@pytest.mark.parametrize("head", ["GDAClassifier", "TipAdapterClassifier", "APEClassifier"])
+def test_14_all_zero_feature_rows_are_named_and_get_even_scores(head):
+    import skclip
+    from skclip.tip_adapter import ZeroFeaturesWarning
+
+    rng = np.random.default_rng(0)
+    X = rng.normal(size=(40, 8)) + np.repeat(np.eye(8)[:2] * 3, 20, axis=0)
+    y = np.repeat([0, 1], 20)
+    extra = {"n_features_to_select": 2} if head == "APEClassifier" else {}
+    clf = getattr(skclip, head)(clip_model=None, **extra).fit(X + 1.0, y)  # GDA: a far origin
+    queries = np.vstack([X[:2], np.zeros((1, 8))])
+    with pytest.warns(ZeroFeaturesWarning, match=r"all zeros \(row 2\)"):
+        proba = clf.predict_proba(queries)  # GDA before the fix: 1.0 for one class, silently
+    np.testing.assert_allclose(proba[2], [0.5, 0.5], atol=1e-6)
+    with pytest.warns(ZeroFeaturesWarning, match=r"all zeros \(row 40\)"):
+        getattr(skclip, head)(clip_model=None, **extra).fit(
+            np.vstack([X, np.zeros((1, 8))]), np.r_[y, 0]
+        )
