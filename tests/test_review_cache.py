@@ -80,3 +80,19 @@ def test_9_a_file_of_another_device_is_a_new_stamp(tmp_path, monkeypatch):
 
     monkeypatch.setattr(_watch.os, "stat", lambda p, *a, **k: OtherDevice(real_stat(p, *a, **k)))
     assert digests.known(str(path)) is None  # before the fix: the old digest
+
+
+def test_10_disk_bound_holds_after_a_short_run(tiny_clip_path, tmp_path, monkeypatch):
+    from skclip import _cache
+    from skclip._cache import memory_digest
+
+    by_shard = {}
+    for v in range(256):  # two images whose entries share a shard
+        img = np.full((32, 32, 3), v, np.uint8)
+        by_shard.setdefault(memory_digest(img)[:2], []).append(img)
+    pair = next(imgs[:2] for imgs in by_shard.values() if len(imgs) >= 2)
+    monkeypatch.setattr(_cache, "_SHARDS", _cache.DISK_MAX_ENTRIES)  # a share of 1 entry
+    CLIPFeaturizer(model=tiny_clip_path, runtime="torch", progress=False,
+                   cache_dir=tmp_path / "cache").transform(pair)  # 2 writes, far fewer than 64
+    entries = list((tmp_path / "cache").rglob("*.emb"))
+    assert len(entries) == 1  # before the fix: 2, never trimmed
