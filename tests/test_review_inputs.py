@@ -126,3 +126,22 @@ def test_14_all_zero_feature_rows_are_named_and_get_even_scores(head):
         getattr(skclip, head)(clip_model=None, **extra).fit(
             np.vstack([X, np.zeros((1, 8))]), np.r_[y, 0]
         )
+
+
+def test_11_skops_file_that_unpacks_to_too_much_is_refused_unread(tmp_path, monkeypatch):
+    import zipfile
+
+    skops_io = pytest.importorskip("skops.io")
+    from skclip import _model_file
+
+    path = tmp_path / "bomb.skops"
+    skops_io.dump({"a": np.zeros(8 * 2**20, np.uint8)}, path, compression=zipfile.ZIP_DEFLATED)
+    assert path.stat().st_size < 100_000  # 8 MiB of zeros in a few kB
+    monkeypatch.setattr(_model_file, "MAX_UNPACKED_BYTES", 2**20, raising=False)
+
+    def never(*args, **kwargs):
+        raise AssertionError("the file was unpacked")
+
+    monkeypatch.setattr(skops_io, "load", never)
+    with pytest.raises(ValueError, match="unpacks to .*MAX_UNPACKED_BYTES"):
+        _model_file.load_model(str(path))  # before: unpacked in full, then refused
