@@ -43,6 +43,7 @@ also needs ``onnx`` and ``onnxscript`` (in the same extra).
 
 from __future__ import annotations
 
+import errno
 import functools
 import hashlib
 import importlib.util
@@ -50,6 +51,7 @@ import json
 import logging
 import os
 import shutil
+import stat
 import tempfile
 import threading
 import warnings
@@ -212,15 +214,48 @@ def export_key(clip: LoadedCLIP, dtype: str = "float32") -> str:
 def _usable(folder: Path) -> bool:
     """An export folder whose files are all there, at the sizes written."""
     try:
-        meta = json.loads((folder / _META_FILE).read_text())
+        meta = json.loads(_read_meta(folder))
         return all((folder / name).stat().st_size == size for name, size in meta["files"].items())
     except (OSError, ValueError, KeyError, TypeError, AttributeError):
         return False
 
 
+#: Most bytes of an export's ``meta.json`` that are read.
+_META_CAP = 1 << 20
+_READ_FLAGS = (os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_NONBLOCK", 0)
+               | getattr(os, "O_CLOEXEC", 0))
+
+
+def _open_regular(path: Path) -> int:
+    """A descriptor of ``path`` if it is a regular file (not a link, a FIFO, a device):
+    opened without following a link and without blocking; else OSError."""
+    fd = os.open(path, _READ_FLAGS)
+    if not stat.S_ISREG(os.fstat(fd).st_mode):
+        os.close(fd)
+        raise OSError(errno.EINVAL, "not a regular file", str(path))
+    return fd
+
+
+def _read_file(path: Path, cap: int) -> bytes:
+    """All of the regular file ``path``, at most ``cap`` bytes (else OSError)."""
+    fd = _open_regular(path)
+    try:
+        with os.fdopen(os.dup(fd), "rb") as f:
+            data = f.read(cap + 1)
+    finally:
+        os.close(fd)
+    if len(data) > cap:
+        raise OSError(errno.EFBIG, f"more than {cap} bytes", str(path))
+    return data
+
+
+def _read_meta(folder: Path) -> str:
+    return _read_file(folder / _META_FILE, _META_CAP).decode()
+
+
 def _sha256(path: Path) -> str:
     h = hashlib.sha256()
-    with open(path, "rb") as f:
+    with os.fdopen(_open_regular(path), "rb") as f:
         for block in iter(lambda: f.read(1 << 20), b""):
             h.update(block)
     return h.hexdigest()
@@ -241,7 +276,7 @@ def verified(folder: Path) -> str | None:
     Each file is hashed the first time in a process, and again only if its stamp
     (size, times, inode) changed since."""
     try:
-        meta = json.loads((folder / _META_FILE).read_text())
+        meta = json.loads(_read_meta(folder))
         sums = meta["sha256"]
         names = sorted(sums)
         if not names or sorted(meta["files"]) != names:
@@ -422,9 +457,9 @@ def _session(path: Path, threads: int) -> tuple[Any, str]:
     in-memory external data), never from the files: ONNX Runtime maps a weights file and
     would read later edits of it. Raises ValueError if a file no longer matches."""
     ort = _require_onnxruntime()
-    meta = json.loads((path / _META_FILE).read_text())
+    meta = json.loads(_read_meta(path))
     sums = meta["sha256"]
-    blobs = {name: (path / name).read_bytes() for name in sorted(sums)}
+    blobs = {name: _read_file(path / name, int(meta["files"][name])) for name in sorted(sums)}
     changed = [name for name, data in blobs.items() if hashlib.sha256(data).hexdigest() != sums[name]]
     if changed or _MODEL_FILE not in blobs:
         raise ValueError(f"the export in {path} changed since it was verified: {changed}")

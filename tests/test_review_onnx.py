@@ -62,3 +62,30 @@ def test_1_edit_between_verification_and_session_is_rebuilt(
     np.testing.assert_allclose(encoder(pixels), pristine, atol=1e-5)
     assert _onnx.verified(encoder.path) is not None
     assert encoder.identity.split()[0] == _onnx.verified(encoder.path)
+
+
+@pytest.mark.parametrize("plant", ["fifo", "dev-zero"])
+def test_12_special_file_as_meta_json_is_rebuilt_not_read(clip, tmp_path, fresh, plant):
+    import os
+    import threading
+
+    folder = _onnx.export(clip, folder=tmp_path)
+    meta = folder / "meta.json"
+    meta.unlink()
+    if plant == "fifo":
+        os.mkfifo(meta)
+    else:
+        os.symlink("/dev/zero", meta)
+    _onnx.clear_sessions()
+    done = {}
+    worker = threading.Thread(
+        target=lambda: done.update(path=_onnx.export(clip, folder=tmp_path)), daemon=True
+    )
+    worker.start()
+    worker.join(60)
+    hung = worker.is_alive()
+    if hung and plant == "fifo":  # before the fix: blocked opening the FIFO; let it go
+        os.close(os.open(meta, os.O_WRONLY | os.O_NONBLOCK))
+        worker.join(10)
+    assert not hung
+    assert _onnx.verified(done["path"]) is not None  # rebuilt
