@@ -19,10 +19,12 @@ may have changed:
   one ``read`` per call collects them, and only the files they name are stat'ed again.
   A watch is placed *before* the first stat of a file, so no change is missed between
   the two.
+- A watched folder that is moved, deleted or unmounted loses its watch, and its path
+  is watched anew (whatever folder is there now) at the next lookup.
 - A stamp is trusted for at most ``max_age`` seconds anyway (default 1 s): changes
   inotify cannot see (made on another machine of a network file system, or after an
-  ancestor folder was replaced) are noticed within that time, as they would be by a
-  stat when the file system caches attributes.
+  ancestor folder was replaced or a symbolic link in the path retargeted) are noticed
+  within that time, as they would be by a stat when the file system caches attributes.
 - Files that are symbolic links or have several hard links (changed under another
   name, in another folder) are stat'ed on every call, as is everything on systems
   without inotify or when a watch cannot be placed: the old behaviour.
@@ -109,6 +111,8 @@ class _Inotify:
         libc = ctypes.CDLL(ctypes.util.find_library("c") or None, use_errno=True)
         self._add = libc.inotify_add_watch
         self._add.argtypes = (ctypes.c_int, ctypes.c_char_p, ctypes.c_uint32)
+        self._rm = libc.inotify_rm_watch
+        self._rm.argtypes = (ctypes.c_int, ctypes.c_int)
         self.cap = cap  # most watch descriptors held
         fd = libc.inotify_init1(_IN_NONBLOCK | _IN_CLOEXEC)
         if fd < 0:
@@ -160,10 +164,13 @@ class _Inotify:
                 if spellings is None:
                     continue
                 if mask & _FOLDER_GONE:
+                    # moved, deleted or unmounted: its paths may now name another folder,
+                    # which the next watch() watches anew; this watch is dropped
                     gone.update(spellings)
-                    if mask & _IN_IGNORED:  # the kernel dropped the watch
-                        for folder in self.folders.pop(wd):
-                            self.watched.pop(folder, None)
+                    for folder in self.folders.pop(wd):
+                        self.watched.pop(folder, None)
+                    if not mask & _IN_IGNORED:  # else the kernel dropped it already
+                        self._rm(self.fd, wd)
                 elif name:
                     changed.update(os.path.join(f, os.fsdecode(name)) for f in spellings)
             if len(data) < (1 << 15):  # the queue is (very likely) empty now

@@ -96,3 +96,30 @@ def test_10_disk_bound_holds_after_a_short_run(tiny_clip_path, tmp_path, monkeyp
                    cache_dir=tmp_path / "cache").transform(pair)  # 2 writes, far fewer than 64
     entries = list((tmp_path / "cache").rglob("*.emb"))
     assert len(entries) == 1  # before the fix: 2, never trimmed
+
+
+def test_2_a_watched_folder_moved_away_is_watched_anew(tmp_path):
+    """The folder is moved and another made at its path: edits there are seen at once
+    (before the fix, the watch stayed on the moved folder, and a stamp of the new folder
+    was trusted without events until ``max_age``)."""
+    import os
+    import sys
+
+    from skclip._watch import FileStamps
+
+    if not sys.platform.startswith("linux"):
+        pytest.skip("inotify is Linux only")
+    folder = tmp_path / "imgs"
+    folder.mkdir()
+    (folder / "a.jpg").write_bytes(b"old!")
+    stamps = FileStamps(max_age=3600)
+    stamps.stamps([str(folder / "a.jpg")])
+    os.rename(folder, tmp_path / "moved")
+    folder.mkdir()
+    (folder / "a.jpg").write_bytes(b"new1")
+    first = stamps.stamps([str(folder / "a.jpg")])[0]
+    with open(folder / "a.jpg", "r+b") as f:  # in place, same size
+        f.write(b"new2")
+    st = os.stat(folder / "a.jpg")
+    assert stamps.stamps([str(folder / "a.jpg")])[0][4] == st.st_ctime_ns
+    assert first[3] == st.st_ino
