@@ -64,12 +64,12 @@ def _to_rgb(img: Image.Image, item: Any = None, index: int = 0) -> Image.Image:
         return img
     if img.mode == "F":
         what = img if item is None else item
-        gray = _float_to_uint8(np.asarray(img, dtype=np.float64), what, index, "float images")
+        gray = _float_to_uint8(np.asarray(img), what, index, "float images")  # float32
         return Image.fromarray(gray).convert("RGB")
     if img.mode in ("I;16", "I;16B", "I;16L", "I"):
         # 16/32-bit grayscale: PIL's convert() clips instead of scaling; its own tRNS
         # colour is a 16-bit value, so transparency is composited here, on white.
-        arr = np.asarray(img).astype(np.int64)
+        arr = np.asarray(img)  # uint16 or int32: no wider copy (images at the pixel limit)
         if img.mode == "I" and arr.size and (arr.min() < 0 or arr.max() > 65535):
             raise ImageLoadError(
                 f"Cannot use {describe(img if item is None else item, index)} as an image: "
@@ -90,8 +90,24 @@ def _to_rgb(img: Image.Image, item: Any = None, index: int = 0) -> Image.Image:
 
 def _uint16_to_uint8(arr: np.ndarray) -> np.ndarray:
     """The 16-bit rule of every form (16-bit files, PIL ``"I;16"``/``"I"`` images,
-    ``uint16`` arrays): values in [0, 65535] scaled by 255/65535 and rounded."""
-    return np.clip(arr.astype(np.float64) / 65535.0 * 255.0 + 0.5, 0, 255).astype(np.uint8)
+    ``uint16`` arrays): values in [0, 65535] scaled by 255/65535 and rounded (half up,
+    in integers), a block of rows at a time (see :func:`_by_rows`)."""
+    return _by_rows(arr, lambda block: (block.astype(np.uint32) * 255 + 32767) // 65535)
+
+
+#: Pixels converted at a time from 16-bit or float images to 8 bits, so that the
+#: temporaries stay small for images at the pixel limit (not 8-16 bytes per pixel).
+_BLOCK_PIXELS = 1 << 20
+
+
+def _by_rows(arr: np.ndarray, fn: Any) -> np.ndarray:
+    """``fn(block).astype(uint8)`` over blocks of rows of ``arr``, into one uint8 array."""
+    out = np.empty(arr.shape, dtype=np.uint8)
+    per_row = max(1, arr[:1].size)
+    step = max(1, _BLOCK_PIXELS // per_row)
+    for top in range(0, arr.shape[0], step):
+        out[top : top + step] = fn(arr[top : top + step])
+    return out
 
 
 def _float_to_uint8(arr: np.ndarray, item: Any, index: int, kind: str) -> np.ndarray:
@@ -109,7 +125,7 @@ def _float_to_uint8(arr: np.ndarray, item: Any, index: int, kind: str) -> np.nda
             f"in [0, 1] (scaled to [0, 255]), it has {found}. Scale it to [0, 1], or pass "
             "uint8 values in [0, 255]."
         )
-    return np.round(arr.astype(np.float64) * 255.0).astype(np.uint8)  # float16 too
+    return _by_rows(arr, lambda block: np.round(block.astype(np.float64) * 255.0))
 
 
 def _array_to_image(arr: np.ndarray, index: int) -> Image.Image:

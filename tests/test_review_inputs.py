@@ -145,3 +145,25 @@ def test_11_skops_file_that_unpacks_to_too_much_is_refused_unread(tmp_path, monk
     monkeypatch.setattr(skops_io, "load", never)
     with pytest.raises(ValueError, match="unpacks to .*MAX_UNPACKED_BYTES"):
         _model_file.load_model(str(path))  # before: unpacked in full, then refused
+
+
+@pytest.mark.parametrize("dtype", [np.uint16, np.float32])
+def test_13_16_bit_and_float_images_convert_with_small_temporaries(dtype, monkeypatch):
+    import tracemalloc
+
+    # blocks small against this test image, as they are against an image at the limit
+    monkeypatch.setattr("skclip._images._BLOCK_PIXELS", 2**16, raising=False)
+
+    rng = np.random.default_rng(0)
+    arr = rng.integers(0, 65535, (1500, 1500)).astype(dtype)
+    if dtype == np.float32:
+        arr /= 65535
+    img = Image.fromarray(arr)
+    img.load()
+    tracemalloc.start()
+    try:
+        open_image(img)
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert peak / arr.size < 12  # numpy's bytes per pixel; before the fix: 24
