@@ -460,7 +460,7 @@ def _session(path: Path, threads: int) -> tuple[Any, str]:
     meta = json.loads(_read_meta(path))
     sums = meta["sha256"]
     blobs = {name: _read_file(path / name, int(meta["files"][name])) for name in sorted(sums)}
-    changed = [name for name, data in blobs.items() if hashlib.sha256(data).hexdigest() != sums[name]]
+    changed = [n for n, data in blobs.items() if hashlib.sha256(data).hexdigest() != sums[n]]
     if changed or _MODEL_FILE not in blobs:
         raise ValueError(f"the export in {path} changed since it was verified: {changed}")
     options = ort.SessionOptions()
