@@ -35,7 +35,8 @@ step by hand:
   read into memory, checked against the record, and the weights handed to ONNX Runtime
   from memory), so a weights file edited or replaced later, even while the session
   lives, cannot change what it computes. Cost: the export's files are hashed a second
-  time then, and the bytes of its weights stay in memory while the session lives.
+  time then, and its bytes are held in memory while the session is made (ONNX Runtime
+  copies the weights, as it would from the file). Needs onnxruntime >= 1.23.
 
 ``onnxruntime`` is an optional dependency (``pip install skclip[onnx]``); exporting
 also needs ``onnx`` and ``onnxscript`` (in the same extra).
@@ -473,14 +474,19 @@ def _session(path: Path, threads: int) -> tuple[Any, str]:
     options.log_severity_level = 3  # errors only
     weights = [name for name in blobs if name != _MODEL_FILE]
     buffers = [np.frombuffer(blobs[name], dtype=np.uint8) for name in weights]
-    if weights:
+    if weights and not hasattr(options, "add_external_initializers_from_files_in_memory"):
+        raise RuntimeError(
+            f"onnxruntime {ort.__version__} cannot take an export's weights from memory "
+            "(SessionOptions.add_external_initializers_from_files_in_memory, onnxruntime "
+            ">= 1.23): pip install -U onnxruntime, or use runtime='torch'."
+        )
+    if weights:  # ONNX Runtime copies them into the session: the buffers may go after
         options.add_external_initializers_from_files_in_memory(
             weights, buffers, [len(b) for b in buffers]
         )
     session = ort.InferenceSession(
         blobs[_MODEL_FILE], options, providers=["CPUExecutionProvider"]
     )
-    session._skclip_buffers = buffers  # kept alive as long as the session
     identity = hashlib.sha256(json.dumps(sums, sort_keys=True).encode()).hexdigest()[:32]
     return session, identity
 
