@@ -13,6 +13,7 @@ from ._version import __version__
 from .ape import APEClassifier
 from .featurizer import CLIPFeaturizer
 from .gda import GDAClassifier
+from .heads._base import ZeroFeaturesWarning
 from .model_selection import TipAdapterClassifierCV
 from .tip_adapter import TipAdapterClassifier
 
@@ -26,5 +27,6 @@ __all__ = [
     "ImageLoadWarning",
     "TipAdapterClassifier",
     "TipAdapterClassifierCV",
+    "ZeroFeaturesWarning",
     "__version__",
 ]
