@@ -61,6 +61,20 @@ def _list_images(folder: Path, extensions: tuple[str, ...]) -> _Listing:
     return _Listing(sorted(images), sorted(special), sorted(other), links)
 
 
+def _check_link_class(link: Path, folder: str, seen: dict[Path, str]) -> None:
+    """Record the target of the file link ``link`` in class folder ``folder``; an error if
+    it is an image of another class (see :func:`_images_below`)."""
+    target = link.resolve()
+    first = next((seen[p] for p in (target, *target.parents) if p in seen), None)
+    if first is None:
+        seen[target] = first = folder
+    if first != folder:
+        raise ValueError(
+            f"Image {os.fspath(link)!r} is a symbolic link to {os.fspath(target)!r}, an image of "
+            f"class folder {first!r}: it would get two labels. Remove the link, or copy the image."
+        )
+
+
 def _images_below(
     folder: Path, extensions: tuple[str, ...], seen: dict[Path, str] | None = None
 ) -> list[str]:
@@ -71,16 +85,9 @@ def _images_below(
     to their class folder: a link to an image of another class (in its folder, or the
     target of another class's link) is an error, since that image would get two labels."""
     listing = _list_images(folder, extensions)
-    for link in listing.links if seen is not None else ():
-        target = Path(link).resolve()
-        first = next((seen[p] for p in (target, *target.parents) if p in seen), None)
-        if first is None:
-            seen[target] = first = os.fspath(folder)
-        if first != os.fspath(folder):
-            raise ValueError(
-                f"Image {link!r} is a symbolic link to {os.fspath(target)!r}, an image of class "
-                f"folder {first!r}: it would get two labels. Remove the link, or copy the image."
-            )
+    if seen is not None:
+        for link in listing.links:
+            _check_link_class(Path(link), os.fspath(folder), seen)
     if listing.special:
         shown = ", ".join(repr(p) for p in listing.special[:5])
         more = f" and {len(listing.special) - 5} more" if len(listing.special) > 5 else ""
