@@ -92,8 +92,9 @@ def test_10_disk_bound_holds_after_a_short_run(tiny_clip_path, tmp_path, monkeyp
         by_shard.setdefault(memory_digest(img)[:2], []).append(img)
     pair = next(imgs[:2] for imgs in by_shard.values() if len(imgs) >= 2)
     monkeypatch.setattr(_cache, "_SHARDS", _cache.DISK_MAX_ENTRIES)  # a share of 1 entry
-    CLIPFeaturizer(model=tiny_clip_path, runtime="torch", progress=False,
-                   cache_dir=tmp_path / "cache").transform(pair)  # 2 writes, far fewer than 64
+    CLIPFeaturizer(
+        model=tiny_clip_path, runtime="torch", progress=False, cache_dir=tmp_path / "cache"
+    ).transform(pair)  # 2 writes, far fewer than 64
     entries = list((tmp_path / "cache").rglob("*.emb"))
     assert len(entries) == 1  # before the fix: 2, never trimmed
 

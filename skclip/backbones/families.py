@@ -52,13 +52,15 @@ class NoTextTowerError(ValueError):
 
 
 #: Keys of a model's configuration that say how it was loaded, not what it computes.
-_CONFIG_VOLATILE = frozenset({"_name_or_path", "dtype", "torch_dtype", "transformers_version",
-                              "_commit_hash"})
+_CONFIG_VOLATILE = frozenset(
+    {"_name_or_path", "dtype", "torch_dtype", "transformers_version", "_commit_hash"}
+)
 
 
 def _config_json(model: Any) -> str:
     """The model's configuration as canonical JSON, without :data:`_CONFIG_VOLATILE`
     keys (at any depth): part of the fingerprints."""
+
     def clean(value: Any) -> Any:
         if isinstance(value, dict):
             return {k: clean(v) for k, v in value.items() if k not in _CONFIG_VOLATILE}
@@ -227,7 +229,10 @@ class Backbone:
         self.require_text()
         max_len = getattr(self.model.config.text_config, "max_position_embeddings", 77)
         tokens = self.tokenizer(
-            prompts, truncation=True, max_length=max_len, return_tensors="pt",
+            prompts,
+            truncation=True,
+            max_length=max_len,
+            return_tensors="pt",
             **self._text_padding(),
         )
         return dict(tokens.to(self.device))
@@ -357,13 +362,11 @@ FAMILIES: dict[str, tuple[type[Backbone], str]] = {
 def _model_type(name: str) -> str:
     from transformers import AutoConfig
 
-
     return str(from_pretrained(AutoConfig, name).model_type)
 
 
 def _load_tokenizer(name: str) -> tuple[Any, str | None]:
     from transformers import AutoTokenizer
-
 
     try:
         return from_pretrained(AutoTokenizer, name), None
@@ -384,7 +387,6 @@ def build_backbone(name: str, device: torch.device, dtype: torch.dtype) -> Backb
     """
     import transformers
 
-
     model_type = _model_type(name)
     if model_type in FAMILIES:
         cls, model_class = FAMILIES[model_type]
@@ -400,8 +402,15 @@ def build_backbone(name: str, device: torch.device, dtype: torch.dtype) -> Backb
             raise ValueError(_unsupported(name, model_type))
     model.to(device).eval()
     model.requires_grad_(False)
-    backbone = cls(name=name, model=model, tokenizer=tokenizer, image_config=image_config(name),
-                   device=device, dtype=dtype, tokenizer_error=why)
+    backbone = cls(
+        name=name,
+        model=model,
+        tokenizer=tokenizer,
+        image_config=image_config(name),
+        device=device,
+        dtype=dtype,
+        tokenizer_error=why,
+    )
     if cls is ImageOnlyBackbone:
         try:
             backbone.embedding_dim  # noqa: B018 - one forward pass checks the pooled output
@@ -422,4 +431,3 @@ def _unsupported(name: str, model_type: str) -> str:
         f"dual encoders of the families {sorted(FAMILIES)} and image models whose output has a "
         "pooler_output (DINOv2, ViT...)."
     )
-

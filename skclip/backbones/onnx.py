@@ -138,7 +138,8 @@ def warn_fallback(clip: Backbone, exc: BaseException) -> None:
         warnings.warn(
             f"Could not run the image tower of {clip.name!r} in ONNX Runtime ({exc!r}); "
             "runtime='auto' uses PyTorch instead. Pass runtime='torch' to skip the attempt.",
-            RuntimeWarning, stacklevel=4,
+            RuntimeWarning,
+            stacklevel=4,
         )
 
 
@@ -203,8 +204,11 @@ def export_key(clip: Backbone, dtype: str = "float32") -> str:
     h = hasher(digest_size=12)
     vision_config = getattr(clip.model.config, "vision_config", clip.model.config)
     parts = (
-        EXPORT_FORMAT, clip.vision_fingerprint, vision_config.to_json_string(use_diff=False),
-        sorted(clip.image_config.items()), _input_shape(clip),
+        EXPORT_FORMAT,
+        clip.vision_fingerprint,
+        vision_config.to_json_string(use_diff=False),
+        sorted(clip.image_config.items()),
+        _input_shape(clip),
     )
     h.update(repr(parts).encode())
     return f"{h.hexdigest()}-{dtype}"
@@ -221,8 +225,12 @@ def _usable(folder: Path) -> bool:
 
 #: Most bytes of an export's ``meta.json`` that are read.
 _META_CAP = 1 << 20
-_READ_FLAGS = (os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_NONBLOCK", 0)
-               | getattr(os, "O_CLOEXEC", 0))
+_READ_FLAGS = (
+    os.O_RDONLY
+    | getattr(os, "O_NOFOLLOW", 0)
+    | getattr(os, "O_NONBLOCK", 0)
+    | getattr(os, "O_CLOEXEC", 0)
+)
 
 
 def _open_regular(path: Path) -> int:
@@ -342,9 +350,15 @@ def _export_float32(clip: Backbone, target: Path) -> None:
         with warnings.catch_warnings(), torch.inference_mode(False), torch.no_grad():
             warnings.simplefilter("ignore")  # exporter chatter (deprecations)
             torch.onnx.export(
-                tower, (example,), str(tmp / _MODEL_FILE), input_names=["pixels"],
-                output_names=["features"], dynamic_shapes=({0: torch.export.Dim("batch")},),
-                dynamo=True, external_data=True, verbose=False,
+                tower,
+                (example,),
+                str(tmp / _MODEL_FILE),
+                input_names=["pixels"],
+                output_names=["features"],
+                dynamic_shapes=({0: torch.export.Dim("batch")},),
+                dynamo=True,
+                external_data=True,
+                verbose=False,
             )
         _seal(tmp, target, {"model": clip.name, "torch": torch.__version__, "dtype": "float32"})
     except BaseException:
@@ -365,11 +379,12 @@ def _export_int8(source: Path, target: Path) -> None:
     try:
         root.setLevel(logging.ERROR)  # quantize_dynamic advises pre-processing on the root logger
         quantize_dynamic(
-            source / _MODEL_FILE, tmp / _MODEL_FILE, weight_type=QuantType.QInt8,
+            source / _MODEL_FILE,
+            tmp / _MODEL_FILE,
+            weight_type=QuantType.QInt8,
             use_external_data_format=True,
         )
-        _seal(tmp, target, {"source": source.name, "onnxruntime": ort.__version__,
-                            "dtype": "int8"})
+        _seal(tmp, target, {"source": source.name, "onnxruntime": ort.__version__, "dtype": "int8"})
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
@@ -482,9 +497,7 @@ def _session(path: Path, threads: int) -> tuple[Any, str]:
         options.add_external_initializers_from_files_in_memory(
             weights, buffers, [len(b) for b in buffers]
         )
-    session = ort.InferenceSession(
-        blobs[_MODEL_FILE], options, providers=["CPUExecutionProvider"]
-    )
+    session = ort.InferenceSession(blobs[_MODEL_FILE], options, providers=["CPUExecutionProvider"])
     identity = hashlib.sha256(json.dumps(sums, sort_keys=True).encode()).hexdigest()[:32]
     return session, identity
 

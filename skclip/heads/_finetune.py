@@ -36,7 +36,6 @@ AUTO_VALIDATION_FRACTION = 0.1
 AUTO_VALIDATION_MIN_SAMPLES = 20
 
 
-
 class FineTuneResult(NamedTuple):
     """What :func:`fine_tune_keys` returns.
 
@@ -208,9 +207,16 @@ def _check_views(views: np.ndarray | None, X: np.ndarray) -> None:
 
 
 def _train(
-    head: _Loss, keys: torch.nn.Parameter, epoch_queries: list[torch.Tensor],
-    queries: np.ndarray, held_out: tuple[torch.Tensor, np.ndarray] | None, epochs: int,
-    lr: float, batch_size: int, rng: np.random.RandomState, verbose: int,
+    head: _Loss,
+    keys: torch.nn.Parameter,
+    epoch_queries: list[torch.Tensor],
+    queries: np.ndarray,
+    held_out: tuple[torch.Tensor, np.ndarray] | None,
+    epochs: int,
+    lr: float,
+    batch_size: int,
+    rng: np.random.RandomState,
+    verbose: int,
 ) -> tuple[list[float], list[float] | None, torch.Tensor | None, int]:
     """The training loop: the loss per epoch, the held-out accuracy per epoch (None
     without ``held_out``), the keys of the first best epoch (None without) and its
@@ -246,7 +252,10 @@ def _on(a: np.ndarray, device: torch.device, dtype: torch.dtype) -> torch.Tensor
 
 
 def _validation_split(
-    X: np.ndarray, y_enc: np.ndarray, n_classes: int, validation_fraction: float | None,
+    X: np.ndarray,
+    y_enc: np.ndarray,
+    n_classes: int,
+    validation_fraction: float | None,
     rng: np.random.RandomState,
 ) -> tuple[np.ndarray, np.ndarray | None]:
     """The training rows and the held-out rows (None without validation), sorted."""
@@ -308,8 +317,15 @@ class _Loss(NamedTuple):
         self, queries: torch.Tensor, keys: torch.Tensor, exclude: torch.Tensor | None = None
     ) -> torch.Tensor:
         return tip_adapter_logits(
-            queries, self.used(keys), self.labels, self.text_weights, self.alpha, self.beta,
-            exclude, self.n_classes, **self.zero_shot,
+            queries,
+            self.used(keys),
+            self.labels,
+            self.text_weights,
+            self.alpha,
+            self.beta,
+            exclude,
+            self.n_classes,
+            **self.zero_shot,
         )
 
     def accuracy(self, keys: torch.Tensor, queries: torch.Tensor, y: np.ndarray) -> float:
@@ -320,8 +336,13 @@ class _Loss(NamedTuple):
 
 
 def _epoch(
-    head: _Loss, keys: torch.nn.Parameter, opt: torch.optim.Optimizer, sched: Any,
-    feats: torch.Tensor, order: np.ndarray, batch_size: int,
+    head: _Loss,
+    keys: torch.nn.Parameter,
+    opt: torch.optim.Optimizer,
+    sched: Any,
+    feats: torch.Tensor,
+    order: np.ndarray,
+    batch_size: int,
 ) -> float:
     """One pass over the queries in ``order``, in mini-batches: the summed loss."""
     dev, n = feats.device, len(feats)
@@ -332,8 +353,9 @@ def _epoch(
         if head.leave_one_out:
             exclude = torch.zeros(len(idx), n, dtype=torch.bool, device=dev)
             exclude[torch.arange(len(idx), device=dev), idx] = True
-        loss = torch.nn.functional.cross_entropy(head.logits(feats[idx], keys, exclude),
-                                                 head.labels[idx])
+        loss = torch.nn.functional.cross_entropy(
+            head.logits(feats[idx], keys, exclude), head.labels[idx]
+        )
         opt.zero_grad()
         loss.backward()
         opt.step()
