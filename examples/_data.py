@@ -13,11 +13,17 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-COLOURS = {"red": (200, 30, 30), "green": (30, 180, 40), "blue": (30, 60, 210), "yellow": (220, 200, 40)}
+COLOURS = {
+    "red": (200, 30, 30),
+    "green": (30, 180, 40),
+    "blue": (30, 60, 210),
+    "yellow": (220, 200, 40),
+}
 
 
-def make_folder(n_per_class: int = 12, noise: float = 30.0, shift: float = 0.0, seed: int = 0,
-                mix: float = 0.0) -> Path:
+def make_folder(
+    n_per_class: int = 12, noise: float = 30.0, shift: float = 0.0, seed: int = 0, mix: float = 0.0
+) -> Path:
     """A temporary folder with one sub-folder per colour class of noisy 96x128 JPEGs,
     removed when the script exits.
 

@@ -77,8 +77,10 @@ for name, conformal in [("MAPIE split (marginal)", mapie), ("Mondrian (per class
     coverage = coverage_score(y[test], sets, labels=scaled.classes_)
     worst = np.nanmin(coverage_score(y[test], sets, labels=scaled.classes_, by_class=True), axis=0)
     results[name] = coverage, worst, sets.sum(axis=1).mean(axis=0)
-    print(f"{name} at 0.9: coverage {coverage[5]:.3f} (worst class {worst[5]:.3f}), "
-          f"mean set size {results[name][2][5]:.2f}")
+    print(
+        f"{name} at 0.9: coverage {coverage[5]:.3f} (worst class {worst[5]:.3f}), "
+        f"mean set size {results[name][2][5]:.2f}"
+    )
 
 # %%
 # Left: coverage against the level asked for (the diagonal is the promise; with few
@@ -87,13 +89,15 @@ for name, conformal in [("MAPIE split (marginal)", mapie), ("Mondrian (per class
 fig, (left, right) = plt.subplots(1, 2, figsize=(10, 4), layout="constrained")
 left.plot([0.5, 1], [0.5, 1], color="grey", lw=1, ls="--", label="asked for")
 for name, (coverage, worst, size) in results.items():
-    line, = left.plot(levels, coverage, marker="o", label=f"{name}: all images")
-    left.plot(levels, worst, marker="x", ls=":", color=line.get_color(),
-              label=f"{name}: worst class")
+    (line,) = left.plot(levels, coverage, marker="o", label=f"{name}: all images")
+    left.plot(
+        levels, worst, marker="x", ls=":", color=line.get_color(), label=f"{name}: worst class"
+    )
     right.plot(coverage, size, marker="o", color=line.get_color(), label=name)
 left.set(xlabel="confidence level", ylabel="empirical coverage", title="Coverage")
-right.set(xlabel="empirical coverage", ylabel="mean set size (classes)",
-          title="Set size vs coverage")
+right.set(
+    xlabel="empirical coverage", ylabel="mean set size (classes)", title="Set size vs coverage"
+)
 left.legend(fontsize="small")
 right.legend(fontsize="small")
 plt.show()

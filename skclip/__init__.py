@@ -6,13 +6,14 @@ Public API: :class:`CLIPFeaturizer` turns images into CLIP embeddings;
 :class:`GDAClassifier` and :class:`APEClassifier` are two more training-free heads.
 """
 
-from ._cache import CacheDirWarning
+from .encoding.cache import CacheDirWarning
 from ._images import ImageLoadError, ImageLoadWarning
-from ._models import CheckpointMismatchError
+from .backbones.loading import CheckpointMismatchError
 from ._version import __version__
 from .ape import APEClassifier
 from .featurizer import CLIPFeaturizer
 from .gda import GDAClassifier
+from .heads._base import ZeroFeaturesWarning
 from .model_selection import TipAdapterClassifierCV
 from .tip_adapter import TipAdapterClassifier
 
@@ -26,5 +27,6 @@ __all__ = [
     "ImageLoadWarning",
     "TipAdapterClassifier",
     "TipAdapterClassifierCV",
+    "ZeroFeaturesWarning",
     "__version__",
 ]

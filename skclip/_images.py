@@ -22,7 +22,10 @@ from PIL import Image, ImageOps
 #: The version of the rules that turn an input into pixels (float images, conversions,
 #: orientation). It is part of every embedding-cache key: change it whenever a rule
 #: changes the pixels an input gives, so that no entry made under the old rules is served.
-DECODE_RULES = "2: float images in [0, 1] scaled x255 in every form"
+DECODE_RULES = (
+    "3: float images in [0, 1] scaled x255 in every form; 16-bit (uint16, I;16, I) /65535 "
+    "with 16-bit tRNS; bool arrays 0/255"
+)
 
 
 class ImageLoadError(ValueError):
@@ -61,19 +64,50 @@ def _to_rgb(img: Image.Image, item: Any = None, index: int = 0) -> Image.Image:
         return img
     if img.mode == "F":
         what = img if item is None else item
-        gray = _float_to_uint8(np.asarray(img, dtype=np.float64), what, index, "float images")
+        gray = _float_to_uint8(np.asarray(img), what, index, "float images")  # float32
+        return Image.fromarray(gray).convert("RGB")
+    if img.mode in ("I;16", "I;16B", "I;16L", "I"):
+        # 16/32-bit grayscale: PIL's convert() clips instead of scaling; its own tRNS
+        # colour is a 16-bit value, so transparency is composited here, on white.
+        arr = np.asarray(img)  # uint16 or int32: no wider copy (images at the pixel limit)
+        if img.mode == "I" and arr.size and (arr.min() < 0 or arr.max() > 65535):
+            raise ImageLoadError(
+                f"Cannot use {describe(img if item is None else item, index)} as an image: "
+                "32-bit integer (PIL mode 'I') pixels are read as 16-bit values in "
+                f"[0, 65535], it has values from {arr.min()} to {arr.max()}."
+            )
+        gray = _uint16_to_uint8(arr)
+        key = img.info.get("transparency")
+        if isinstance(key, int):
+            gray[arr == key] = 255
         return Image.fromarray(gray).convert("RGB")
     if "A" in img.getbands() or img.info.get("transparency") is not None:
         rgba = img.convert("RGBA")
         background = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
         return Image.alpha_composite(background, rgba).convert("RGB")
-    if img.mode in ("I;16", "I;16B", "I;16L", "I"):
-        # 16/32-bit grayscale: PIL's convert("RGB") clips instead of scaling.
-        arr = np.asarray(img, dtype=np.float64)
-        top = 65535.0 if img.mode.startswith("I;16") or arr.max() > 255 else 255.0
-        arr = np.clip(arr / top * 255.0 + 0.5, 0, 255).astype(np.uint8)
-        return Image.fromarray(arr).convert("RGB")
     return img.convert("RGB")
+
+
+def _uint16_to_uint8(arr: np.ndarray) -> np.ndarray:
+    """The 16-bit rule of every form (16-bit files, PIL ``"I;16"``/``"I"`` images,
+    ``uint16`` arrays): values in [0, 65535] scaled by 255/65535 and rounded (half up,
+    in integers), a block of rows at a time (see :func:`_by_rows`)."""
+    return _by_rows(arr, lambda block: (block.astype(np.uint32) * 255 + 32767) // 65535)
+
+
+#: Pixels converted at a time from 16-bit or float images to 8 bits, so that the
+#: temporaries stay small for images at the pixel limit (not 8-16 bytes per pixel).
+_BLOCK_PIXELS = 1 << 20
+
+
+def _by_rows(arr: np.ndarray, fn: Any) -> np.ndarray:
+    """``fn(block).astype(uint8)`` over blocks of rows of ``arr``, into one uint8 array."""
+    out = np.empty(arr.shape, dtype=np.uint8)
+    per_row = max(1, arr[:1].size)
+    step = max(1, _BLOCK_PIXELS // per_row)
+    for top in range(0, arr.shape[0], step):
+        out[top : top + step] = fn(arr[top : top + step])
+    return out
 
 
 def _float_to_uint8(arr: np.ndarray, item: Any, index: int, kind: str) -> np.ndarray:
@@ -83,15 +117,17 @@ def _float_to_uint8(arr: np.ndarray, item: Any, index: int, kind: str) -> np.nda
     [0, 255] read as [0, 1] would be white, [0, 1] clipped as [0, 255] would be black)."""
     finite = bool(np.all(np.isfinite(arr)))
     if not finite or arr.min() < 0 or arr.max() > 1:
-        found = "NaN or infinite values" if not finite else (
-            f"values from {float(arr.min()):g} to {float(arr.max()):g}"
+        found = (
+            "NaN or infinite values"
+            if not finite
+            else (f"values from {float(arr.min()):g} to {float(arr.max()):g}")
         )
         raise ImageLoadError(
             f"Cannot use {describe(item, index)} as an image: {kind} must hold finite values "
             f"in [0, 1] (scaled to [0, 255]), it has {found}. Scale it to [0, 1], or pass "
             "uint8 values in [0, 255]."
         )
-    return np.round(arr.astype(np.float64) * 255.0).astype(np.uint8)  # float16 too
+    return _by_rows(arr, lambda block: np.round(block.astype(np.float64) * 255.0))
 
 
 def _array_to_image(arr: np.ndarray, index: int) -> Image.Image:
@@ -105,12 +141,17 @@ def _array_to_image(arr: np.ndarray, index: int) -> Image.Image:
     _check_size((arr.shape[1], arr.shape[0]), arr, index)
     if arr.dtype == np.uint8:
         pass
+    elif arr.dtype == np.bool_:  # a mask: False black, True white (as PIL's mode "1")
+        arr = arr.astype(np.uint8) * np.uint8(255)
+    elif arr.dtype == np.uint16:  # 16-bit, as 16-bit files and PIL "I;16" images
+        arr = _uint16_to_uint8(arr)
     elif np.issubdtype(arr.dtype, np.floating):
         arr = _float_to_uint8(arr, arr, index, "float arrays")
-    elif np.issubdtype(arr.dtype, np.integer) or arr.dtype == np.bool_:
+    elif np.issubdtype(arr.dtype, np.integer):
         if arr.min() < 0 or arr.max() > 255:
             raise ImageLoadError(
-                f"Cannot use {describe(arr, index)} as an image: integer values must lie in [0, 255]."
+                f"Cannot use {describe(arr, index)} as an image: integer values must lie in "
+                "[0, 255]."
             )
         arr = arr.astype(np.uint8)
     else:
@@ -181,8 +222,10 @@ def _check_size(size: tuple[int, int], item: Any, index: int) -> None:
 def _file_kind(mode: int) -> str:
     """What a file that is not a regular file is, in words."""
     kinds = [
-        (stat.S_ISFIFO, "a FIFO (named pipe)"), (stat.S_ISCHR, "a character device"),
-        (stat.S_ISBLK, "a block device"), (stat.S_ISSOCK, "a socket"),
+        (stat.S_ISFIFO, "a FIFO (named pipe)"),
+        (stat.S_ISCHR, "a character device"),
+        (stat.S_ISBLK, "a block device"),
+        (stat.S_ISSOCK, "a socket"),
     ]
     return next((name for test, name in kinds if test(mode)), "not a regular file")
 
@@ -210,7 +253,8 @@ def _too_large(path: Any, index: int, size: str, cap: int) -> ImageLoadError:
 
 def _read_capped(fd: int, size_hint: int, cap: int | None, path: Any, index: int) -> bytes:
     """Everything ``fd`` holds, but never more than ``cap`` bytes (then an error)."""
-    chunks, total = [], 0
+    chunks: list[bytes] = []
+    total = 0
     while True:
         want = max(size_hint + 1 - total, 2**16)
         if cap is not None:
@@ -225,8 +269,11 @@ def _read_capped(fd: int, size_hint: int, cap: int | None, path: Any, index: int
 
 
 _OPEN_FLAGS = (
-    os.O_RDONLY | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_NOCTTY", 0)
-    | getattr(os, "O_CLOEXEC", 0) | getattr(os, "O_BINARY", 0)
+    os.O_RDONLY
+    | getattr(os, "O_NONBLOCK", 0)
+    | getattr(os, "O_NOCTTY", 0)
+    | getattr(os, "O_CLOEXEC", 0)
+    | getattr(os, "O_BINARY", 0)
 )
 
 
@@ -329,7 +376,9 @@ def open_image(item: Any, index: int = 0, data: bytes | None = None) -> Image.Im
     """Open ``item`` (path, PIL image or array) as an upright RGB PIL image.
 
     EXIF orientation is applied, transparency is composited on white, grayscale,
-    palette, CMYK and 16-bit images are converted to 8-bit RGB. Float pixels (float
+    palette, CMYK and 16-bit images are converted to 8-bit RGB: 16-bit pixels (files,
+    PIL ``"I;16"`` and ``"I"`` images, ``uint16`` arrays) scaled by 255/65535, ``bool``
+    arrays as 0 and 255, other integer arrays must lie in [0, 255]. Float pixels (float
     arrays, PIL ``"F"`` images, float TIFF files) must lie in [0, 1] and are scaled to
     [0, 255]. A path is read with :func:`read_image_bytes` (regular files only, at most
     :func:`image_byte_cap` bytes); for a path whose bytes were already read (to hash
@@ -372,6 +421,25 @@ def open_image(item: Any, index: int = 0, data: bytes | None = None) -> Image.Im
     )
 
 
+def fixed_size(config: dict) -> tuple[int, int] | None:
+    """The (height, width) of every preprocessed input of an image ``config`` (as
+    ``skclip.backbones.preprocess.image_config`` returns it): the center crop, else the
+    resized size; None where inputs vary (a resize of the shortest edge without a crop,
+    or SigLIP 2's NaFlex patches, whose configs have no ``crop_size``).
+
+    Examples
+    --------
+    >>> fixed_size({"do_center_crop": True, "crop_size": (224, 224), "size": (None, None)})
+    (224, 224)
+    >>> fixed_size({"do_center_crop": False, "crop_size": None, "size": (None, None)}) is None
+    True
+    """
+    if "crop_size" not in config:
+        return None
+    height, width = config["crop_size"] if config["do_center_crop"] else config["size"]
+    return None if height is None or width is None else (int(height), int(width))
+
+
 class CLIPPreprocessor:
     """CLIP preprocessing from a checkpoint's image-processor settings.
 
@@ -388,7 +456,7 @@ class CLIPPreprocessor:
     Parameters
     ----------
     config : dict
-        As returned by ``skclip._preprocess_families.image_config``.
+        As returned by ``skclip.backbones.preprocess.image_config``.
     """
 
     def __init__(self, config: dict) -> None:
@@ -398,10 +466,9 @@ class CLIPPreprocessor:
     @property
     def output_size(self) -> tuple[int, int]:
         """(height, width) of the arrays this preprocessor returns for any input."""
-        if self.config["do_center_crop"]:
-            return tuple(self.config["crop_size"])
-        if self.config["shortest_edge"] is None:
-            return tuple(self.config["size"])
+        size = fixed_size(self.config)
+        if size is not None:
+            return size
         raise ValueError(
             "This checkpoint resizes the shortest edge without a center crop, so images of "
             "different aspect ratios give arrays of different shapes; it is not supported."

@@ -24,7 +24,7 @@ The logits live in :func:`ape_logits` only.
 
 from __future__ import annotations
 
-import os
+from collections.abc import Callable
 from numbers import Integral, Real
 from typing import Any
 
@@ -33,10 +33,9 @@ import torch
 from scipy.special import softmax
 from sklearn.preprocessing import normalize
 
-from ._compat import Interval, StrOptions
-from ._formula import CLIP_LOGIT_SCALE, cache_logits, zero_shot_logits
-from ._models import DEFAULT_MODEL
-from .tip_adapter import _BaseTipAdapter, _Head
+from ._compat import Interval
+from .heads._formula import CLIP_LOGIT_SCALE, cache_logits, with_zero_shot
+from .heads._base import TextHead
 
 #: The smoothing constant of the authors' KL divergence.
 _KL_EPS = 1e-6
@@ -193,12 +192,10 @@ def ape_logits(
     """
     reduced = torch.nn.functional.normalize(queries[:, selected], dim=1)
     logits = alpha * cache_logits(reduced @ keys.T, values, beta)
-    if text_weights is not None:
-        logits = logits + zero_shot_logits(queries, text_weights, logit_scale, logit_bias)
-    return logits
+    return with_zero_shot(logits, queries, text_weights, logit_scale, logit_bias)
 
 
-class APEClassifier(_BaseTipAdapter):
+class APEClassifier(TextHead):
     """Training-free APE head: a re-weighted Tip-Adapter cache on selected channels.
 
     ``fit`` scores every feature channel by how well it separates the classes (low
@@ -237,18 +234,7 @@ class APEClassifier(_BaseTipAdapter):
         ``cfg['w'][0]`` for training-free APE).
     variance_weight : float, default=0.3
         Weight of the text weights' variance over classes (``cfg['w'][1]``).
-    clip_model : str, path-like or None, default="openai/clip-vit-base-patch32"
-        CLIP checkpoint whose text tower encodes the class names into ``W`` (use the
-        same checkpoint as the featurizer). ``None`` (with ``text_features=None``) gives
-        a cache model without zero-shot term; see Notes.
-    templates : "auto", "simple" or list of str, default="auto"
-        Prompt templates, as in :class:`TipAdapterClassifier`.
-    class_names : dict, list of str or None, default=None
-        Names to put into the prompts, as in :class:`TipAdapterClassifier`.
-    text_features : array-like of shape (n_classes, n_features), default=None
-        Ready text weights (rows in ``classes_`` order); skips text encoding.
-    device : str, default="auto"
-        Where the text tower runs. Fitting and prediction run on the CPU.
+    <text-head parameters>
 
     Attributes
     ----------
@@ -320,11 +306,6 @@ class APEClassifier(_BaseTipAdapter):
         ],
         "similarity_weight": [Interval(Real, 0, None, closed="left")],
         "variance_weight": [Interval(Real, 0, None, closed="left")],
-        "clip_model": [str, os.PathLike, None],
-        "templates": [StrOptions({"auto", "simple"}), list, tuple],
-        "class_names": [dict, list, tuple, None],
-        "text_features": ["array-like", None],
-        "device": [str, torch.device],
     }
 
     def __init__(
@@ -336,23 +317,15 @@ class APEClassifier(_BaseTipAdapter):
         n_features_to_select: int | float = 0.5,
         similarity_weight: float = 0.7,
         variance_weight: float = 0.3,
-        clip_model: str | os.PathLike | None = DEFAULT_MODEL,
-        templates: str | list[str] = "auto",
-        class_names: dict | list[str] | None = None,
-        text_features: Any = None,
-        device: str = "auto",
+        **text_head: Any,
     ) -> None:
+        super().__init__(**text_head)
         self.alpha = alpha
         self.beta = beta
         self.gamma = gamma
         self.n_features_to_select = n_features_to_select
         self.similarity_weight = similarity_weight
         self.variance_weight = variance_weight
-        self.clip_model = clip_model
-        self.templates = templates
-        self.class_names = class_names
-        self.text_features = text_features
-        self.device = device
 
     def fit(self, X: Any, y: Any) -> APEClassifier:
         """Select the channels, build the cache and weigh its keys.
@@ -392,17 +365,12 @@ class APEClassifier(_BaseTipAdapter):
             self.key_divergence_ = ape_key_divergence(self.cache_keys_, y_enc, text).astype(X.dtype)
         return self
 
-    def _head(self, text_weights: torch.Tensor | None, device: torch.device) -> _Head:
+    def _head_parts(self, device: torch.device) -> tuple[Callable, tuple, dict, np.dtype, int]:
         weights = np.exp(self.gamma * self.key_divergence_)  # R_FW: one weight per key
         values = torch.from_numpy(self.cache_values_ * weights[:, None]).to(device)
         selected = torch.from_numpy(self.selected_features_).to(device)
         keys = torch.from_numpy(self.cache_keys_).to(device)
-        zero_shot = self._zero_shot_params()
-
-        def logits(queries: torch.Tensor) -> torch.Tensor:
-            return ape_logits(
-                queries, selected, keys, values, text_weights, self.alpha, self.beta, **zero_shot
-            )
-
+        params = {"alpha": self.alpha, "beta": self.beta}
         # the selected channels of the queries, the affinities and a matmul temporary
-        return _Head(logits, self.cache_keys_.dtype, keys.shape[1] + 2 * keys.shape[0])
+        row_floats = keys.shape[1] + 2 * keys.shape[0]
+        return ape_logits, (selected, keys, values), params, self.cache_keys_.dtype, row_floats

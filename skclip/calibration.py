@@ -69,15 +69,22 @@ def _fit_temperature(logits: np.ndarray, y_enc: np.ndarray) -> float:
     """
     bound = np.log(_T_RANGE)
     result = minimize_scalar(
-        _nll, bounds=(-bound, bound), args=(logits, y_enc), method="bounded",
+        _nll,
+        bounds=(-bound, bound),
+        args=(logits, y_enc),
+        method="bounded",
         options={"xatol": 1e-6},
     )
     if (np.argmax(logits, axis=1) == y_enc).all():
-        problem = ("every held-out sample is classified right, so the likelihood keeps "
-                   "growing as T goes to 0: the probabilities will be near 0 and 1")
+        problem = (
+            "every held-out sample is classified right, so the likelihood keeps "
+            "growing as T goes to 0: the probabilities will be near 0 and 1"
+        )
     elif result.x > bound - 1e-3:
-        problem = (f"T runs to the top of the range ({_T_RANGE:g}): the scores barely depend "
-                   "on the class, the probabilities will be nearly uniform")
+        problem = (
+            f"T runs to the top of the range ({_T_RANGE:g}): the scores barely depend "
+            "on the class, the probabilities will be nearly uniform"
+        )
     else:
         return float(np.exp(result.x))
     warnings.warn(
@@ -191,8 +198,9 @@ class TemperatureScaledClassifier(MetaEstimatorMixin, ClassifierMixin, BaseEstim
         self : TemperatureScaledClassifier
         """
         self._validate_params()
-        if not (hasattr(self.estimator, "decision_function")
-                or hasattr(self.estimator, "predict_proba")):
+        if not (
+            hasattr(self.estimator, "decision_function") or hasattr(self.estimator, "predict_proba")
+        ):
             raise ValueError(
                 f"{type(self.estimator).__name__} has neither decision_function nor "
                 "predict_proba: there are no scores to calibrate."

@@ -236,8 +236,12 @@ def _encode(y: np.ndarray, labels: np.ndarray, name: str) -> np.ndarray:
 
 
 @validate_params(
-    {"y_true": ["array-like"], "y_pred_set": ["array-like"], "labels": ["array-like"],
-     "by_class": ["boolean"]},
+    {
+        "y_true": ["array-like"],
+        "y_pred_set": ["array-like"],
+        "labels": ["array-like"],
+        "by_class": ["boolean"],
+    },
     prefer_skip_nested_validation=True,
 )
 def coverage_score(
@@ -292,6 +296,8 @@ def coverage_score(
     if not by_class:
         return float(hit.mean()) if hit.ndim == 1 else hit.mean(axis=0)
     with np.errstate(invalid="ignore", divide="ignore"):
-        per_class = [hit[y_enc == k].mean(axis=0) if (y_enc == k).any()
-                     else np.full(hit.shape[1:], np.nan) for k in range(len(labels))]
+        per_class = [
+            hit[y_enc == k].mean(axis=0) if (y_enc == k).any() else np.full(hit.shape[1:], np.nan)
+            for k in range(len(labels))
+        ]
     return np.array(per_class)

@@ -22,10 +22,10 @@ from typing import Any
 
 import numpy as np
 
-from . import _encode
+from .encoding import engine as _encode
 from ._compat import HasMethods, Interval, validate_params
-from ._encode import Encoded, ItemError
-from ._models import check_fingerprint, load_clip
+from .encoding.engine import Encoded, ItemError
+from .backbones.loading import check_fingerprint, load_backbone
 from ._images import describe
 from .featurizer import CLIPFeaturizer
 
@@ -36,7 +36,7 @@ def _encode_partition(featurizer: CLIPFeaturizer, items: list) -> Encoded:
 
     A fitted featurizer first checks that the checkpoint the worker loads is the one it
     was fitted with, as :meth:`CLIPFeaturizer.transform` does."""
-    clip = load_clip(featurizer.model, featurizer.device, _encode.model_dtype(featurizer.dtype))
+    clip = load_backbone(featurizer.model, featurizer.device, _encode.model_dtype(featurizer.dtype))
     check_fingerprint(featurizer, featurizer.model, clip)
     spec = _encode.spec_for(featurizer, n_views=0, seed=None, progress=False)
     return _encode.encode(items, spec, keep_going=True)

@@ -10,11 +10,17 @@ import numpy as np
 import torch
 from sklearn.base import BaseEstimator, TransformerMixin
 
-from . import _encode
-from . import _cache
-from ._cache import MEMORY, CacheInfo, clear_worker_folder
+from .encoding import engine as _encode
+from .encoding import cache as _cache
+from .encoding.cache import MEMORY, CacheInfo, clear_worker_folder
 from ._compat import Interval, StrOptions, get_output_config
-from ._models import DEFAULT_MODEL, LoadedCLIP, check_fingerprint, load_clip, resolve_device
+from .backbones.loading import (
+    DEFAULT_MODEL,
+    Backbone,
+    check_fingerprint,
+    load_backbone,
+    resolve_device,
+)
 
 
 class CLIPFeaturizer(TransformerMixin, BaseEstimator):
@@ -159,8 +165,8 @@ class CLIPFeaturizer(TransformerMixin, BaseEstimator):
     Notes
     -----
     ``fit`` learns nothing but the checkpoint's fingerprint (it loads the model), and
-    ``transform`` may be called without ``fit``. ``fit_transform`` differs from ``fit().transform()`` only
-    when ``augment > 0`` or ``train_views > 0`` (see above).
+    ``transform`` may be called without ``fit``. ``fit_transform`` differs from
+    ``fit().transform()`` only when ``augment > 0`` or ``train_views > 0`` (see above).
 
     Examples
     --------
@@ -176,7 +182,9 @@ class CLIPFeaturizer(TransformerMixin, BaseEstimator):
 
     Two random views per image follow the embedding, for Tip-Adapter-F:
 
-    >>> wide = CLIPFeaturizer(model=tiny_clip_path, train_views=2, random_state=0).fit_transform(images)
+    >>> wide = CLIPFeaturizer(
+    ...     model=tiny_clip_path, train_views=2, random_state=0
+    ... ).fit_transform(images)
     >>> wide.shape[1] == 3 * X.shape[1]
     True
     """
@@ -358,8 +366,8 @@ class CLIPFeaturizer(TransformerMixin, BaseEstimator):
         return tags
 
     # -- internals -----------------------------------------------------------------------
-    def _clip(self) -> LoadedCLIP:
-        return load_clip(self.model, self.device, _encode.model_dtype(self.dtype))
+    def _clip(self) -> Backbone:
+        return load_backbone(self.model, self.device, _encode.model_dtype(self.dtype))
 
     def _fit(self, X: Any) -> list:
         """Validate the parameters and the input; the input as a list (read once)."""

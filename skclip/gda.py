@@ -16,8 +16,8 @@ Each formula lives in one function: :func:`gda_parameters` (fit) and
 
 from __future__ import annotations
 
-import os
 import warnings
+from collections.abc import Callable
 from numbers import Real
 from typing import Any
 
@@ -27,9 +27,8 @@ from scipy.linalg import pinvh
 from sklearn.base import clone
 
 from ._compat import HasMethods, Interval, StrOptions
-from ._formula import CLIP_LOGIT_SCALE, zero_shot_logits
-from ._models import DEFAULT_MODEL
-from .tip_adapter import _BaseTipAdapter, _Head
+from .heads._formula import CLIP_LOGIT_SCALE, with_zero_shot
+from .heads._base import TextHead
 
 
 def shrinkage_precision(centered: np.ndarray) -> np.ndarray:
@@ -155,12 +154,10 @@ def gda_logits(
     tensor([[2., 2.]])
     """
     logits = alpha * (queries @ coef.T + intercept)
-    if text_weights is not None:
-        logits = logits + zero_shot_logits(queries, text_weights, logit_scale, logit_bias)
-    return logits
+    return with_zero_shot(logits, queries, text_weights, logit_scale, logit_bias)
 
 
-class GDAClassifier(_BaseTipAdapter):
+class GDAClassifier(TextHead):
     """Training-free GDA head: Gaussian discriminant analysis plus zero-shot CLIP.
 
     ``fit`` estimates the mean of each class and one covariance shared by all classes
@@ -201,18 +198,7 @@ class GDAClassifier(_BaseTipAdapter):
         Class priors ``pi``. ``None`` is uniform, as the authors; ``"empirical"`` uses
         the class frequencies of ``y``; an array gives one positive prior per class in
         ``classes_`` order (renormalized to sum to 1, with a warning, if it does not).
-    clip_model : str, path-like or None, default="openai/clip-vit-base-patch32"
-        CLIP checkpoint whose text tower encodes the class names into ``W`` (use the
-        same checkpoint as the featurizer). ``None`` (with ``text_features=None``) gives
-        plain discriminant analysis, without the zero-shot term.
-    templates : "auto", "simple" or list of str, default="auto"
-        Prompt templates, as in :class:`TipAdapterClassifier`.
-    class_names : dict, list of str or None, default=None
-        Names to put into the prompts, as in :class:`TipAdapterClassifier`.
-    text_features : array-like of shape (n_classes, n_features), default=None
-        Ready text weights (rows in ``classes_`` order); skips text encoding.
-    device : str, default="auto"
-        Where the text tower runs. Fitting and prediction run on the CPU.
+    <text-head parameters>
 
     Attributes
     ----------
@@ -282,11 +268,6 @@ class GDAClassifier(_BaseTipAdapter):
         "alpha": [Interval(Real, 0, None, closed="left")],
         "covariance_estimator": [HasMethods("fit"), None],
         "priors": [StrOptions({"empirical"}), "array-like", None],
-        "clip_model": [str, os.PathLike, None],
-        "templates": [StrOptions({"auto", "simple"}), list, tuple],
-        "class_names": [dict, list, tuple, None],
-        "text_features": ["array-like", None],
-        "device": [str, torch.device],
     }
 
     def __init__(
@@ -295,20 +276,12 @@ class GDAClassifier(_BaseTipAdapter):
         alpha: float = 1.0,
         covariance_estimator: Any = None,
         priors: str | Any | None = None,
-        clip_model: str | os.PathLike | None = DEFAULT_MODEL,
-        templates: str | list[str] = "auto",
-        class_names: dict | list[str] | None = None,
-        text_features: Any = None,
-        device: str = "auto",
+        **text_head: Any,
     ) -> None:
+        super().__init__(**text_head)
         self.alpha = alpha
         self.covariance_estimator = covariance_estimator
         self.priors = priors
-        self.clip_model = clip_model
-        self.templates = templates
-        self.class_names = class_names
-        self.text_features = text_features
-        self.device = device
 
     def fit(self, X: Any, y: Any) -> GDAClassifier:
         """Estimate the class means, the shared precision and the linear classifier.
@@ -367,12 +340,13 @@ class GDAClassifier(_BaseTipAdapter):
             priors = priors / priors.sum()
         return priors
 
-    def _head(self, text_weights: torch.Tensor | None, device: torch.device) -> _Head:
+    def _head_parts(self, device: torch.device) -> tuple[Callable, tuple, dict, np.dtype, int]:
         coef = torch.from_numpy(self.coef_).to(device)
         intercept = torch.from_numpy(self.intercept_).to(device)
-        zero_shot = self._zero_shot_params()
-
-        def logits(queries: torch.Tensor) -> torch.Tensor:
-            return gda_logits(queries, coef, intercept, text_weights, self.alpha, **zero_shot)
-
-        return _Head(logits, self.coef_.dtype, 2 * len(self.classes_))
+        return (
+            gda_logits,
+            (coef, intercept),
+            {"alpha": self.alpha},
+            self.coef_.dtype,
+            2 * len(self.classes_),
+        )

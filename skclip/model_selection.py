@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 from numbers import Integral
 from typing import Any
 
@@ -16,9 +15,8 @@ from sklearn.model_selection import check_cv
 from sklearn.utils import check_random_state
 
 from ._compat import PositiveInt, StrOptions, validate_params
-from ._finetune import FineTuneResult, fine_tune_keys
-from ._formula import tip_adapter_grid
-from ._models import DEFAULT_MODEL
+from .heads._finetune import FineTuneResult, fine_tune_keys
+from .heads._formula import tip_adapter_grid
 from .tip_adapter import TipAdapterClassifier, _BaseTipAdapter
 
 #: Default alpha grid: zero-shot (0) plus log-spaced values up to 50, the top of the
@@ -137,8 +135,6 @@ class TipAdapterClassifierCV(_BaseTipAdapter):
     alpha, beta : float, default=1.0, 5.5
         Only with ``fine_tune=True``: the values the keys are trained with. Prediction
         uses the chosen ``alpha_`` and ``beta_``.
-    clip_model, templates, class_names, text_features
-        The text head, as in :class:`TipAdapterClassifier`; text is encoded once.
     epochs, lr, batch_size, leave_one_out, normalize_keys, train_dtype
         Tip-Adapter-F training, as in :class:`TipAdapterClassifier` and with its
         defaults; there is no validation split (the folds' held-out parts score the
@@ -149,8 +145,9 @@ class TipAdapterClassifierCV(_BaseTipAdapter):
         training and the refit use the views of their samples as per-epoch queries,
         while the grid is scored on the held-out samples' features (first block).
         Ignored without fine-tuning.
-    device, random_state, verbose
+    random_state, verbose
         As in :class:`TipAdapterClassifier`.
+    <text-head parameters>
 
     Attributes
     ----------
@@ -217,21 +214,18 @@ class TipAdapterClassifierCV(_BaseTipAdapter):
         fine_tune: bool = False,
         alpha: float = 1.0,
         beta: float = 5.5,
-        clip_model: str | os.PathLike | None = DEFAULT_MODEL,
-        templates: str | list[str] = "auto",
-        class_names: dict | list[str] | None = None,
-        text_features: Any = None,
         epochs: int | str = "auto",
         lr: float = 1e-3,
         batch_size: int = 256,
         leave_one_out: bool = True,
         normalize_keys: bool = True,
         train_dtype: str = "float32",
-        device: str = "auto",
         random_state: int | np.random.RandomState | None = None,
         train_views: int = 0,
         verbose: int = 0,
+        **text_head: Any,
     ) -> None:
+        super().__init__(**text_head)
         self.alphas = alphas
         self.betas = betas
         self.cv = cv
@@ -239,17 +233,12 @@ class TipAdapterClassifierCV(_BaseTipAdapter):
         self.fine_tune = fine_tune
         self.alpha = alpha
         self.beta = beta
-        self.clip_model = clip_model
-        self.templates = templates
-        self.class_names = class_names
-        self.text_features = text_features
         self.epochs = epochs
         self.lr = lr
         self.batch_size = batch_size
         self.leave_one_out = leave_one_out
         self.normalize_keys = normalize_keys
         self.train_dtype = train_dtype
-        self.device = device
         self.random_state = random_state
         self.train_views = train_views
         self.verbose = verbose
@@ -267,17 +256,32 @@ class TipAdapterClassifierCV(_BaseTipAdapter):
         return grid
 
     def _fine_tune(
-        self, X: np.ndarray, y_enc: np.ndarray, n_classes: int, W: np.ndarray | None,
+        self,
+        X: np.ndarray,
+        y_enc: np.ndarray,
+        n_classes: int,
+        W: np.ndarray | None,
         views: np.ndarray | None,
     ) -> FineTuneResult:
         """Tip-Adapter-F keys for one fold's training part (or the refit), at (alpha, beta)."""
         return fine_tune_keys(
-            X, y_enc, n_classes, W,
-            alpha=self.alpha, beta=self.beta, epochs=self.epochs, lr=self.lr,
-            batch_size=self.batch_size, leave_one_out=self.leave_one_out,
-            normalize_keys=self.normalize_keys, train_dtype=self.train_dtype,
-            device=self.device, random_state=self.random_state, verbose=self.verbose,
-            views=views, **self._zero_shot_params(),
+            X,
+            y_enc,
+            n_classes,
+            W,
+            alpha=self.alpha,
+            beta=self.beta,
+            epochs=self.epochs,
+            lr=self.lr,
+            batch_size=self.batch_size,
+            leave_one_out=self.leave_one_out,
+            normalize_keys=self.normalize_keys,
+            train_dtype=self.train_dtype,
+            device=self.device,
+            random_state=self.random_state,
+            verbose=self.verbose,
+            views=views,
+            **self._zero_shot_params(),
         )
 
     def fit(self, X: Any, y: Any) -> TipAdapterClassifierCV:
@@ -299,16 +303,7 @@ class TipAdapterClassifierCV(_BaseTipAdapter):
         betas = self._check_grid("betas", self.betas, DEFAULT_BETAS)
         X, y_enc, views = self._prepare_views(X, y, self.train_views)
         n_classes = len(self.classes_)
-        if self.cv is None or isinstance(self.cv, Integral):
-            n_splits = 5 if self.cv is None else int(self.cv)
-            counts = np.bincount(y_enc, minlength=n_classes)
-            if counts.min() < n_splits:
-                worst = int(np.argmin(counts))
-                raise ValueError(
-                    f"Class {self.classes_.tolist()[worst]!r} has only {counts[worst]} samples, fewer than "
-                    f"cv={n_splits} folds: every fold must be able to hold out each class. Use "
-                    f"cv={max(2, int(counts.min()))} or fewer folds, or pass a splitter."
-                )
+        self._check_folds(y_enc, n_classes)
         cv = check_cv(self.cv, y_enc, classifier=True)
         scorer = None if self.scoring == "accuracy" else check_scoring(self, scoring=self.scoring)
         judge = _PrecomputedLogits(self.classes_).fit(None)  # scores precomputed logits
@@ -328,14 +323,19 @@ class TipAdapterClassifierCV(_BaseTipAdapter):
             else:  # training-free: the fold's cache is its training part, as it is
                 keys, labels = X[train], y_enc[train]
             grid = tip_adapter_grid(
-                torch.from_numpy(X[test]), torch.from_numpy(np.ascontiguousarray(keys)),
-                torch.from_numpy(labels), text, alphas_t, betas, n_classes,
+                torch.from_numpy(X[test]),
+                torch.from_numpy(np.ascontiguousarray(keys)),
+                torch.from_numpy(labels),
+                text,
+                alphas_t,
+                betas,
+                n_classes,
                 **self._zero_shot_params(),
             )
             scores = np.empty((len(alphas), len(betas)))
             y_true = self.classes_[y_enc[test]]
-            for ib, logits in enumerate(grid):
-                logits = logits.numpy()
+            for ib, grid_logits in enumerate(grid):
+                logits = grid_logits.numpy()
                 if scorer is None:
                     scores[:, ib] = (logits.argmax(axis=2) == y_enc[test]).mean(axis=1)
                 else:
@@ -346,11 +346,26 @@ class TipAdapterClassifierCV(_BaseTipAdapter):
         if self.fine_tune:
             result = self._fine_tune(X, y_enc, n_classes, W, views)
             self._set_cache(result.keys, y_enc[result.kept])
-            self.loss_curve_ = result.loss_curve
+            self.loss_curve_: list[float] | None = result.loss_curve
         else:
             self._set_cache(X, y_enc)
             self.loss_curve_ = None
         return self
+
+    def _check_folds(self, y_enc: np.ndarray, n_classes: int) -> None:
+        """With ``cv`` a number of stratified folds, every class must have that many
+        samples (a ValueError names the smallest class)."""
+        if self.cv is None or isinstance(self.cv, Integral):
+            n_splits = 5 if self.cv is None else int(self.cv)
+            counts = np.bincount(y_enc, minlength=n_classes)
+            if counts.min() < n_splits:
+                worst = int(np.argmin(counts))
+                raise ValueError(
+                    f"Class {self.classes_.tolist()[worst]!r} has only {counts[worst]} samples, "
+                    "fewer than "
+                    f"cv={n_splits} folds: every fold must be able to hold out each class. Use "
+                    f"cv={max(2, int(counts.min()))} or fewer folds, or pass a splitter."
+                )
 
     def _store_results(self, scores: np.ndarray, alphas: np.ndarray, betas: np.ndarray) -> None:
         """``cv_results_`` in GridSearchCV's layout, and the chosen candidate."""

@@ -18,7 +18,7 @@ from collections.abc import Sequence
 import numpy as np
 import torch
 
-from ._models import LoadedCLIP
+from .backbones.loading import Backbone, on_clear
 
 #: The 7-prompt ensemble that the CLIP authors selected for ImageNet and that the
 #: Tip-Adapter paper uses for its ImageNet experiments.
@@ -73,20 +73,21 @@ def resolve_templates(templates: str | Sequence[str]) -> tuple[str, ...]:
     for t in out:
         if not isinstance(t, str) or t.count("{}") != 1:
             raise ValueError(
-                f"Each template must be a string with exactly one '{{}}' for the class name; got {t!r}."
+                "Each template must be a string with exactly one '{}' for the class name; "
+                f"got {t!r}."
             )
     return out
 
 
 def text_weights(
-    clip: LoadedCLIP, class_names: Sequence[str], templates: Sequence[str]
+    clip: Backbone, class_names: Sequence[str], templates: Sequence[str]
 ) -> np.ndarray:
     """Prompt-ensembled, L2-normalized text embeddings, one row per class.
 
     Parameters
     ----------
-    clip : LoadedCLIP
-        The loaded checkpoint (see ``skclip._models.load_clip``).
+    clip : Backbone
+        The loaded checkpoint (see ``skclip.backbones.loading.load_backbone``).
     class_names : sequence of str
     templates : sequence of str
         Each with one ``{}`` for the class name.
@@ -104,14 +105,17 @@ def text_weights(
 
     Examples
     --------
-    >>> from skclip._models import load_clip
-    >>> W = text_weights(load_clip(tiny_clip_path, "cpu"), ["cat", "dog"], SIMPLE_TEMPLATES)
+    >>> from skclip.backbones.loading import load_backbone
+    >>> W = text_weights(load_backbone(tiny_clip_path, "cpu"), ["cat", "dog"], SIMPLE_TEMPLATES)
     >>> W.shape, W.dtype
     ((2, 16), dtype('float32'))
     """
     key = (
-        clip.text_fingerprint, str(clip.device), str(clip.dtype),
-        tuple(templates), tuple(class_names),
+        clip.text_fingerprint,
+        str(clip.device),
+        str(clip.dtype),
+        tuple(templates),
+        tuple(class_names),
     )
     with _TEXT_LOCK:
         cached = _TEXT_CACHE.get(key)
@@ -143,3 +147,6 @@ def clear_text_cache() -> None:
     """
     with _TEXT_LOCK:
         _TEXT_CACHE.clear()
+
+
+on_clear(clear_text_cache)  # clear_model_cache() forgets the text weights too

@@ -11,8 +11,9 @@ from helpers import make_image
 from sklearn.model_selection import GridSearchCV, StratifiedKFold
 from sklearn.pipeline import Pipeline
 
-from skclip import CLIPFeaturizer, TipAdapterClassifier, _encode
-from skclip._models import load_clip
+from skclip import CLIPFeaturizer, TipAdapterClassifier
+from skclip.encoding import engine as _encode
+from skclip.backbones.loading import load_backbone as load_clip
 
 
 @pytest.fixture
@@ -166,8 +167,8 @@ def test_augmented_entries_of_the_old_view_averaging_are_not_reused(tiny_clip_pa
     """Augmented keys changed recipe (mean of raw views): their cache settings changed
     too, so a folder filled by an older skclip gives no stale augmented key. Clean
     embeddings did not change and keep their settings."""
-    from skclip._cache import EmbeddingCache, memory_digest, settings_digest
-    from skclip._encode import cache_settings, draw_seed
+    from skclip.encoding.cache import EmbeddingCache, memory_digest, settings_digest
+    from skclip.encoding.engine import cache_settings, draw_seed
     from skclip._images import DECODE_RULES
 
     clip = load_clip(tiny_clip_path, "auto", "auto")
@@ -175,8 +176,14 @@ def test_augmented_entries_of_the_old_view_averaging_are_not_reused(tiny_clip_pa
 
     def old_settings(n_views, seed):  # the settings before the change (today's decode rules)
         return settings_digest(
-            clip.vision_fingerprint, sorted(clip.image_config.items()), str(clip.dtype),
-            clip.device.type, True, n_views, seed, DECODE_RULES,
+            clip.vision_fingerprint,
+            sorted(clip.image_config.items()),
+            str(clip.dtype),
+            clip.device.type,
+            True,
+            n_views,
+            seed,
+            DECODE_RULES,
         )
 
     seed = draw_seed(0, 2)

@@ -26,9 +26,12 @@ from helpers import make_image
 from test_cache import count_encoded  # noqa: F401 (fixture: images through the tower)
 
 import skclip
-from skclip import CLIPFeaturizer, _cache, _encode
-from skclip._cache import FILE_DIGESTS, memory_digest
-from skclip._watch import FileStamps
+from skclip import CLIPFeaturizer
+from skclip.encoding import cache as _cache
+from skclip.encoding import claims as _claims
+from skclip.encoding import engine as _encode
+from skclip.encoding.cache import FILE_DIGESTS, memory_digest
+from skclip.encoding.stamps import FileStamps
 
 HANG_GUARD_S = 120  # only against a hang; never reached when things work
 linux = pytest.mark.skipif(not sys.platform.startswith("linux"), reason="Linux only")
@@ -166,7 +169,8 @@ def test_4_the_disk_bound_holds_for_one_featurizers_entries(
 CHILD = r"""
 import json, sys, warnings
 cfg = json.loads(sys.argv[1])
-from skclip import CLIPFeaturizer, _encode
+from skclip import CLIPFeaturizer
+from skclip.encoding import engine as _encode
 calls = [0]
 tower = _encode.tower
 def counting(spec, pixels):
@@ -193,13 +197,27 @@ def in_namespace(flags: list[str], setup: str, cfgs: list[dict]) -> list[dict]:
     if probe.returncode != 0:
         pytest.skip(f"user namespaces are not permitted here: {probe.stderr.decode().strip()}")
     root = str(Path(skclip.__file__).resolve().parents[1])  # this worktree's skclip
-    env = dict(os.environ, OMP_NUM_THREADS="1",
-               PYTHONPATH=os.pathsep.join([root, os.environ.get("PYTHONPATH", "")]))
+    env = dict(
+        os.environ,
+        OMP_NUM_THREADS="1",
+        PYTHONPATH=os.pathsep.join([root, os.environ.get("PYTHONPATH", "")]),
+    )
     runs = " && ".join(f'"$0" -c "$1" "${k + 2}"' for k in range(len(cfgs)))
     done = subprocess.run(
-        ["unshare", *flags, "sh", "-c", f"{setup} {runs}", sys.executable, CHILD,
-         *(json.dumps(cfg) for cfg in cfgs)],
-        capture_output=True, text=True, env=env, timeout=HANG_GUARD_S,
+        [
+            "unshare",
+            *flags,
+            "sh",
+            "-c",
+            f"{setup} {runs}",
+            sys.executable,
+            CHILD,
+            *(json.dumps(cfg) for cfg in cfgs),
+        ],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=HANG_GUARD_S,
     )
     assert done.returncode == 0, done.stderr[-3000:]
     return [json.loads(Path(cfg["out"]).read_text()) for cfg in cfgs]
@@ -221,8 +239,13 @@ def test_5_a_read_only_cache_dir_serves_its_hits_and_writes_nothing(tiny_clip_pa
     CLIPFeaturizer(model=tiny_clip_path, cache_dir=folder, runtime="torch").transform(old)
     before = {p: p.read_bytes() for p in folder.rglob("*") if p.is_file()}
     setup = f"mount --bind '{folder}' '{folder}' && mount -o remount,ro,bind '{folder}' &&"
-    cfg = {"model": tiny_clip_path, "cache_dir": str(folder), "paths": old + new, "runs": 2,
-           "out": str(tmp_path / "out.json")}
+    cfg = {
+        "model": tiny_clip_path,
+        "cache_dir": str(folder),
+        "paths": old + new,
+        "runs": 2,
+        "out": str(tmp_path / "out.json"),
+    }
     (result,) = in_namespace(["-Urm"], setup, [cfg])
     expected = uncached(tiny_clip_path, old + new, runtime="torch")
     for X in result["X"]:
@@ -264,10 +287,20 @@ def test_11_a_full_cache_dir_degrades_and_leaves_no_claim(tiny_clip_path, tmp_pa
     folder = tmp_path / "small"
     folder.mkdir()
     paths = image_files(tmp_path / "im", 4, 2)
-    setup = (f"mount -t tmpfs -o size=16k,mode=755 tmpfs '{folder}' && "
-             f"(head -c 1000000 /dev/zero > '{folder}/filler' 2>/dev/null; true) &&")
-    cfgs = [{"model": tiny_clip_path, "cache_dir": str(folder), "paths": paths, "runs": 2,
-             "out": str(tmp_path / f"out{k}.json")} for k in range(2)]  # two processes
+    setup = (
+        f"mount -t tmpfs -o size=16k,mode=755 tmpfs '{folder}' && "
+        f"(head -c 1000000 /dev/zero > '{folder}/filler' 2>/dev/null; true) &&"
+    )
+    cfgs = [
+        {
+            "model": tiny_clip_path,
+            "cache_dir": str(folder),
+            "paths": paths,
+            "runs": 2,
+            "out": str(tmp_path / f"out{k}.json"),
+        }
+        for k in range(2)
+    ]  # two processes
     results = in_namespace(["-Urm"], setup, cfgs)
     expected = uncached(tiny_clip_path, paths, runtime="torch")
     for result in results:
@@ -309,8 +342,9 @@ def transform_in_thread(feat: CLIPFeaturizer, images: list) -> tuple[threading.T
     return worker, result
 
 
-@pytest.mark.parametrize("claim", ["empty", "another machine's, lease over", "a reused PID",
-                                   "a process gone", "damaged"])
+@pytest.mark.parametrize(
+    "claim", ["empty", "another machine's, lease over", "a reused PID", "a process gone", "damaged"]
+)
 def test_11_a_void_claim_is_taken_over_at_once(
     tiny_clip_path, tmp_path, other_process, count_encoded, claim
 ):
@@ -320,12 +354,16 @@ def test_11_a_void_claim_is_taken_over_at_once(
     key = spec.cache.prefix + memory_digest(images[0])
     path = claim_path(spec.cache.disk, key)
     path.parent.mkdir(parents=True, exist_ok=True)
-    gone = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"],
-                          capture_output=True, text=True).stdout.strip()
-    text = {"empty": lambda: "", "damaged": lambda: "\x00\xff" * 40,
-            "another machine's, lease over": lambda: claim_line(os.getpid(), host="elsewhere"),
-            "a reused PID": lambda: claim_line(other_process.pid, start="1"),
-            "a process gone": lambda: claim_line(int(gone), start="1")}[claim]()
+    gone = subprocess.run(
+        [sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True
+    ).stdout.strip()
+    text = {
+        "empty": lambda: "",
+        "damaged": lambda: "\x00\xff" * 40,
+        "another machine's, lease over": lambda: claim_line(os.getpid(), host="elsewhere"),
+        "a reused PID": lambda: claim_line(other_process.pid, start="1"),
+        "a process gone": lambda: claim_line(int(gone), start="1"),
+    }[claim]()
     path.write_text(text)
     if claim.startswith("another machine"):
         os.utime(path, (time.time() - 60, time.time() - 60))
@@ -355,7 +393,7 @@ def test_11_a_fresh_claim_of_another_machine_is_waited_for_then_taken_over(
 def test_11_waiting_on_another_process_says_so(
     tiny_clip_path, tmp_path, other_process, count_encoded, monkeypatch, capfd
 ):
-    monkeypatch.setattr(_encode, "WAIT_NOTE_AFTER", 0.0, raising=False)
+    monkeypatch.setattr(_claims, "WAIT_NOTE_AFTER", 0.0, raising=False)
     images = arrays(1, seed=5)
     feat = CLIPFeaturizer(model=tiny_clip_path, cache_dir=tmp_path / "emb")
     spec = _encode.spec_for(feat, n_views=0, seed=None)
@@ -490,7 +528,7 @@ def test_10_no_special_file_is_read_or_written_through(
 WATCH_CHILD = r"""
 import ctypes, ctypes.util, json, os, sys
 folders = json.loads(sys.argv[1])
-from skclip._watch import FileStamps
+from skclip.encoding.stamps import FileStamps
 stamps = FileStamps()
 got = stamps.stamps([os.path.join(f, "a.jpg") for f in folders[:-50]])
 libc = ctypes.CDLL(ctypes.util.find_library("c") or None, use_errno=True)
@@ -519,9 +557,19 @@ def test_6_skclip_leaves_other_programs_their_inotify_watches(tmp_path):
         pytest.skip(f"cannot lower the inotify limit in a user namespace: {probe.stderr!r}")
     root = str(Path(skclip.__file__).resolve().parents[1])
     done = subprocess.run(
-        ["unshare", "-Ur", "sh", "-c", f'{limit} && "$0" -c "$1" "$2"', sys.executable,
-         WATCH_CHILD, json.dumps(folders)],
-        capture_output=True, text=True, timeout=HANG_GUARD_S,
+        [
+            "unshare",
+            "-Ur",
+            "sh",
+            "-c",
+            f'{limit} && "$0" -c "$1" "$2"',
+            sys.executable,
+            WATCH_CHILD,
+            json.dumps(folders),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=HANG_GUARD_S,
         env=dict(os.environ, PYTHONPATH=os.pathsep.join([root, os.environ.get("PYTHONPATH", "")])),
     )
     assert done.returncode == 0, done.stderr[-3000:]
@@ -544,7 +592,8 @@ def test_6_cache_clear_removes_every_watch(tmp_path):
     CLIPFeaturizer.cache_clear()
     assert FILE_DIGESTS.stamps._inotify is None or not FILE_DIGESTS.stamps._inotify.folders
     assert not os.path.exists(f"/proc/self/fd/{fd}") or "inotify" not in os.readlink(
-        f"/proc/self/fd/{fd}")
+        f"/proc/self/fd/{fd}"
+    )
 
 
 def test_and_stamps_and_watches_are_bounded(tmp_path):
@@ -562,7 +611,7 @@ def test_and_stamps_and_watches_are_bounded(tmp_path):
 
 
 def test_and_cache_settings_do_not_grow_per_seed(tiny_clip_path):
-    from skclip._models import load_clip
+    from skclip.backbones.loading import load_backbone as load_clip
 
     clip = load_clip(tiny_clip_path, "cpu", "float32")
     for seed in range(300):
@@ -572,7 +621,7 @@ def test_and_cache_settings_do_not_grow_per_seed(tiny_clip_path):
 
 WORKER_FOLDER_CHILD = r"""
 import multiprocessing, sys
-from skclip import _cache
+from skclip.encoding import cache as _cache
 
 if __name__ == "__main__":
     ctx = multiprocessing.get_context("spawn")
@@ -585,10 +634,14 @@ def test_and_the_worker_folder_goes_even_if_the_parent_never_encodes(tmp_path):
     script = tmp_path / "parent.py"
     script.write_text(WORKER_FOLDER_CHILD)
     root = str(Path(skclip.__file__).resolve().parents[1])
-    env = dict(os.environ, TMPDIR=str(tmp_path),
-               PYTHONPATH=os.pathsep.join([root, os.environ.get("PYTHONPATH", "")]))
-    done = subprocess.run([sys.executable, str(script)], capture_output=True, text=True,
-                          env=env, timeout=HANG_GUARD_S)
+    env = dict(
+        os.environ,
+        TMPDIR=str(tmp_path),
+        PYTHONPATH=os.pathsep.join([root, os.environ.get("PYTHONPATH", "")]),
+    )
+    done = subprocess.run(
+        [sys.executable, str(script)], capture_output=True, text=True, env=env, timeout=HANG_GUARD_S
+    )
     assert done.returncode == 0, done.stderr[-3000:]
     folder = Path(done.stdout.strip().splitlines()[-1])
     assert folder.parent == tmp_path and folder.name.startswith("skclip-workers-")

@@ -92,8 +92,7 @@ def conformal_study(head, n_splits, seed=0):
     runs = [_one_split(head, X, y, np.random.default_rng([seed, s])) for s in range(n_splits)]
     mean = {"T": np.mean([r["T"] for r in runs])}
     for name in ("raw", "scaled", "mondrian"):
-        mean[name] = {key: np.mean([r[name][key] for r in runs], axis=0)
-                      for key in runs[0][name]}
+        mean[name] = {key: np.mean([r[name][key] for r in runs], axis=0) for key in runs[0][name]}
     return mean
 
 
@@ -203,8 +202,12 @@ def image_paths(tmp_path_factory):
     (numpy array of paths, labels)."""
     root = tmp_path_factory.mktemp("conformal-images")
     rng = np.random.default_rng(0)
-    colours = {"dent": (200, 30, 30), "nominal": (30, 180, 40), "scratch": (30, 60, 210),
-               "stain": (200, 200, 40)}
+    colours = {
+        "dent": (200, 30, 30),
+        "nominal": (30, 180, 40),
+        "scratch": (30, 60, 210),
+        "stain": (200, 200, 40),
+    }
     paths, labels = [], []
     for name, colour in colours.items():
         for i in range(12):
@@ -233,17 +236,22 @@ def test_pipeline_on_paths_with_mapie_temperature_and_mondrian(tiny_clip_path, i
         assert np.isfinite(scaled.temperature_) and scaled.temperature_ > 0
     # MAPIE takes a numpy array of paths (1-d here); a list is rejected by MAPIE itself.
     mapie = SplitConformalClassifier(frozen, confidence_level=0.75).conformalize(
-        paths[cal], labels[cal])
+        paths[cal], labels[cal]
+    )
     _, sets = mapie.predict_set(paths[test])
     assert sets.shape == (len(test), 4, 1)
     with pytest.raises(TypeError, match="number of features"):
         SplitConformalClassifier(pipe, confidence_level=0.75).conformalize(
-            list(paths[cal]), labels[cal])
+            list(paths[cal]), labels[cal]
+        )
     mondrian = MondrianConformalClassifier(frozen, confidence_level=0.75)
     with pytest.warns(UserWarning, match="Too few calibration images"):  # 4 per class, 0.75: 3
         mondrian.set_params(confidence_level=0.85).conformalize(list(paths[cal]), labels[cal])
-    _, sets = mondrian.set_params(confidence_level=0.75).conformalize(
-        paths[cal], labels[cal]).predict_set(paths[test])
+    _, sets = (
+        mondrian.set_params(confidence_level=0.75)
+        .conformalize(paths[cal], labels[cal])
+        .predict_set(paths[test])
+    )
     assert sets.shape == (len(test), 4, 1) and np.isfinite(mondrian.quantiles_).all()
 
 
@@ -305,8 +313,11 @@ def test_mondrian_covers_every_class_on_average():
         _, sets = MondrianConformalClassifier(head).conformalize(X_cal, y_cal).predict_set(X_test)
         per_class.append(coverage_score(y_test, sets, labels=head.classes_, by_class=True)[:, 0])
         mapie = SplitConformalClassifier(head, confidence_level=0.9).conformalize(X_cal, y_cal)
-        marginal.append(coverage_score(y_test, mapie.predict_set(X_test)[1],
-                                       labels=head.classes_, by_class=True)[:, 0])
+        marginal.append(
+            coverage_score(
+                y_test, mapie.predict_set(X_test)[1], labels=head.classes_, by_class=True
+            )[:, 0]
+        )
     per_class, marginal = np.mean(per_class, axis=0), np.mean(marginal, axis=0)
     assert per_class.min() >= 0.89 and per_class.max() <= 0.9 + 1 / 31 + 0.01, per_class
     assert marginal.min() < 0.85, marginal  # what Mondrian is for
@@ -327,11 +338,11 @@ def test_mondrian_errors_and_prefit():
         MondrianConformalClassifier(est, prefit=False).conformalize(np.array([0]), np.array([0]))
     with pytest.raises(ValueError, match="confidence_level"):
         MondrianConformalClassifier(est, confidence_level=[0.9, 1.0]).conformalize(
-            np.array([0]), np.array([0]))
+            np.array([0]), np.array([0])
+        )
     # prefit=False fits a clone; clone/get_params keep the parameters as given.
     X, y = _blobs(np.random.default_rng(0), np.array([[0.0, 0.0], [3.0, 3.0]]), 30)
-    mondrian = MondrianConformalClassifier(LogisticRegression(), prefit=False,
-                                           confidence_level=0.8)
+    mondrian = MondrianConformalClassifier(LogisticRegression(), prefit=False, confidence_level=0.8)
     fitted = mondrian.fit(X, y).conformalize(X, y)
     assert fitted.estimator_ is not mondrian.estimator and fitted.predict(X).shape == (60,)
     assert clone(mondrian).get_params()["confidence_level"] == 0.8
@@ -341,7 +352,8 @@ def test_coverage_score_maps_labels_and_checks_them():
     sets = np.array([[True, False, False], [False, False, True]])
     assert coverage_score([30, 50], sets, labels=[10, 30, 50]) == 0.5  # 30 is column 1
     np.testing.assert_array_equal(
-        coverage_score([30, 50], sets, labels=[10, 30, 50], by_class=True), [np.nan, 0.0, 1.0])
+        coverage_score([30, 50], sets, labels=[10, 30, 50], by_class=True), [np.nan, 0.0, 1.0]
+    )
     with pytest.raises(ValueError, match="not classes of the estimator: 20"):
         coverage_score([20, 50], sets, labels=[10, 30, 50])
     with pytest.raises(ValueError, match="shape"):
@@ -395,8 +407,10 @@ def test_temperature_lowers_the_ece_of_an_overconfident_head(small_task):
     assert scaled.temperature_ > 2 and after < before / 2, (scaled.temperature_, before, after)
     np.testing.assert_array_equal(scaled.predict(X[test]), head.predict(X[test]))
     np.testing.assert_allclose(
-        scaled.decision_function(X[test]), head.decision_function(X[test]) / scaled.temperature_,
-        rtol=1e-5)
+        scaled.decision_function(X[test]),
+        head.decision_function(X[test]) / scaled.temperature_,
+        rtol=1e-5,
+    )
 
 
 def test_temperature_with_held_out_data_lacking_a_class(small_task):
@@ -429,8 +443,7 @@ def test_temperature_errors():
     with pytest.raises(ValueError, match=r"not trained on: \['z'\]"):
         TemperatureScaledClassifier(FrozenEstimator(est)).fit(np.eye(3), ["a", "b", "z"])
     with pytest.raises(ValueError, match="not finite"):
-        TemperatureScaledClassifier(FrozenEstimator(est)).fit(
-            np.array([[np.nan, 0, 0]]), ["a"])
+        TemperatureScaledClassifier(FrozenEstimator(est)).fit(np.array([[np.nan, 0, 0]]), ["a"])
     with pytest.warns(UserWarning, match="every held-out sample is classified right"):
         TemperatureScaledClassifier(FrozenEstimator(est)).fit(np.eye(3) * 5, ["a", "b", "c"])
     with pytest.warns(UserWarning, match="barely depend on the class"):
@@ -468,8 +481,9 @@ def test_ece_values_and_errors():
     # Confidence 0.75 everywhere, accuracy 0.5: ECE 0.25, whatever the bins.
     proba = [[0.75, 0.25]] * 4
     for n_bins in (1, 10):
-        assert expected_calibration_error(["a", "a", "b", "b"], proba,
-                                          n_bins=n_bins) == pytest.approx(0.25)
+        assert expected_calibration_error(
+            ["a", "a", "b", "b"], proba, n_bins=n_bins
+        ) == pytest.approx(0.25)
     # Bins weigh by their share of samples: 3 right at 0.95 (gap 0.05 each), 1 wrong at
     # 0.55 (gap 0.55): (3 * 0.05 + 0.55) / 4, not the mean of the bins' gaps (0.3).
     proba = [[0.95, 0.05]] * 3 + [[0.55, 0.45]]

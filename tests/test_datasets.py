@@ -43,7 +43,9 @@ def test_layout_and_order(tree):
     X, y = load_image_folder(tree, return_X_y=True)
     np.testing.assert_array_equal(X, data.filenames)
     np.testing.assert_array_equal(y, data.target)
-    with pytest.raises(ValueError, match=r"scratch' has no images with extensions \['.png', '.webp'\]"):
+    with pytest.raises(
+        ValueError, match=r"scratch' has no images with extensions \['.png', '.webp'\]"
+    ):
         load_image_folder(tree, extensions=["png", ".WEBP"])
 
 
@@ -113,8 +115,11 @@ def test_i20_4_class_folder_linking_to_the_root_is_refused(tree):
 
 @pytest.mark.parametrize(
     "target, where",
-    [("ok", "inside the image folder"), ("ok/batch2", "inside the image folder"),
-     ("..", "a folder holding the image folder")],
+    [
+        ("ok", "inside the image folder"),
+        ("ok/batch2", "inside the image folder"),
+        ("..", "a folder holding the image folder"),
+    ],
 )
 def test_i20_4_class_folder_linking_into_or_above_the_root_is_refused(tree, target, where):
     (tree / "alias").symlink_to(target)

@@ -17,7 +17,7 @@ from sklearn.pipeline import Pipeline
 from skclip import CLIPFeaturizer
 from skclip._compat import pooled_embeddings
 from skclip._images import CLIPPreprocessor, ImageLoadError, open_image
-from skclip._models import load_clip
+from skclip.backbones.loading import load_backbone as load_clip
 
 
 @pytest.fixture(scope="module")
@@ -27,7 +27,7 @@ def clip(tiny_clip_path):
 
 @pytest.fixture(scope="module")
 def hf_processor(tiny_clip_path):
-    from skclip._models import _pil_image_processor_class
+    from skclip.backbones.loading import _pil_image_processor_class
 
     return _pil_image_processor_class().from_pretrained(tiny_clip_path)
 
@@ -54,7 +54,9 @@ def test_preprocessing_equals_clip_image_processor(clip, hf_processor, size):
 
 def test_embeddings_equal_get_image_features(tiny_clip_path, clip, hf_processor):
     rng = np.random.default_rng(1)
-    images = [make_image(rng, (int(rng.integers(30, 90)), int(rng.integers(30, 90)))) for _ in range(7)]
+    images = [
+        make_image(rng, (int(rng.integers(30, 90)), int(rng.integers(30, 90)))) for _ in range(7)
+    ]
     X = CLIPFeaturizer(model=tiny_clip_path, device="cpu", cache=False).transform(images)
     assert X.dtype == np.float32 and X.shape == (7, TINY_DIM)
     np.testing.assert_allclose(X, _reference_embeddings(clip, hf_processor, images), atol=1e-5)
@@ -72,7 +74,9 @@ def test_normalize_false_gives_raw_projection(tiny_clip_path, clip, hf_processor
 
 def test_batch_size_and_threads_invariance_and_order(tiny_clip_path):
     images = [make_image(np.random.default_rng(i)) for i in range(11)]
-    ref = CLIPFeaturizer(model=tiny_clip_path, batch_size=32, n_jobs=1, cache=False).transform(images)
+    ref = CLIPFeaturizer(model=tiny_clip_path, batch_size=32, n_jobs=1, cache=False).transform(
+        images
+    )
     for batch_size, n_jobs in [(1, 1), (3, 2), (4, 4), (11, None)]:
         X = CLIPFeaturizer(
             model=tiny_clip_path, batch_size=batch_size, n_jobs=n_jobs, cache=False
@@ -134,9 +138,7 @@ def test_grayscale_rgba_palette_and_float_arrays(tiny_clip_path):
     )
     # float arrays in [0, 1] equal their uint8 version
     arr = np.asarray(rgb)
-    np.testing.assert_allclose(
-        feat.transform([arr / 255.0]), feat.transform([arr]), atol=1e-5
-    )
+    np.testing.assert_allclose(feat.transform([arr / 255.0]), feat.transform([arr]), atol=1e-5)
 
 
 def test_exif_orientation_is_applied(tiny_clip_path, tmp_path):
@@ -157,7 +159,9 @@ def test_exif_orientation_is_applied(tiny_clip_path, tmp_path):
 
 def test_augment_fit_transform_is_mean_of_views_and_seeded(tiny_clip_path):
     images = [make_image(np.random.default_rng(i), (60, 45)) for i in range(5)]
-    feat = CLIPFeaturizer(model=tiny_clip_path, augment=4, random_state=0, batch_size=2, cache=False)
+    feat = CLIPFeaturizer(
+        model=tiny_clip_path, augment=4, random_state=0, batch_size=2, cache=False
+    )
     A = feat.fit_transform(images)
     clean = feat.transform(images)
     assert A.shape == clean.shape
@@ -169,9 +173,9 @@ def test_augment_fit_transform_is_mean_of_views_and_seeded(tiny_clip_path):
     ).fit_transform(images)
     np.testing.assert_allclose(A, B, atol=1e-6)
     # an image's views depend on its content, not its position (folds get the same keys)
-    D = CLIPFeaturizer(
-        model=tiny_clip_path, augment=4, random_state=0, cache=False
-    ).fit_transform(images[::-1])
+    D = CLIPFeaturizer(model=tiny_clip_path, augment=4, random_state=0, cache=False).fit_transform(
+        images[::-1]
+    )
     np.testing.assert_allclose(D, A[::-1], atol=1e-6)
     C = CLIPFeaturizer(model=tiny_clip_path, augment=4, random_state=1, cache=False).fit_transform(
         images
@@ -209,8 +213,10 @@ def test_sklearn_api(tiny_clip_path):
 
 def test_set_output_pandas(tiny_clip_path):
     pd = pytest.importorskip("pandas")
-    images = pd.DataFrame({"img": [np.asarray(make_image(np.random.default_rng(i))) for i in range(3)]},
-                          index=["a", "b", "c"])
+    images = pd.DataFrame(
+        {"img": [np.asarray(make_image(np.random.default_rng(i))) for i in range(3)]},
+        index=["a", "b", "c"],
+    )
     out = CLIPFeaturizer(model=tiny_clip_path).set_output(transform="pandas").fit_transform(images)
     assert isinstance(out, pd.DataFrame)
     assert list(out.index) == ["a", "b", "c"] and out.shape == (3, TINY_DIM)
@@ -327,16 +333,17 @@ def test_forward_accepts_a_plain_tensor_as_transformers_4_returns(
         return pooled_embeddings(original(pixel_values=pixel_values, **kwargs))
 
     monkeypatch.setattr(clip.model, "get_image_features", as_in_transformers_4)
-    X = CLIPFeaturizer(model=tiny_clip_path, device="cpu", dtype="float32", runtime="torch",
-                       cache=False)
+    X = CLIPFeaturizer(
+        model=tiny_clip_path, device="cpu", dtype="float32", runtime="torch", cache=False
+    )
     np.testing.assert_allclose(X.transform(images), ref, atol=1e-6)
 
 
 def test_augmented_key_is_normalized_mean_of_raw_views(tiny_clip_path, clip):
     """As the reference's build_cache_model: average the raw features of the views, then
     L2-normalize (not the mean of normalized views)."""
-    from skclip import _encode
-    from skclip._cache import memory_digest
+    from skclip.encoding import engine as _encode
+    from skclip.encoding.cache import memory_digest
 
     images = [make_image(np.random.default_rng(i), (60, 45)) for i in range(3)]
     k = 4

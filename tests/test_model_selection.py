@@ -40,9 +40,13 @@ def test_equals_gridsearchcv(task, scoring, dtype):
     ).fit(X, labels)
     atol = 1e-9 if dtype == np.float64 else 1e-5
     for key in ["mean_test_score", "std_test_score"] + [f"split{k}_test_score" for k in range(5)]:
-        np.testing.assert_allclose(ours.cv_results_[key], grid.cv_results_[key], atol=atol, err_msg=key)
+        np.testing.assert_allclose(
+            ours.cv_results_[key], grid.cv_results_[key], atol=atol, err_msg=key
+        )
     assert ours.cv_results_["params"] == grid.cv_results_["params"]
-    np.testing.assert_array_equal(ours.cv_results_["rank_test_score"], grid.cv_results_["rank_test_score"])
+    np.testing.assert_array_equal(
+        ours.cv_results_["rank_test_score"], grid.cv_results_["rank_test_score"]
+    )
     assert ours.best_index_ == grid.best_index_
     assert (ours.alpha_, ours.beta_) == (grid.best_params_["alpha"], grid.best_params_["beta"])
     assert ours.best_score_ == pytest.approx(grid.best_score_, abs=atol)
@@ -103,7 +107,9 @@ def test_fine_tune_scores_grid_on_held_out_part_of_each_fold(task):
             for b in [2.0, 6.0]:
                 row.append(fold.set_params(alpha=a, beta=b).score(Xtr[test], ytr[test]))
         expected.append(row)
-    np.testing.assert_allclose(ours.cv_results_["mean_test_score"], np.mean(expected, axis=0), atol=1e-9)
+    np.testing.assert_allclose(
+        ours.cv_results_["mean_test_score"], np.mean(expected, axis=0), atol=1e-9
+    )
     refit = TipAdapterClassifier(text_features=W, **params).fit(Xtr, ytr)
     np.testing.assert_allclose(ours.cache_keys_, refit.cache_keys_, atol=1e-7)
     assert len(ours.loss_curve_) == 3
@@ -159,12 +165,22 @@ def test_sklearn_estimator_checks(estimator, check):
 
 def test_same_random_state_same_choices(task):
     Xtr, ytr, _, _, W = task
-    params = dict(alphas=[0.5, 2.0], betas=[2.0, 6.0], text_features=W, clip_model=None,
-                  fine_tune=True, epochs=2, lr=1e-2, batch_size=16)
+    params = dict(
+        alphas=[0.5, 2.0],
+        betas=[2.0, 6.0],
+        text_features=W,
+        clip_model=None,
+        fine_tune=True,
+        epochs=2,
+        lr=1e-2,
+        batch_size=16,
+    )
     cv = StratifiedKFold(3, shuffle=True, random_state=0)
     a = TipAdapterClassifierCV(cv=cv, random_state=0, **params).fit(Xtr, ytr)
     b = TipAdapterClassifierCV(cv=cv, random_state=0, **params).fit(Xtr, ytr)
-    np.testing.assert_array_equal(a.cv_results_["mean_test_score"], b.cv_results_["mean_test_score"])
+    np.testing.assert_array_equal(
+        a.cv_results_["mean_test_score"], b.cv_results_["mean_test_score"]
+    )
     np.testing.assert_array_equal(a.cache_keys_, b.cache_keys_)
     assert (a.alpha_, a.beta_) == (b.alpha_, b.beta_)
     TipAdapterClassifierCV(cv=cv, random_state=None, **params).fit(Xtr, ytr)  # also works
@@ -172,23 +188,33 @@ def test_same_random_state_same_choices(task):
 
 def test_refit_without_fine_tuning_clears_the_loss_curve(task):
     Xtr, ytr, _, _, W = task
-    clf = TipAdapterClassifierCV(alphas=[1.0], betas=[5.5], cv=2, text_features=W, clip_model=None,
-                                 fine_tune=True, epochs=2, random_state=0).fit(Xtr, ytr)
+    clf = TipAdapterClassifierCV(
+        alphas=[1.0],
+        betas=[5.5],
+        cv=2,
+        text_features=W,
+        clip_model=None,
+        fine_tune=True,
+        epochs=2,
+        random_state=0,
+    ).fit(Xtr, ytr)
     assert len(clf.loss_curve_) == 2
     clf.set_params(fine_tune=False).fit(Xtr, ytr)
     assert clf.loss_curve_ is None
 
 
 def test_unknown_scoring_fails_before_any_model_loads(tmp_path, monkeypatch):
-    import skclip.tip_adapter as tip_module
+    import skclip.heads._base as tip_module
 
     def no_loading(*args, **kwargs):
         raise AssertionError("a model was loaded before scoring was checked")
 
-    monkeypatch.setattr(tip_module, "load_clip", no_loading)
+    monkeypatch.setattr(tip_module, "load_backbone", no_loading)
     X, y = np.eye(4)[[0, 1, 2, 3] * 3], ["a", "b"] * 6
     clf = TipAdapterClassifierCV(clip_model=tmp_path / "not-loaded", scoring="acuracy", cv=2)
-    with pytest.raises(ValueError, match=r"'scoring' parameter of TipAdapterClassifierCV.*'acuracy'"):
+    with pytest.raises(
+        ValueError, match=r"'scoring' parameter of TipAdapterClassifierCV.*'acuracy'"
+    ):
         clf.fit(X, y)
     clf.set_params(scoring=["accuracy"])  # one metric only: multi-metric is not supported
     with pytest.raises(ValueError, match="'scoring' parameter"):

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import torch
 
-from skclip._models import load_clip, resolve_device, resolve_dtype
+from skclip.backbones.loading import load_backbone as load_clip, resolve_device, resolve_dtype
 
 
 def test_loaded_once_and_shared(tiny_clip_path):
@@ -63,12 +63,20 @@ def online_calls(monkeypatch):
     return calls
 
 
-@pytest.mark.parametrize("name", [
-    "models/clip-b32",  # one separator, but models/ is a folder here
-    "./clip-b32", "~/no-such-skclip-folder", "models/clip-b32/", "a/b/c", "bad name!",
-])
-def test_path_like_names_are_missing_folders_never_hub_ids(name, tmp_path, monkeypatch,
-                                                           online_calls):
+@pytest.mark.parametrize(
+    "name",
+    [
+        "models/clip-b32",  # one separator, but models/ is a folder here
+        "./clip-b32",
+        "~/no-such-skclip-folder",
+        "models/clip-b32/",
+        "a/b/c",
+        "bad name!",
+    ],
+)
+def test_path_like_names_are_missing_folders_never_hub_ids(
+    name, tmp_path, monkeypatch, online_calls
+):
     monkeypatch.chdir(tmp_path)
     (tmp_path / "models").mkdir()
     with pytest.raises(OSError, match="does not exist or is not a folder") as info:
@@ -97,7 +105,7 @@ def test_fitted_featurizer_refuses_a_different_checkpoint_under_its_name(tmp_pat
     import shutil
 
     from skclip import CheckpointMismatchError, CLIPFeaturizer, TipAdapterClassifier
-    from skclip._models import clear_model_cache
+    from skclip.backbones.loading import clear_model_cache
     from skclip._testing import save_random_clip
 
     folder = tmp_path / "clip"
@@ -121,4 +129,7 @@ def test_fitted_featurizer_refuses_a_different_checkpoint_under_its_name(tmp_pat
     restored.set_params(model=str(tmp_path / "moved"))
     np.testing.assert_allclose(restored.transform(images), X, atol=1e-6)
     # An unfitted featurizer has nothing to check: it uses whatever the name holds.
-    assert CLIPFeaturizer(model=str(folder), cache=False, progress=False).transform(images).shape == X.shape
+    assert (
+        CLIPFeaturizer(model=str(folder), cache=False, progress=False).transform(images).shape
+        == X.shape
+    )

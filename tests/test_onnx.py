@@ -11,9 +11,9 @@ import torch
 pytest.importorskip("onnxruntime")
 pytest.importorskip("onnxscript")
 
-from skclip import _onnx  # noqa: E402
+from skclip.backbones import onnx as _onnx  # noqa: E402
 from skclip._images import CLIPPreprocessor  # noqa: E402
-from skclip._models import load_clip  # noqa: E402
+from skclip.backbones.loading import load_backbone as load_clip  # noqa: E402
 from skclip._paths import user_cache_dir  # noqa: E402
 
 
@@ -188,9 +188,7 @@ def test_3_the_record_names_versions_and_checksums(clip, tmp_path, exports):
     assert sorted(meta["sha256"]) == sorted(meta["files"]) == ["model.onnx", "model.onnx.data"]
 
 
-def test_3_cached_embeddings_are_keyed_by_the_exact_export(
-    tiny_clip_path, tmp_path, monkeypatch
-):
+def test_3_cached_embeddings_are_keyed_by_the_exact_export(tiny_clip_path, tmp_path, monkeypatch):
     """Another export in its place (as another torch might write, sealed with its own
     record): the entries the first one made are never served for it."""
     import json

@@ -21,8 +21,9 @@ from skclip import CLIPFeaturizer, TipAdapterClassifier, TipAdapterClassifierCV
 def _pipe(model, kind):
     tip = {
         "tip": TipAdapterClassifier(clip_model=model, alpha=5.0),
-        "tip-f": TipAdapterClassifier(clip_model=model, alpha=5.0, fine_tune=True, epochs=3,
-                                      random_state=0),
+        "tip-f": TipAdapterClassifier(
+            clip_model=model, alpha=5.0, fine_tune=True, epochs=3, random_state=0
+        ),
         "tip-cv": TipAdapterClassifierCV(clip_model=model, cv=3),
     }[kind]
     return Pipeline([("clip", CLIPFeaturizer(model=model, progress=False)), ("tip", tip)])
@@ -83,7 +84,7 @@ def test_fresh_process_reloads_the_model_lazily(tiny_clip_path, image_folder, tm
     script = textwrap.dedent(
         f"""
         import json, joblib
-        from skclip import _models
+        from skclip.backbones import loading as _models
         pipe = joblib.load({str(tmp_path / "m.joblib")!r})
         loaded_before = len(_models._CACHE)
         paths = json.loads({json.dumps(json.dumps(list(paths)))})
@@ -105,7 +106,7 @@ def test_missing_model_folder_is_named(tiny_clip_path, image_folder, tmp_path):
     pipe = _pipe(str(model), "tip").fit(paths, labels)
     blob = pickle.dumps(pipe)
     shutil.rmtree(model)
-    from skclip import _models
+    from skclip.backbones import loading as _models
 
     _models.clear_model_cache()  # as in a new process
     loaded = pickle.loads(blob)
@@ -120,7 +121,7 @@ def test_i20_6_non_finite_fitted_arrays_are_refused_on_load(
 ):
     """Issue 20, case 6: a .skops with NaN cache_keys_ predicted one class for every image
     with NaN probabilities, exit 0."""
-    from skclip._model_file import load_model, save_model
+    from skclip.cli.model_file import load_model_file as load_model, save_model
     from skclip.cli import main
 
     if fmt == "skops":

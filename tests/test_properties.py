@@ -31,7 +31,9 @@ def problems(draw):
     rng = np.random.default_rng(seed)
     X = rng.normal(size=(n_samples, n_features))
     X[np.linalg.norm(X, axis=1) == 0] = 1.0
-    y_enc = np.concatenate([np.arange(n_classes), rng.integers(0, n_classes, n_samples - n_classes)])
+    y_enc = np.concatenate(
+        [np.arange(n_classes), rng.integers(0, n_classes, n_samples - n_classes)]
+    )
     y = LABEL_SETS[kind][y_enc]
     text = draw(st.booleans())
     W = rng.normal(size=(n_classes, n_features)) if text else None

@@ -11,7 +11,9 @@ import torch
 from helpers import make_image
 from test_cache import count_encoded  # noqa: F401 (fixture: images through the tower)
 
-from skclip import CLIPFeaturizer, _encode, _onnx
+from skclip import CLIPFeaturizer
+from skclip.encoding import engine as _encode
+from skclip.backbones import onnx as _onnx
 
 needs_onnx = pytest.mark.skipif(not _onnx.is_available(), reason="needs skclip[onnx]")
 CPU = torch.device("cpu")
@@ -40,7 +42,9 @@ def test_onnxruntime_equals_torch_within_1e_5(tiny_clip_path, images, params):
 def test_auto_is_onnxruntime_on_the_cpu_in_float32(tiny_clip_path):
     assert spec(CLIPFeaturizer(model=tiny_clip_path, device="cpu")).encoder is not None
     assert spec(CLIPFeaturizer(model=tiny_clip_path, runtime="torch")).encoder is None
-    assert spec(CLIPFeaturizer(model=tiny_clip_path, device="cpu", dtype="bfloat16")).encoder is None
+    assert (
+        spec(CLIPFeaturizer(model=tiny_clip_path, device="cpu", dtype="bfloat16")).encoder is None
+    )
     assert _encode.resolve_runtime("auto", torch.device("cuda"), "auto") == "torch"
 
 

@@ -20,8 +20,8 @@ from numbers import Real
 from pathlib import Path
 from typing import Any
 
-from ._images import ImageLoadError, open_image
-from ._report import protocol_items, shown_method
+from ..._images import ImageLoadError, open_image
+from .summary import protocol_items, shown_method
 
 #: Entries of a method's report that are scores, not hyperparameters.
 _SCORE_KEYS = frozenset(
@@ -104,7 +104,7 @@ def thumbnail_data_uri(image: Any, size: int = 160) -> str:
     return "data:image/jpeg;base64," + base64.b64encode(buffer.getvalue()).decode("ascii")
 
 
-def _method_table(methods: Mapping[str, Mapping[str, Any]], best: str) -> list[str]:
+def _method_table(methods: Mapping[str, Mapping[str, Any]], best: str | None) -> list[str]:
     out = [
         '<table id="methods"><thead><tr><th>method</th><th>accuracy</th><th>macro-F1</th>'
         "<th>hyperparameters (see the protocol)</th></tr></thead><tbody>"
@@ -176,7 +176,7 @@ def _gallery(misclassified: Sequence[Mapping[str, Any]], max_images: int, size: 
         out.append(
             f'<figure title="{_e(name)}">{picture}<figcaption>'
             f"true: {_e(item.get('true'))}<br>"
-            f"<span class=\"pred\">predicted: {_e(item.get('pred'))}</span> "
+            f'<span class="pred">predicted: {_e(item.get("pred"))}</span> '
             f"({100 * float(item.get('confidence', float('nan'))):.0f}%)"
             f"{method}</figcaption></figure>"
         )
@@ -247,13 +247,16 @@ def render_html(
     ]
     if "model" in report and "protocol" in report:
         body.append("<h2>Protocol</h2>")
-        body.append("<ul>" + "".join(f"<li>{_e(item)}</li>" for item in protocol_items(report))
-                    + "</ul>")
+        body.append(
+            "<ul>" + "".join(f"<li>{_e(item)}</li>" for item in protocol_items(report)) + "</ul>"
+        )
     for name, entry in methods.items():
         is_best = " open" if name == best else ""
         body.append(f'<details{is_best} class="method" data-method="{_e(name)}">')
-        body.append(f"<summary><b>{_e(name)}</b>{' (best)' if is_best else ''}: per class "
-                    "and confusion matrix</summary>")
+        body.append(
+            f"<summary><b>{_e(name)}</b>{' (best)' if is_best else ''}: per class "
+            "and confusion matrix</summary>"
+        )
         if "per_class" in entry:
             body.extend(_per_class_table(entry["per_class"]))
         if "confusion_matrix" in entry:

@@ -7,7 +7,7 @@ and text weights ``W``::
 
 ``s`` and ``b`` are the text model's zero-shot logit scale and bias: 100 and 0 for
 CLIP and MetaCLIP 2 (the paper's formula), the learned ``exp(logit_scale)`` and
-``logit_bias`` for SigLIP and SigLIP 2 (see ``skclip._backbones``).
+``logit_bias`` for SigLIP and SigLIP 2 (see ``skclip.backbones.families``).
 
 :func:`tip_adapter_logits` is the formula; :func:`tip_adapter_grid` evaluates it for
 a grid of (alpha, beta) sharing the work. The classifiers (``tip_adapter.py``,
@@ -18,12 +18,11 @@ without a cycle. ``skclip.tip_adapter`` re-exports them.
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterable, Iterator
 
 import torch
 
-#: CLIP's learned logit scale (temperature 0.01), fixed as in the paper.
-CLIP_LOGIT_SCALE = 100.0
+from ..backbones.families import CLIP_LOGIT_SCALE
 
 
 def zero_shot_logits(
@@ -36,6 +35,20 @@ def zero_shot_logits(
     ``100 f W^T``. The bias, the same for every class, is only added when non-zero."""
     logits = logit_scale * (queries @ text_weights.T)
     return logits + logit_bias if logit_bias else logits
+
+
+def with_zero_shot(
+    logits: torch.Tensor,
+    queries: torch.Tensor,
+    text_weights: torch.Tensor | None,
+    logit_scale: float = CLIP_LOGIT_SCALE,
+    logit_bias: float = 0.0,
+) -> torch.Tensor:
+    """A head's own ``logits`` plus the zero-shot term of ``queries`` (nothing without
+    ``text_weights``): the ending of every head's formula, written once."""
+    if text_weights is None:
+        return logits
+    return logits + zero_shot_logits(queries, text_weights, logit_scale, logit_bias)
 
 
 def cache_logits(
@@ -138,9 +151,7 @@ def tip_adapter_logits(
     tensor([[1.0000, 0.3679]])
     """
     logits = alpha * cache_logits(queries @ keys.T, values, beta, exclude, n_classes)
-    if text_weights is not None:
-        logits = logits + zero_shot_logits(queries, text_weights, logit_scale, logit_bias)
-    return logits
+    return with_zero_shot(logits, queries, text_weights, logit_scale, logit_bias)
 
 
 def tip_adapter_grid(
@@ -149,7 +160,7 @@ def tip_adapter_grid(
     values: torch.Tensor,
     text_weights: torch.Tensor | None,
     alphas: torch.Tensor,
-    betas: Sequence[float],
+    betas: Iterable[float],
     n_classes: int | None = None,
     logit_scale: float = CLIP_LOGIT_SCALE,
     logit_bias: float = 0.0,

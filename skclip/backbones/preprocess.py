@@ -33,7 +33,8 @@ import numpy as np
 import torch
 from PIL import Image
 
-from ._images import CLIPPreprocessor, _random_resized_crop_box
+from .._images import CLIPPreprocessor, _random_resized_crop_box
+from ._hub import from_pretrained
 
 #: Keys that mark a NaFlex config (a resize-crop config has those CLIPPreprocessor reads).
 NAFLEX_KEYS = ("patch_size", "max_num_patches")
@@ -119,13 +120,7 @@ def config_from_processor(proc: Any, name: str = "the checkpoint") -> dict:
         "image_std": tuple(float(s) for s in np.broadcast_to(proc.image_std, 3)),
     }
     if kind in _NAFLEX:
-        if not proc.do_resize:
-            raise UnsupportedPreprocessingError(
-                f"The image processor of {name!r} ({kind}) has do_resize=False: images would "
-                "have to be multiples of the patch size; skclip needs do_resize=True."
-            )
-        return {"patch_size": int(proc.patch_size), "max_num_patches": int(proc.max_num_patches),
-                **common}
+        return _naflex_config(proc, name, common)
     if not _plain_pipeline(proc):
         raise UnsupportedPreprocessingError(
             f"The image processor of {name!r} is {kind}, whose preprocessing skclip does not "
@@ -169,6 +164,21 @@ def config_from_processor(proc: Any, name: str = "the checkpoint") -> dict:
     }
 
 
+def _naflex_config(proc: Any, name: str, common: dict) -> dict:
+    """SigLIP 2's NaFlex settings: patches of the image resized to at most a number of them."""
+    kind = type(proc).__name__
+    if not proc.do_resize:
+        raise UnsupportedPreprocessingError(
+            f"The image processor of {name!r} ({kind}) has do_resize=False: images would "
+            "have to be multiples of the patch size; skclip needs do_resize=True."
+        )
+    return {
+        "patch_size": int(proc.patch_size),
+        "max_num_patches": int(proc.max_num_patches),
+        **common,
+    }
+
+
 def image_config(name: str) -> dict:
     """Read the preprocessing settings of checkpoint ``name`` (folder or hub id).
 
@@ -177,14 +187,12 @@ def image_config(name: str) -> dict:
     """
     from transformers import AutoImageProcessor
 
-    from ._models import _from_pretrained
-
     try:
         import transformers.image_processing_backends  # noqa: F401 - transformers 5
     except ImportError:  # transformers 4: the "slow" processors are the PIL/numpy ones
-        proc = _from_pretrained(AutoImageProcessor, name, use_fast=False)
+        proc = from_pretrained(AutoImageProcessor, name, use_fast=False)
     else:
-        proc = _from_pretrained(AutoImageProcessor, name, backend="pil")
+        proc = from_pretrained(AutoImageProcessor, name, backend="pil")
     return config_from_processor(proc, name)
 
 
@@ -193,7 +201,7 @@ def make_preprocessor(config: dict) -> Preprocessor:
 
     Examples
     --------
-    >>> from skclip._preprocess_families import image_config, make_preprocessor
+    >>> from skclip.backbones.preprocess import image_config, make_preprocessor
     >>> type(make_preprocessor(image_config(tiny_clip_path))).__name__
     'ResizeCropPreprocessor'
     """
@@ -272,7 +280,8 @@ class NaFlexPreprocessor:
         resized as the NaFlex rule says for the crop's size, flipped with probability 1/2."""
         left, top, w, h = _random_resized_crop_box(img.size, rng)
         view = img.resize(
-            self.target_size(w, h), resample=self.config["resample"],
+            self.target_size(w, h),
+            resample=self.config["resample"],
             box=(left, top, left + w, top + h),
         )
         if rng.random() < 0.5:

@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import atexit
 import errno
-import hashlib
 import multiprocessing
 import os
 import secrets
@@ -42,16 +41,12 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
-from ._images import read_image_bytes
-from ._watch import FileStamps
+from .._hashing import DIGEST_SIZE as _DIGEST_SIZE
+from .._hashing import hasher as _hasher
+from .._images import read_image_bytes
+from .stamps import FileStamps
 
 CacheInfo = namedtuple("CacheInfo", ["hits", "misses", "maxsize", "currsize"])
-
-_DIGEST_SIZE = 16
-
-
-def _hasher() -> Any:
-    return hashlib.blake2b(digest_size=_DIGEST_SIZE)
 
 
 def settings_digest(*parts: Any) -> str:
@@ -79,9 +74,9 @@ _RACY_NS = 2_000_000_000
 
 class _FileDigests:
     """Content digests of files, memoized by stamp ``(path, size, mtime_ns, inode,
-    ctime_ns)``: a file is read and hashed again only when it changed.
+    ctime_ns, device)``: a file is read and hashed again only when it changed.
 
-    Stamps come from :class:`~skclip._watch.FileStamps`: a file is stat'ed again only
+    Stamps come from :class:`~skclip.encoding.stamps.FileStamps`: a file is stat'ed again only
     when it may have changed (inotify on Linux), so looking up many unchanged files
     costs no system call per file."""
 
@@ -261,11 +256,14 @@ def _degrade(root: Path, reason: str) -> None:
         if name in _DEGRADED:
             return
         _DEGRADED[name] = reason
-    warnings.warn(CacheDirWarning(
-        f"The embedding cache folder {name!r} {reason}. Its entries are still read (each "
-        "one verified); new embeddings are kept in memory only, and nothing is written "
-        "to the folder by this process."
-    ), stacklevel=2)
+    warnings.warn(
+        CacheDirWarning(
+            f"The embedding cache folder {name!r} {reason}. Its entries are still read (each "
+            "one verified); new embeddings are kept in memory only, and nothing is written "
+            "to the folder by this process."
+        ),
+        stacklevel=2,
+    )
 
 
 def _reason(exc: OSError, root: Path) -> str:
@@ -336,11 +334,18 @@ class _Folder:
     def _share_with_group(self, fd: int) -> None:
         """A folder made here is group-writable if this one is (a team's cache), whatever
         the umask of whoever made it."""
+        assert self.fd is not None  # only a folder opened by descriptor makes folders
         mode = os.fstat(self.fd).st_mode
         if mode & stat.S_IWGRP:
             with suppress(OSError):
-                os.fchmod(fd, stat.S_IMODE(os.fstat(fd).st_mode) | stat.S_IWGRP | stat.S_IRGRP
-                          | stat.S_IXGRP | (mode & stat.S_ISGID))
+                os.fchmod(
+                    fd,
+                    stat.S_IMODE(os.fstat(fd).st_mode)
+                    | stat.S_IWGRP
+                    | stat.S_IRGRP
+                    | stat.S_IXGRP
+                    | (mode & stat.S_ISGID),
+                )
 
     def call(self, fn: Any, name: str, *args: Any, **kwargs: Any) -> Any:
         """``fn(name, *args)`` relative to this folder."""
@@ -434,7 +439,7 @@ def _read_small(
 def _write_all(fd: int, data: bytes) -> None:
     view = memoryview(data)
     while view:
-        view = view[os.write(fd, view):]
+        view = view[os.write(fd, view) :]
 
 
 def _checksum(key: bytes, payload: bytes) -> bytes:
@@ -532,12 +537,13 @@ class DiskStore:
     content digest, so entries spread over the 256 shards whatever the settings; every
     ``_TRIM_EVERY`` writes of a process, the shard just written to is trimmed to its
     share of the bound, oldest entries first (a disk hit refreshes an entry's time, so
-    the order is about least recently used).
+    the order is about least recently used), and :meth:`flush` (at the end of every
+    encode) trims the shards written since, so the bound holds after short runs too.
 
     Processes sharing the folder do not encode an image twice at the same time: before
     encoding, a process *claims* the entry (an exclusive ``.claim`` file naming its host,
     boot, PID namespace, PID and start time), and the others wait for the entry instead
-    (see ``skclip._encode.encode``). A claim is void (taken over at once) when it is
+    (see ``skclip.encoding.engine.encode``). A claim is void (taken over at once) when it is
     empty or damaged, when its process is gone or its PID now names another process,
     when it is older than ``claim_timeout`` seconds, or, for a process of another
     machine, which cannot be checked, older than ``claim_lease`` seconds (a slower
@@ -551,7 +557,10 @@ class DiskStore:
     claim_lease = 15.0
 
     def __init__(
-        self, root: str | os.PathLike, dim: int, max_entries: int = DISK_MAX_ENTRIES,
+        self,
+        root: str | os.PathLike,
+        dim: int,
+        max_entries: int = DISK_MAX_ENTRIES,
         unit: bool = False,
     ) -> None:
         self.root = Path(root)
@@ -559,6 +568,7 @@ class DiskStore:
         self.max_entries = max_entries
         self.unit = unit
         self.sub = f"v{FORMAT}-d{dim}"
+        self._dirty: dict[str, str] = {}  # shard written since its last trim -> a key of it
 
     @property
     def writable(self) -> bool:
@@ -584,8 +594,10 @@ class DiskStore:
             self._check(opened[-1])
             return opened.pop()
         except _Link as exc:
-            _degrade(self.root, "holds a symbolic link or a file where a folder belongs "
-                                f"({exc.filename})")
+            _degrade(
+                self.root,
+                f"holds a symbolic link or a file where a folder belongs ({exc.filename})",
+            )
         except OSError as exc:
             if create:
                 _degrade(self.root, _reason(exc, self.root))
@@ -636,7 +648,20 @@ class DiskStore:
             if self.writable and self._write(folder, f"{key}.emb", data):
                 global _WRITES
                 _WRITES += 1
+                self._dirty[key[-32:-30]] = key
                 if _WRITES % _TRIM_EVERY == 0:
+                    self._trim(folder)
+                    self._dirty.pop(key[-32:-30], None)
+
+    def flush(self) -> None:
+        """Trim every shard written since its last trim (at the end of each encode), so
+        the bound holds after runs of any length, not only every ``_TRIM_EVERY`` writes;
+        cheap: one listing per shard written."""
+        dirty, self._dirty = self._dirty, {}
+        for key in dirty.values():
+            folder = self._shard(key, create=False)
+            if folder is not None:
+                with folder:
                     self._trim(folder)
 
     def _write(self, folder: _Folder, name: str, data: bytes) -> bool:
@@ -712,8 +737,12 @@ class DiskStore:
         if found is None:
             return None
         text, mtime = found
-        return claim_holder(text.decode("ascii", "replace"), time.time() - mtime,
-                            self.claim_timeout, self.claim_lease)
+        return claim_holder(
+            text.decode("ascii", "replace"),
+            time.time() - mtime,
+            self.claim_timeout,
+            self.claim_lease,
+        )
 
     def holder(self, key: str) -> str | None:
         """Who else holds a live claim on the entry (e.g. ``"process 123"``), or None."""
@@ -903,6 +932,11 @@ class EmbeddingCache:
         MEMORY.put(key, vec)
         if self.disk is not None:
             self.disk.put(key, vec)
+
+    def flush(self) -> None:
+        """Keep the disk folder within its bound (see :meth:`DiskStore.flush`)."""
+        if self.disk is not None:
+            self.disk.flush()
 
 
 def clear() -> None:

@@ -31,15 +31,17 @@ probabilities: they are read from the weights.
 from __future__ import annotations
 
 import functools
-import hashlib
+import json
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
 import numpy as np
 import torch
 
-from ._compat import pooled_embeddings
-from ._preprocess_families import image_config, make_preprocessor
+from .._compat import pooled_embeddings
+from .._hashing import hasher
+from ._hub import from_pretrained
+from .preprocess import image_config, make_preprocessor
 
 #: The zero-shot scale of the CLIP family (see the module docstring).
 CLIP_LOGIT_SCALE = 100.0
@@ -47,6 +49,27 @@ CLIP_LOGIT_SCALE = 100.0
 
 class NoTextTowerError(ValueError):
     """The backbone has no text tower (image-only), or no usable tokenizer."""
+
+
+#: Keys of a model's configuration that say how it was loaded, not what it computes.
+_CONFIG_VOLATILE = frozenset(
+    {"_name_or_path", "dtype", "torch_dtype", "transformers_version", "_commit_hash"}
+)
+
+
+def _config_json(model: Any) -> str:
+    """The model's configuration as canonical JSON, without :data:`_CONFIG_VOLATILE`
+    keys (at any depth): part of the fingerprints."""
+
+    def clean(value: Any) -> Any:
+        if isinstance(value, dict):
+            return {k: clean(v) for k, v in value.items() if k not in _CONFIG_VOLATILE}
+        return value
+
+    config = getattr(model, "config", None)
+    if config is None:
+        return ""
+    return json.dumps(clean(config.to_dict()), sort_keys=True, default=repr)
 
 
 @dataclass(eq=False)
@@ -89,7 +112,7 @@ class Backbone:
     @functools.cached_property
     def preprocessor(self) -> Any:
         """The checkpoint's preprocessing (``__call__``, ``random_view``, ``collate``,
-        ``model_inputs``), see :mod:`skclip._preprocess_families`."""
+        ``model_inputs``), see :mod:`skclip.backbones.preprocess`."""
         return make_preprocessor(self.image_config)
 
     @property
@@ -122,9 +145,13 @@ class Backbone:
 
         Identifies the model in embedding-cache keys across processes: two folders with
         the same weights share entries, a retrained model with the same name does not.
+        The model's configuration (``config.json`` as loaded, less its path, dtype and
+        transformers version) is hashed too: an edited activation or layer-norm epsilon
+        changes the embeddings without changing a weight.
         """
-        h = hashlib.blake2b(digest_size=16)
+        h = hasher()
         self._hash_weights(h, self.vision_modules)
+        h.update(_config_json(self.model).encode())  # activations, eps...: not in the weights
         return h.hexdigest()
 
     @functools.cached_property
@@ -137,7 +164,7 @@ class Backbone:
         """
         text = self.text_fingerprint if self.has_text else "image-only"
         parts = f"{self.vision_fingerprint}:{text}"
-        return hashlib.blake2b(parts.encode(), digest_size=16).hexdigest()
+        return hasher(parts.encode()).hexdigest()
 
     @functools.cached_property
     def text_fingerprint(self) -> str:
@@ -148,8 +175,9 @@ class Backbone:
         """
         if not self.has_text:
             raise self._no_text_error()
-        h = hashlib.blake2b(digest_size=16)
+        h = hasher()
         self._hash_weights(h, self.text_modules)
+        h.update(_config_json(self.model).encode())
         if self.tokenizer is not None:
             vocab = sorted(self.tokenizer.get_vocab().items(), key=lambda kv: kv[1])
             h.update(f"{type(self.tokenizer).__name__}:{len(vocab)}".encode())
@@ -201,7 +229,10 @@ class Backbone:
         self.require_text()
         max_len = getattr(self.model.config.text_config, "max_position_embeddings", 77)
         tokens = self.tokenizer(
-            prompts, truncation=True, max_length=max_len, return_tensors="pt",
+            prompts,
+            truncation=True,
+            max_length=max_len,
+            return_tensors="pt",
             **self._text_padding(),
         )
         return dict(tokens.to(self.device))
@@ -297,7 +328,7 @@ class ImageOnlyBackbone(Backbone):
     vision_modules = ("model",)
 
     @functools.cached_property
-    def embedding_dim(self) -> int:  # type: ignore[override]
+    def embedding_dim(self) -> int:
         """Read from one forward pass on a blank image (any pooled width is right)."""
         from PIL import Image
 
@@ -331,18 +362,14 @@ FAMILIES: dict[str, tuple[type[Backbone], str]] = {
 def _model_type(name: str) -> str:
     from transformers import AutoConfig
 
-    from ._models import _from_pretrained
-
-    return str(_from_pretrained(AutoConfig, name).model_type)
+    return str(from_pretrained(AutoConfig, name).model_type)
 
 
 def _load_tokenizer(name: str) -> tuple[Any, str | None]:
     from transformers import AutoTokenizer
 
-    from ._models import _from_pretrained
-
     try:
-        return _from_pretrained(AutoTokenizer, name), None
+        return from_pretrained(AutoTokenizer, name), None
     except (OSError, ValueError, ImportError, AttributeError) as exc:
         # e.g. no tokenizer files, or SigLIP's SentencePiece tokenizer without the
         # `sentencepiece` and `protobuf` packages
@@ -360,25 +387,30 @@ def build_backbone(name: str, device: torch.device, dtype: torch.dtype) -> Backb
     """
     import transformers
 
-    from ._models import _from_pretrained
-
     model_type = _model_type(name)
     if model_type in FAMILIES:
         cls, model_class = FAMILIES[model_type]
-        model = _from_pretrained(getattr(transformers, model_class), name, dtype=dtype)
+        model = from_pretrained(getattr(transformers, model_class), name, dtype=dtype)
         tokenizer, why = _load_tokenizer(name)
     else:
         cls, tokenizer, why = ImageOnlyBackbone, None, None
         try:
-            model = _from_pretrained(transformers.AutoModel, name, dtype=dtype)
+            model = from_pretrained(transformers.AutoModel, name, dtype=dtype)
         except ValueError as exc:
             raise ValueError(_unsupported(name, model_type)) from exc
         if "pixel_values" not in _forward_params(model):
             raise ValueError(_unsupported(name, model_type))
     model.to(device).eval()
     model.requires_grad_(False)
-    backbone = cls(name=name, model=model, tokenizer=tokenizer, image_config=image_config(name),
-                   device=device, dtype=dtype, tokenizer_error=why)
+    backbone = cls(
+        name=name,
+        model=model,
+        tokenizer=tokenizer,
+        image_config=image_config(name),
+        device=device,
+        dtype=dtype,
+        tokenizer_error=why,
+    )
     if cls is ImageOnlyBackbone:
         try:
             backbone.embedding_dim  # noqa: B018 - one forward pass checks the pooled output
@@ -399,4 +431,3 @@ def _unsupported(name: str, model_type: str) -> str:
         f"dual encoders of the families {sorted(FAMILIES)} and image models whose output has a "
         "pooler_output (DINOv2, ViT...)."
     )
-

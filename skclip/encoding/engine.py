@@ -12,7 +12,7 @@ call of :func:`encode` runs these small steps:
    (:func:`crops`: the clean view, or ``n_views`` random views seeded by the image's
    content, :func:`view_rng`).
 3. :func:`embed` (calling thread): :func:`tower`, the forward pass of the
-   checkpoint's family adapter (:mod:`skclip._backbones`) or its ONNX Runtime export,
+   checkpoint's family adapter (:mod:`skclip.backbones.families`) or its ONNX Runtime export,
    then :func:`pool_views` (the mean of the raw views, then normalization).
 4. :func:`store`: cache writes.
 
@@ -25,16 +25,14 @@ from __future__ import annotations
 
 import contextlib
 import os
-import sys
-import time
 import warnings
 import weakref
 from collections import OrderedDict, deque
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Generator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from functools import partial
-from typing import Any, NamedTuple
+from typing import Any, NamedTuple, cast
 
 import numpy as np
 import torch
@@ -42,21 +40,27 @@ from PIL import Image
 from sklearn.utils import check_random_state
 from tqdm.auto import tqdm
 
-from ._cache import (
-    FILE_DIGESTS, MEMORY, EmbeddingCache, _read_bytes, memory_digest, settings_digest,
+from .claims import claim, release, wait_for
+from .cache import (
+    FILE_DIGESTS,
+    MEMORY,
+    EmbeddingCache,
+    _read_bytes,
+    memory_digest,
+    settings_digest,
     worker_folder,
 )
-from . import _onnx
-from ._images import DECODE_RULES, ImageLoadError, ImageLoadWarning, describe, open_image
-from ._models import LoadedCLIP, load_clip, resolve_device
-from ._preprocess_families import Preprocessor
+from ..backbones import onnx as _onnx
+from .._images import DECODE_RULES, ImageLoadError, ImageLoadWarning, describe, open_image
+from ..backbones.loading import Backbone, load_backbone, resolve_device
+from ..backbones.preprocess import Preprocessor
 
 
 # -- named results ---------------------------------------------------------------------------
 class ItemError(NamedTuple):
     """A bad input: its position in the input and a message naming it."""
 
-    index: int
+    index: int  # type: ignore[assignment]  # shadows tuple.index, by name only
     message: str
 
 
@@ -93,7 +97,7 @@ class EncodeSpec:
 
     Attributes
     ----------
-    clip : LoadedCLIP
+    clip : Backbone
         The loaded checkpoint, with its family's adapter.
     preprocess : Preprocessor
         The checkpoint's preprocessing (``clip.preprocessor``).
@@ -109,11 +113,11 @@ class EncodeSpec:
     n_threads : int
         Decode threads.
     progress : bool or "auto"
-    encoder : skclip._onnx.ImageEncoder or None
+    encoder : skclip.backbones.onnx.ImageEncoder or None
         The ONNX Runtime image tower (``runtime="onnxruntime"``), or None for PyTorch.
     """
 
-    clip: LoadedCLIP
+    clip: Backbone
     preprocess: Preprocessor
     normalize: bool
     n_views: int
@@ -203,6 +207,7 @@ def view_seeds(random_state: Any, n_views: int) -> list[int]:
     if n_views == 0:
         return []
     base = draw_seed(random_state, 1)
+    assert base is not None  # one view: a seed is drawn
     return [int(np.random.SeedSequence([base, e]).generate_state(1)[0]) for e in range(n_views)]
 
 
@@ -218,12 +223,12 @@ _SETTINGS_PER_MODEL = 64
 
 
 def cache_settings(
-    clip: LoadedCLIP, normalize: bool, n_views: int, seed: int | None, encoder: str | None = None
+    clip: Backbone, normalize: bool, n_views: int, seed: int | None, encoder: str | None = None
 ) -> str:
     """Digest of everything besides the image that determines an embedding.
 
     ``encoder`` is the identity of the ONNX Runtime tower that encodes
-    (:attr:`skclip._onnx.ImageEncoder.identity`: its export's checksums, ONNX Runtime's
+    (:attr:`skclip.backbones.onnx.ImageEncoder.identity`: its export's checksums, ONNX Runtime's
     version, the precision), or None for PyTorch (whose entries keep the keys they
     always had)."""
     memo = _SETTINGS.setdefault(clip, OrderedDict())
@@ -238,11 +243,17 @@ def cache_settings(
 
 
 def _cache_settings(
-    clip: LoadedCLIP, normalize: bool, n_views: int, seed: int | None, encoder: str | None
+    clip: Backbone, normalize: bool, n_views: int, seed: int | None, encoder: str | None
 ) -> str:
     parts: tuple = (
-        clip.vision_fingerprint, sorted(clip.image_config.items()), str(clip.dtype),
-        clip.device.type, normalize, n_views, seed, DECODE_RULES,
+        clip.vision_fingerprint,
+        sorted(clip.image_config.items()),
+        str(clip.dtype),
+        clip.device.type,
+        normalize,
+        n_views,
+        seed,
+        DECODE_RULES,
     )
     if n_views > 0:
         parts += (VIEW_POOLING,)
@@ -291,7 +302,7 @@ def model_dtype(dtype: str) -> str:
     return "float32" if dtype == "int8" else dtype
 
 
-def onnx_encoder(clip: LoadedCLIP, dtype: str, strict: bool) -> _onnx.ImageEncoder | None:
+def onnx_encoder(clip: Backbone, dtype: str, strict: bool) -> _onnx.ImageEncoder | None:
     """The ONNX Runtime tower of ``clip``; None (PyTorch) if it cannot be exported and
     ONNX Runtime was not asked for explicitly (``strict=False``: ``runtime="auto"``)."""
     onnx_dtype = "int8" if dtype == "int8" else "float32"
@@ -321,7 +332,7 @@ def spec_for(
     """
     device = resolve_device(featurizer.device)
     runtime = resolve_runtime(featurizer.runtime, device, featurizer.dtype)
-    clip = load_clip(featurizer.model, device, model_dtype(featurizer.dtype))
+    clip = load_backbone(featurizer.model, device, model_dtype(featurizer.dtype))
     encoder = None
     strict = featurizer.runtime == "onnxruntime" or featurizer.dtype == "int8"
     if runtime == "onnxruntime" and (strict or _onnx.supports(clip)):  # "auto": fixed sizes
@@ -379,6 +390,7 @@ def crops(img: Image.Image, spec: EncodeSpec, digest: str | None) -> list[np.nda
         return [spec.preprocess(img)]
     if digest is None:
         raise ValueError("its content could not be hashed to seed its augmented views")
+    assert spec.seed is not None  # views have a seed
     rng = view_rng(spec.seed, digest)
     return [spec.preprocess.random_view(img, rng) for _ in range(spec.n_views)]
 
@@ -386,7 +398,7 @@ def crops(img: Image.Image, spec: EncodeSpec, digest: str | None) -> list[np.nda
 # -- steps --------------------------------------------------------------------------------------
 def _known_digests(items: list) -> tuple[list[str | None], list[ItemError]]:
     """:func:`known_digest` of every input: the files' in one batch (no system call per
-    unchanged file, see ``skclip._watch``), in-memory images one by one."""
+    unchanged file, see ``skclip.encoding.stamps``), in-memory images one by one."""
     n = len(items)
     paths = [i for i, item in enumerate(items) if isinstance(item, (str, os.PathLike))]
     known = FILE_DIGESTS.known_many([os.fspath(items[i]) for i in paths])
@@ -416,9 +428,10 @@ def lookup(items: list, spec: EncodeSpec) -> Lookup:
     hit_vecs: list[np.ndarray] = []
     if spec.cache is not None:
         known = [i for i, digest in enumerate(digests) if digest is not None]
-        vecs = spec.cache.get_many([digests[i] for i in known])
+        vecs = spec.cache.get_many([digest for digest in digests if digest is not None])
         if len(known) == n and all(vec is not None for vec in vecs):
-            return Lookup(digests, known, vecs, [], errors)  # all hits: nothing to do
+            hits = cast("list[np.ndarray]", vecs)
+            return Lookup(digests, known, hits, [], errors)  # all hits: nothing to do
         for i, vec in zip(known, vecs):
             if vec is not None:
                 hit_index.append(i)
@@ -464,7 +477,9 @@ def prepare(items: list, digests: list[str | None], spec: EncodeSpec, batch: lis
     return Prepared(found, kept, keys, pixels, errors)
 
 
-def prefetch(fn: Callable[[Any], Any], args: Sequence[Any], n_threads: int) -> Iterator[Any]:
+def prefetch(
+    fn: Callable[[Any], Any], args: Sequence[Any], n_threads: int
+) -> Generator[Any, None, None]:
     """``map(fn, args)`` computed ahead in threads, in order, with bounded look-ahead.
 
     The generator owns a thread pool: close it explicitly (``contextlib.closing``) in
@@ -489,7 +504,7 @@ def prefetch(fn: Callable[[Any], Any], args: Sequence[Any], n_threads: int) -> I
 def tower(spec: EncodeSpec, pixels: dict[str, np.ndarray]) -> torch.Tensor:
     """Raw features ``(B, d)`` float32 of a collated batch by the spec's runtime: its
     ONNX Runtime session, or the family's forward pass
-    (:meth:`~skclip._backbones.Backbone.forward_images`: ``uint8`` crosses to the
+    (:meth:`~skclip.backbones.families.Backbone.forward_images`: ``uint8`` crosses to the
     device, normalization runs there). Call under ``torch.inference_mode()``."""
     if spec.encoder is not None:
         return torch.from_numpy(spec.encoder(pixels["pixel_values"]))
@@ -552,35 +567,31 @@ def encode(items: list, spec: EncodeSpec, keep_going: bool) -> Encoded:
     disable = {True: False, False: True, "auto": None if len(todo) > size else True}
     results = prefetch(partial(prepare, items, found.digests, spec), batches, spec.n_threads)
     try:
-        with contextlib.closing(results), tqdm(
-            total=n, initial=n - len(todo), unit="img", desc="CLIP", disable=disable[spec.progress]
-        ) as bar:
+        with (
+            contextlib.closing(results),
+            tqdm(
+                total=n,
+                initial=n - len(todo),
+                unit="img",
+                desc="CLIP",
+                disable=disable[spec.progress],
+            ) as bar,
+        ):
             for batch, res in zip(batches, results):
                 errors.extend(res.errors)
                 for i, vec in res.found:
                     out[i] = vec
                 n_hits += len(res.found)
                 if res.pixels is not None and (not errors or keep_going):
-                    # With a shared folder, claim and encode a few images at a time, so
-                    # that processes encoding the same images split them finely.
-                    for part in split(res, CLAIM_CHUNK) if shared else [res]:
-                        if shared:  # leave to other processes what they are encoding
-                            part, hits, others = claim(spec, part, claims)
-                            for i, vec in hits:
-                                out[i] = vec
-                            n_hits += len(hits)
-                            waiting.extend(others)
-                        if part.kept:
-                            emb = embed(spec, part.pixels)
-                            out[part.kept] = emb
-                            store(spec.cache, part.keys, emb)
-                            release(spec, part.keys, claims)
+                    n_hits += _forward(spec, res, out, claims if shared else None, waiting)
                 bar.update(len(batch))
     finally:
-        release(spec, list(claims), claims)
-    again = []
+        release(spec.cache, list(claims), claims)
+        if spec.cache is not None:
+            spec.cache.flush()  # the disk bound holds after every call
+    again: list[int] = []
     if waiting:
-        hits, again = wait_for(spec, waiting)
+        hits, again = wait_for(spec.cache, waiting, spec.progress)
         for i, vec in hits:
             out[i] = vec
         n_hits += len(hits)
@@ -599,42 +610,62 @@ def encode(items: list, spec: EncodeSpec, keep_going: bool) -> Encoded:
 CLAIM_CHUNK = 8
 
 
+def _forward(
+    spec: EncodeSpec,
+    res: Prepared,
+    out: np.ndarray,
+    claims: set[str] | None,
+    waiting: list[tuple[int, str]],
+) -> int:
+    """Embed a prepared batch into ``out`` and store it; the number of cache hits found
+    meanwhile. With a disk cache shared by processes (``claims`` not None), a few
+    images at a time are claimed and encoded, so that processes encoding the same
+    images split them finely; those another process is encoding go to ``waiting``."""
+    n_hits = 0
+    for part in [res] if claims is None else split(res, CLAIM_CHUNK):
+        if claims is not None:  # leave to other processes what they are encoding
+            assert spec.cache is not None  # claims are made in a shared disk cache
+            part, hits, others = _claimed(spec.cache, part, claims)
+            for i, vec in hits:
+                out[i] = vec
+            n_hits += len(hits)
+            waiting.extend(others)
+        if part.kept:
+            assert part.pixels is not None  # a batch with images to encode has their views
+            emb = embed(spec, part.pixels)
+            out[part.kept] = emb
+            store(spec.cache, part.keys, emb)
+            if claims is not None:
+                release(spec.cache, part.keys, claims)
+    return n_hits
+
+
 def split(res: Prepared, size: int) -> list[Prepared]:
     """A prepared batch as consecutive parts of at most ``size`` images (with their
     views)."""
     if len(res.kept) <= size:
         return [res]
+    assert res.pixels is not None  # images kept: their views are there
     per_image = len(next(iter(res.pixels.values()))) // len(res.kept)
     return [
-        Prepared([], res.kept[k : k + size], res.keys[k : k + size],
-                 {name: arr[k * per_image : (k + size) * per_image]
-                  for name, arr in res.pixels.items()}, [])
+        Prepared(
+            [],
+            res.kept[k : k + size],
+            res.keys[k : k + size],
+            {name: arr[k * per_image : (k + size) * per_image] for name, arr in res.pixels.items()},
+            [],
+        )
         for k in range(0, len(res.kept), size)
     ]
 
 
-def claim(
-    spec: EncodeSpec, res: Prepared, claims: set[str]
+def _claimed(
+    cache: EmbeddingCache, res: Prepared, claims: set[str]
 ) -> tuple[Prepared, list[tuple[int, np.ndarray]], list[tuple[int, str]]]:
-    """With a disk cache shared by processes, before a forward pass: the batch reduced
-    to the images this process claims, the cache hits that appeared since the lookup
-    (another process stored them), and the (position, key) of images another live
-    process is encoding now (wait for them: :func:`wait_for`)."""
-    cache = spec.cache
-    mine, hits, others = [], [], []
-    for j, (i, key) in enumerate(zip(res.kept, res.keys)):
-        if key is None:
-            mine.append(j)
-            continue
-        vec = cache.get(key)
-        if vec is not None:
-            hits.append((i, vec))
-        elif cache.claim(key):
-            claims.add(key)
-            mine.append(j)
-        else:
-            others.append((i, key))
-    if len(mine) < len(res.kept):
+    """The batch reduced to the images this process claims (:func:`~.claims.claim`),
+    with the hits that appeared since the lookup and the images to wait for."""
+    mine, hits, others = claim(cache, res.kept, res.keys, claims)
+    if len(mine) < len(res.kept) and res.pixels is not None:
         n = len(res.kept)
         pixels = {  # the views of the claimed images, in every array of the batch
             name: arr.reshape(n, -1, *arr.shape[1:])[mine].reshape(-1, *arr.shape[1:])
@@ -644,56 +675,6 @@ def claim(
             kept=[res.kept[j] for j in mine], keys=[res.keys[j] for j in mine], pixels=pixels
         )
     return res, hits, others
-
-
-def release(spec: EncodeSpec, keys: list[str | None], claims: set[str]) -> None:
-    """Drop this process's claims on ``keys`` (stored, or given up)."""
-    for key in keys:
-        if key in claims:
-            claims.discard(key)
-            spec.cache.release(key)
-
-
-#: Seconds of waiting on other processes before a line says so, and between two lines.
-WAIT_NOTE_AFTER = 2.0
-WAIT_NOTE_EVERY = 30.0
-
-
-def wait_for(
-    spec: EncodeSpec, waiting: list[tuple[int, str]], poll: float = 0.02
-) -> tuple[list[tuple[int, np.ndarray]], list[int]]:
-    """Wait for entries other processes are encoding: (position, embedding) of those
-    stored, and the positions whose claim became void without an entry (to encode
-    here). Ends when no live process claims any of them. After ``WAIT_NOTE_AFTER``
-    seconds, a line on stderr says what is awaited (unless ``progress=False``)."""
-    hits, again = [], []
-    start = time.monotonic()
-    next_note = start + WAIT_NOTE_AFTER
-    while waiting:
-        still, holders = [], set()
-        for i, key in waiting:
-            vec = spec.cache.get(key)
-            holder = None if vec is not None else spec.cache.holder(key)
-            if vec is not None:
-                hits.append((i, vec))
-            elif holder is not None:
-                still.append((i, key))
-                holders.add(holder)
-            else:
-                again.append(i)
-        waiting = still
-        if waiting:
-            now = time.monotonic()
-            if now >= next_note and spec.progress is not False:
-                next_note = now + WAIT_NOTE_EVERY
-                where = spec.cache.disk.root if spec.cache.disk is not None else None
-                tqdm.write(
-                    f"skclip: waiting {now - start:.0f} s for {len(waiting)} image(s) that "
-                    f"{', '.join(sorted(holders))} is encoding (cache folder {where})",
-                    file=sys.stderr,
-                )
-            time.sleep(poll)
-    return hits, sorted(again)
 
 
 def report_errors(errors: list[ItemError], n: int, on_error: str, stacklevel: int = 2) -> None:

@@ -2,17 +2,16 @@
 PNG, or one self-contained HTML page with a gallery of the misclassified images.
 
 The report is a plain dict (what ``--report x.json`` writes); this module only turns it
-into files (the HTML page through :func:`skclip._html_report.render_html`). Figures use
+into files (the HTML page through :func:`skclip.cli.report.html_page.render_html`). Figures use
 matplotlib's object API with an Agg canvas, so the process's matplotlib backend is never
 changed.
 """
 
 from __future__ import annotations
 
-import json
 import os
-import sys
 from pathlib import Path
+from collections.abc import Mapping
 from typing import Any
 
 import numpy as np
@@ -32,9 +31,7 @@ def check_output_path(path: str | os.PathLike, option: str, suffixes: tuple[str,
     """
     out = Path(path)
     if suffixes and out.suffix.lower() not in suffixes:
-        raise ValueError(
-            f"{option} must end in {' or '.join(suffixes)}, got {os.fspath(path)!r}."
-        )
+        raise ValueError(f"{option} must end in {' or '.join(suffixes)}, got {os.fspath(path)!r}.")
     if out.is_dir():
         raise ValueError(f"{option} {os.fspath(path)!r} is a folder; give a file name.")
     parent = out.parent
@@ -46,7 +43,7 @@ def check_output_path(path: str | os.PathLike, option: str, suffixes: tuple[str,
     return out
 
 
-def shown_method(report: dict[str, Any]) -> str:
+def shown_method(report: Mapping[str, Any]) -> str:
     """The method whose per-class results and confusion matrix the report shows:
     ``report["per_class_method"]`` if set, else the one with the best accuracy (the
     first one listed on ties)."""
@@ -56,11 +53,11 @@ def shown_method(report: dict[str, Any]) -> str:
     return _best(methods)
 
 
-def _best(methods: dict[str, Any]) -> str:
+def _best(methods: Mapping[str, Any]) -> str:
     return max(methods, key=lambda name: methods[name]["accuracy"])
 
 
-def shown_method_reason(report: dict[str, Any]) -> str:
+def shown_method_reason(report: Mapping[str, Any]) -> str:
     """Why :func:`shown_method` is the one shown, e.g. "the method with the best
     accuracy" or "chosen by per_class_method; the best accuracy is Tip-Adapter's"."""
     methods, shown = report["methods"], shown_method(report)
@@ -73,12 +70,12 @@ def shown_method_reason(report: dict[str, Any]) -> str:
     return f"chosen by per_class_method; the best accuracy is {best}'s"
 
 
-def _protocol_lines(report: dict[str, Any]) -> list[str]:
+def _protocol_lines(report: Mapping[str, Any]) -> list[str]:
     """The "Protocol" section in Markdown."""
     return ["## Protocol", "", *(f"- {item}" for item in protocol_items(report, code="`")), ""]
 
 
-def protocol_items(report: dict[str, Any], code: str = "") -> list[str]:
+def protocol_items(report: Mapping[str, Any], code: str = "") -> list[str]:
     """Everything needed to reproduce the numbers, one plain-text item each: version,
     model and fingerprint, protocol, sizes, each method's configuration and the skipped
     files (``code`` quotes names, e.g. a backtick for Markdown)."""
@@ -100,15 +97,16 @@ def protocol_items(report: dict[str, Any], code: str = "") -> list[str]:
     ]
     if sizes:
         per = " per fold" if len(splits) > 1 else ""
-        items.append("train / test images" + per + ": "
-                     + ", ".join(f"{a} / {b}" for a, b in sizes))
+        items.append("train / test images" + per + ": " + ", ".join(f"{a} / {b}" for a, b in sizes))
     for name, m in report["methods"].items():
         if m.get("configuration"):
             items.append(f"{name}: {m['configuration']}")
     skipped = report.get("skipped") or []
     if skipped:
-        items.append(f"skipped {len(skipped)} unreadable image(s): " + "; ".join(
-            f"{code}{s['path']}{code}: {s['error']}" for s in skipped))
+        items.append(
+            f"skipped {len(skipped)} unreadable image(s): "
+            + "; ".join(f"{code}{s['path']}{code}: {s['error']}" for s in skipped)
+        )
     return items
 
 
@@ -140,14 +138,23 @@ def render_markdown(report: dict[str, Any]) -> str:
     best = shown_method(report)
     m = report["methods"][best]
     lines += [""] + _protocol_lines(report)
-    lines += [f"## Per class: {best} ({shown_method_reason(report)})", "",
-              "| class | precision | recall | F1 | images |", "|---|---|---|---|---|"]
+    lines += [
+        f"## Per class: {best} ({shown_method_reason(report)})",
+        "",
+        "| class | precision | recall | F1 | images |",
+        "|---|---|---|---|---|",
+    ]
     for c, s in m["per_class"].items():
-        lines.append(f"| {c} | {s['precision']:.3f} | {s['recall']:.3f} | {s['f1']:.3f} | "
-                     f"{s['support']} |")
-    lines += ["", f"## Confusion matrix: {best} (rows: true, columns: predicted)", "",
-              "| | " + " | ".join(report["classes"]) + " |",
-              "|---" * (len(report["classes"]) + 1) + "|"]
+        lines.append(
+            f"| {c} | {s['precision']:.3f} | {s['recall']:.3f} | {s['f1']:.3f} | {s['support']} |"
+        )
+    lines += [
+        "",
+        f"## Confusion matrix: {best} (rows: true, columns: predicted)",
+        "",
+        "| | " + " | ".join(report["classes"]) + " |",
+        "|---" * (len(report["classes"]) + 1) + "|",
+    ]
     for c, row in zip(report["classes"], m["confusion_matrix"]):
         lines.append(f"| {c} | " + " | ".join(str(v) for v in row) + " |")
     return "\n".join(lines) + "\n"
@@ -181,56 +188,3 @@ def save_confusion_png(report: dict[str, Any], png: str | os.PathLike) -> None:
     ax.set_title(best)
     fig.tight_layout()
     fig.savefig(png, dpi=120)
-
-
-def write_report(
-    report: dict[str, Any], path: str | os.PathLike, *, verbose: bool = False,
-    misclassified: list[dict[str, Any]] | None = None, max_images: int = 60,
-) -> list[Path]:
-    """Write ``report`` to ``path``: ``.json`` or ``.md`` (and, if matplotlib is
-    installed, its confusion matrix to ``<stem>_confusion.png`` beside it), or ``.html``,
-    one page that opens offline with the images in ``misclassified`` as a gallery.
-
-    Parameters
-    ----------
-    report : dict
-        As ``skclip evaluate`` builds it.
-    path : str or path-like
-        The file to write; its suffix chooses the format.
-    verbose : bool, default=False
-        Say on stderr why no PNG is written (matplotlib missing).
-    misclassified : list of dict or None, default=None
-        For ``.html``: the mistakes to show (``path``, ``true``, ``pred``,
-        ``confidence``, ``method``), the most confident first, at most ``max_images``.
-    max_images : int, default=60
-        Most thumbnails in the HTML gallery.
-
-    Returns
-    -------
-    written : list of Path
-        The files written.
-    """
-    path = check_output_path(path, "--report", REPORT_SUFFIXES)
-    if path.suffix.lower() == ".html":
-        from ._html_report import render_html
-
-        how = "; ".join(f"{name}: {m['configuration']}" for name, m in report["methods"].items()
-                        if m.get("configuration"))
-        page = {**report, "protocol": f"{report['protocol']}. How each method was configured: "
-                f"{how}" if how else report["protocol"]}
-        return [render_html(page, misclassified or [], path, max_images=max_images)]
-    if path.suffix.lower() == ".json":
-        path.write_text(json.dumps(report, indent=2))
-    else:
-        path.write_text(render_markdown(report))
-    written = [path]
-    try:
-        import matplotlib  # noqa: F401
-    except ImportError:
-        if verbose:
-            print("matplotlib is not installed: no confusion-matrix PNG.", file=sys.stderr)
-        return written
-    png = confusion_png_path(path)
-    save_confusion_png(report, png)
-    written.append(png)
-    return written

@@ -31,7 +31,12 @@ step by hand:
   *approximate* (on a random ViT-B/32, cosine to float32 >= 0.9998; unknown on
   trained weights). Opt-in only.
 - An :class:`onnxruntime.InferenceSession` is created once per (export, threads) in
-  the process and shared.
+  the process and shared. It is created from the bytes that were hashed (the files are
+  read into memory, checked against the record, and the weights handed to ONNX Runtime
+  from memory), so a weights file edited or replaced later, even while the session
+  lives, cannot change what it computes. Cost: the export's files are hashed a second
+  time then, and its bytes are held in memory while the session is made (ONNX Runtime
+  copies the weights, as it would from the file). Needs onnxruntime >= 1.23.
 
 ``onnxruntime`` is an optional dependency (``pip install skclip[onnx]``); exporting
 also needs ``onnx`` and ``onnxscript`` (in the same extra).
@@ -39,6 +44,7 @@ also needs ``onnx`` and ``onnxscript`` (in the same extra).
 
 from __future__ import annotations
 
+import errno
 import functools
 import hashlib
 import importlib.util
@@ -46,6 +52,7 @@ import json
 import logging
 import os
 import shutil
+import stat
 import tempfile
 import threading
 import warnings
@@ -56,8 +63,10 @@ from typing import Any
 import numpy as np
 import torch
 
-from ._models import LoadedCLIP
-from ._paths import user_cache_dir
+from .loading import Backbone
+from .._hashing import hasher
+from .._images import fixed_size
+from .._paths import user_cache_dir
 
 #: Version of the export recipe; part of every export's key. Bump it when the exported
 #: graph changes (inputs, outputs, what is baked in), so old exports are not reused.
@@ -91,7 +100,7 @@ def is_available() -> bool:
 
     Examples
     --------
-    >>> from skclip._onnx import is_available
+    >>> from skclip.backbones.onnx import is_available
     >>> isinstance(is_available(), bool)
     True
     """
@@ -122,14 +131,15 @@ def _require_onnxruntime() -> Any:
 _WARNED: set[str] = set()
 
 
-def warn_fallback(clip: LoadedCLIP, exc: BaseException) -> None:
+def warn_fallback(clip: Backbone, exc: BaseException) -> None:
     """Warn once per checkpoint that ``runtime="auto"`` fell back to PyTorch."""
     if clip.name not in _WARNED:
         _WARNED.add(clip.name)
         warnings.warn(
             f"Could not run the image tower of {clip.name!r} in ONNX Runtime ({exc!r}); "
             "runtime='auto' uses PyTorch instead. Pass runtime='torch' to skip the attempt.",
-            RuntimeWarning, stacklevel=4,
+            RuntimeWarning,
+            stacklevel=4,
         )
 
 
@@ -143,7 +153,7 @@ class _ImageTower(torch.nn.Module):
     """What is exported: ``uint8`` crops -> the family's rescale and normalization ->
     its image features (e.g. CLIP's projected embeddings)."""
 
-    def __init__(self, backbone: LoadedCLIP) -> None:
+    def __init__(self, backbone: Backbone) -> None:
         super().__init__()
         self.model = backbone.model  # registered: its weights are the export's
         self.backbone = backbone
@@ -153,23 +163,19 @@ class _ImageTower(torch.nn.Module):
         return self.backbone.image_features(inputs).float()
 
 
-def _fixed_size(clip: LoadedCLIP) -> tuple[int, int] | None:
+def _fixed_size(clip: Backbone) -> tuple[int, int] | None:
     """The (height, width) every input of ``clip`` has, or None where inputs vary
     (SigLIP 2's NaFlex patches)."""
-    config = clip.image_config
-    if "crop_size" not in config:
-        return None
-    height, width = config["crop_size"] if config["do_center_crop"] else config["size"]
-    return None if height is None or width is None else (int(height), int(width))
+    return fixed_size(clip.image_config)
 
 
-def supports(clip: LoadedCLIP) -> bool:
+def supports(clip: Backbone) -> bool:
     """Whether the checkpoint can be exported: a fixed input size (every family but
     SigLIP 2's NaFlex, whose inputs vary in patches)."""
     return _fixed_size(clip) is not None
 
 
-def _input_shape(clip: LoadedCLIP) -> tuple[int, int, int]:
+def _input_shape(clip: Backbone) -> tuple[int, int, int]:
     size = _fixed_size(clip)
     if size is None:
         raise ValueError(
@@ -179,14 +185,14 @@ def _input_shape(clip: LoadedCLIP) -> tuple[int, int, int]:
     return 3, *size
 
 
-def export_key(clip: LoadedCLIP, dtype: str = "float32") -> str:
+def export_key(clip: Backbone, dtype: str = "float32") -> str:
     """The name of ``clip``'s export: a digest of the image tower's weights fingerprint
     and configuration, the preprocessing (baked into the graph), ``dtype`` and
     :data:`EXPORT_FORMAT`.
 
     Parameters
     ----------
-    clip : LoadedCLIP
+    clip : Backbone
     dtype : {"float32", "int8"}
 
     Returns
@@ -195,11 +201,14 @@ def export_key(clip: LoadedCLIP, dtype: str = "float32") -> str:
     """
     if dtype not in DTYPES:
         raise ValueError(f"dtype must be one of {DTYPES} for ONNX Runtime, got {dtype!r}.")
-    h = hashlib.blake2b(digest_size=12)
+    h = hasher(digest_size=12)
     vision_config = getattr(clip.model.config, "vision_config", clip.model.config)
     parts = (
-        EXPORT_FORMAT, clip.vision_fingerprint, vision_config.to_json_string(use_diff=False),
-        sorted(clip.image_config.items()), _input_shape(clip),
+        EXPORT_FORMAT,
+        clip.vision_fingerprint,
+        vision_config.to_json_string(use_diff=False),
+        sorted(clip.image_config.items()),
+        _input_shape(clip),
     )
     h.update(repr(parts).encode())
     return f"{h.hexdigest()}-{dtype}"
@@ -208,15 +217,52 @@ def export_key(clip: LoadedCLIP, dtype: str = "float32") -> str:
 def _usable(folder: Path) -> bool:
     """An export folder whose files are all there, at the sizes written."""
     try:
-        meta = json.loads((folder / _META_FILE).read_text())
+        meta = json.loads(_read_meta(folder))
         return all((folder / name).stat().st_size == size for name, size in meta["files"].items())
     except (OSError, ValueError, KeyError, TypeError, AttributeError):
         return False
 
 
+#: Most bytes of an export's ``meta.json`` that are read.
+_META_CAP = 1 << 20
+_READ_FLAGS = (
+    os.O_RDONLY
+    | getattr(os, "O_NOFOLLOW", 0)
+    | getattr(os, "O_NONBLOCK", 0)
+    | getattr(os, "O_CLOEXEC", 0)
+)
+
+
+def _open_regular(path: Path) -> int:
+    """A descriptor of ``path`` if it is a regular file (not a link, a FIFO, a device):
+    opened without following a link and without blocking; else OSError."""
+    fd = os.open(path, _READ_FLAGS)
+    if not stat.S_ISREG(os.fstat(fd).st_mode):
+        os.close(fd)
+        raise OSError(errno.EINVAL, "not a regular file", str(path))
+    return fd
+
+
+def _read_file(path: Path, cap: int) -> bytes:
+    """All of the regular file ``path``, at most ``cap`` bytes (else OSError)."""
+    fd = _open_regular(path)
+    try:
+        with os.fdopen(os.dup(fd), "rb") as f:
+            data = f.read(cap + 1)
+    finally:
+        os.close(fd)
+    if len(data) > cap:
+        raise OSError(errno.EFBIG, f"more than {cap} bytes", str(path))
+    return data
+
+
+def _read_meta(folder: Path) -> str:
+    return _read_file(folder / _META_FILE, _META_CAP).decode()
+
+
 def _sha256(path: Path) -> str:
     h = hashlib.sha256()
-    with open(path, "rb") as f:
+    with os.fdopen(_open_regular(path), "rb") as f:
         for block in iter(lambda: f.read(1 << 20), b""):
             h.update(block)
     return h.hexdigest()
@@ -226,7 +272,7 @@ def _stamps(folder: Path, names: list[str]) -> tuple:
     out = []
     for name in names:
         st = (folder / name).stat()
-        out.append((name, st.st_size, st.st_mtime_ns, st.st_ino, st.st_ctime_ns))
+        out.append((name, st.st_size, st.st_mtime_ns, st.st_ino, st.st_ctime_ns, st.st_dev))
     return tuple(out)
 
 
@@ -237,7 +283,7 @@ def verified(folder: Path) -> str | None:
     Each file is hashed the first time in a process, and again only if its stamp
     (size, times, inode) changed since."""
     try:
-        meta = json.loads((folder / _META_FILE).read_text())
+        meta = json.loads(_read_meta(folder))
         sums = meta["sha256"]
         names = sorted(sums)
         if not names or sorted(meta["files"]) != names:
@@ -288,7 +334,7 @@ def _discard(folder: Path) -> None:
     shutil.rmtree(trash, ignore_errors=True)
 
 
-def _export_float32(clip: LoadedCLIP, target: Path) -> None:
+def _export_float32(clip: Backbone, target: Path) -> None:
     """Export ``clip``'s image tower (float32, CPU) into the folder ``target``."""
     if clip.device.type != "cpu" or clip.dtype != torch.float32:
         raise ValueError(
@@ -304,9 +350,15 @@ def _export_float32(clip: LoadedCLIP, target: Path) -> None:
         with warnings.catch_warnings(), torch.inference_mode(False), torch.no_grad():
             warnings.simplefilter("ignore")  # exporter chatter (deprecations)
             torch.onnx.export(
-                tower, (example,), str(tmp / _MODEL_FILE), input_names=["pixels"],
-                output_names=["features"], dynamic_shapes=({0: torch.export.Dim("batch")},),
-                dynamo=True, external_data=True, verbose=False,
+                tower,
+                (example,),
+                str(tmp / _MODEL_FILE),
+                input_names=["pixels"],
+                output_names=["features"],
+                dynamic_shapes=({0: torch.export.Dim("batch")},),
+                dynamo=True,
+                external_data=True,
+                verbose=False,
             )
         _seal(tmp, target, {"model": clip.name, "torch": torch.__version__, "dtype": "float32"})
     except BaseException:
@@ -327,11 +379,12 @@ def _export_int8(source: Path, target: Path) -> None:
     try:
         root.setLevel(logging.ERROR)  # quantize_dynamic advises pre-processing on the root logger
         quantize_dynamic(
-            source / _MODEL_FILE, tmp / _MODEL_FILE, weight_type=QuantType.QInt8,
+            source / _MODEL_FILE,
+            tmp / _MODEL_FILE,
+            weight_type=QuantType.QInt8,
             use_external_data_format=True,
         )
-        _seal(tmp, target, {"source": source.name, "onnxruntime": ort.__version__,
-                            "dtype": "int8"})
+        _seal(tmp, target, {"source": source.name, "onnxruntime": ort.__version__, "dtype": "int8"})
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
@@ -339,12 +392,12 @@ def _export_int8(source: Path, target: Path) -> None:
         root.setLevel(level)
 
 
-def export(clip: LoadedCLIP, dtype: str = "float32", folder: str | os.PathLike | None = None) -> Path:
+def export(clip: Backbone, dtype: str = "float32", folder: str | os.PathLike | None = None) -> Path:
     """The folder of ``clip``'s ONNX export, made now if it is missing or broken.
 
     Parameters
     ----------
-    clip : LoadedCLIP
+    clip : Backbone
         A model loaded on the CPU in float32.
     dtype : {"float32", "int8"}, default="float32"
         ``"int8"``: ONNX Runtime's dynamic quantization of the float32 export
@@ -410,8 +463,20 @@ class ImageEncoder:
         return f"ImageEncoder(path={str(self.path)!r}, threads={self.threads})"
 
 
-def _session(path: Path, threads: int) -> Any:
+def _session(path: Path, threads: int) -> tuple[Any, str]:
+    """A session of the export in ``path`` and its identity, made from the verified bytes.
+
+    Every file is read into memory once, hashed and compared with ``meta.json``; the
+    session is created from those same bytes (the weights file through ONNX Runtime's
+    in-memory external data), never from the files: ONNX Runtime maps a weights file and
+    would read later edits of it. Raises ValueError if a file no longer matches."""
     ort = _require_onnxruntime()
+    meta = json.loads(_read_meta(path))
+    sums = meta["sha256"]
+    blobs = {name: _read_file(path / name, int(meta["files"][name])) for name in sorted(sums)}
+    changed = [n for n, data in blobs.items() if hashlib.sha256(data).hexdigest() != sums[n]]
+    if changed or _MODEL_FILE not in blobs:
+        raise ValueError(f"the export in {path} changed since it was verified: {changed}")
     options = ort.SessionOptions()
     options.intra_op_num_threads = threads
     options.inter_op_num_threads = 1
@@ -420,13 +485,25 @@ def _session(path: Path, threads: int) -> Any:
     # No busy-waiting between calls: the decode threads share the cores with it.
     options.add_session_config_entry("session.intra_op.allow_spinning", "0")
     options.log_severity_level = 3  # errors only
-    return ort.InferenceSession(
-        str(path / _MODEL_FILE), options, providers=["CPUExecutionProvider"]
-    )
+    weights = [name for name in blobs if name != _MODEL_FILE]
+    buffers = [np.frombuffer(blobs[name], dtype=np.uint8) for name in weights]
+    if weights and not hasattr(options, "add_external_initializers_from_files_in_memory"):
+        raise RuntimeError(
+            f"onnxruntime {ort.__version__} cannot take an export's weights from memory "
+            "(SessionOptions.add_external_initializers_from_files_in_memory, onnxruntime "
+            ">= 1.23): pip install -U onnxruntime, or use runtime='torch'."
+        )
+    if weights:  # ONNX Runtime copies them into the session: the buffers may go after
+        options.add_external_initializers_from_files_in_memory(
+            weights, buffers, [len(b) for b in buffers]
+        )
+    session = ort.InferenceSession(blobs[_MODEL_FILE], options, providers=["CPUExecutionProvider"])
+    identity = hashlib.sha256(json.dumps(sums, sort_keys=True).encode()).hexdigest()[:32]
+    return session, identity
 
 
 def image_encoder(
-    clip: LoadedCLIP,
+    clip: Backbone,
     *,
     dtype: str = "float32",
     threads: int | None = None,
@@ -439,7 +516,7 @@ def image_encoder(
 
     Parameters
     ----------
-    clip : LoadedCLIP
+    clip : Backbone
         A model loaded on the CPU in float32 (only needed to export; the session runs
         on its own copy of the weights).
     dtype : {"float32", "int8"}, default="float32"
@@ -457,9 +534,9 @@ def image_encoder(
     Examples
     --------
     >>> import numpy as np, tempfile
-    >>> from skclip._models import load_clip
-    >>> from skclip._onnx import image_encoder
-    >>> clip = load_clip(tiny_clip_path, "cpu", "float32")
+    >>> from skclip.backbones.loading import load_backbone
+    >>> from skclip.backbones.onnx import image_encoder
+    >>> clip = load_backbone(tiny_clip_path, "cpu", "float32")
     >>> encoder = image_encoder(clip, folder=tempfile.mkdtemp())  # exported once, then reused
     >>> encoder(np.zeros((2, 3, 32, 32), dtype=np.uint8)).shape
     (2, 16)
@@ -474,13 +551,13 @@ def image_encoder(
         path = export(clip, dtype, folder)  # verified
         key = (str(path), threads, verified(path))
         if key not in _SESSIONS:
-            try:
-                session = _session(path, threads)
-            except Exception:  # noqa: BLE001 - checksums fine but unreadable: rebuild once
+            try:  # from the bytes it hashes: what is verified is what runs
+                session, identity = _session(path, threads)
+            except Exception:  # noqa: BLE001 - changed since, or unreadable: rebuild once
                 _discard(path)
                 path = export(clip, dtype, folder)
-                session = _session(path, threads)
-                key = (str(path), threads, verified(path))
+                session, identity = _session(path, threads)
+            key = (str(path), threads, identity)
             _SESSIONS[key] = session
         encoder = ImageEncoder(path, threads, _SESSIONS[key], dtype, key[2] or "")
         _ENCODERS.setdefault(clip, {})[memo_key] = encoder

@@ -1,0 +1,1 @@
+"""Backbones: the hub loader, one adapter per model family, preprocessing, ONNX export."""

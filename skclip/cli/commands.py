@@ -1,0 +1,75 @@
+"""The ``skclip`` command: evaluate, fit and predict on folders of images.
+
+::
+
+    skclip evaluate data/ --cv 5 --report report.html
+    skclip fit data/ -o model.skops
+    skclip predict model.skops new_images/ --proba --output predictions.csv
+
+Every argument that can be checked from the command line and the folder listings is
+checked before a model is loaded or an image encoded.
+
+Exit status: 0 on success, 1 when the data or model cannot be used (the message says
+why), 2 for a wrong command line, 141 (128 + SIGPIPE, silently) when whoever reads the
+output stops early, as ``skclip predict ... | head`` does.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import sys
+from collections.abc import Iterator
+
+
+from .._images import readable
+from .parser import build_parser
+
+
+@contextlib.contextmanager
+def _progress_bars(quiet: bool) -> Iterator[None]:
+    """transformers' own bars ("Loading weights") off with ``-q`` or when stderr is not
+    a terminal; restored afterwards."""
+    from transformers.utils import logging as hf_logging
+
+    was_enabled = hf_logging.is_progress_bar_enabled()
+    if quiet or not sys.stderr.isatty():
+        hf_logging.disable_progress_bar()
+    try:
+        yield
+    finally:
+        if was_enabled:
+            hf_logging.enable_progress_bar()
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run the ``skclip`` command; returns the exit status.
+
+    Examples
+    --------
+    >>> from skclip.cli import main
+    >>> main(["predict", "no-such-model.skops", "image.jpg"])
+    1
+    """
+    args = build_parser().parse_args(argv)
+    try:
+        with _progress_bars(args.quiet):
+            return args.func(args)
+    except BrokenPipeError:
+        return _reader_gone()
+    except (ValueError, OSError) as exc:
+        print(f"skclip: error: {readable(str(exc))}", file=sys.stderr)
+        return 1
+
+
+def _reader_gone() -> int:
+    """The reader of stdout went away (``| head``): stop quietly, as command-line tools
+    do. stdout is pointed at /dev/null so that Python's final flush does not complain."""
+    with contextlib.suppress(OSError, ValueError):
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+    return 141  # 128 + SIGPIPE, what the shell reports for a command stopped that way
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

@@ -1,0 +1,108 @@
+"""``skclip fit``: fit a featurizer and Tip-Adapter on a folder, save the model file."""
+
+from __future__ import annotations
+
+import argparse
+from typing import Any
+from pathlib import Path
+
+import numpy as np
+
+from .._images import ImageLoadError, readable
+from .model_file import MODEL_SUFFIXES, require_skops
+from .report.summary import check_output_path
+from .common import (
+    _Say,
+    _check_common,
+    _check_data_folder,
+    _featurize,
+    _featurizer,
+    _resolve_model,
+    _skipped,
+    _writing,
+)
+from .evaluate import _smallest_class, _too_few_for_cv
+from .methods import _text_model
+
+
+def fit_command(args: argparse.Namespace) -> int:
+    """``skclip fit``: see the sub-command's help."""
+    from sklearn.pipeline import Pipeline
+
+    from .model_file import save_model
+    from ..datasets import load_image_folder
+    from ..model_selection import TipAdapterClassifierCV
+
+    say = _Say(args.quiet)
+    args.model = _resolve_model(args.model, say)
+    _check_common(args)
+    if args.cv is not None and args.cv < 2:
+        raise ValueError(f"--cv must be at least 2, got {args.cv}.")
+    check_output_path(args.output, "-o/--output", MODEL_SUFFIXES)
+    if Path(args.output).suffix.lower() == ".skops":
+        require_skops()
+    _check_data_folder(args.data_dir, "DATA_DIR")
+    data = load_image_folder(args.data_dir, follow_symlinks=args.follow_symlinks)
+    if _smallest_class(data.labels) < 2:
+        raise ValueError("Every class needs at least 2 images to choose alpha and beta.")
+    if args.cv is not None and args.cv > _smallest_class(data.labels):
+        raise _too_few_for_cv(args.cv, _smallest_class(data.labels))
+    say.step(f"{args.data_dir}: {len(data.labels)} images in {len(data.target_names)} classes")
+    files, labels, skipped = _usable(args, data, say)
+    cv = min(5, _smallest_class(labels)) if args.cv is None else args.cv
+    pipe = Pipeline(
+        [
+            ("clip", _featurizer(args)),
+            (
+                "tip",
+                TipAdapterClassifierCV(
+                    clip_model=_text_model(args),
+                    device=args.device,
+                    cv=cv,
+                    fine_tune=args.fine_tune,
+                    random_state=args.random_state,
+                ),
+            ),
+        ]
+    )
+    say.step(f"fitting on {len(files)} images ({cv}-fold choice of alpha and beta)")
+    try:
+        pipe.fit(files, labels)
+    except ImageLoadError as exc:  # every unreadable image, named: say what to do
+        raise ValueError(
+            f"{readable(str(exc))}\nFix or remove them, or pass --on-error skip to leave them out."
+        ) from None
+    with _writing(args.output):
+        save_model(pipe, args.output)
+    tip = pipe.named_steps["tip"]
+    print(
+        f"saved {args.output}: {len(labels)} images, classes {data.target_names.tolist()}, "
+        f"alpha={tip.alpha_:.3g} beta={tip.beta_:.3g} ({cv}-fold accuracy {tip.best_score_:.3f})"
+        + (f"; skipped {len(skipped)} unreadable images" if skipped else "")
+        + f"; model {args.model}"
+    )
+    return 0
+
+
+def _usable(args: argparse.Namespace, data: Any, say: _Say) -> tuple[Any, Any, list[dict]]:
+    """The files and labels to fit on, and the skipped ones: with ``--on-error skip``, the
+    unreadable files are found first (their embeddings stay cached) and left out."""
+    files, labels = data.filenames, data.labels
+    if args.on_error != "skip":
+        return files, labels, []
+    say.step(f"encoding {len(files)} images with {args.model}")
+    _, bad = _featurize(_featurizer(args), files, "skip")
+    skipped = _skipped(files, bad, say)
+    keep = np.setdiff1d(np.arange(len(files)), list(bad))
+    files, labels = files[keep], labels[keep]
+    smallest = min(int(np.sum(labels == c)) for c in data.target_names)
+    if smallest < 2:
+        raise ValueError(
+            f"After skipping {len(bad)} unreadable image(s), a class has "
+            f"{smallest} image(s): fewer than 2 to choose alpha and beta."
+        )
+    if args.cv is not None and args.cv > smallest:
+        raise ValueError(
+            f"After skipping {len(bad)} unreadable image(s): {_too_few_for_cv(args.cv, smallest)}"
+        )
+    return files, labels, skipped

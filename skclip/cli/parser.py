@@ -1,0 +1,205 @@
+"""The command line of ``skclip``: one sub-parser per command."""
+
+from __future__ import annotations
+
+import argparse
+from typing import Any
+import os
+
+
+from ..backbones.loading import DEFAULT_MODEL
+from .evaluate import evaluate
+from .fit import fit_command
+from .predict import predict_command
+
+
+_EPILOG = (
+    "The model is a Hugging Face hub id or a local folder written by save_pretrained (a "
+    "local folder is recorded by its absolute path); the default comes from the "
+    f"SKCLIP_MODEL environment variable, else {DEFAULT_MODEL}. Data folders hold one "
+    "sub-folder of images per class."
+)
+
+
+def _common(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--model",
+        default=os.environ.get("SKCLIP_MODEL", DEFAULT_MODEL),
+        help="checkpoint (CLIP, MetaCLIP 2, SigLIP, SigLIP 2, DINOv2...): hub id or local "
+        "folder (default: $SKCLIP_MODEL or %(default)s)",
+    )
+    parser.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N or mps")
+    parser.add_argument("--batch-size", type=int, default=32, help="images per forward pass")
+    parser.add_argument("--cache-dir", default=None, help="folder to keep embeddings in")
+    _on_error(parser)
+    _follow_symlinks(parser)
+    _quiet_or_verbose(parser)
+
+
+def _quiet_or_verbose(parser: argparse.ArgumentParser) -> None:
+    group = parser.add_mutually_exclusive_group()
+    group.add_argument("-q", "--quiet", action="store_true", help="no progress output")
+    group.add_argument("-v", "--verbose", action="store_true", help="more detail")
+
+
+def _on_error(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--on-error",
+        choices=("raise", "skip"),
+        default="raise",
+        help="an image that cannot be read: stop with an error naming every such file "
+        "(raise, the default), or leave it out and list it on stderr and in the output (skip)",
+    )
+
+
+def _follow_symlinks(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--follow-symlinks",
+        action="store_true",
+        help="use class folders that are symbolic links to folders outside the data folder "
+        "(by default they are skipped with a warning; links into it are always an error)",
+    )
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The argument parser of the ``skclip`` command."""
+    from .._version import __version__
+
+    parser = argparse.ArgumentParser(
+        prog="skclip",
+        description="Few-shot image classification with CLIP and Tip-Adapter.",
+        epilog=_EPILOG,
+    )
+    parser.add_argument("--version", action="version", version=f"skclip {__version__}")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    _add_evaluate(sub)
+    _add_fit(sub)
+    _add_predict(sub)
+    return parser
+
+
+def _add_evaluate(sub: Any) -> None:
+    ev = sub.add_parser(
+        "evaluate",
+        help="which method works best on my images?",
+        description="Encode every image once, then compare, under the same outer "
+        "cross-validation or few-shot split, the accuracy and macro-F1 of zero-shot CLIP, "
+        "Tip-Adapter, (with --fine-tune) Tip-Adapter-F, GDA, APE and a linear probe "
+        "(logistic regression on the embeddings). Every method's hyperparameters are chosen "
+        "by an inner cross-validation on the training images only (their documented "
+        "defaults when a class has a single training image); the report says which and how, "
+        "with per-class results and a confusion matrix.",
+        epilog=_EPILOG,
+    )
+    ev.add_argument("data_dir", help="folder with one sub-folder of images per class")
+    ev.add_argument(
+        "--cv",
+        type=int,
+        default=None,
+        help="cross-validation folds (default: 5); with --shots or --test-dir, the "
+        "folds of the inner cross-validation that chooses alpha and beta (default: "
+        "up to 5, as the training images allow)",
+    )
+    ev.add_argument(
+        "--shots",
+        type=int,
+        default=None,
+        help="train on K images per class, test on the rest (instead of --cv)",
+    )
+    ev.add_argument(
+        "--test-dir",
+        default=None,
+        help="train on DATA_DIR, test on this folder (e.g. another domain)",
+    )
+    ev.add_argument("--fine-tune", action="store_true", help="also evaluate Tip-Adapter-F")
+    ev.add_argument(
+        "--report",
+        default=None,
+        help="write the report to this .json or .md file (and a confusion-matrix "
+        ".png beside it if matplotlib is installed), or to a .html page that "
+        "opens offline, with a gallery of the misclassified images",
+    )
+    ev.add_argument(
+        "--augment",
+        type=int,
+        default=0,
+        metavar="K",
+        help="training images: mean embedding of K random views (default 0: none)",
+    )
+    ev.add_argument(
+        "--random-state",
+        type=int,
+        default=0,
+        help="seed of splits, augmentation and training (default 0)",
+    )
+    _common(ev)
+    ev.set_defaults(func=evaluate)
+
+
+def _add_fit(sub: Any) -> None:
+    fit = sub.add_parser(
+        "fit",
+        help="fit a classifier on a folder and save it",
+        description="Fit CLIPFeaturizer + TipAdapterClassifierCV (alpha/beta chosen by "
+        "cross-validation) on a folder and save the pipeline: .skops (safe to share and load) "
+        "or .joblib (a pickle: loading it runs code). The file holds no model weights: the "
+        "checkpoint is loaded again, by name or absolute path, when predicting, and its "
+        "weights fingerprint is checked.",
+        epilog=_EPILOG,
+    )
+    fit.add_argument("data_dir", help="folder with one sub-folder of images per class")
+    fit.add_argument(
+        "-o", "--output", required=True, help="where to save: a .skops or .joblib file"
+    )
+    fit.add_argument(
+        "--cv",
+        type=int,
+        default=None,
+        help="folds to choose alpha/beta (default: 5, or as many as the smallest "
+        "class's images allow); more folds than a class has images is an error",
+    )
+    fit.add_argument("--fine-tune", action="store_true", help="Tip-Adapter-F")
+    fit.add_argument(
+        "--augment",
+        type=int,
+        default=0,
+        metavar="K",
+        help="training images: mean embedding of K random views (default 0: none)",
+    )
+    fit.add_argument(
+        "--random-state",
+        type=int,
+        default=0,
+        help="seed of augmentation and Tip-F training (default 0)",
+    )
+    _common(fit)
+    fit.set_defaults(func=fit_command)
+
+
+def _add_predict(sub: Any) -> None:
+    pred = sub.add_parser(
+        "predict",
+        help="classify images with a saved model",
+        description="Classify image files, or every image in folders, with a model saved by "
+        "'skclip fit'. Writes CSV: path, prediction (and one probability column per class). "
+        ".skops files are loaded trusting only skclip, scikit-learn and numpy types; a "
+        ".joblib file runs code stored in it, so load only .joblib files you made yourself. "
+        "A model file never chooses where skclip writes or what this machine spends: its "
+        "cache_dir, cache_size, n_jobs, batch_size, device and runtime are replaced by this "
+        "machine's defaults or the options below (-v lists them).",
+    )
+    pred.add_argument("model_file", help="a .skops or .joblib file written by 'skclip fit'")
+    pred.add_argument("images", nargs="+", help="image files or folders")
+    pred.add_argument("--proba", action="store_true", help="add class probabilities")
+    pred.add_argument("--output", default=None, help="CSV file to write (default: stdout)")
+    pred.add_argument(
+        "--model",
+        default=None,
+        help="where the checkpoint is now, if it moved since 'skclip fit' (its "
+        "weights fingerprint is still checked)",
+    )
+    pred.add_argument("--device", default=None, help="auto (default), cpu, cuda, cuda:N or mps")
+    pred.add_argument("--cache-dir", default=None, help="folder to keep embeddings in")
+    _on_error(pred)
+    _quiet_or_verbose(pred)
+    pred.set_defaults(func=predict_command)
