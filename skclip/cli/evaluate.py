@@ -20,6 +20,7 @@ from .common import (
     _skipped,
     _writing,
 )
+from .coverage import coverage_entry, protocol_text
 from .methods import _chosen, _methods
 
 
@@ -121,8 +122,19 @@ def _check_evaluate(args: argparse.Namespace) -> tuple[Any, Any]:
         unknown = sorted(set(test.labels.tolist()) - set(data.target_names.tolist()))
         if unknown:
             raise ValueError(f"--test-dir has classes not in {args.data_dir}: {unknown}.")
-    _splits(args, data.labels)
+    _check_coverage(args, _splits(args, data.labels), data.labels)
     return data, test
+
+
+def _check_coverage(args: argparse.Namespace, plan: dict, y: np.ndarray) -> None:
+    """With ``--coverage``: a valid level, and enough training images in every class of
+    every split for the calibration part (an error naming the classes otherwise)."""
+    from .coverage import calibration_split, check_level
+
+    check_level(args.coverage)
+    if args.coverage is not None:
+        for train, _ in plan["splits"]:
+            calibration_split(y[train], args.random_state, what="training images per split")
 
 
 #: Most misclassified images in the HTML report's gallery.
@@ -319,6 +331,8 @@ def _report(args: argparse.Namespace, plan: dict, enc: _Encoded, classes: Any) -
         "inner_cv": plan["inner_cv"],
         "random_state": args.random_state,
         "augment": args.augment,
+        "coverage": args.coverage,
+        "coverage_protocol": None if args.coverage is None else protocol_text(args.coverage),
         "n_images": int(len(y)),
         "n_test_dir_images": None if y_test is None else int(len(y_test)),
         "splits": [
@@ -347,6 +361,7 @@ def evaluate(args: argparse.Namespace) -> int:
     plan = _after_skipping(
         args, classes, y, len(enc.skipped), y_test, None if test is None else np.unique(test.labels)
     )
+    _check_coverage(args, plan, y)
     splits = plan["splits"]
     n_train_min = min(_smallest_class(y[train]) for train, _ in splits)
     methods = _methods(args, plan["inner_cv"], n_train_min)
@@ -357,6 +372,11 @@ def evaluate(args: argparse.Namespace) -> int:
         report["methods"][name], mistakes[name] = _evaluate_method(
             name, est, configuration, names, splits, enc, classes
         )
+        if args.coverage is not None:
+            say.step(f"calibrating {name} (--coverage {args.coverage:g})")
+            report["methods"][name].update(
+                coverage_entry(est, splits, enc, classes, args.coverage, args.random_state)
+            )
     report["per_class_method"] = shown_method(report)
     print(render_markdown(report))
     if args.report:

@@ -127,6 +127,16 @@ def _add_evaluate(sub: Any) -> None:
         help="training images: mean embedding of K random views (default 0: none)",
     )
     ev.add_argument(
+        "--coverage",
+        type=float,
+        default=None,
+        metavar="LEVEL",
+        help="also report, for each method, the empirical coverage (overall and per class) "
+        "and mean size of per-class conformal prediction sets at this confidence level "
+        "(e.g. 0.9), and the ECE before/after temperature scaling; the calibration images "
+        "are half of each class's training images of each split (see the user guide)",
+    )
+    ev.add_argument(
         "--random-state",
         type=int,
         default=0,

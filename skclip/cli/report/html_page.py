@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from ..._images import ImageLoadError, open_image
-from .summary import protocol_items, shown_method
+from .summary import COVERAGE_COLUMNS, coverage_cells, protocol_items, shown_method
 
 #: Entries of a method's report that are scores, not hyperparameters.
 _SCORE_KEYS = frozenset(
@@ -119,6 +119,69 @@ def _method_table(methods: Mapping[str, Mapping[str, Any]], best: str | None) ->
         )
     out.append("</tbody></table>")
     return out
+
+
+def _coverage_section(report: Mapping[str, Any]) -> list[str]:
+    """With ``--coverage``: the table of coverage, set size and ECE, and a reliability
+    diagram per method (inline SVG)."""
+    if report.get("coverage") is None:
+        return []
+    methods: Mapping[str, Mapping[str, Any]] = report.get("methods", {})
+    out = [
+        f"<h2>Prediction sets at confidence level {_number(report['coverage'], 'g')}</h2>",
+        "<p>Per-class conformal sets; calibration images from the training images only "
+        "(see the protocol).</p>",
+        '<table id="coverage"><thead><tr><th>method</th>'
+        + "".join(f"<th>{_e(h)}</th>" for h, _ in COVERAGE_COLUMNS)
+        + "</tr></thead><tbody>",
+    ]
+    for name, entry in methods.items():
+        cells = "".join(f"<td>{_e(c)}</td>" for c in coverage_cells(entry))
+        out.append(f"<tr><td>{_e(name)}</td>{cells}</tr>")
+    out.append("</tbody></table>")
+    out.append(
+        "<p>Reliability diagrams (test images; x: top-label confidence, y: accuracy per "
+        "confidence bin; grey: raw, blue: temperature-scaled; the diagonal is calibrated):</p>"
+    )
+    out.append('<div class="reliability">')
+    for name, entry in methods.items():
+        if "reliability" in entry:
+            out.append(_reliability_svg(name, entry))
+    out.append("</div>")
+    return out
+
+
+def _reliability_svg(name: str, entry: Mapping[str, Any], size: int = 200) -> str:
+    """One method's reliability diagram: a point per confidence bin, its area by the
+    bin's number of images."""
+    pad, inner = 24, size - 32
+
+    def xy(confidence: float, accuracy: float) -> str:
+        return f'cx="{pad + confidence * inner:.1f}" cy="{8 + (1 - accuracy) * inner:.1f}"'
+
+    parts = [
+        f'<svg xmlns="http://www.w3.org/2000/svg" width="{size}" height="{size + 16}" '
+        f'role="img" aria-label="reliability diagram of {_e(name)}">',
+        f'<rect x="{pad}" y="8" width="{inner}" height="{inner}" fill="none" stroke="#999"/>',
+        f'<line x1="{pad}" y1="{8 + inner}" x2="{pad + inner}" y2="8" stroke="#bbb" '
+        'stroke-dasharray="4 3"/>',
+    ]
+    for key, colour in (("reliability", "#888"), ("reliability_calibrated", "#1f6fb4")):
+        bins = entry.get(key) or []
+        total = max(1, sum(b["n"] for b in bins))
+        for b in bins:
+            radius = 2 + 6 * (b["n"] / total) ** 0.5
+            parts.append(
+                f'<circle {xy(b["confidence"], b["accuracy"])} r="{radius:.1f}" '
+                f'fill="{colour}" fill-opacity="0.6"><title>{_e(key)}: confidence '
+                f"{b['confidence']:.2f}, accuracy {b['accuracy']:.2f}, {b['n']} images</title>"
+                "</circle>"
+            )
+    parts.append(
+        f'<text x="{pad}" y="{size + 12}" font-size="11">{_e(name)}: ECE '
+        f"{_number(entry.get('ece'))} &#8594; {_number(entry.get('ece_calibrated'))}</text>"
+    )
+    return "".join(parts) + "</svg>"
 
 
 def _per_class_table(per_class: Mapping[str, Mapping[str, Any]]) -> list[str]:
@@ -244,6 +307,7 @@ def render_html(
         "&plusmn; standard deviation over the outer folds where there are folds.</p>",
         "<h2>Methods</h2>",
         *_method_table(methods, best),
+        *_coverage_section(report),
     ]
     if "model" in report and "protocol" in report:
         body.append("<h2>Protocol</h2>")

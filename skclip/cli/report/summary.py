@@ -101,6 +101,8 @@ def protocol_items(report: Mapping[str, Any], code: str = "") -> list[str]:
     for name, m in report["methods"].items():
         if m.get("configuration"):
             items.append(f"{name}: {m['configuration']}")
+    if report.get("coverage_protocol"):
+        items.append(report["coverage_protocol"])
     skipped = report.get("skipped") or []
     if skipped:
         items.append(
@@ -108,6 +110,49 @@ def protocol_items(report: Mapping[str, Any], code: str = "") -> list[str]:
             + "; ".join(f"{code}{s['path']}{code}: {s['error']}" for s in skipped)
         )
     return items
+
+
+#: The columns of the coverage table: (heading, the method entry's key).
+COVERAGE_COLUMNS = (
+    ("coverage", "coverage"),
+    ("worst class", None),
+    ("mean set size", "mean_set_size"),
+    ("ECE", "ece"),
+    ("ECE, temperature-scaled", "ece_calibrated"),
+)
+
+
+def coverage_cells(entry: Mapping[str, Any]) -> list[str]:
+    """The coverage table's cells of one method (``-`` where a value is missing)."""
+    cells = []
+    for _, key in COVERAGE_COLUMNS:
+        if key is None:
+            per_class = [
+                v for v in (entry.get("coverage_per_class") or {}).values() if v is not None
+            ]
+            value = min(per_class) if per_class else None
+        else:
+            value = entry.get(key)
+        cells.append("-" if value is None else f"{value:.3f}")
+    return cells
+
+
+def coverage_lines(report: Mapping[str, Any]) -> list[str]:
+    """The Markdown section of ``--coverage`` (nothing without it)."""
+    if report.get("coverage") is None:
+        return []
+    lines = [
+        f"## Prediction sets at confidence level {report['coverage']:g}",
+        "",
+        "Per-class conformal sets; calibration images from the training images only "
+        "(see Protocol).",
+        "",
+        "| method | " + " | ".join(h for h, _ in COVERAGE_COLUMNS) + " |",
+        "|---" * (len(COVERAGE_COLUMNS) + 1) + "|",
+    ]
+    for name, m in report["methods"].items():
+        lines.append(f"| {name} | " + " | ".join(coverage_cells(m)) + " |")
+    return lines + [""]
 
 
 def render_markdown(report: dict[str, Any]) -> str:
@@ -137,7 +182,7 @@ def render_markdown(report: dict[str, Any]) -> str:
         )
     best = shown_method(report)
     m = report["methods"][best]
-    lines += [""] + _protocol_lines(report)
+    lines += [""] + coverage_lines(report) + _protocol_lines(report)
     lines += [
         f"## Per class: {best} ({shown_method_reason(report)})",
         "",
