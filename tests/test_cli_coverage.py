@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import csv
 import json
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -115,3 +117,142 @@ def test_evaluate_coverage_too_few_training_images_is_an_error(
     assert main(args + ["--coverage", "0.9"]) == 1
     err = capsys.readouterr().err
     assert "needs at least 4" in err and "'blue sky' (3)" in err
+
+
+def _rows(path):
+    with open(path, newline="") as f:
+        return list(csv.DictReader(f))
+
+
+@pytest.fixture(scope="module")
+def calibrated_model(noisy_dir, tiny_clip_path, tmp_path_factory):
+    pytest.importorskip("skops.io")
+    model = tmp_path_factory.mktemp("model") / "m.skops"
+    args = ["fit", noisy_dir, "-o", str(model), "--model", tiny_clip_path, "-q"]
+    assert main(args + ["--coverage", "0.75", "--cv", "2"]) == 0
+    return model
+
+
+def test_fit_predict_coverage_round_trip_through_skops(
+    calibrated_model, noisy_dir, tmp_path, capsys
+):
+    import skops.io
+
+    from skclip.calibration import TemperatureScaledClassifier
+    from skclip.cli.model_file import TRUSTED_TYPES
+    from skclip.conformal import MondrianConformalClassifier
+
+    untrusted = skops.io.get_untrusted_types(file=str(calibrated_model))
+    assert "skclip.conformal.MondrianConformalClassifier" in untrusted
+    assert set(untrusted) <= set(TRUSTED_TYPES)
+    pipe = skops.io.load(str(calibrated_model), trusted=untrusted)
+    conformal = pipe.named_steps["conformal"]
+    assert isinstance(conformal, MondrianConformalClassifier)
+    assert isinstance(conformal.estimator_, TemperatureScaledClassifier)
+    assert conformal.confidence_level == 0.75
+    # 30 images per class: 15 fit the classifier, 7 the temperature, 8 the thresholds
+    assert conformal.n_calibration_.tolist() == [8, 8, 8]
+    out = tmp_path / "p.csv"
+    args = ["predict", str(calibrated_model), noisy_dir, "-q", "--proba", "--output", str(out)]
+    assert main(args + ["--coverage"]) == 0
+    rows = _rows(out)
+    assert list(rows[0]) == ["path", "prediction", "set", "p_blue", "p_green", "p_red"]
+    X = pipe.named_steps["clip"].transform(np.array([r["path"] for r in rows]))
+    pred, sets = conformal.predict_set(X)
+    expected = ["|".join(conformal.classes_[s]) for s in sets[:, :, 0]]
+    assert [r["set"] for r in rows] == expected
+    assert [r["prediction"] for r in rows] == pred.tolist()
+    proba = conformal.estimator_.predict_proba(X)  # temperature-scaled
+    assert np.allclose(
+        [[float(r[f"p_{c}"]) for c in conformal.classes_] for r in rows], proba, atol=1e-6
+    )
+    assert main(args[:-2] + ["--output", str(tmp_path / "q.csv"), "--coverage", "0.75"]) == 0
+    assert _rows(tmp_path / "q.csv") == rows
+    assert main(["predict", str(calibrated_model), noisy_dir, "-q", "--coverage", "0.9"]) == 1
+    assert "was calibrated at 0.75" in capsys.readouterr().err
+    assert main(["predict", str(calibrated_model), noisy_dir, "-q", "--output", str(out)]) == 0
+    assert list(_rows(out)[0]) == ["path", "prediction"]  # no --coverage: no set column
+
+
+def test_predict_coverage_needs_a_calibrated_model(data_dir_3x6, tiny_clip_path, tmp_path, capsys):
+    model = tmp_path / "m.joblib"
+    assert main(["fit", data_dir_3x6, "-o", str(model), "--model", tiny_clip_path, "-q"]) == 0
+    assert main(["predict", str(model), data_dir_3x6, "-q", "--coverage"]) == 1
+    assert "holds no conformal calibration" in capsys.readouterr().err
+
+
+def test_fit_coverage_names_the_classes_with_too_few_images(
+    noisy_dir, tiny_clip_path, tmp_path, capsys
+):
+    small = tmp_path / "small"
+    for name, n in (("red", 6), ("green", 3), ("blue", 5)):
+        (small / name).mkdir(parents=True)
+        for path in sorted((Path(noisy_dir) / name).glob("*.png"))[:n]:
+            shutil.copy(path, small / name / path.name)
+    out = tmp_path / "m.skops"
+    args = ["fit", str(small), "-o", str(out), "--model", tiny_clip_path, "-q"]
+    assert main(args + ["--coverage", "0.9"]) == 1
+    err = capsys.readouterr().err
+    assert "every class needs at least 4; these have fewer: 'green' (3)." in err
+    assert not out.exists()
+    assert main(args) == 0  # without --coverage the same folder fits
+
+
+def _calibrated_pipeline(calibrated_model):
+    import skops.io
+
+    return skops.io.load(
+        str(calibrated_model), trusted=skops.io.get_untrusted_types(file=str(calibrated_model))
+    )
+
+
+def test_model_file_refuses_unexpected_types_in_the_calibration(
+    calibrated_model, noisy_dir, tmp_path, capsys
+):
+    import skops.io
+    from sklearn.frozen import FrozenEstimator
+    from sklearn.linear_model import LogisticRegression
+
+    from skclip import GDAClassifier
+
+    pipe = _calibrated_pipeline(calibrated_model)
+    scaled = pipe.named_steps["conformal"].estimator_
+    # a skclip type that a fit file never holds: refused before loading, named
+    scaled.estimator = scaled.estimator_ = FrozenEstimator(GDAClassifier(clip_model=None))
+    skops.io.dump(pipe, tmp_path / "gda.skops")
+    assert main(["predict", str(tmp_path / "gda.skops"), noisy_dir, "-q", "--coverage"]) == 1
+    err = capsys.readouterr().err
+    assert "contains types that skclip does not load: skclip.gda.GDAClassifier" in err
+    # a type skops trusts, where the skclip classifier belongs: refused by the structure
+    lr = LogisticRegression().fit(np.eye(3), ["blue", "green", "red"])
+    scaled.estimator = scaled.estimator_ = FrozenEstimator(lr)
+    skops.io.dump(pipe, tmp_path / "lr.skops")
+    assert main(["predict", str(tmp_path / "lr.skops"), noisy_dir, "-q", "--coverage"]) == 1
+    assert "not [CLIPFeaturizer, a skclip classifier]" in capsys.readouterr().err
+
+
+def test_model_file_resets_and_checks_the_calibrated_classifier(calibrated_model, tmp_path):
+    import joblib
+
+    from skclip.cli.model_file import calibrated_classifier, load_model_file
+
+    pipe = _calibrated_pipeline(calibrated_model)
+    inner = calibrated_classifier(pipe.named_steps["conformal"])
+    inner.set_params(device="cuda:7")  # machine-local: the file never decides it
+    joblib.dump(pipe, tmp_path / "m.joblib")
+    loaded = load_model_file(tmp_path / "m.joblib", machine={"device": "cpu"})
+    assert calibrated_classifier(loaded.named_steps["conformal"]).device == "cpu"
+    conformal = pipe.named_steps["conformal"]
+    conformal.quantiles_ = conformal.quantiles_.copy()
+    conformal.quantiles_[0, 0] = np.inf  # too few calibration images: allowed
+    joblib.dump(pipe, tmp_path / "inf.joblib")
+    load_model_file(tmp_path / "inf.joblib")
+    conformal.quantiles_[0, 0] = np.nan
+    joblib.dump(pipe, tmp_path / "nan.joblib")
+    with pytest.raises(ValueError, match=r"conformal.quantiles_ holds NaN"):
+        load_model_file(tmp_path / "nan.joblib")
+    conformal.quantiles_[0, 0] = 0.5
+    conformal.estimator_ = conformal.estimator_.estimator_  # not the chain it claims
+    joblib.dump(pipe, tmp_path / "other.joblib")
+    with pytest.raises(ValueError, match="not a model written by 'skclip fit'"):
+        load_model_file(tmp_path / "other.joblib")

@@ -31,6 +31,14 @@ def check_level(level: float | None, option: str = "--coverage") -> None:
         raise ValueError(f"{option} must be strictly between 0 and 1, got {level}.")
 
 
+def check_coverage(level: float | None, y: np.ndarray, random_state: int) -> None:
+    """With a ``--coverage`` level: a ValueError unless it is valid and every class of
+    ``y`` has enough images for :func:`calibration_split`."""
+    check_level(level)
+    if level is not None:
+        calibration_split(y, random_state, what="images")
+
+
 def calibration_split(
     y: np.ndarray, random_state: int, *, what: str = "training images"
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:

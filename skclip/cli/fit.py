@@ -22,6 +22,7 @@ from .common import (
     _writing,
 )
 from .evaluate import _smallest_class, _too_few_for_cv
+from .coverage import calibration_split, check_coverage
 from .methods import _text_model
 
 
@@ -48,7 +49,9 @@ def fit_command(args: argparse.Namespace) -> int:
     if args.cv is not None and args.cv > _smallest_class(data.labels):
         raise _too_few_for_cv(args.cv, _smallest_class(data.labels))
     say.step(f"{args.data_dir}: {len(data.labels)} images in {len(data.target_names)} classes")
-    files, labels, skipped = _usable(args, data, say)
+    check_coverage(args.coverage, data.labels, args.random_state)  # before any encoding
+    cal_files, cal_labels, skipped = _usable(args, data, say)
+    files, labels, calibration = _keep_back(args, cal_files, cal_labels)
     cv = min(5, _smallest_class(labels)) if args.cv is None else args.cv
     pipe = Pipeline(
         [
@@ -68,20 +71,66 @@ def fit_command(args: argparse.Namespace) -> int:
     say.step(f"fitting on {len(files)} images ({cv}-fold choice of alpha and beta)")
     try:
         pipe.fit(files, labels)
+        if calibration is not None:
+            pipe = _calibrated(pipe, cal_files, cal_labels, calibration, args.coverage)
     except ImageLoadError as exc:  # every unreadable image, named: say what to do
         raise ValueError(
             f"{readable(str(exc))}\nFix or remove them, or pass --on-error skip to leave them out."
         ) from None
     with _writing(args.output):
         save_model(pipe, args.output)
-    tip = pipe.named_steps["tip"]
+    tip = pipe.named_steps["tip"] if calibration is None else _classifier(pipe)
     print(
         f"saved {args.output}: {len(labels)} images, classes {data.target_names.tolist()}, "
         f"alpha={tip.alpha_:.3g} beta={tip.beta_:.3g} ({cv}-fold accuracy {tip.best_score_:.3f})"
+        + ("" if calibration is None else _calibration_note(pipe, calibration))
         + (f"; skipped {len(skipped)} unreadable images" if skipped else "")
         + f"; model {args.model}"
     )
     return 0
+
+
+def _keep_back(args: argparse.Namespace, files: Any, labels: Any) -> tuple[Any, Any, list | None]:
+    """The images to fit the classifier on, and with ``--coverage`` the indices (into
+    ``files``) of the calibration part: [temperature, conformal thresholds]."""
+    if args.coverage is None:
+        return files, labels, None
+    rest, *calibration = calibration_split(labels, args.random_state, what="images")
+    if args.cv is not None and args.cv > _smallest_class(labels[rest]):
+        raise ValueError(
+            "--coverage leaves half of each class's images to fit on: "
+            f"{_too_few_for_cv(args.cv, _smallest_class(labels[rest]))}"
+        )
+    return files[rest], labels[rest], calibration
+
+
+def _calibrated(pipe: Any, files: Any, labels: Any, parts: list, level: float) -> Any:
+    """``Pipeline([featurizer, conformal])``: the fitted classifier, temperature-scaled
+    on the images ``parts[0]`` and conformalized at ``level`` on ``parts[1]``."""
+    from sklearn.pipeline import Pipeline
+
+    from .coverage import calibrate
+
+    featurizer, head = pipe.named_steps["clip"], pipe.named_steps["tip"]
+    temp, conf = parts
+    X_temp, X_conf = featurizer.transform(files[temp]), featurizer.transform(files[conf])
+    conformal = calibrate(head, X_temp, labels[temp], X_conf, labels[conf], level)
+    return Pipeline([("clip", featurizer), ("conformal", conformal)])
+
+
+def _classifier(pipe: Any) -> Any:
+    from .model_file import calibrated_classifier
+
+    return calibrated_classifier(pipe.named_steps["conformal"])
+
+
+def _calibration_note(pipe: Any, parts: list) -> str:
+    conformal = pipe.named_steps["conformal"]
+    return (
+        f"; calibrated at {conformal.confidence_level:g} on {len(parts[0]) + len(parts[1])} "
+        f"kept-back images (temperature {conformal.estimator_.temperature_:.3g} on "
+        f"{len(parts[0])}, per-class conformal thresholds on {len(parts[1])})"
+    )
 
 
 def _usable(args: argparse.Namespace, data: Any, say: _Say) -> tuple[Any, Any, list[dict]]:

@@ -34,11 +34,15 @@ _IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".w
 
 #: The types a ``.skops`` model file may hold beyond those skops trusts by default:
 #: exactly what :func:`skops.io.get_untrusted_types` reports for the files ``skclip fit``
-#: writes (with or without ``--fine-tune``), and the plain Tip-Adapter classifier.
+#: writes (with or without ``--fine-tune``, with or without ``--coverage``: its
+#: calibration adds the last two; sklearn's ``FrozenEstimator`` between them is trusted
+#: by skops), and the plain Tip-Adapter classifier.
 TRUSTED_TYPES = (
     "skclip.featurizer.CLIPFeaturizer",
     "skclip.model_selection.TipAdapterClassifierCV",
     "skclip.tip_adapter.TipAdapterClassifier",
+    "skclip.calibration.TemperatureScaledClassifier",
+    "skclip.conformal.MondrianConformalClassifier",
 )
 
 _JOBLIB_NOTE = (
@@ -129,6 +133,46 @@ def _classifiers() -> tuple[type, ...]:
     return (TipAdapterClassifierCV, TipAdapterClassifier)
 
 
+def calibrated_classifier(step: Any) -> Any:
+    """The classifier inside a calibrated step of ``skclip fit --coverage``, i.e.
+    ``MondrianConformalClassifier(TemperatureScaledClassifier(FrozenEstimator(clf)))``
+    whose fitted ``estimator_`` are those same objects; None for any other step."""
+    from sklearn.frozen import FrozenEstimator
+
+    from ..calibration import TemperatureScaledClassifier
+    from ..conformal import MondrianConformalClassifier
+
+    chain = (MondrianConformalClassifier, TemperatureScaledClassifier, FrozenEstimator)
+    for kind in chain:
+        if type(step) is not kind or getattr(step, "estimator_", step.estimator) is not (
+            step.estimator
+        ):
+            return None
+        step = step.estimator
+    return step if type(step) in _classifiers() else None
+
+
+def model_steps(model: Any) -> list[tuple[str, Any]]:
+    """The Pipeline's steps, and after a calibrated step (:func:`calibrated_classifier`)
+    the classifier inside it, as ``"<step>.classifier"``: every estimator whose
+    checkpoint and machine-local parameters a model file must not decide."""
+    steps = list(model.steps)
+    for name, step in model.steps:
+        inner = calibrated_classifier(step)
+        if inner is not None:
+            steps.append((f"{name}.classifier", inner))
+    return steps
+
+
+def set_step_params(model: Any, params: dict[str, Any]) -> None:
+    """Set ``{"<step>__<param>": value}`` on the estimators of :func:`model_steps`
+    (directly: a FrozenEstimator refuses nested ``set_params``)."""
+    steps = dict(model_steps(model))
+    for key, value in params.items():
+        step, param = key.split("__", 1)
+        steps[step].set_params(**{param: value})
+
+
 def load_model_file(
     path: str | os.PathLike,
     *,
@@ -203,11 +247,16 @@ def load_model_file(
             f"{type(model).__name__}, not a Pipeline of a CLIPFeaturizer and a classifier."
         )
     steps = [type(step) for _, step in model.steps]
-    if len(steps) != 2 or steps[0] is not CLIPFeaturizer or steps[1] not in _classifiers():
+    if (
+        len(steps) != 2
+        or steps[0] is not CLIPFeaturizer
+        or (steps[1] not in _classifiers() and calibrated_classifier(model.steps[1][1]) is None)
+    ):
         raise ValueError(
             f"{name!r} is not a model written by 'skclip fit': its Pipeline has the steps "
             f"[{', '.join(f'{t.__module__}.{t.__qualname__}' for t in steps)}], not "
-            "[CLIPFeaturizer, a skclip classifier]."
+            "[CLIPFeaturizer, a skclip classifier] (the classifier optionally calibrated "
+            "by 'skclip fit --coverage')."
         )
     _check_fitted(model, name)
     for line in reset_machine_params(model, machine):
@@ -239,12 +288,14 @@ def _non_finite(model: Any) -> str | None:
     for every image, with NaN probabilities."""
     import numpy as np
 
-    for step_name, step in model.steps:
+    for step_name, step in model_steps(model):
         for attr, value in vars(step).items():
             if not (attr.endswith("_") or attr == "_y") or attr.startswith("__"):
                 continue
             if isinstance(value, (float, np.floating, np.ndarray)):
                 array = np.asarray(value)
+                if attr == "quantiles_":  # +inf: too few calibration images, in every set
+                    array = np.where(np.isposinf(array), 0.0, array)
                 if array.dtype.kind in "fc" and not np.isfinite(array).all():
                     return f"{step_name}.{attr}"
     return None
@@ -253,7 +304,7 @@ def _non_finite(model: Any) -> str | None:
 def checkpoint_names(model: Any) -> dict[str, str]:
     """The checkpoint parameters of the pipeline's steps: ``{"clip__model": name, ...}``."""
     names = {}
-    for step_name, step in model.steps:
+    for step_name, step in model_steps(model):
         params = step.get_params(deep=False)
         for key in ("model", "clip_model"):
             if isinstance(params.get(key), (str, os.PathLike)):
@@ -307,7 +358,7 @@ def reset_machine_params(model: Any, machine: dict[str, Any] | None = None) -> l
 
     machine = {k: v for k, v in (machine or {}).items() if v is not None}
     changed, params = [], {}
-    for step_name, step in model.steps:
+    for step_name, step in model_steps(model):
         names = MACHINE_PARAMS.get(type(step).__name__, MACHINE_PARAMS["*"])
         current = step.get_params(deep=False)
         defaults = inspect.signature(type(step)).parameters
@@ -318,5 +369,5 @@ def reset_machine_params(model: Any, machine: dict[str, Any] | None = None) -> l
             if current[name] != value or type(current[name]) is not type(value):
                 changed.append(f"{step_name}__{name}: {current[name]!r} -> {value!r}")
             params[f"{step_name}__{name}"] = value
-    model.set_params(**params)
+    set_step_params(model, params)
     return changed

@@ -126,6 +126,18 @@ def _add_evaluate(sub: Any) -> None:
         metavar="K",
         help="training images: mean embedding of K random views (default 0: none)",
     )
+    _coverage_option(ev)
+    ev.add_argument(
+        "--random-state",
+        type=int,
+        default=0,
+        help="seed of splits, augmentation and training (default 0)",
+    )
+    _common(ev)
+    ev.set_defaults(func=evaluate)
+
+
+def _coverage_option(ev: argparse.ArgumentParser) -> None:
     ev.add_argument(
         "--coverage",
         type=float,
@@ -136,14 +148,6 @@ def _add_evaluate(sub: Any) -> None:
         "(e.g. 0.9), and the ECE before/after temperature scaling; the calibration images "
         "are half of each class's training images of each split (see the user guide)",
     )
-    ev.add_argument(
-        "--random-state",
-        type=int,
-        default=0,
-        help="seed of splits, augmentation and training (default 0)",
-    )
-    _common(ev)
-    ev.set_defaults(func=evaluate)
 
 
 def _add_fit(sub: Any) -> None:
@@ -177,10 +181,20 @@ def _add_fit(sub: Any) -> None:
         help="training images: mean embedding of K random views (default 0: none)",
     )
     fit.add_argument(
+        "--coverage",
+        type=float,
+        default=None,
+        metavar="LEVEL",
+        help="keep back half of each class's images (stratified, at random; at least 4 "
+        "images per class) as calibration: the classifier is fitted on the rest, a "
+        "temperature on a quarter, per-class conformal thresholds at LEVEL (e.g. 0.9) on "
+        "the others; stored in the model file for 'skclip predict --coverage'",
+    )
+    fit.add_argument(
         "--random-state",
         type=int,
         default=0,
-        help="seed of augmentation and Tip-F training (default 0)",
+        help="seed of augmentation, Tip-F training and the --coverage split (default 0)",
     )
     _common(fit)
     fit.set_defaults(func=fit_command)
@@ -200,7 +214,21 @@ def _add_predict(sub: Any) -> None:
     )
     pred.add_argument("model_file", help="a .skops or .joblib file written by 'skclip fit'")
     pred.add_argument("images", nargs="+", help="image files or folders")
-    pred.add_argument("--proba", action="store_true", help="add class probabilities")
+    pred.add_argument(
+        "--proba",
+        action="store_true",
+        help="add class probabilities (temperature-scaled for a model fitted with --coverage)",
+    )
+    pred.add_argument(
+        "--coverage",
+        nargs="?",
+        const="stored",
+        default=None,
+        metavar="LEVEL",
+        help="add a 'set' column: each image's conformal prediction set, its labels "
+        "separated by '|', at the confidence level the model was calibrated at by 'skclip "
+        "fit --coverage' (LEVEL, if given, must be that level)",
+    )
     pred.add_argument("--output", default=None, help="CSV file to write (default: stdout)")
     pred.add_argument(
         "--model",

@@ -80,7 +80,9 @@ def _check_checkpoint(pipe: Any, model_file: str) -> None:
     from ..encoding.engine import model_dtype
     from ..backbones.loading import CheckpointMismatchError, check_fingerprint, load_backbone
 
-    for _, step in pipe.steps:
+    from .model_file import model_steps
+
+    for _, step in model_steps(pipe):
         name = getattr(step, "model", None) or getattr(step, "clip_model", None)
         if getattr(step, "model_fingerprint_", None) is None or name is None:
             continue
@@ -99,7 +101,7 @@ def _check_checkpoint(pipe: Any, model_file: str) -> None:
 
 def predict_command(args: argparse.Namespace) -> int:
     """``skclip predict``: see the sub-command's help."""
-    from .model_file import checkpoint_names, load_model_file
+    from .model_file import checkpoint_names, load_model_file, model_steps, set_step_params
 
     say = _Say(args.quiet)
     _check_cache_dir(args)
@@ -121,11 +123,14 @@ def predict_command(args: argparse.Namespace) -> int:
     params: dict[str, Any] = {}
     if args.model is not None:
         params.update(dict.fromkeys(checkpoint_names(pipe), _resolve_model(args.model, say)))
-    for name, step in pipe.steps:
+    for name, step in model_steps(pipe):
         if args.quiet and "progress" in step.get_params(deep=False):
             params[f"{name}__progress"] = False
-    pipe.set_params(**params)
-    featurizer, head = pipe.steps[0][1], pipe[1:]
+    set_step_params(pipe, params)
+    level = _stored_level(pipe, args)
+    featurizer, head = pipe.steps[0][1], pipe.steps[-1][1]
+    # a calibrated model: probabilities of the temperature-scaled classifier
+    scores = head.estimator_ if hasattr(head, "predict_set") else head
     say.step(f"loading {featurizer.model}")
     _check_checkpoint(pipe, args.model_file)
     say.step(f"encoding {len(paths)} images")
@@ -135,15 +140,55 @@ def predict_command(args: argparse.Namespace) -> int:
     classes = pipe.classes_
     proba = np.full((len(paths), len(classes)), np.nan)
     pred = np.full(len(paths), "", dtype=object)
+    sets = np.full(len(paths), "", dtype=object)
     if len(good):
         if args.proba:
-            proba[good] = head.predict_proba(X[good])
+            proba[good] = scores.predict_proba(X[good])
             pred[good] = classes[proba[good].argmax(axis=1)]
         else:
             pred[good] = head.predict(X[good])
+        if level is not None:
+            in_set = head.predict_set(X[good])[1][:, :, 0]
+            sets[good] = ["|".join(map(str, classes[row])) for row in in_set]
     with _writing(args.output or "<stdout>"):
-        _write_predictions(args, paths, pred, proba, classes, bad)
+        _write_predictions(args, paths, pred, proba, classes, bad, None if level is None else sets)
     return 0
+
+
+def _stored_level(pipe: Any, args: argparse.Namespace) -> float | None:
+    """The confidence level of the prediction sets to write: None without
+    ``--coverage``; the level stored by ``skclip fit --coverage`` with ``--coverage``
+    alone or with that same level; any other level is an error (the stored thresholds
+    hold for their level only)."""
+    if args.coverage is None:
+        return None
+    step = pipe.steps[-1][1]
+    stored = getattr(step, "confidence_level", None)
+    if not hasattr(step, "predict_set") or stored is None:
+        raise ValueError(
+            f"{args.model_file!r} holds no conformal calibration: it was written by 'skclip "
+            "fit' without --coverage. Refit with skclip fit DATA_DIR -o MODEL --coverage 0.9."
+        )
+    stored = float(stored)
+    if args.coverage != "stored":
+        from .coverage import check_level
+
+        level = _level(args.coverage)
+        check_level(level)
+        if not np.isclose(level, stored, rtol=0, atol=1e-9):
+            raise ValueError(
+                f"--coverage {level:g}: {args.model_file!r} was calibrated at {stored:g} "
+                "('skclip fit --coverage'); its thresholds hold for that level only. Pass "
+                f"--coverage {stored:g} (or --coverage alone), or refit at {level:g}."
+            )
+    return stored
+
+
+def _level(text: str) -> float:
+    try:
+        return float(text)
+    except ValueError:
+        raise ValueError(f"--coverage must be a number such as 0.9, got {text!r}.") from None
 
 
 def _write_predictions(
@@ -153,19 +198,22 @@ def _write_predictions(
     proba: np.ndarray,
     classes: np.ndarray,
     bad: dict[int, str],
+    sets: np.ndarray | None = None,
 ) -> None:
-    """The CSV of ``skclip predict``, to ``--output`` or stdout."""
+    """The CSV of ``skclip predict``, to ``--output`` or stdout; ``sets``: the
+    ``|``-separated prediction set of each image (a ``set`` column)."""
     skip = args.on_error == "skip"
     out = open(args.output, "w", newline="") if args.output else sys.stdout
     try:
         writer = csv.writer(out)
         writer.writerow(
             ["path", "prediction"]
+            + (["set"] if sets is not None else [])
             + ([f"p_{c}" for c in classes] if args.proba else [])
             + (["error"] if skip else [])
         )
         for i, (path, label) in enumerate(zip(paths, pred)):
-            row = [path, label]
+            row = [path, label] + ([sets[i]] if sets is not None else [])
             if args.proba:
                 row += ["" if i in bad else f"{p:.6f}" for p in proba[i]]
             writer.writerow(row + ([bad.get(i, "")] if skip else []))
