@@ -3,7 +3,8 @@
 Public API: :class:`CLIPFeaturizer` turns images into CLIP embeddings;
 :class:`TipAdapterClassifier` is the Tip-Adapter few-shot classifier on top of them;
 :class:`TipAdapterClassifierCV` chooses its alpha and beta by cross-validation;
-:class:`GDAClassifier` and :class:`APEClassifier` are two more training-free heads.
+:class:`GDAClassifier`, :class:`APEClassifier` and :class:`ProKeRClassifier` (with
+:class:`ProKeRClassifierCV`) are more training-free heads.
 """
 
 from .encoding.cache import CacheDirWarning
@@ -13,7 +14,8 @@ from ._version import __version__
 from .ape import APEClassifier
 from .featurizer import CLIPFeaturizer
 from .gda import GDAClassifier
-from .model_selection import TipAdapterClassifierCV
+from .model_selection import ProKeRClassifierCV, TipAdapterClassifierCV
+from .proker import ProKeRClassifier
 from .tip_adapter import TipAdapterClassifier
 
 __all__ = [
@@ -24,6 +26,8 @@ __all__ = [
     "GDAClassifier",
     "ImageLoadError",
     "ImageLoadWarning",
+    "ProKeRClassifier",
+    "ProKeRClassifierCV",
     "TipAdapterClassifier",
     "TipAdapterClassifierCV",
     "__version__",
