@@ -257,3 +257,28 @@ def test_bad_parameters_are_named(task, params):
 )
 def test_sklearn_estimator_checks(estimator, check):
     check(estimator)
+
+
+def test_one_class_is_refused_like_every_head():
+    X = normalize(np.random.default_rng(0).normal(size=(6, 4)))
+    for clf in (ProKeRClassifier(clip_model=None), ProKeRClassifierCV(clip_model=None, cv=2)):
+        with pytest.raises(ValueError, match="needs samples of at least 2 classes.*'only'"):
+            clf.fit(X, ["only"] * 6)
+
+
+@pytest.mark.parametrize("scale", [1e20, 1e-30])
+def test_feature_magnitude_does_not_matter(scale):
+    X, y, Xq, _, W = clip_like_task(seed=3, d=16, n_classes=3, shots=6, n_test=5)
+    X, Xq, W = (a.astype(np.float32) for a in (X, Xq, W))
+    s = np.float32(scale)
+    plain = ProKeRClassifier(text_features=W).fit(X, y)
+    big = ProKeRClassifier(text_features=W * s).fit(X * s, y)
+    np.testing.assert_allclose(big.predict_proba(Xq * s), plain.predict_proba(Xq), atol=1e-6)
+
+
+def test_non_finite_fitted_arrays_are_an_error_at_predict(task):
+    Xtr, ytr, Xte, _, W = task
+    clf = ProKeRClassifier(text_features=W).fit(Xtr, ytr)
+    clf.coef_[0, 0] = np.nan  # as a damaged model file would hold
+    with pytest.raises(ValueError, match="logits that are not finite"):
+        clf.predict(Xte)
