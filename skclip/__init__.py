@@ -12,6 +12,7 @@ from ._images import ImageLoadError, ImageLoadWarning
 from .backbones.loading import CheckpointMismatchError
 from ._version import __version__
 from .ape import APEClassifier
+from .clap import CLAPClassifier
 from .featurizer import CLIPFeaturizer
 from .gda import GDAClassifier
 from .model_selection import ProKeRClassifierCV, TipAdapterClassifierCV
@@ -20,6 +21,7 @@ from .tip_adapter import TipAdapterClassifier
 
 __all__ = [
     "APEClassifier",
+    "CLAPClassifier",
     "CLIPFeaturizer",
     "CacheDirWarning",
     "CheckpointMismatchError",

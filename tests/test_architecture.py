@@ -175,6 +175,7 @@ HEADS = (
     "APEClassifier",
     "ProKeRClassifier",
     "ProKeRClassifierCV",
+    "CLAPClassifier",
 )
 
 
