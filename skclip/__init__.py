@@ -15,6 +15,7 @@ from .ape import APEClassifier
 from .clap import CLAPClassifier
 from .featurizer import CLIPFeaturizer
 from .gda import GDAClassifier
+from .linear_probe_pp import LinearProbePPClassifier
 from .model_selection import ProKeRClassifierCV, TipAdapterClassifierCV
 from .proker import ProKeRClassifier
 from .tip_adapter import TipAdapterClassifier
@@ -28,6 +29,7 @@ __all__ = [
     "GDAClassifier",
     "ImageLoadError",
     "ImageLoadWarning",
+    "LinearProbePPClassifier",
     "ProKeRClassifier",
     "ProKeRClassifierCV",
     "TipAdapterClassifier",

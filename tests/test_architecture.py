@@ -176,6 +176,7 @@ HEADS = (
     "ProKeRClassifier",
     "ProKeRClassifierCV",
     "CLAPClassifier",
+    "LinearProbePPClassifier",
 )
 
 
