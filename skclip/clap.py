@@ -272,6 +272,12 @@ class CLAPClassifier(TextHead):
     their 20 views are ``CLIPFeaturizer(train_views=20)``. They report the last epoch,
     without a validation set, as here.
 
+    **Rounding.** At these settings (learning rate 0.1 against CLIP's scale of 100) the
+    training amplifies rounding: on a small task, moving every input by one float32
+    unit in the last place changes the authors' own final prototypes by about 5% after
+    300 epochs (their predictions hardly). A fit is deterministic on one machine; on
+    other hardware or libraries expect the same accuracy, not the same bits.
+
     Without text weights (``clip_model=None`` and no ``text_features``, e.g. for an
     image-only backbone) the anchor ``t`` is the class means of the training features
     (views pooled), not a text classifier: skclip's extension, not the authors' method.
