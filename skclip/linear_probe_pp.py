@@ -159,7 +159,7 @@ def lpp_train(
         optimizer.zero_grad()  # the probe's gradient only: alpha's accumulates
         loss.backward()
         optimizer.step()
-        if (epoch + 1) % ALPHA_EVERY == 0 and text is not None:
+        if (epoch + 1) % ALPHA_EVERY == 0 and text is not None and alpha.grad is not None:
             with torch.no_grad():
                 alpha -= lr_alpha * alpha.grad
         loss_curve.append(float(loss.detach()))
