@@ -99,9 +99,11 @@ class Paired(NamedTuple):
         ratios = [1 / r for r in self.ratios] if speedup else self.ratios
         rounds = ", ".join(f"{r:.3f}" for r in sorted(ratios))
         goal = f"  (goal {goal})" if goal else ""
-        return (f"ratio {what}: {statistics.median(ratios):.3f}{goal}  [median of {len(ratios)} "
-                f"paired rounds: {rounds}; median times {self.measured:.4g} s measured, "
-                f"{self.baseline:.4g} s baseline]")
+        return (
+            f"ratio {what}: {statistics.median(ratios):.3f}{goal}  [median of {len(ratios)} "
+            f"paired rounds: {rounds}; median times {self.measured:.4g} s measured, "
+            f"{self.baseline:.4g} s baseline]"
+        )
 
 
 def paired(
@@ -124,8 +126,9 @@ def paired(
         times_b.append(t_b)
         times_m.append(t_m)
         ratios.append(t_m / t_b)
-    return Paired(statistics.median(ratios), ratios, statistics.median(times_b),
-                  statistics.median(times_m))
+    return Paired(
+        statistics.median(ratios), ratios, statistics.median(times_b), statistics.median(times_m)
+    )
 
 
 def machine() -> str:
@@ -134,5 +137,7 @@ def machine() -> str:
 
     load = " ".join(f"{x:.2f}" for x in os.getloadavg()) if hasattr(os, "getloadavg") else "?"
     gpu = torch.cuda.get_device_name(0) if torch.cuda.is_available() else "none"
-    return (f"machine: {platform.machine()} cpus={os.cpu_count()} load average {load} "
-            f"torch={torch.__version__} threads={torch.get_num_threads()} gpu={gpu}")
+    return (
+        f"machine: {platform.machine()} cpus={os.cpu_count()} load average {load} "
+        f"torch={torch.__version__} threads={torch.get_num_threads()} gpu={gpu}"
+    )

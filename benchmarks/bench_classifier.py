@@ -53,8 +53,9 @@ def _run(which: str, args: argparse.Namespace, out: mp.Queue) -> None:
     if which == "skclip":
         from skclip import TipAdapterClassifier
 
-        clf = TipAdapterClassifier(alpha=alpha, beta=beta, clip_model=None, text_features=W,
-                                   device=args.device)
+        clf = TipAdapterClassifier(
+            alpha=alpha, beta=beta, clip_model=None, text_features=W, device=args.device
+        )
         clf.fit(K, y)
         clf.decision_function(Xq[:10])  # warm-up (thread pools, CUDA context)
 
@@ -109,8 +110,10 @@ def _measure(which: str, args: argparse.Namespace) -> tuple[float, float, float]
 
 def bench_predict(args: argparse.Namespace) -> None:
     n_keys = args.classes * args.keys_per_class
-    print(f"predict: {args.queries} queries x {n_keys} keys, {args.classes} classes, d={args.dim}, "
-          f"float32")
+    print(
+        f"predict: {args.queries} queries x {n_keys} keys, {args.classes} classes, d={args.dim}, "
+        f"float32"
+    )
     runs: dict[str, list] = {"skclip": []} if args.skip_naive else {"skclip": [], "numpy": []}
     for _ in range(args.repeat):  # interleaved, so machine drift hits both alike
         for which in runs:
@@ -142,14 +145,20 @@ def bench_tipf(args: argparse.Namespace) -> None:
     K, y, _, W = _data(classes, shots, 1, args.dim, seed=1)
     epochs = 5
     clf = TipAdapterClassifier(
-        clip_model=None, text_features=W, fine_tune=True, epochs=epochs, random_state=0,
+        clip_model=None,
+        text_features=W,
+        fine_tune=True,
+        epochs=epochs,
+        random_state=0,
         device=args.device,
     )
     t0 = time.perf_counter()
     clf.fit(K, y)
     per_epoch = (time.perf_counter() - t0) / epochs
-    print(f"Tip-F: {shots} shots x {classes} classes, d={args.dim}, batch 256, leave-one-out: "
-          f"{per_epoch:.3f} s/epoch on {args.device}")
+    print(
+        f"Tip-F: {shots} shots x {classes} classes, d={args.dim}, batch 256, leave-one-out: "
+        f"{per_epoch:.3f} s/epoch on {args.device}"
+    )
 
 
 def main() -> None:
@@ -160,8 +169,11 @@ def main() -> None:
     parser.add_argument("--dim", type=int, default=512)
     parser.add_argument("--repeat", type=int, default=2)
     parser.add_argument("--device", default="cpu", help="the classifier's device (cpu, cuda)")
-    parser.add_argument("--skip-naive", action="store_true",
-                        help="only skclip (the naive formula needs ~3 x queries x keys x 4 bytes)")
+    parser.add_argument(
+        "--skip-naive",
+        action="store_true",
+        help="only skclip (the naive formula needs ~3 x queries x keys x 4 bytes)",
+    )
     parser.add_argument("--skip-tipf", action="store_true")
     args = parser.parse_args()
     bench_predict(args)

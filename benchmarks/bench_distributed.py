@@ -39,8 +39,9 @@ def main() -> None:
     cpus = os.cpu_count() or 1
     times = {}
     for workers in (1, 2):
-        cluster = LocalCluster(n_workers=workers, threads_per_worker=1, processes=True,
-                               dashboard_address=None)
+        cluster = LocalCluster(
+            n_workers=workers, threads_per_worker=1, processes=True, dashboard_address=None
+        )
         with Client(cluster) as client:
             client.run(_set_threads, max(1, cpus // workers))
             transform(feat, paths[: 2 * workers], client, partition_size=1)  # load models
@@ -48,8 +49,10 @@ def main() -> None:
             transform(feat, paths, client, partition_size=16)
             times[workers] = time.perf_counter() - t0
         cluster.close()
-        print(f"{workers} worker(s), {max(1, cpus // workers)} torch threads each: "
-              f"{args.n_images / times[workers]:.1f} img/s")
+        print(
+            f"{workers} worker(s), {max(1, cpus // workers)} torch threads each: "
+            f"{args.n_images / times[workers]:.1f} img/s"
+        )
     print(f"speed-up 2 workers / 1 worker: {times[1] / times[2]:.2f}  ({cpus} cpus; expect <= 2)")
 
 

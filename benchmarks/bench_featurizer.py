@@ -38,8 +38,13 @@ from skclip.backbones.loading import load_backbone  # noqa: E402
 
 
 def _featurizer_params(args: argparse.Namespace) -> dict:
-    params = dict(device=args.device, dtype=args.dtype, batch_size=args.batch_size,
-                  n_jobs=args.n_jobs, progress=False)
+    params = dict(
+        device=args.device,
+        dtype=args.dtype,
+        batch_size=args.batch_size,
+        n_jobs=args.n_jobs,
+        progress=False,
+    )
     if "runtime" in inspect.signature(CLIPFeaturizer).parameters:
         params["runtime"] = args.runtime
     elif args.runtime != "torch":
@@ -72,8 +77,10 @@ def throughput(args: argparse.Namespace, model_dir: str) -> None:
     raw(), end_to_end()  # warm-up: allocator, threads, file cache, ONNX export/session
     result = paired(raw, end_to_end, args.rounds)
     n = len(paths)
-    print(f"throughput: device={clip.device} dtype={clip.dtype} runtime={args.runtime} "
-          f"images={n} (500x375 JPEG) batch_size={args.batch_size} n_jobs={args.n_jobs}")
+    print(
+        f"throughput: device={clip.device} dtype={clip.dtype} runtime={args.runtime} "
+        f"images={n} (500x375 JPEG) batch_size={args.batch_size} n_jobs={args.n_jobs}"
+    )
     print(
         f"  raw get_image_features (PyTorch eager), ready tensors: {n / result.baseline:8.1f} img/s"
     )
@@ -81,23 +88,31 @@ def throughput(args: argparse.Namespace, model_dir: str) -> None:
         "  CLIPFeaturizer paths -> embeddings:                     "
         f"{n / result.measured:8.1f} img/s"
     )
-    print("  " + result.line("featurizer throughput / raw forward throughput",
-                             args.goal or ">= 0.9", speedup=True))
+    print(
+        "  "
+        + result.line(
+            "featurizer throughput / raw forward throughput", args.goal or ">= 0.9", speedup=True
+        )
+    )
 
 
 def latency(args: argparse.Namespace, model_dir: str) -> None:
     folder = tempfile.mkdtemp(prefix="skclip-bench-latency-")
     train = jpeg_folder(20, folder=os.path.join(folder, "train"))
-    fresh = iter(jpeg_folder(2 * args.rounds + 4, size=(480, 360),
-                             folder=os.path.join(folder, "fresh")))  # never seen: cache misses
-    pipe = Pipeline([
-        ("clip", CLIPFeaturizer(model=model_dir, cache=False, **_featurizer_params(args))),
-        ("tip", TipAdapterClassifier(clip_model=model_dir, device=args.device)),
-    ]).fit(train, np.repeat(["a", "b"], 10))
+    fresh = iter(
+        jpeg_folder(2 * args.rounds + 4, size=(480, 360), folder=os.path.join(folder, "fresh"))
+    )  # never seen: cache misses
+    pipe = Pipeline(
+        [
+            ("clip", CLIPFeaturizer(model=model_dir, cache=False, **_featurizer_params(args))),
+            ("tip", TipAdapterClassifier(clip_model=model_dir, device=args.device)),
+        ]
+    ).fit(train, np.repeat(["a", "b"], 10))
     clip = load_backbone(model_dir, args.device, args.dtype)
     prep = CLIPPreprocessor(clip.image_config)
-    one = prep.normalize(torch.from_numpy(prep(open_image(train[0]))[None]).to(clip.device),
-                         clip.dtype)
+    one = prep.normalize(
+        torch.from_numpy(prep(open_image(train[0]))[None]).to(clip.device), clip.dtype
+    )
 
     def raw() -> None:
         _raw_forward(clip, one, 1)
@@ -107,10 +122,14 @@ def latency(args: argparse.Namespace, model_dir: str) -> None:
 
     raw(), predict_one(), predict_one()  # warm-up
     result = paired(raw, predict_one, args.rounds)
-    print(f"latency: one new 480x360 JPEG, Pipeline.predict vs the raw forward of one image "
-          f"(device={clip.device}, runtime={args.runtime})")
-    print(f"  raw forward {result.baseline * 1e3:.1f} ms, Pipeline.predict "
-          f"{result.measured * 1e3:.1f} ms")
+    print(
+        f"latency: one new 480x360 JPEG, Pipeline.predict vs the raw forward of one image "
+        f"(device={clip.device}, runtime={args.runtime})"
+    )
+    print(
+        f"  raw forward {result.baseline * 1e3:.1f} ms, Pipeline.predict "
+        f"{result.measured * 1e3:.1f} ms"
+    )
     print("  " + result.line("one-image Pipeline.predict / raw forward", "<= 1.3"))
 
 

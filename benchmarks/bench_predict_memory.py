@@ -47,7 +47,9 @@ print(json.dumps({"peak": peak, "output": out.nbytes, "logits": n * c * 4}))
 def measure(n: int, c: int, method: str) -> dict:
     done = subprocess.run(
         [sys.executable, "-c", CHILD, str(n), str(c), method],
-        capture_output=True, text=True, check=True,
+        capture_output=True,
+        text=True,
+        check=True,
     )
     return json.loads(done.stdout.strip().splitlines()[-1])
 
@@ -57,9 +59,11 @@ def main(argv: list[str]) -> None:
     print(f"{n} queries x {c} classes, float32: logits matrix {n * c * 4 / 2**30:.2f} GiB")
     for method in ("predict", "predict_proba"):
         r = measure(n, c, method)
-        print(f"{method:>14}: peak {r['peak'] / 2**30:.2f} GiB over the baseline, "
-              f"{r['peak'] / r['logits']:.2f} x the N x C logits, output "
-              f"{r['output'] / 2**20:.1f} MiB")
+        print(
+            f"{method:>14}: peak {r['peak'] / 2**30:.2f} GiB over the baseline, "
+            f"{r['peak'] / r['logits']:.2f} x the N x C logits, output "
+            f"{r['output'] / 2**20:.1f} MiB"
+        )
 
 
 if __name__ == "__main__":

@@ -33,7 +33,13 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 import numpy as np  # noqa: E402
 from _common import (  # noqa: E402
-    best_of, jpeg_folder, machine, paired, small_clip_folder, timed, vit_b32_folder,
+    best_of,
+    jpeg_folder,
+    machine,
+    paired,
+    small_clip_folder,
+    timed,
+    vit_b32_folder,
 )
 from sklearn.model_selection import GridSearchCV, StratifiedKFold  # noqa: E402
 from sklearn.pipeline import Pipeline  # noqa: E402
@@ -51,10 +57,12 @@ RUNTIME: dict = {}  # --runtime, when given: CLIPFeaturizer(runtime=...)
 
 def _pipe(model: str, device: str, **featurizer) -> Pipeline:
     featurizer = {**RUNTIME, **featurizer}
-    return Pipeline([
-        ("clip", CLIPFeaturizer(model=model, device=device, progress=False, **featurizer)),
-        ("tip", TipAdapterClassifier(clip_model=model, device=device)),
-    ])
+    return Pipeline(
+        [
+            ("clip", CLIPFeaturizer(model=model, device=device, progress=False, **featurizer)),
+            ("tip", TipAdapterClassifier(clip_model=model, device=device)),
+        ]
+    )
 
 
 def p2(args: argparse.Namespace) -> None:
@@ -67,14 +75,18 @@ def p2(args: argparse.Namespace) -> None:
 
     grid = {f"tip__{k}": v for k, v in GRID.items()}
     CLIPFeaturizer.cache_clear()
-    search = GridSearchCV(_pipe(model, args.device), grid,
-                          cv=StratifiedKFold(5, shuffle=True, random_state=0))
+    search = GridSearchCV(
+        _pipe(model, args.device), grid, cv=StratifiedKFold(5, shuffle=True, random_state=0)
+    )
     t_search = timed(lambda: search.fit(paths, labels))
     info = CLIPFeaturizer.cache_info()
 
     small = {"tip__alpha": [1.0, 3.0], "tip__beta": [5.5]}
-    naive = GridSearchCV(_pipe(model, args.device, cache=False), small,
-                         cv=StratifiedKFold(2, shuffle=True, random_state=0))
+    naive = GridSearchCV(
+        _pipe(model, args.device, cache=False),
+        small,
+        cv=StratifiedKFold(2, shuffle=True, random_state=0),
+    )
     t_naive = timed(lambda: naive.fit(paths, labels))
     t_pass2 = timed(lambda: one_pass.transform(paths))  # the divisor again, after: drift check
 
@@ -82,12 +94,16 @@ def p2(args: argparse.Namespace) -> None:
     print(
         f"  one CLIPFeaturizer.transform pass: {t_pass:6.2f} s (again at the end: {t_pass2:.2f} s)"
     )
-    print(f"  GridSearchCV 10x10, cv=5 (500 fits + refit), cache on: {t_search:6.2f} s; "
-          f"cache hits {info.hits}, misses {info.misses}")
+    print(
+        f"  GridSearchCV 10x10, cv=5 (500 fits + refit), cache on: {t_search:6.2f} s; "
+        f"cache hits {info.hits}, misses {info.misses}"
+    )
     divisor = (t_pass + t_pass2) / 2  # before and after: the machine drifts
     print(f"  ratio search / one pass (mean of both): {t_search / divisor:.2f}  (goal <= 1.3)")
-    print(f"  naive, cache=False, grid 2x1, cv=2 (4 fits + refit): {t_naive:6.2f} s, "
-          f"ratio {t_naive / divisor:.2f}; a 10x10 cv=5 grid would encode ~{500 + 1} passes")
+    print(
+        f"  naive, cache=False, grid 2x1, cv=2 (4 fits + refit): {t_naive:6.2f} s, "
+        f"ratio {t_naive / divisor:.2f}; a 10x10 cv=5 grid would encode ~{500 + 1} passes"
+    )
 
 
 def p3(args: argparse.Namespace, repeat: int = 3) -> None:
@@ -117,13 +133,17 @@ def p3(args: argparse.Namespace, repeat: int = 3) -> None:
     one(), cv_estimator()  # warm-up
     t_one, t_cv = best_of(one, repeat), best_of(cv_estimator, repeat)
     t_grid = best_of(grid_search, 1)
-    print(f"P3: {shots}-shot x {classes}-class features, d={d}, float32, 100 candidates, cv=5, "
-          f"device={args.device}")
+    print(
+        f"P3: {shots}-shot x {classes}-class features, d={d}, float32, 100 candidates, cv=5, "
+        f"device={args.device}"
+    )
     print(f"  one TipAdapterClassifier fit + predict (1600 queries): {t_one * 1e3:7.1f} ms")
     print(f"  TipAdapterClassifierCV:                             {t_cv * 1e3:7.1f} ms")
     print(f"  GridSearchCV(TipAdapterClassifier):                 {t_grid * 1e3:7.1f} ms")
-    print(f"  ratio CV / one fit+predict: {t_cv / t_one:.2f}  (goal <= 3); "
-          f"GridSearchCV / one: {t_grid / t_one:.1f}")
+    print(
+        f"  ratio CV / one fit+predict: {t_cv / t_one:.2f}  (goal <= 3); "
+        f"GridSearchCV / one: {t_grid / t_one:.1f}"
+    )
 
 
 def p4(args: argparse.Namespace) -> None:
@@ -137,8 +157,9 @@ def p4(args: argparse.Namespace) -> None:
     X = featurizer.transform(paths)  # every image is now in the memory cache
     tip = TipAdapterClassifier(clip_model=model, device=args.device)
     on_arrays = GridSearchCV(tip, GRID, cv=cv)
-    on_paths = GridSearchCV(_pipe(model, args.device), {f"tip__{k}": v for k, v in GRID.items()},
-                            cv=cv)
+    on_paths = GridSearchCV(
+        _pipe(model, args.device), {f"tip__{k}": v for k, v in GRID.items()}, cv=cv
+    )
 
     def arrays() -> None:
         on_arrays.fit(X, labels)
@@ -154,13 +175,19 @@ def p4(args: argparse.Namespace) -> None:
     lookups = (info.hits - hits.hits) / args.rounds  # images looked up per search
     per_image = (result.measured - result.baseline) / lookups
     t_lookup = min(timed(lambda: featurizer.transform(paths)) for _ in range(5))
-    print(f"P4: {n} cached images (d=512), GridSearchCV 10x10, cv=5 (500 fits + refit), "
-          f"device={args.device}")
-    print(f"  over precomputed embeddings: {result.baseline:6.2f} s; over the Pipeline: "
-          f"{result.measured:6.2f} s; {lookups:.0f} cached lookups per search, "
-          f"{per_image * 1e6:.1f} us extra per lookup")
-    print(f"  one CLIPFeaturizer.transform of {n} cached paths: {t_lookup * 1e3:.1f} ms "
-          f"({t_lookup / n * 1e6:.2f} us per image)")
+    print(
+        f"P4: {n} cached images (d=512), GridSearchCV 10x10, cv=5 (500 fits + refit), "
+        f"device={args.device}"
+    )
+    print(
+        f"  over precomputed embeddings: {result.baseline:6.2f} s; over the Pipeline: "
+        f"{result.measured:6.2f} s; {lookups:.0f} cached lookups per search, "
+        f"{per_image * 1e6:.1f} us extra per lookup"
+    )
+    print(
+        f"  one CLIPFeaturizer.transform of {n} cached paths: {t_lookup * 1e3:.1f} ms "
+        f"({t_lookup / n * 1e6:.2f} us per image)"
+    )
     print("  " + result.line("cached Pipeline search / search on embeddings", "<= 1.5"))
 
 
@@ -177,22 +204,27 @@ def p5(args: argparse.Namespace) -> None:
             seed = next(sets)  # new images: nothing cached in any process
             paths = jpeg_folder(60, folder=os.path.join(root, str(seed)), seed=seed)
             GridSearchCV(_pipe(model, args.device), grid, cv=cv, n_jobs=n_jobs).fit(paths, labels)
+
         return run
 
     CLIPFeaturizer(model=model, device=args.device, progress=False).transform(
-        jpeg_folder(4, folder=os.path.join(root, "0")))  # load the model in this process
+        jpeg_folder(4, folder=os.path.join(root, "0"))
+    )  # load the model in this process
     search(2)()  # warm-up: start the worker processes
     result = paired(search(1), search(2), args.rounds)
-    print(f"P5: 60 new images, ViT-B/32-size CLIP on {args.device}, GridSearchCV 3x2, cv=3 "
-          f"(18 fits + refit); {os.cpu_count()} cpus")
+    print(
+        f"P5: 60 new images, ViT-B/32-size CLIP on {args.device}, GridSearchCV 3x2, cv=3 "
+        f"(18 fits + refit); {os.cpu_count()} cpus"
+    )
     print(f"  n_jobs=1: {result.baseline:6.2f} s, n_jobs=2: {result.measured:6.2f} s")
     print("  " + result.line("n_jobs=2 / n_jobs=1", "<= 1.0"))
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--parts", default="p2,p3,p4,p5",
-                        help="comma-separated parts to run (p2, p3, p4, p5)")
+    parser.add_argument(
+        "--parts", default="p2,p3,p4,p5", help="comma-separated parts to run (p2, p3, p4, p5)"
+    )
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--rounds", type=int, default=3, help="paired rounds (p4, p5)")
     parser.add_argument("--runtime", default=None, help="CLIPFeaturizer(runtime=...) in p4, p5")

@@ -54,8 +54,11 @@ def _row(task: str, shots: int) -> dict:
         return clf, time.perf_counter() - t0
 
     def moved(clf):
-        return float(np.abs(clf.cache_keys_ - Xtr[: len(clf.cache_keys_)]).max()) \
-            if len(clf.cache_keys_) == len(Xtr) else float("nan")
+        return (
+            float(np.abs(clf.cache_keys_ - Xtr[: len(clf.cache_keys_)]).max())
+            if len(clf.cache_keys_) == len(Xtr)
+            else float("nan")
+        )
 
     row = {"task": task, "shots": shots}
     row["zero-shot"] = fit(alpha=0.0)[0].score(Xte, yte)
@@ -86,8 +89,19 @@ def main(argv=None) -> None:
     args = parser.parse_args(argv)
     tasks = [t for t in TIPF_TASKS if not (args.quick and t.startswith("500"))]
     shots = [int(s) for s in args.shots.split(",")]
-    cols = ["zero-shot", "Tip", "Tip-F", "old", "old fp16", "best", "best lr", "held out",
-            "moved", "moved old", "s/fit"]
+    cols = [
+        "zero-shot",
+        "Tip",
+        "Tip-F",
+        "old",
+        "old fp16",
+        "best",
+        "best lr",
+        "held out",
+        "moved",
+        "moved old",
+        "s/fit",
+    ]
     print("| task | shots | " + " | ".join(cols) + " |")
     print("|---" * (len(cols) + 2) + "|")
     rows = []
@@ -103,12 +117,16 @@ def main(argv=None) -> None:
         gain = np.mean([r["Tip-F"] - r["Tip"] for r in few])
         best = np.mean([r["best"] - r["Tip"] for r in few])
         old = np.mean([r["old"] - r["Tip"] for r in few])
-        print(f"\n2-16 shots, mean gain over Tip: default {gain:+.4f}, best lr {best:+.4f} "
-              f"(ratio {gain / best:.2f}), old defaults {old:+.4f}")
+        print(
+            f"\n2-16 shots, mean gain over Tip: default {gain:+.4f}, best lr {best:+.4f} "
+            f"(ratio {gain / best:.2f}), old defaults {old:+.4f}"
+        )
     one = [r for r in rows if r["shots"] == 1]
     if one:
-        print("1 shot, default minus Tip: "
-              + ", ".join(f"{r['task']} {r['Tip-F'] - r['Tip']:+.3f}" for r in one))
+        print(
+            "1 shot, default minus Tip: "
+            + ", ".join(f"{r['task']} {r['Tip-F'] - r['Tip']:+.3f}" for r in one)
+        )
 
 
 if __name__ == "__main__":

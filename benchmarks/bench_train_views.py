@@ -37,10 +37,12 @@ from skclip._testing import save_random_clip
 
 def pipeline(model: str, views: int):
     return make_pipeline(
-        CLIPFeaturizer(model=model, device="cpu", train_views=views, random_state=0,
-                       progress=False),
-        TipAdapterClassifier(clip_model=model, device="cpu", fine_tune=True,
-                             train_views=views, random_state=0),
+        CLIPFeaturizer(
+            model=model, device="cpu", train_views=views, random_state=0, progress=False
+        ),
+        TipAdapterClassifier(
+            clip_model=model, device="cpu", fine_tune=True, train_views=views, random_state=0
+        ),
     )
 
 
@@ -62,8 +64,10 @@ def main() -> None:
     model = save_random_clip(tempfile.mkdtemp(prefix="skclip-bench-views-"), args.size)
     paths = jpeg_folder(args.images, size=(500, 375))
     y = np.arange(args.images) % args.classes
-    print(f"model={args.size} images={args.images} classes={args.classes} views={args.views} "
-          f"cpus={os.cpu_count()} load={os.getloadavg()[0]:.2f}")
+    print(
+        f"model={args.size} images={args.images} classes={args.classes} views={args.views} "
+        f"cpus={os.cpu_count()} load={os.getloadavg()[0]:.2f}"
+    )
     pipeline(model, 0).fit(paths[:4], np.arange(4) % 2)  # load the model and the text tower once
 
     rows = []
@@ -83,8 +87,10 @@ def main() -> None:
     for kind in ("first", "cached", "clf"):
         ratios = [row[f"views {kind}"] / row[f"clean {kind}"] for row in rows]
         best = min(row[f"views {kind}"] for row in rows) / min(row[f"clean {kind}"] for row in rows)
-        print(f"views/clean {kind}: median ratio {np.median(ratios):.2f} "
-              f"(rounds: {', '.join(f'{x:.2f}' for x in ratios)}); ratio of best times {best:.2f}")
+        print(
+            f"views/clean {kind}: median ratio {np.median(ratios):.2f} "
+            f"(rounds: {', '.join(f'{x:.2f}' for x in ratios)}); ratio of best times {best:.2f}"
+        )
     print(f"load after: {os.getloadavg()[0]:.2f}")
 
 

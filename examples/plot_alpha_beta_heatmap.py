@@ -37,8 +37,10 @@ model = os.environ.get("SKCLIP_MODEL", "openai/clip-vit-base-patch32")
 X = CLIPFeaturizer(model=model).transform(data.filenames)
 cv = StratifiedKFold(4, shuffle=True, random_state=0)
 clf = TipAdapterClassifierCV(clip_model=model, cv=cv).fit(X, data.labels)
-print(f"chosen alpha={clf.alpha_:.3g}, beta={clf.beta_:.3g}: "
-      f"cross-validated accuracy {clf.best_score_:.3f}")
+print(
+    f"chosen alpha={clf.alpha_:.3g}, beta={clf.beta_:.3g}: "
+    f"cross-validated accuracy {clf.best_score_:.3f}"
+)
 
 # %%
 # Put the mean test score of every candidate on an alpha x beta grid.
@@ -56,8 +58,14 @@ ax.set_yticks(range(len(alphas)), [f"{a:.2g}" for a in alphas])
 ax.set_xlabel("beta (sharpness of the cache affinities)")
 ax.set_ylabel("alpha (cache weight; 0 = zero-shot CLIP)")
 chosen = np.searchsorted(betas, clf.beta_), np.searchsorted(alphas, clf.alpha_)
-ax.plot(*chosen, marker="*", markersize=14, color="red", linestyle="none",
-        label=f"chosen: alpha={clf.alpha_:.2g}, beta={clf.beta_:.2g}")
+ax.plot(
+    *chosen,
+    marker="*",
+    markersize=14,
+    color="red",
+    linestyle="none",
+    label=f"chosen: alpha={clf.alpha_:.2g}, beta={clf.beta_:.2g}",
+)
 ax.legend(loc="upper center", bbox_to_anchor=(0.5, -0.25), frameon=False)
 fig.colorbar(image, ax=ax, label="mean cross-validated accuracy")
 ax.set_title("TipAdapterClassifierCV: accuracy over the grid")

@@ -59,8 +59,14 @@ print(classification_report(y_test, predictions[tip], zero_division=0))
 fig, axes = plt.subplots(1, 2, figsize=(10, 4.2), layout="constrained")
 for ax, (name, y_pred) in zip(axes, predictions.items()):
     ConfusionMatrixDisplay.from_predictions(
-        y_test, y_pred, labels=classifiers[name].classes_, normalize="true",
-        values_format=".2f", cmap="Blues", colorbar=False, ax=ax,
+        y_test,
+        y_pred,
+        labels=classifiers[name].classes_,
+        normalize="true",
+        values_format=".2f",
+        cmap="Blues",
+        colorbar=False,
+        ax=ax,
     )
     ax.set_title(name)
 fig.suptitle("Confusions on the test images (rows: true class, normalized)")

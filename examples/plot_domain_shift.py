@@ -34,6 +34,8 @@ for name, classifier in {
 }.items():
     pipe = Pipeline([("clip", CLIPFeaturizer(model=model)), ("tip", classifier)])
     pipe.fit(source.filenames, source.labels)
-    print(f"{name}: accuracy on the source domain (training images) "
-          f"{pipe.score(source.filenames, source.labels):.3f}, "
-          f"on the shifted domain {pipe.score(target.filenames, target.labels):.3f}")
+    print(
+        f"{name}: accuracy on the source domain (training images) "
+        f"{pipe.score(source.filenames, source.labels):.3f}, "
+        f"on the shifted domain {pipe.score(target.filenames, target.labels):.3f}"
+    )

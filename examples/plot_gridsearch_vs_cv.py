@@ -39,8 +39,10 @@ pipe = Pipeline(
 t0 = time.perf_counter()
 search = GridSearchCV(pipe, {"tip__alpha": alphas, "tip__beta": betas}, cv=cv)
 search.fit(data.filenames, data.labels)
-print(f"GridSearchCV: best {search.best_params_}, accuracy {search.best_score_:.3f} "
-      f"({time.perf_counter() - t0:.1f} s, cache {CLIPFeaturizer.cache_info()})")
+print(
+    f"GridSearchCV: best {search.best_params_}, accuracy {search.best_score_:.3f} "
+    f"({time.perf_counter() - t0:.1f} s, cache {CLIPFeaturizer.cache_info()})"
+)
 
 # %%
 # TipAdapterClassifierCV on the same (cached) embeddings: one pass per fold.
@@ -48,7 +50,9 @@ X = CLIPFeaturizer(model=model).transform(data.filenames)
 t0 = time.perf_counter()
 tip_cv = TipAdapterClassifierCV(alphas=alphas, betas=betas, cv=cv, clip_model=model)
 tip_cv.fit(X, data.labels)
-print(f"TipAdapterClassifierCV: alpha={tip_cv.alpha_} beta={tip_cv.beta_}, accuracy "
-      f"{tip_cv.best_score_:.3f} ({time.perf_counter() - t0:.2f} s)")
+print(
+    f"TipAdapterClassifierCV: alpha={tip_cv.alpha_} beta={tip_cv.beta_}, accuracy "
+    f"{tip_cv.best_score_:.3f} ({time.perf_counter() - t0:.2f} s)"
+)
 same = np.allclose(tip_cv.cv_results_["mean_test_score"], search.cv_results_["mean_test_score"])
 print(f"same mean scores for every candidate: {same}")

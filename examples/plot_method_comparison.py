@@ -64,7 +64,8 @@ METHODS = {
         GDAClassifier(clip_model=model), {"alpha": np.logspace(-4, 2, 7)}, cv=inner
     ),
     "APE (alpha, beta by CV)": GridSearchCV(
-        APEClassifier(clip_model=model), {"alpha": [0.5, 1, 2, 4], "beta": [0.5, 1, 2, 5]},
+        APEClassifier(clip_model=model),
+        {"alpha": [0.5, 1, 2, 4], "beta": [0.5, 1, 2, 5]},
         cv=inner,
     ),
     "linear probe (C by CV)": GridSearchCV(

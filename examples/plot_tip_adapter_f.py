@@ -45,5 +45,7 @@ common = dict(clip_model=model, alpha=1.0, beta=5.5, random_state=0)
 free = TipAdapterClassifier(**common).fit(X_train, y_train)
 tuned = TipAdapterClassifier(fine_tune=True, **common).fit(X_train, y_train)
 print(f"Tip-Adapter   accuracy: {free.score(X_test, y_test):.3f}")
-print(f"Tip-Adapter-F accuracy: {tuned.score(X_test, y_test):.3f} ({len(tuned.loss_curve_)} "
-      f"epochs, loss {tuned.loss_curve_[0]:.3f} -> {tuned.loss_curve_[-1]:.3f})")
+print(
+    f"Tip-Adapter-F accuracy: {tuned.score(X_test, y_test):.3f} ({len(tuned.loss_curve_)} "
+    f"epochs, loss {tuned.loss_curve_[0]:.3f} -> {tuned.loss_curve_[-1]:.3f})"
+)

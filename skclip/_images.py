@@ -83,8 +83,10 @@ def _float_to_uint8(arr: np.ndarray, item: Any, index: int, kind: str) -> np.nda
     [0, 255] read as [0, 1] would be white, [0, 1] clipped as [0, 255] would be black)."""
     finite = bool(np.all(np.isfinite(arr)))
     if not finite or arr.min() < 0 or arr.max() > 1:
-        found = "NaN or infinite values" if not finite else (
-            f"values from {float(arr.min()):g} to {float(arr.max()):g}"
+        found = (
+            "NaN or infinite values"
+            if not finite
+            else (f"values from {float(arr.min()):g} to {float(arr.max()):g}")
         )
         raise ImageLoadError(
             f"Cannot use {describe(item, index)} as an image: {kind} must hold finite values "
@@ -182,8 +184,10 @@ def _check_size(size: tuple[int, int], item: Any, index: int) -> None:
 def _file_kind(mode: int) -> str:
     """What a file that is not a regular file is, in words."""
     kinds = [
-        (stat.S_ISFIFO, "a FIFO (named pipe)"), (stat.S_ISCHR, "a character device"),
-        (stat.S_ISBLK, "a block device"), (stat.S_ISSOCK, "a socket"),
+        (stat.S_ISFIFO, "a FIFO (named pipe)"),
+        (stat.S_ISCHR, "a character device"),
+        (stat.S_ISBLK, "a block device"),
+        (stat.S_ISSOCK, "a socket"),
     ]
     return next((name for test, name in kinds if test(mode)), "not a regular file")
 
@@ -227,8 +231,11 @@ def _read_capped(fd: int, size_hint: int, cap: int | None, path: Any, index: int
 
 
 _OPEN_FLAGS = (
-    os.O_RDONLY | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_NOCTTY", 0)
-    | getattr(os, "O_CLOEXEC", 0) | getattr(os, "O_BINARY", 0)
+    os.O_RDONLY
+    | getattr(os, "O_NONBLOCK", 0)
+    | getattr(os, "O_NOCTTY", 0)
+    | getattr(os, "O_CLOEXEC", 0)
+    | getattr(os, "O_BINARY", 0)
 )
 
 

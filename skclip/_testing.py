@@ -86,14 +86,25 @@ def save_random_clip(folder: str | os.PathLike, size: str = "tiny", seed: int = 
     tokenizer = character_tokenizer()
     eos = tokenizer.convert_tokens_to_ids("<|endoftext|>")
     text = dict(
-        vocab_size=len(tokenizer), max_position_embeddings=77, hidden_size=32,
-        intermediate_size=37, num_hidden_layers=2, num_attention_heads=2,
-        bos_token_id=tokenizer.convert_tokens_to_ids("<|startoftext|>"), eos_token_id=eos,
+        vocab_size=len(tokenizer),
+        max_position_embeddings=77,
+        hidden_size=32,
+        intermediate_size=37,
+        num_hidden_layers=2,
+        num_attention_heads=2,
+        bos_token_id=tokenizer.convert_tokens_to_ids("<|startoftext|>"),
+        eos_token_id=eos,
         pad_token_id=eos,
     )
     if size == "tiny":
-        vision = dict(hidden_size=32, intermediate_size=37, num_hidden_layers=2,
-                      num_attention_heads=2, image_size=TINY_IMAGE_SIZE, patch_size=8)
+        vision = dict(
+            hidden_size=32,
+            intermediate_size=37,
+            num_hidden_layers=2,
+            num_attention_heads=2,
+            image_size=TINY_IMAGE_SIZE,
+            patch_size=8,
+        )
         config = CLIPConfig(text_config=text, vision_config=vision, projection_dim=TINY_DIM)
         image_processor = processor_cls(
             size={"shortest_edge": TINY_IMAGE_SIZE},
@@ -153,19 +164,34 @@ def unigram_tokenizer():
         single="$A </s>", special_tokens=[("</s>", 1)]
     )
     return PreTrainedTokenizerFast(
-        tokenizer_object=tok, unk_token="<unk>", eos_token="</s>", pad_token="</s>",
+        tokenizer_object=tok,
+        unk_token="<unk>",
+        eos_token="</s>",
+        pad_token="</s>",
         model_max_length=16,
     )
 
 
 def _tiny_text(vocab_size: int, **extra) -> dict:
-    return dict(vocab_size=vocab_size, hidden_size=TINY_WIDTH, intermediate_size=37,
-                num_hidden_layers=2, num_attention_heads=2, **extra)
+    return dict(
+        vocab_size=vocab_size,
+        hidden_size=TINY_WIDTH,
+        intermediate_size=37,
+        num_hidden_layers=2,
+        num_attention_heads=2,
+        **extra,
+    )
 
 
 def _tiny_vision(**extra) -> dict:
-    return dict(hidden_size=TINY_WIDTH, intermediate_size=37, num_hidden_layers=2,
-                num_attention_heads=2, patch_size=TINY_PATCH, **extra)
+    return dict(
+        hidden_size=TINY_WIDTH,
+        intermediate_size=37,
+        num_hidden_layers=2,
+        num_attention_heads=2,
+        patch_size=TINY_PATCH,
+        **extra,
+    )
 
 
 def save_random_siglip(folder: str | os.PathLike, seed: int = 0) -> str:
@@ -184,8 +210,13 @@ def save_random_siglip(folder: str | os.PathLike, seed: int = 0) -> str:
 
     tokenizer = unigram_tokenizer()
     config = SiglipConfig(
-        text_config=_tiny_text(len(tokenizer), max_position_embeddings=16, pad_token_id=1,
-                               bos_token_id=None, eos_token_id=1),
+        text_config=_tiny_text(
+            len(tokenizer),
+            max_position_embeddings=16,
+            pad_token_id=1,
+            bos_token_id=None,
+            eos_token_id=1,
+        ),
         vision_config=_tiny_vision(image_size=TINY_IMAGE_SIZE),
     )
     torch.manual_seed(seed)
@@ -217,8 +248,9 @@ def save_random_siglip2(folder: str | os.PathLike, seed: int = 0) -> str:
     vocab = {t: i for i, t in enumerate(specials + ["▁"] + _PIECES)}
     tokenizer = Siglip2Tokenizer(vocab=vocab, merges=[], model_max_length=16)
     config = Siglip2Config(
-        text_config=_tiny_text(len(vocab), max_position_embeddings=16, pad_token_id=0,
-                               bos_token_id=2, eos_token_id=1),
+        text_config=_tiny_text(
+            len(vocab), max_position_embeddings=16, pad_token_id=0, bos_token_id=2, eos_token_id=1
+        ),
         vision_config=_tiny_vision(num_patches=16),
     )
     torch.manual_seed(seed)
@@ -251,8 +283,9 @@ def save_random_metaclip2(folder: str | os.PathLike, seed: int = 0) -> str:
     vocab = [(s, 0.0) for s in specials] + [(p, -1.0 - len(p)) for p in pieces]
     tokenizer = XLMRobertaTokenizer(vocab=vocab, model_max_length=16)
     config = MetaClip2Config(
-        text_config=_tiny_text(len(vocab), max_position_embeddings=18, bos_token_id=0,
-                               pad_token_id=1, eos_token_id=2),
+        text_config=_tiny_text(
+            len(vocab), max_position_embeddings=18, bos_token_id=0, pad_token_id=1, eos_token_id=2
+        ),
         vision_config=_tiny_vision(image_size=TINY_IMAGE_SIZE),
         projection_dim=TINY_DIM,
     )
@@ -283,14 +316,20 @@ def save_random_dinov2(folder: str | os.PathLike, seed: int = 0) -> str:
     from transformers import BitImageProcessorPil, Dinov2Config, Dinov2Model
 
     config = Dinov2Config(
-        hidden_size=TINY_WIDTH, num_hidden_layers=2, num_attention_heads=2, mlp_ratio=2,
-        image_size=TINY_IMAGE_SIZE, patch_size=TINY_PATCH,
+        hidden_size=TINY_WIDTH,
+        num_hidden_layers=2,
+        num_attention_heads=2,
+        mlp_ratio=2,
+        image_size=TINY_IMAGE_SIZE,
+        patch_size=TINY_PATCH,
     )
     torch.manual_seed(seed)
     folder = os.fspath(folder)
     Dinov2Model(config).eval().save_pretrained(folder)
     BitImageProcessorPil(
-        size={"shortest_edge": 36}, crop_size={"height": TINY_IMAGE_SIZE, "width": TINY_IMAGE_SIZE},
-        image_mean=[0.485, 0.456, 0.406], image_std=[0.229, 0.224, 0.225],
+        size={"shortest_edge": 36},
+        crop_size={"height": TINY_IMAGE_SIZE, "width": TINY_IMAGE_SIZE},
+        image_mean=[0.485, 0.456, 0.406],
+        image_std=[0.229, 0.224, 0.225],
     ).save_pretrained(folder)
     return folder

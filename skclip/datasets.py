@@ -94,8 +94,10 @@ def _class_folders(root: Path, follow_symlinks: bool) -> list[str]:
             target = path.resolve()
             if _overlap(target, real_root):
                 where = (
-                    "the image folder itself" if target == real_root
-                    else "inside the image folder" if real_root in target.parents
+                    "the image folder itself"
+                    if target == real_root
+                    else "inside the image folder"
+                    if real_root in target.parents
                     else "a folder holding the image folder"
                 )
                 raise ValueError(

@@ -343,6 +343,10 @@ class GDAClassifier(TextHead):
     def _head_parts(self, device: torch.device) -> tuple[Callable, tuple, dict, np.dtype, int]:
         coef = torch.from_numpy(self.coef_).to(device)
         intercept = torch.from_numpy(self.intercept_).to(device)
-        return gda_logits, (coef, intercept), {"alpha": self.alpha}, self.coef_.dtype, 2 * len(
-            self.classes_
+        return (
+            gda_logits,
+            (coef, intercept),
+            {"alpha": self.alpha},
+            self.coef_.dtype,
+            2 * len(self.classes_),
         )

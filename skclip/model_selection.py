@@ -258,17 +258,32 @@ class TipAdapterClassifierCV(_BaseTipAdapter):
         return grid
 
     def _fine_tune(
-        self, X: np.ndarray, y_enc: np.ndarray, n_classes: int, W: np.ndarray | None,
+        self,
+        X: np.ndarray,
+        y_enc: np.ndarray,
+        n_classes: int,
+        W: np.ndarray | None,
         views: np.ndarray | None,
     ) -> FineTuneResult:
         """Tip-Adapter-F keys for one fold's training part (or the refit), at (alpha, beta)."""
         return fine_tune_keys(
-            X, y_enc, n_classes, W,
-            alpha=self.alpha, beta=self.beta, epochs=self.epochs, lr=self.lr,
-            batch_size=self.batch_size, leave_one_out=self.leave_one_out,
-            normalize_keys=self.normalize_keys, train_dtype=self.train_dtype,
-            device=self.device, random_state=self.random_state, verbose=self.verbose,
-            views=views, **self._zero_shot_params(),
+            X,
+            y_enc,
+            n_classes,
+            W,
+            alpha=self.alpha,
+            beta=self.beta,
+            epochs=self.epochs,
+            lr=self.lr,
+            batch_size=self.batch_size,
+            leave_one_out=self.leave_one_out,
+            normalize_keys=self.normalize_keys,
+            train_dtype=self.train_dtype,
+            device=self.device,
+            random_state=self.random_state,
+            verbose=self.verbose,
+            views=views,
+            **self._zero_shot_params(),
         )
 
     def fit(self, X: Any, y: Any) -> TipAdapterClassifierCV:
@@ -320,8 +335,13 @@ class TipAdapterClassifierCV(_BaseTipAdapter):
             else:  # training-free: the fold's cache is its training part, as it is
                 keys, labels = X[train], y_enc[train]
             grid = tip_adapter_grid(
-                torch.from_numpy(X[test]), torch.from_numpy(np.ascontiguousarray(keys)),
-                torch.from_numpy(labels), text, alphas_t, betas, n_classes,
+                torch.from_numpy(X[test]),
+                torch.from_numpy(np.ascontiguousarray(keys)),
+                torch.from_numpy(labels),
+                text,
+                alphas_t,
+                betas,
+                n_classes,
                 **self._zero_shot_params(),
             )
             scores = np.empty((len(alphas), len(betas)))

@@ -111,8 +111,11 @@ def text_weights(
     ((2, 16), dtype('float32'))
     """
     key = (
-        clip.text_fingerprint, str(clip.device), str(clip.dtype),
-        tuple(templates), tuple(class_names),
+        clip.text_fingerprint,
+        str(clip.device),
+        str(clip.dtype),
+        tuple(templates),
+        tuple(class_names),
     )
     with _TEXT_LOCK:
         cached = _TEXT_CACHE.get(key)

@@ -204,9 +204,7 @@ class TipAdapterClassifier(_BaseTipAdapter):
         "epochs": [Interval(Integral, 1, None, closed="left"), StrOptions({"auto"})],
         "lr": [Interval(Real, 0, None, closed="neither")],
         "batch_size": [Interval(Integral, 1, None, closed="left")],
-        "validation_fraction": [
-            Interval(Real, 0, 1, closed="neither"), StrOptions({"auto"}), None
-        ],
+        "validation_fraction": [Interval(Real, 0, 1, closed="neither"), StrOptions({"auto"}), None],
         "leave_one_out": ["boolean"],
         "normalize_keys": ["boolean"],
         "train_dtype": [StrOptions({"float32", "float16"})],
@@ -270,12 +268,23 @@ class TipAdapterClassifier(_BaseTipAdapter):
         self.loss_curve_ = self.validation_scores_ = self.best_epoch_ = None
         if self.fine_tune:
             result = fine_tune_keys(
-                X, y_enc, n_classes, self.text_features_,
-                alpha=self.alpha, beta=self.beta, epochs=self.epochs, lr=self.lr,
-                batch_size=self.batch_size, validation_fraction=self.validation_fraction,
-                leave_one_out=self.leave_one_out, normalize_keys=self.normalize_keys,
-                train_dtype=self.train_dtype, device=self.device,
-                random_state=self.random_state, verbose=self.verbose, views=views,
+                X,
+                y_enc,
+                n_classes,
+                self.text_features_,
+                alpha=self.alpha,
+                beta=self.beta,
+                epochs=self.epochs,
+                lr=self.lr,
+                batch_size=self.batch_size,
+                validation_fraction=self.validation_fraction,
+                leave_one_out=self.leave_one_out,
+                normalize_keys=self.normalize_keys,
+                train_dtype=self.train_dtype,
+                device=self.device,
+                random_state=self.random_state,
+                verbose=self.verbose,
+                views=views,
                 **self._zero_shot_params(),
             )
             X, y_enc = result.keys, y_enc[result.kept]

@@ -53,16 +53,32 @@ def clip_like_task(seed=0, d=64, n_classes=8, shots=16, n_test=100, noise=2.0, t
 #: Same-class image cosines ~0.76, other-class ~0.5-0.6, image-text ~0.2-0.25 with the true
 #: class a few hundredths above the rest; zero-shot accuracy ~0.5-0.7.
 TIPF_TASKS = {
-    "10 classes": dict(n_classes=10, n_test=30, group=5, cc=0.85, c2=0.05, r=6, e2=0.03,
-                       text_err=1.2),
+    "10 classes": dict(
+        n_classes=10, n_test=30, group=5, cc=0.85, c2=0.05, r=6, e2=0.03, text_err=1.2
+    ),
     "100 classes": dict(n_classes=100, n_test=10),
     "500 classes": dict(n_classes=500, n_test=4, d=256, modes=3),
 }
 
 
-def clip_statistics_task(n_classes=10, shots=16, n_test=20, d=512, modes=4, group=10, cc=0.9,
-                         a2=0.5, b2=0.25, c2=0.04, h2=0.17, r=8, e2=0.04, text_err=0.9,
-                         tw=0.12, seed=0):
+def clip_statistics_task(
+    n_classes=10,
+    shots=16,
+    n_test=20,
+    d=512,
+    modes=4,
+    group=10,
+    cc=0.9,
+    a2=0.5,
+    b2=0.25,
+    c2=0.04,
+    h2=0.17,
+    r=8,
+    e2=0.04,
+    text_err=0.9,
+    tw=0.12,
+    seed=0,
+):
     """A synthetic few-shot task calibrated to CLIP's statistics.
 
     Returns ``(X_train, y_train, X_test, y_test, W)`` (float32, rows L2-normalized). An

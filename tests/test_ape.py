@@ -95,7 +95,10 @@ def test_criterion_and_selection_equal_authors(task, w, k):
     keys, _, clip_weights = _authors_inputs(Xtr, ytr, W)
     criterion, indices = authors_criterion(clip_weights, keys, SHOTS, w, k)
     clf = APEClassifier(
-        clip_model=None, text_features=W, similarity_weight=w[0], variance_weight=w[1],
+        clip_model=None,
+        text_features=W,
+        similarity_weight=w[0],
+        variance_weight=w[1],
         n_features_to_select=k,
     ).fit(Xtr, ytr)
     np.testing.assert_allclose(clf.criterion_, criterion.numpy(), rtol=1e-10, atol=1e-12)
@@ -112,7 +115,11 @@ def test_logits_equal_authors_formulas(task, dtype, atol, alpha, beta, gamma):
     logits = authors_ape(keys, values, clip_weights, indices)
     expected = logits(t(normalize(Xte)), alpha, beta, gamma).numpy()
     clf = APEClassifier(
-        alpha=alpha, beta=beta, gamma=gamma, n_features_to_select=12, clip_model=None,
+        alpha=alpha,
+        beta=beta,
+        gamma=gamma,
+        n_features_to_select=12,
+        clip_model=None,
         text_features=W.astype(dtype),
     ).fit(Xtr.astype(dtype), ytr)
     got = clf.decision_function(Xte.astype(dtype))
@@ -147,7 +154,9 @@ def test_search_chooses_the_authors_best(task):
     split = PredefinedSplit(np.r_[np.full(len(ytr), -1), np.zeros(len(yte))])
     search = GridSearchCV(
         APEClassifier(clip_model=None, text_features=W, n_features_to_select=12),
-        candidates, cv=split, refit=False,
+        candidates,
+        cv=split,
+        refit=False,
     ).fit(np.vstack([Xtr, Xte]), np.r_[ytr, yte])
     assert search.best_score_ == pytest.approx(best_acc / 100, abs=1e-12)
     assert search.best_params_ == best
@@ -164,7 +173,9 @@ def test_unequal_classes_criterion_is_mean_over_class_pairs():
     samples = [np.vstack([W[k], X[y == k]]) for k in range(3)]
     pair_means = [
         np.mean([a * b for a in samples[i] for b in samples[j]], axis=0)
-        for i in range(3) for j in range(3) if i != j
+        for i in range(3)
+        for j in range(3)
+        if i != j
     ]
     expected = -0.7 * np.mean(pair_means, axis=0) + 0.3 * W.var(axis=0, ddof=1)
     np.testing.assert_allclose(ape_criterion(X, y, 3, W, 0.7, 0.3), expected, atol=1e-12)
@@ -183,8 +194,9 @@ def test_one_class_per_sample_count_does_not_decide(task):
 
 def test_all_channels_and_gamma_zero_is_tip_adapter(task):
     Xtr, ytr, Xte, _, W = task
-    ape = APEClassifier(alpha=1.5, beta=4.0, gamma=0.0, n_features_to_select=1.0, clip_model=None,
-                        text_features=W).fit(Xtr, ytr)
+    ape = APEClassifier(
+        alpha=1.5, beta=4.0, gamma=0.0, n_features_to_select=1.0, clip_model=None, text_features=W
+    ).fit(Xtr, ytr)
     tip = TipAdapterClassifier(alpha=1.5, beta=4.0, clip_model=None, text_features=W).fit(Xtr, ytr)
     np.testing.assert_array_equal(ape.selected_features_, np.arange(DIM))
     np.testing.assert_allclose(ape.decision_function(Xte), tip.decision_function(Xte), atol=1e-9)

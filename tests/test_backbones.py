@@ -67,10 +67,14 @@ def _photo_like_inputs(tmp_path):
     with Image.open(exif_path) as im:
         rotated = ImageOps.exif_transpose(im)
     return {
-        "rgb": rgb, "gray": make_image(rng, (33, 61)).convert("L"),
-        "rgba": Image.fromarray(alpha, "RGBA"), "palette+transparency": palette,
-        "cmyk": make_image(rng, (90, 35)).convert("CMYK"), "exif": rotated,
-        "tiny": make_image(rng, (9, 13)), "large": make_image(rng, (500, 375)),
+        "rgb": rgb,
+        "gray": make_image(rng, (33, 61)).convert("L"),
+        "rgba": Image.fromarray(alpha, "RGBA"),
+        "palette+transparency": palette,
+        "cmyk": make_image(rng, (90, 35)).convert("CMYK"),
+        "exif": rotated,
+        "tiny": make_image(rng, (9, 13)),
+        "large": make_image(rng, (500, 375)),
     }
 
 
@@ -84,8 +88,9 @@ def test_preprocessing_equals_the_checkpoints_processor(family_path, tmp_path):
         assert set(ours) == set(theirs.keys()), kind
         for key, value in ours.items():
             assert value.shape == theirs[key].shape, (fixture, kind, key)
-            np.testing.assert_allclose(value.numpy(), theirs[key].numpy(), atol=1e-5,
-                                       err_msg=f"{fixture} {kind} {key}")
+            np.testing.assert_allclose(
+                value.numpy(), theirs[key].numpy(), atol=1e-5, err_msg=f"{fixture} {kind} {key}"
+            )
 
 
 def test_preprocessor_kinds_follow_the_processor(
@@ -101,10 +106,17 @@ def test_preprocessor_kinds_follow_the_processor(
 
     proc = CLIPImageProcessorPil.from_pretrained(tiny_clip_path)
     assert image_config(tiny_clip_path) == {
-        "do_resize": True, "shortest_edge": 32, "size": (None, None), "resample": 3,
-        "do_center_crop": True, "crop_size": (32, 32), "do_rescale": True,
-        "rescale_factor": 1 / 255, "do_normalize": True,
-        "image_mean": tuple(proc.image_mean), "image_std": tuple(proc.image_std),
+        "do_resize": True,
+        "shortest_edge": 32,
+        "size": (None, None),
+        "resample": 3,
+        "do_center_crop": True,
+        "crop_size": (32, 32),
+        "do_rescale": True,
+        "rescale_factor": 1 / 255,
+        "do_normalize": True,
+        "image_mean": tuple(proc.image_mean),
+        "image_std": tuple(proc.image_std),
     }
 
 
@@ -160,14 +172,20 @@ def test_text_head_gives_the_models_zero_shot_logits(request, fixture):
     siglip = backbone.family.startswith("siglip")
     tokenizer = AutoTokenizer.from_pretrained(path)
     max_len = backbone.model.config.text_config.max_position_embeddings
-    tokens = tokenizer(texts, padding="max_length" if siglip else True, max_length=max_len,
-                       truncation=True, return_tensors="pt")
+    tokens = tokenizer(
+        texts,
+        padding="max_length" if siglip else True,
+        max_length=max_len,
+        truncation=True,
+        return_tensors="pt",
+    )
     inputs = _hf_processor(path)(images=images, return_tensors="pt")
     with torch.inference_mode():
         theirs = backbone.model(**inputs, **tokens).logits_per_image.numpy()
     if siglip:  # the learned scale and bias, as they are
         assert (backbone.logit_scale, backbone.logit_bias) == pytest.approx(
-            (TINY_SIGLIP_SCALE, TINY_SIGLIP_BIAS))
+            (TINY_SIGLIP_SCALE, TINY_SIGLIP_BIAS)
+        )
         np.testing.assert_allclose(ours, theirs, atol=1e-4)
     else:  # CLIP-like: Tip-Adapter's fixed 100, no bias, in place of the stored exp(logit_scale)
         assert (backbone.logit_scale, backbone.logit_bias) == (100.0, 0.0)
@@ -212,8 +230,15 @@ def test_unsupported_checkpoints_are_named(tmp_path):
     from transformers import BertConfig, BertModel
 
     folder = tmp_path / "bert"
-    BertModel(BertConfig(hidden_size=16, num_hidden_layers=1, num_attention_heads=2,
-                         intermediate_size=16, vocab_size=50)).save_pretrained(folder)
+    BertModel(
+        BertConfig(
+            hidden_size=16,
+            num_hidden_layers=1,
+            num_attention_heads=2,
+            intermediate_size=16,
+            vocab_size=50,
+        )
+    ).save_pretrained(folder)
     with pytest.raises(ValueError, match=r"'bert'.*not supported"):
         load_model(str(folder), "cpu")
 
@@ -232,8 +257,9 @@ def test_unsupported_image_processor_is_named():
 def _small_cv(path):
     from skclip import TipAdapterClassifierCV
 
-    return TipAdapterClassifierCV(clip_model=path, alphas=[0.0, 1.0, 10.0], betas=[1.0, 5.0],
-                                  cv=3, device="cpu")
+    return TipAdapterClassifierCV(
+        clip_model=path, alphas=[0.0, 1.0, 10.0], betas=[1.0, 5.0], cv=3, device="cpu"
+    )
 
 
 @pytest.mark.parametrize("fixture", DUAL)
@@ -244,8 +270,12 @@ def test_pipeline_with_cv_classifier_on_each_dual_encoder(request, fixture, imag
 
     path = request.getfixturevalue(fixture)
     paths, labels = image_folder
-    pipe = Pipeline([("clip", CLIPFeaturizer(model=path, device="cpu", progress=False)),
-                     ("tip", _small_cv(path))])
+    pipe = Pipeline(
+        [
+            ("clip", CLIPFeaturizer(model=path, device="cpu", progress=False)),
+            ("tip", _small_cv(path)),
+        ]
+    )
     pipe.fit(paths, labels)
     backbone = load_model(path, "cpu")
     tip = pipe.named_steps["tip"]
@@ -267,18 +297,23 @@ def test_classifier_zero_shot_term_is_the_models_own_logits(request, fixture, im
     backbone = load_model(path, "cpu")
     paths, labels = image_folder
     X = CLIPFeaturizer(model=path, device="cpu", progress=False).fit_transform(paths)
-    clf = TipAdapterClassifier(alpha=0.0, clip_model=path, templates=["a photo of a {}."],
-                               device="cpu").fit(X, labels)
+    clf = TipAdapterClassifier(
+        alpha=0.0, clip_model=path, templates=["a photo of a {}."], device="cpu"
+    ).fit(X, labels)
     prompts = [f"a photo of a {c.replace('_', ' ').replace('-', ' ')}." for c in clf.classes_]
     siglip = backbone.family.startswith("siglip")
     tokens = AutoTokenizer.from_pretrained(path)(
-        prompts, padding="max_length" if siglip else True, truncation=True, return_tensors="pt",
+        prompts,
+        padding="max_length" if siglip else True,
+        truncation=True,
+        return_tensors="pt",
         max_length=backbone.model.config.text_config.max_position_embeddings,
     )
     with torch.inference_mode():
         images = [Image.open(p) for p in paths]
-        theirs = backbone.model(**_hf_processor(path)(images=images, return_tensors="pt"),
-                                **tokens).logits_per_image.numpy()
+        theirs = backbone.model(
+            **_hf_processor(path)(images=images, return_tensors="pt"), **tokens
+        ).logits_per_image.numpy()
     factor = 1.0 if siglip else float(backbone.model.logit_scale.exp()) / 100.0
     np.testing.assert_allclose(clf.decision_function(X) * factor, theirs, atol=1e-4)
 
@@ -295,17 +330,29 @@ def test_cv_scores_use_the_models_scale_and_bias(tiny_siglip_path, image_folder)
     X = X + np.random.default_rng(0).normal(0, 0.3, X.shape)  # make the folds less easy
     cv = StratifiedKFold(3, shuffle=True, random_state=0)
     for fine_tune in (False, True):
-        params = dict(clip_model=tiny_siglip_path, device="cpu", fine_tune=fine_tune, epochs=3,
-                      lr=0.05, random_state=0)
+        params = dict(
+            clip_model=tiny_siglip_path,
+            device="cpu",
+            fine_tune=fine_tune,
+            epochs=3,
+            lr=0.05,
+            random_state=0,
+        )
         search = TipAdapterClassifierCV(alphas=[0.3, 3.0], betas=[1.0, 8.0], cv=cv, **params)
         search.fit(X, labels)
         expected = []
         for train, test in cv.split(X, labels):
             fold = TipAdapterClassifier(**params).fit(X[train], labels[train])
-            expected.append([fold.set_params(alpha=a, beta=b).score(X[test], labels[test])
-                             for a in (0.3, 3.0) for b in (1.0, 8.0)])
-        np.testing.assert_allclose(search.cv_results_["mean_test_score"],
-                                   np.mean(expected, axis=0), atol=1e-9)
+            expected.append(
+                [
+                    fold.set_params(alpha=a, beta=b).score(X[test], labels[test])
+                    for a in (0.3, 3.0)
+                    for b in (1.0, 8.0)
+                ]
+            )
+        np.testing.assert_allclose(
+            search.cv_results_["mean_test_score"], np.mean(expected, axis=0), atol=1e-9
+        )
         assert search.logit_scale_ == pytest.approx(TINY_SIGLIP_SCALE)
 
 
@@ -317,8 +364,12 @@ def test_image_only_backbone_in_a_pipeline(tiny_dinov2_path, image_folder):
     paths, labels = image_folder
     heads = (TipAdapterClassifier(clip_model=None), TipAdapterClassifierCV(clip_model=None, cv=3))
     for tip in heads:
-        pipe = Pipeline([("dino", CLIPFeaturizer(model=tiny_dinov2_path, device="cpu",
-                                                 progress=False)), ("tip", tip)])
+        pipe = Pipeline(
+            [
+                ("dino", CLIPFeaturizer(model=tiny_dinov2_path, device="cpu", progress=False)),
+                ("tip", tip),
+            ]
+        )
         pipe.fit(paths, labels)
         assert pipe.named_steps["tip"].text_features_ is None
         assert pipe.named_steps["tip"].logit_scale_ is None
@@ -331,8 +382,10 @@ def test_image_only_backbone_as_clip_model_is_a_clear_error(tiny_dinov2_path, im
 
     paths, labels = image_folder
     X = CLIPFeaturizer(model=tiny_dinov2_path, device="cpu", progress=False).fit_transform(paths)
-    for clf in (TipAdapterClassifier(clip_model=tiny_dinov2_path),
-                TipAdapterClassifierCV(clip_model=tiny_dinov2_path, cv=3)):
+    for clf in (
+        TipAdapterClassifier(clip_model=tiny_dinov2_path),
+        TipAdapterClassifierCV(clip_model=tiny_dinov2_path, cv=3),
+    ):
         with pytest.raises(ValueError, match=r"image-only backbone.*clip_model=None"):
             clf.fit(X, labels)
 
@@ -366,16 +419,20 @@ def test_persistence_round_trip_reloads_the_backbone(request, fixture, image_fol
     path = request.getfixturevalue(fixture)
     paths, labels = image_folder
     text = None if fixture == "tiny_dinov2_path" else path
-    pipe = Pipeline([("enc", CLIPFeaturizer(model=path, device="cpu", progress=False,
-                                            cache=False)),
-                     ("tip", TipAdapterClassifier(clip_model=text, device="cpu"))])
+    pipe = Pipeline(
+        [
+            ("enc", CLIPFeaturizer(model=path, device="cpu", progress=False, cache=False)),
+            ("tip", TipAdapterClassifier(clip_model=text, device="cpu")),
+        ]
+    )
     pipe.fit(paths, labels)
     blob = pickle.dumps(pipe)
     assert len(blob) < 100_000  # parameters and fitted arrays, no weights
     clear_model_cache()
     again = pickle.loads(blob)
-    np.testing.assert_allclose(again.decision_function(paths), pipe.decision_function(paths),
-                               atol=1e-6)
+    np.testing.assert_allclose(
+        again.decision_function(paths), pipe.decision_function(paths), atol=1e-6
+    )
     assert load_model(path, "cpu").family == FAMILIES[fixture][0]
 
 

@@ -305,7 +305,10 @@ def _encode_each(model: str, jobs: list[str], gib: float = 3.0) -> dict[str, str
 
     done = subprocess.run(
         [sys.executable, "-c", _BATCH, model, *jobs],
-        capture_output=True, text=True, timeout=300, preexec_fn=cap,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        preexec_fn=cap,
     )
     assert done.returncode == 0, done.stderr
     return json.loads(done.stdout.strip().splitlines()[-1])
@@ -502,8 +505,12 @@ def test_i20_3_floats_outside_unit_range_are_refused_in_every_form(feat, gray_un
 
 @pytest.mark.parametrize(
     "item",
-    [np.zeros((0, 0, 3), np.uint8), np.zeros((0, 5), np.uint8), np.zeros((5, 0), np.float32),
-     Image.new("RGB", (0, 0))],
+    [
+        np.zeros((0, 0, 3), np.uint8),
+        np.zeros((0, 5), np.uint8),
+        np.zeros((5, 0), np.float32),
+        Image.new("RGB", (0, 0)),
+    ],
     ids=["0x0-array", "0xN-array", "Nx0-float-array", "0x0-PIL"],
 )
 def test_i20_minor_images_without_pixels(feat, item):

@@ -15,8 +15,11 @@ def test_encoding_benchmarks_turn_the_cache_off(script):
     """Every CLIPFeaturizer these scripts time passes ``cache=False``: with the cache on,
     bench_featurizer's timed passes were cache hits (it printed a ratio of 5445)."""
     tree = ast.parse((BENCHMARKS / script).read_text())
-    calls = [node for node in ast.walk(tree) if isinstance(node, ast.Call)
-             and getattr(node.func, "id", None) == "CLIPFeaturizer"]
+    calls = [
+        node
+        for node in ast.walk(tree)
+        if isinstance(node, ast.Call) and getattr(node.func, "id", None) == "CLIPFeaturizer"
+    ]
     assert calls, f"{script} builds no CLIPFeaturizer"
     for call in calls:
         cache = {kw.arg: kw.value for kw in call.keywords}.get("cache")

@@ -176,8 +176,14 @@ def test_augmented_entries_of_the_old_view_averaging_are_not_reused(tiny_clip_pa
 
     def old_settings(n_views, seed):  # the settings before the change (today's decode rules)
         return settings_digest(
-            clip.vision_fingerprint, sorted(clip.image_config.items()), str(clip.dtype),
-            clip.device.type, True, n_views, seed, DECODE_RULES,
+            clip.vision_fingerprint,
+            sorted(clip.image_config.items()),
+            str(clip.dtype),
+            clip.device.type,
+            True,
+            n_views,
+            seed,
+            DECODE_RULES,
         )
 
     seed = draw_seed(0, 2)

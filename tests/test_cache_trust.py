@@ -197,13 +197,27 @@ def in_namespace(flags: list[str], setup: str, cfgs: list[dict]) -> list[dict]:
     if probe.returncode != 0:
         pytest.skip(f"user namespaces are not permitted here: {probe.stderr.decode().strip()}")
     root = str(Path(skclip.__file__).resolve().parents[1])  # this worktree's skclip
-    env = dict(os.environ, OMP_NUM_THREADS="1",
-               PYTHONPATH=os.pathsep.join([root, os.environ.get("PYTHONPATH", "")]))
+    env = dict(
+        os.environ,
+        OMP_NUM_THREADS="1",
+        PYTHONPATH=os.pathsep.join([root, os.environ.get("PYTHONPATH", "")]),
+    )
     runs = " && ".join(f'"$0" -c "$1" "${k + 2}"' for k in range(len(cfgs)))
     done = subprocess.run(
-        ["unshare", *flags, "sh", "-c", f"{setup} {runs}", sys.executable, CHILD,
-         *(json.dumps(cfg) for cfg in cfgs)],
-        capture_output=True, text=True, env=env, timeout=HANG_GUARD_S,
+        [
+            "unshare",
+            *flags,
+            "sh",
+            "-c",
+            f"{setup} {runs}",
+            sys.executable,
+            CHILD,
+            *(json.dumps(cfg) for cfg in cfgs),
+        ],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=HANG_GUARD_S,
     )
     assert done.returncode == 0, done.stderr[-3000:]
     return [json.loads(Path(cfg["out"]).read_text()) for cfg in cfgs]
@@ -225,8 +239,13 @@ def test_5_a_read_only_cache_dir_serves_its_hits_and_writes_nothing(tiny_clip_pa
     CLIPFeaturizer(model=tiny_clip_path, cache_dir=folder, runtime="torch").transform(old)
     before = {p: p.read_bytes() for p in folder.rglob("*") if p.is_file()}
     setup = f"mount --bind '{folder}' '{folder}' && mount -o remount,ro,bind '{folder}' &&"
-    cfg = {"model": tiny_clip_path, "cache_dir": str(folder), "paths": old + new, "runs": 2,
-           "out": str(tmp_path / "out.json")}
+    cfg = {
+        "model": tiny_clip_path,
+        "cache_dir": str(folder),
+        "paths": old + new,
+        "runs": 2,
+        "out": str(tmp_path / "out.json"),
+    }
     (result,) = in_namespace(["-Urm"], setup, [cfg])
     expected = uncached(tiny_clip_path, old + new, runtime="torch")
     for X in result["X"]:
@@ -268,10 +287,20 @@ def test_11_a_full_cache_dir_degrades_and_leaves_no_claim(tiny_clip_path, tmp_pa
     folder = tmp_path / "small"
     folder.mkdir()
     paths = image_files(tmp_path / "im", 4, 2)
-    setup = (f"mount -t tmpfs -o size=16k,mode=755 tmpfs '{folder}' && "
-             f"(head -c 1000000 /dev/zero > '{folder}/filler' 2>/dev/null; true) &&")
-    cfgs = [{"model": tiny_clip_path, "cache_dir": str(folder), "paths": paths, "runs": 2,
-             "out": str(tmp_path / f"out{k}.json")} for k in range(2)]  # two processes
+    setup = (
+        f"mount -t tmpfs -o size=16k,mode=755 tmpfs '{folder}' && "
+        f"(head -c 1000000 /dev/zero > '{folder}/filler' 2>/dev/null; true) &&"
+    )
+    cfgs = [
+        {
+            "model": tiny_clip_path,
+            "cache_dir": str(folder),
+            "paths": paths,
+            "runs": 2,
+            "out": str(tmp_path / f"out{k}.json"),
+        }
+        for k in range(2)
+    ]  # two processes
     results = in_namespace(["-Urm"], setup, cfgs)
     expected = uncached(tiny_clip_path, paths, runtime="torch")
     for result in results:
@@ -313,8 +342,9 @@ def transform_in_thread(feat: CLIPFeaturizer, images: list) -> tuple[threading.T
     return worker, result
 
 
-@pytest.mark.parametrize("claim", ["empty", "another machine's, lease over", "a reused PID",
-                                   "a process gone", "damaged"])
+@pytest.mark.parametrize(
+    "claim", ["empty", "another machine's, lease over", "a reused PID", "a process gone", "damaged"]
+)
 def test_11_a_void_claim_is_taken_over_at_once(
     tiny_clip_path, tmp_path, other_process, count_encoded, claim
 ):
@@ -324,12 +354,16 @@ def test_11_a_void_claim_is_taken_over_at_once(
     key = spec.cache.prefix + memory_digest(images[0])
     path = claim_path(spec.cache.disk, key)
     path.parent.mkdir(parents=True, exist_ok=True)
-    gone = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"],
-                          capture_output=True, text=True).stdout.strip()
-    text = {"empty": lambda: "", "damaged": lambda: "\x00\xff" * 40,
-            "another machine's, lease over": lambda: claim_line(os.getpid(), host="elsewhere"),
-            "a reused PID": lambda: claim_line(other_process.pid, start="1"),
-            "a process gone": lambda: claim_line(int(gone), start="1")}[claim]()
+    gone = subprocess.run(
+        [sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True
+    ).stdout.strip()
+    text = {
+        "empty": lambda: "",
+        "damaged": lambda: "\x00\xff" * 40,
+        "another machine's, lease over": lambda: claim_line(os.getpid(), host="elsewhere"),
+        "a reused PID": lambda: claim_line(other_process.pid, start="1"),
+        "a process gone": lambda: claim_line(int(gone), start="1"),
+    }[claim]()
     path.write_text(text)
     if claim.startswith("another machine"):
         os.utime(path, (time.time() - 60, time.time() - 60))
@@ -523,9 +557,19 @@ def test_6_skclip_leaves_other_programs_their_inotify_watches(tmp_path):
         pytest.skip(f"cannot lower the inotify limit in a user namespace: {probe.stderr!r}")
     root = str(Path(skclip.__file__).resolve().parents[1])
     done = subprocess.run(
-        ["unshare", "-Ur", "sh", "-c", f'{limit} && "$0" -c "$1" "$2"', sys.executable,
-         WATCH_CHILD, json.dumps(folders)],
-        capture_output=True, text=True, timeout=HANG_GUARD_S,
+        [
+            "unshare",
+            "-Ur",
+            "sh",
+            "-c",
+            f'{limit} && "$0" -c "$1" "$2"',
+            sys.executable,
+            WATCH_CHILD,
+            json.dumps(folders),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=HANG_GUARD_S,
         env=dict(os.environ, PYTHONPATH=os.pathsep.join([root, os.environ.get("PYTHONPATH", "")])),
     )
     assert done.returncode == 0, done.stderr[-3000:]
@@ -548,7 +592,8 @@ def test_6_cache_clear_removes_every_watch(tmp_path):
     CLIPFeaturizer.cache_clear()
     assert FILE_DIGESTS.stamps._inotify is None or not FILE_DIGESTS.stamps._inotify.folders
     assert not os.path.exists(f"/proc/self/fd/{fd}") or "inotify" not in os.readlink(
-        f"/proc/self/fd/{fd}")
+        f"/proc/self/fd/{fd}"
+    )
 
 
 def test_and_stamps_and_watches_are_bounded(tmp_path):
@@ -589,10 +634,14 @@ def test_and_the_worker_folder_goes_even_if_the_parent_never_encodes(tmp_path):
     script = tmp_path / "parent.py"
     script.write_text(WORKER_FOLDER_CHILD)
     root = str(Path(skclip.__file__).resolve().parents[1])
-    env = dict(os.environ, TMPDIR=str(tmp_path),
-               PYTHONPATH=os.pathsep.join([root, os.environ.get("PYTHONPATH", "")]))
-    done = subprocess.run([sys.executable, str(script)], capture_output=True, text=True,
-                          env=env, timeout=HANG_GUARD_S)
+    env = dict(
+        os.environ,
+        TMPDIR=str(tmp_path),
+        PYTHONPATH=os.pathsep.join([root, os.environ.get("PYTHONPATH", "")]),
+    )
+    done = subprocess.run(
+        [sys.executable, str(script)], capture_output=True, text=True, env=env, timeout=HANG_GUARD_S
+    )
     assert done.returncode == 0, done.stderr[-3000:]
     folder = Path(done.stdout.strip().splitlines()[-1])
     assert folder.parent == tmp_path and folder.name.startswith("skclip-workers-")

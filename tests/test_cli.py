@@ -70,8 +70,16 @@ def test_evaluate_shots_and_test_dir(data_dir, tiny_clip_path, tmp_path, capsys)
     assert main(args) == 0
     assert "test on" in json.loads((tmp_path / "t.json").read_text())["protocol"]
     # With --test-dir no training image is kept to test on: a class may have exactly --shots.
-    args = ["evaluate", data_dir, "--test-dir", data_dir, "--shots", "6", *base,
-            str(tmp_path / "t6.json")]
+    args = [
+        "evaluate",
+        data_dir,
+        "--test-dir",
+        data_dir,
+        "--shots",
+        "6",
+        *base,
+        str(tmp_path / "t6.json"),
+    ]
     assert main(args) == 0
     assert json.loads((tmp_path / "t6.json").read_text())["splits"][0]["n_train"] == 18
     args[args.index("6")] = "7"
@@ -141,15 +149,18 @@ def no_encoding(monkeypatch):
     return calls
 
 
-@pytest.mark.parametrize("extra, message", [
-    (["--report", "{tmp}/report.txt"], r"--report must end in .json or .md"),
-    (["--report", "{tmp}/missing/report.md"], r"missing' does not exist; create it first"),
-    (["--shots", "6"], r"shots=6 needs more than 6 samples in every class"),
-    (["--shots", "0"], r"--shots must be at least 1"),
-    (["--cv", "7"], r"--cv 7 needs at least 7 images in every class"),
-    (["--cv", "1"], r"--cv must be at least 2"),
-    (["--test-dir", "{tmp}/nope"], r"nope' does not exist"),
-])
+@pytest.mark.parametrize(
+    "extra, message",
+    [
+        (["--report", "{tmp}/report.txt"], r"--report must end in .json or .md"),
+        (["--report", "{tmp}/missing/report.md"], r"missing' does not exist; create it first"),
+        (["--shots", "6"], r"shots=6 needs more than 6 samples in every class"),
+        (["--shots", "0"], r"--shots must be at least 1"),
+        (["--cv", "7"], r"--cv 7 needs at least 7 images in every class"),
+        (["--cv", "1"], r"--cv must be at least 2"),
+        (["--test-dir", "{tmp}/nope"], r"nope' does not exist"),
+    ],
+)
 def test_evaluate_checks_arguments_before_encoding(
     data_dir, tiny_clip_path, tmp_path, capsys, no_encoding, extra, message
 ):
@@ -195,8 +206,11 @@ def test_report_leaves_the_matplotlib_backend_alone(data_dir, tiny_clip_path, tm
 def test_damaged_model_file_exits_1_naming_it(model_file, data_dir, tmp_path, capsys):
     """Fault of issue 11: a model file truncated or replaced by other bytes."""
     data = model_file.read_bytes()
-    damaged = {"truncated": data[: len(data) // 2],
-               "other bytes": np.random.default_rng(0).bytes(len(data)), "empty": b""}
+    damaged = {
+        "truncated": data[: len(data) // 2],
+        "other bytes": np.random.default_rng(0).bytes(len(data)),
+        "empty": b"",
+    }
     for name, content in damaged.items():
         bad = tmp_path / f"{name}.joblib"
         bad.write_bytes(content)
@@ -209,7 +223,8 @@ def test_damaged_model_file_exits_1_naming_it(model_file, data_dir, tmp_path, ca
     # The installed command, end to end: one line, no traceback.
     done = subprocess.run(
         [sys.executable, "-m", "skclip", "predict", str(bad), data_dir, "-q"],
-        capture_output=True, text=True,
+        capture_output=True,
+        text=True,
         env={**os.environ, "PYTHONPATH": str(Path(__file__).parents[1])},
     )
     assert done.returncode == 1
@@ -282,8 +297,9 @@ def test_1_local_checkpoint_stored_absolute_and_guarded(
     assert "is not the one" in capsys.readouterr().err
 
 
-def test_2_fit_output_suffix_checked_before_encoding(data_dir, tiny_clip_path, tmp_path,
-                                                     capsys, no_encoding):
+def test_2_fit_output_suffix_checked_before_encoding(
+    data_dir, tiny_clip_path, tmp_path, capsys, no_encoding
+):
     """Item 2 (with test_fit_and_predict_check_outputs_before_encoding and
     test_evaluate_checks_arguments_before_encoding)."""
     out = tmp_path / "model.txt"
@@ -306,8 +322,7 @@ def test_3_files_that_are_not_models(model_file, data_dir, tmp_path, capsys):
     assert f"{data_dir!r} is a folder, not a model file" in err and "the model file first" in err
 
 
-def test_4_one_shot_is_evaluated_and_cv_is_the_inner_cv(data_dir, tiny_clip_path, tmp_path,
-                                                       capsys):
+def test_4_one_shot_is_evaluated_and_cv_is_the_inner_cv(data_dir, tiny_clip_path, tmp_path, capsys):
     """Item 4: --shots 1 reports every method, each with how it was configured; --cv next
     to --shots is the inner cross-validation."""
     base = ["evaluate", data_dir, "--model", tiny_clip_path, "-q", "--fine-tune", "--report"]
@@ -380,8 +395,19 @@ def test_7_report_records_the_protocol(data_dir, tiny_clip_path, tmp_path, capsy
     from skclip.backbones.loading import load_backbone as load_clip
 
     report = tmp_path / "r.json"
-    args = ["evaluate", data_dir, "--model", tiny_clip_path, "-q", "--cv", "3",
-            "--random-state", "4", "--report", str(report)]
+    args = [
+        "evaluate",
+        data_dir,
+        "--model",
+        tiny_clip_path,
+        "-q",
+        "--cv",
+        "3",
+        "--random-state",
+        "4",
+        "--report",
+        str(report),
+    ]
     assert main(args) == 0
     md = capsys.readouterr().out
     data = json.loads(report.read_text())
@@ -403,9 +429,19 @@ def test_8_plain_progress_lines_when_not_a_terminal(data_dir, tiny_clip_path, ca
     """Item 8: stderr is not a terminal here: a few plain lines, no transformers bar;
     -q: nothing."""
     done = subprocess.run(
-        [sys.executable, "-m", "skclip", "evaluate", data_dir, "--model", tiny_clip_path,
-         "--cv", "2"],
-        capture_output=True, text=True,
+        [
+            sys.executable,
+            "-m",
+            "skclip",
+            "evaluate",
+            data_dir,
+            "--model",
+            tiny_clip_path,
+            "--cv",
+            "2",
+        ],
+        capture_output=True,
+        text=True,
         env={**os.environ, "PYTHONPATH": str(Path(__file__).parents[1])},
     )
     assert done.returncode == 0, done.stderr
@@ -434,8 +470,12 @@ def test_12_skops_model_files(data_dir, tiny_clip_path, model_file, tmp_path, ca
     assert "note: loading a .joblib file runs code stored in it" in capsys.readouterr().err
     assert _rows(tmp_path / "a.csv") == _rows(tmp_path / "b.csv")
 
-    hostile = Pipeline([("clip", CLIPFeaturizer(model=tiny_clip_path)),
-                        ("run", FunctionTransformer(func=os.system))])
+    hostile = Pipeline(
+        [
+            ("clip", CLIPFeaturizer(model=tiny_clip_path)),
+            ("run", FunctionTransformer(func=os.system)),
+        ]
+    )
     skops_io.dump(hostile, tmp_path / "hostile.skops")
     assert main(["predict", str(tmp_path / "hostile.skops"), data_dir]) == 1
     err = capsys.readouterr().err
@@ -446,8 +486,9 @@ def test_12_skops_model_files(data_dir, tiny_clip_path, model_file, tmp_path, ca
     assert "Cannot read the model file" in capsys.readouterr().err
 
 
-def test_6_mistyped_local_model_is_a_missing_folder_at_once(data_dir, tmp_path, monkeypatch,
-                                                            capsys, no_encoding):
+def test_6_mistyped_local_model_is_a_missing_folder_at_once(
+    data_dir, tmp_path, monkeypatch, capsys, no_encoding
+):
     """Item 6 end to end (the hub-side cases are in test_models.py)."""
     monkeypatch.chdir(tmp_path)
     (tmp_path / "models").mkdir()
@@ -486,10 +527,12 @@ def test_r2_checkpoint_checked_before_encoding_report_shows_the_same_fingerprint
     clear_model_cache()
     encoded = []
     original = CLIPFeaturizer.transform
-    monkeypatch.setattr(CLIPFeaturizer, "transform",
-                        lambda self, X: encoded.append(len(X)) or original(self, X))
+    monkeypatch.setattr(
+        CLIPFeaturizer, "transform", lambda self, X: encoded.append(len(X)) or original(self, X)
+    )
     with pytest.raises(CheckpointMismatchError):  # in Python: the same error class
         from skclip.cli.predict import _check_checkpoint
+
         _check_checkpoint(skops_load(model), str(model))
     assert main(["predict", str(model), data_dir, "-q"]) == 1
     err = capsys.readouterr().err
@@ -521,8 +564,9 @@ def test_r3_only_model_suffixes_are_loaded(model_file, data_dir, tmp_path, monke
 
 
 @pytest.mark.parametrize("step", ["numpy.load", "ufunc", "estimator"])
-def test_r4_skops_trusts_only_what_skclip_fit_writes(data_dir, tiny_clip_path, tmp_path,
-                                                      capsys, step):
+def test_r4_skops_trusts_only_what_skclip_fit_writes(
+    data_dir, tiny_clip_path, tmp_path, capsys, step
+):
     """Only the types a 'skclip fit' file holds, as exactly [CLIPFeaturizer, a skclip
     classifier]: a numpy function in a FunctionTransformer, or another scikit-learn
     estimator as the classifier, is refused, naming the type."""
@@ -549,8 +593,9 @@ def test_r4_skops_trusts_only_what_skclip_fit_writes(data_dir, tiny_clip_path, t
     assert said in err and named in err
 
 
-def test_r5_fit_refuses_more_folds_than_images(data_dir, tiny_clip_path, tmp_path, capsys,
-                                              no_encoding):
+def test_r5_fit_refuses_more_folds_than_images(
+    data_dir, tiny_clip_path, tmp_path, capsys, no_encoding
+):
     """As evaluate does, before any image is encoded."""
     out = str(tmp_path / "m.skops")
     assert main(["fit", data_dir, "-o", out, "--model", tiny_clip_path, "--cv", "7", "-q"]) == 1
@@ -561,24 +606,42 @@ def test_r5_fit_refuses_more_folds_than_images(data_dir, tiny_clip_path, tmp_pat
 
 def test_r6_report_records_the_default_folds(data_dir, tiny_clip_path, tmp_path, capsys):
     report = tmp_path / "r.json"
-    assert main(["evaluate", data_dir, "--model", tiny_clip_path, "-q",
-                 "--report", str(report)]) == 0
+    assert (
+        main(["evaluate", data_dir, "--model", tiny_clip_path, "-q", "--report", str(report)]) == 0
+    )
     data = json.loads(report.read_text())
     assert data["cv"] == 5 and len(data["splits"]) == 5
     assert "cv: 5," in capsys.readouterr().out
 
 
 def test_r7_per_class_heading_says_which_method_and_why():
-    methods = {name: {"accuracy": acc, "accuracy_std": None, "f1_macro": acc,
-                      "f1_macro_std": None, "per_class": {}, "confusion_matrix": []}
-               for name, acc in [("zero-shot CLIP", 0.5), ("Tip-Adapter", 0.9)]}
-    report = {"data_dir": "d", "model": "m", "n_images": 2, "classes": [], "protocol": "p",
-              "methods": methods}
+    methods = {
+        name: {
+            "accuracy": acc,
+            "accuracy_std": None,
+            "f1_macro": acc,
+            "f1_macro_std": None,
+            "per_class": {},
+            "confusion_matrix": [],
+        }
+        for name, acc in [("zero-shot CLIP", 0.5), ("Tip-Adapter", 0.9)]
+    }
+    report = {
+        "data_dir": "d",
+        "model": "m",
+        "n_images": 2,
+        "classes": [],
+        "protocol": "p",
+        "methods": methods,
+    }
     md = render_markdown({**report, "per_class_method": "zero-shot CLIP"})
-    assert ("## Per class: zero-shot CLIP (chosen by per_class_method; the best accuracy "
-            "is Tip-Adapter's)") in md
+    assert (
+        "## Per class: zero-shot CLIP (chosen by per_class_method; the best accuracy "
+        "is Tip-Adapter's)"
+    ) in md
     assert "## Per class: Tip-Adapter (the method with the best accuracy)" in render_markdown(
-        report)
+        report
+    )
 
 
 def test_r7_encode_restores_on_error_after_a_failure(tiny_clip_path, monkeypatch):
@@ -599,7 +662,8 @@ def test_r7_broken_pipe_exits_quietly(model_file, data_dir):
     """``skclip predict ... | head``: no "[Errno 32] Broken pipe"."""
     proc = subprocess.Popen(
         [sys.executable, "-m", "skclip", "predict", str(model_file), data_dir, "-q"],
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
         env={**os.environ, "PYTHONPATH": str(Path(__file__).parents[1])},
     )
     proc.stdout.close()  # the reader goes away before the first line is written
@@ -608,8 +672,9 @@ def test_r7_broken_pipe_exits_quietly(model_file, data_dir):
     assert "Broken pipe" not in err and "Errno 32" not in err and "Traceback" not in err
 
 
-def test_r7_messages(folder_with_a_bad_image, data_dir, model_file, tiny_clip_path, tmp_path,
-                     capsys):
+def test_r7_messages(
+    folder_with_a_bad_image, data_dir, model_file, tiny_clip_path, tmp_path, capsys
+):
     """Skipped files as "path: reason" once, PIL's message said plainly, a file given as
     a data folder, a missing --model folder."""
     root, bad = folder_with_a_bad_image
@@ -627,15 +692,18 @@ def test_r7_messages(folder_with_a_bad_image, data_dir, model_file, tiny_clip_pa
     assert err == f"skclip: error: --model {missing!r}: the folder does not exist.\n"
 
 
-def test_r7_skipping_leaves_a_class_without_test_images(folder_with_a_bad_image, tiny_clip_path,
-                                                       capsys):
+def test_r7_skipping_leaves_a_class_without_test_images(
+    folder_with_a_bad_image, tiny_clip_path, capsys
+):
     root, bad = folder_with_a_bad_image  # red_apple: 6 images + a broken one
     (root / "red_apple" / "img0.jpg").unlink()  # 5 + 1 > 5 shots as listed, 5 once skipped
     args = ["evaluate", str(root), "--shots", "5", "--model", tiny_clip_path, "-q"]
     assert main(args + ["--on-error", "skip"]) == 1
     err = capsys.readouterr().err
-    assert ("After skipping 1 unreadable image(s), class 'red_apple' has 5 image(s): none left "
-            "to test after its 5 training images (--shots 5)") in err
+    assert (
+        "After skipping 1 unreadable image(s), class 'red_apple' has 5 image(s): none left "
+        "to test after its 5 training images (--shots 5)"
+    ) in err
 
 
 # -- issue 14 -----------------------------------------------------------------------------
@@ -656,7 +724,7 @@ def test_14_html_report_compares_every_method_with_a_gallery_of_mistakes(
     assert main(base + ["--report", str(page)]) == 0
     text = page.read_text(encoding="utf-8")
     parsed = _parse(text)
-    table = text[text.index('id="methods"'):text.index("</table>", text.index('id="methods"'))]
+    table = text[text.index('id="methods"') : text.index("</table>", text.index('id="methods"'))]
     for name, entry in data["methods"].items():
         assert f"<td>{name}</td>" in table
         for key, value in entry["params"].items():  # the same choice as the JSON report
@@ -664,14 +732,19 @@ def test_14_html_report_compares_every_method_with_a_gallery_of_mistakes(
     assert "alpha=" in table and "C=" in table and "gamma=" in table
     assert "4-fold inner cross-validation" in text  # how they were chosen
 
-    wrong = {name: int(np.sum(m["confusion_matrix"]) - np.trace(m["confusion_matrix"]))
-             for name, m in data["methods"].items()}
+    wrong = {
+        name: int(np.sum(m["confusion_matrix"]) - np.trace(m["confusion_matrix"]))
+        for name, m in data["methods"].items()
+    }
     assert wrong["zero-shot CLIP"] > 0  # the tiny model's random text tower errs
     share = -(-GALLERY_SIZE // len(wrong))
     expected = sum(min(share, n) for n in wrong.values())
-    gallery = text[text.index('id="gallery"'):]
-    figures = re.findall(r'<figure title="([^"]+)">.*?true: ([^<]+)<br>.*?predicted: ([^<]+)'
-                         r'</span> \((\d+)%\)<br><span class="muted">([^<]+)</span>', gallery)
+    gallery = text[text.index('id="gallery"') :]
+    figures = re.findall(
+        r'<figure title="([^"]+)">.*?true: ([^<]+)<br>.*?predicted: ([^<]+)'
+        r'</span> \((\d+)%\)<br><span class="muted">([^<]+)</span>',
+        gallery,
+    )
     assert len(figures) == expected == gallery.count("data:image/jpeg;base64,")
     for path, true, pred, _, method in figures:
         assert Path(path).parent.name == true != pred and method in data["methods"]
@@ -681,8 +754,9 @@ def test_14_html_report_compares_every_method_with_a_gallery_of_mistakes(
 
     if _browser() is None:
         pytest.skip("no headless browser: the page's DOM is checked above only")
-    dom = _run_browser(f"--user-data-dir={tmp_path / 'profile'}", "--dump-dom",
-                       page.resolve().as_uri()).stdout
+    dom = _run_browser(
+        f"--user-data-dir={tmp_path / 'profile'}", "--dump-dom", page.resolve().as_uri()
+    ).stdout
     drawn = _parse(dom)
     assert drawn.tags.count("figure") == expected and drawn.tags.count("img") == expected
 
@@ -698,8 +772,14 @@ def test_19_7_a_model_file_cannot_steer_skclip(model_file, data_dir, tmp_path, c
         pytest.importorskip("skops.io")
     pipe = joblib.load(model_file)
     elsewhere = tmp_path / "anywhere" / "they" / "like"
-    pipe.set_params(clip__cache_dir=str(elsewhere), clip__n_jobs=3, clip__batch_size=7,
-                    clip__cache_size=5, clip__runtime="torch", tip__device="cpu")
+    pipe.set_params(
+        clip__cache_dir=str(elsewhere),
+        clip__n_jobs=3,
+        clip__batch_size=7,
+        clip__cache_size=5,
+        clip__runtime="torch",
+        tip__device="cpu",
+    )
     shared = tmp_path / f"shared{suffix}"
     save_model(pipe, shared)
     out = tmp_path / "preds.csv"
@@ -715,8 +795,23 @@ def test_19_7_a_model_file_cannot_steer_skclip(model_file, data_dir, tmp_path, c
 
     CLIPFeaturizer.cache_clear()  # encoded again: written to the command's cache folder
     mine = tmp_path / "mine"
-    assert main(["predict", str(shared), data_dir, "--output", str(out), "-v",
-                 "--cache-dir", str(mine), "--device", "cpu"]) == 0
+    assert (
+        main(
+            [
+                "predict",
+                str(shared),
+                data_dir,
+                "--output",
+                str(out),
+                "-v",
+                "--cache-dir",
+                str(mine),
+                "--device",
+                "cpu",
+            ]
+        )
+        == 0
+    )
     err = capsys.readouterr().err
     assert f"clip__cache_dir: {str(elsewhere)!r} -> {str(mine)!r}" in err
     assert "clip__n_jobs: 3 -> None" in err and "tip__device: 'cpu' -> 'cpu'" not in err
@@ -732,8 +827,12 @@ def test_19_9_predict_with_an_int8_featurizer(data_dir, tiny_clip_path, tmp_path
     from skclip import CLIPFeaturizer, TipAdapterClassifier
 
     paths, labels = image_folder
-    pipe = Pipeline([("clip", CLIPFeaturizer(model=tiny_clip_path, dtype="int8")),
-                     ("tip", TipAdapterClassifier(clip_model=tiny_clip_path))]).fit(paths, labels)
+    pipe = Pipeline(
+        [
+            ("clip", CLIPFeaturizer(model=tiny_clip_path, dtype="int8")),
+            ("tip", TipAdapterClassifier(clip_model=tiny_clip_path)),
+        ]
+    ).fit(paths, labels)
     model = tmp_path / "int8.joblib"
     joblib.dump(pipe, model)
     out = tmp_path / "preds.csv"
@@ -749,18 +848,24 @@ def test_19_11_a_full_disk_error_names_the_file(model_file, data_dir, tmp_path, 
     folder = tmp_path / "full"
     folder.mkdir()
     out = folder / "preds.csv"
-    code = ("import sys; from skclip.cli import main; "
-            f"sys.exit(main(['predict', {str(model_file)!r}, {data_dir!r}, '--output', "
-            f"{str(out)!r}, '-q', '--proba']))")
-    setup = (f"mount -t tmpfs -o size=4k,mode=755 tmpfs '{folder}' && "
-             f"(head -c 100000 /dev/zero > '{folder}/filler' 2>/dev/null; true) && ")
+    code = (
+        "import sys; from skclip.cli import main; "
+        f"sys.exit(main(['predict', {str(model_file)!r}, {data_dir!r}, '--output', "
+        f"{str(out)!r}, '-q', '--proba']))"
+    )
+    setup = (
+        f"mount -t tmpfs -o size=4k,mode=755 tmpfs '{folder}' && "
+        f"(head -c 100000 /dev/zero > '{folder}/filler' 2>/dev/null; true) && "
+    )
     probe = subprocess.run(["unshare", "-Urm", "true"], capture_output=True)
     if probe.returncode != 0:
         pytest.skip(f"user namespaces are not permitted here: {probe.stderr!r}")
     root = str(Path(__file__).resolve().parents[1])
     done = subprocess.run(
         ["unshare", "-Urm", "sh", "-c", setup + '"$0" -c "$1"', sys.executable, code],
-        capture_output=True, text=True, timeout=300,
+        capture_output=True,
+        text=True,
+        timeout=300,
         env=dict(os.environ, PYTHONPATH=os.pathsep.join([root, os.environ.get("PYTHONPATH", "")])),
     )
     assert done.returncode == 1, done.stderr[-3000:]
@@ -782,9 +887,19 @@ def test_i20_2_predict_folder_with_a_fifo_does_not_hang(folder_with_a_fifo, mode
     """Issue 20, case 2: a FIFO named pipe.jpg in the folder made predict hang."""
     out = tmp_path / "out.csv"
     done = subprocess.run(
-        [sys.executable, "-m", "skclip", "predict", str(model_file), str(folder_with_a_fifo),
-         "--output", str(out)],
-        capture_output=True, text=True, timeout=120,
+        [
+            sys.executable,
+            "-m",
+            "skclip",
+            "predict",
+            str(model_file),
+            str(folder_with_a_fifo),
+            "--output",
+            str(out),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
     )
     assert done.returncode == 0, done.stderr
     assert "skipped 1 entries that are not regular files" in done.stderr
@@ -809,8 +924,9 @@ def test_i20_6_joblib_note_even_with_quiet(model_file, data_dir, tmp_path, capsy
     assert "note: loading a .joblib file runs code stored in it" in capsys.readouterr().err
 
 
-def test_i20_minor_fit_suggests_on_error_skip(folder_with_a_bad_image, tiny_clip_path, tmp_path,
-                                              capsys):
+def test_i20_minor_fit_suggests_on_error_skip(
+    folder_with_a_bad_image, tiny_clip_path, tmp_path, capsys
+):
     """docs/cli.rst promises the suggestion for fit too."""
     root, bad = folder_with_a_bad_image
     out = str(tmp_path / "m.joblib")
@@ -819,8 +935,7 @@ def test_i20_minor_fit_suggests_on_error_skip(folder_with_a_bad_image, tiny_clip
     assert "broken.jpg" in err and "pass --on-error skip to leave them out" in err
 
 
-def test_i20_minor_test_dir_classes_are_named_plainly(data_dir, tiny_clip_path, tmp_path,
-                                                      capsys):
+def test_i20_minor_test_dir_classes_are_named_plainly(data_dir, tiny_clip_path, tmp_path, capsys):
     other = tmp_path / "test"
     shutil.copytree(data_dir, other)
     (other / "red_apple").rename(other / "zebra")
@@ -865,15 +980,26 @@ def test_i20_minor_unreadable_checkpoint_is_named(tiny_clip_path, tmp_path, what
     folder = tmp_path / "clip"
     shutil.copytree(tiny_clip_path, folder)
     os.chmod(folder / "model.safetensors" if what == "file" else folder, 0)
-    cmd = ["unshare", "--user", "--map-user=1000", "--map-group=1000",
-           sys.executable, "-c", _LOAD, str(folder)]
+    cmd = [
+        "unshare",
+        "--user",
+        "--map-user=1000",
+        "--map-group=1000",
+        sys.executable,
+        "-c",
+        _LOAD,
+        str(folder),
+    ]
     try:
         done = subprocess.run(cmd, capture_output=True, text=True, timeout=120)
     finally:
         os.chmod(folder / "model.safetensors" if what == "file" else folder, 0o755)
     if done.returncode != 0 or not done.stdout:
         pytest.skip(f"user namespaces are not permitted here: {done.stderr.strip()[:200]}")
-    expected = "its file 'model.safetensors' is not readable" if what == "file" else (
-        "cannot be read: Permission denied")
+    expected = (
+        "its file 'model.safetensors' is not readable"
+        if what == "file"
+        else ("cannot be read: Permission denied")
+    )
     assert done.stdout.startswith("OSError") and expected in done.stdout, done.stdout
     assert "No such file" not in done.stdout

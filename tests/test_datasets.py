@@ -115,8 +115,11 @@ def test_i20_4_class_folder_linking_to_the_root_is_refused(tree):
 
 @pytest.mark.parametrize(
     "target, where",
-    [("ok", "inside the image folder"), ("ok/batch2", "inside the image folder"),
-     ("..", "a folder holding the image folder")],
+    [
+        ("ok", "inside the image folder"),
+        ("ok/batch2", "inside the image folder"),
+        ("..", "a folder holding the image folder"),
+    ],
 )
 def test_i20_4_class_folder_linking_into_or_above_the_root_is_refused(tree, target, where):
     (tree / "alias").symlink_to(target)

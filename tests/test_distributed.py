@@ -53,8 +53,12 @@ class _FakeClient:
 def test_transform_validates_its_arguments_before_any_work(kwargs, match):
     from sklearn.utils._param_validation import InvalidParameterError
 
-    args = {"featurizer": CLIPFeaturizer(model="unused"), "X": ["a.jpg"],
-            "client": _FakeClient(), "partition_size": None}
+    args = {
+        "featurizer": CLIPFeaturizer(model="unused"),
+        "X": ["a.jpg"],
+        "client": _FakeClient(),
+        "partition_size": None,
+    }
     args.update(kwargs)
     with pytest.raises(InvalidParameterError, match=match):
         transform(**args)
@@ -118,10 +122,12 @@ def test_i20_minor_errors_number_inputs_as_the_caller_does(client, tiny_clip_pat
 
 def test_gridsearch_on_the_cluster_equals_single_process(client, tiny_clip_path, image_folder):
     paths, labels = image_folder
-    pipe = Pipeline([
-        ("clip", CLIPFeaturizer(model=tiny_clip_path, progress=False)),
-        ("tip", TipAdapterClassifier(clip_model=tiny_clip_path)),
-    ])
+    pipe = Pipeline(
+        [
+            ("clip", CLIPFeaturizer(model=tiny_clip_path, progress=False)),
+            ("tip", TipAdapterClassifier(clip_model=tiny_clip_path)),
+        ]
+    )
     grid = {"tip__alpha": [0.0, 1.0, 10.0], "tip__beta": [1.0, 5.5]}
     cv = StratifiedKFold(3, shuffle=True, random_state=0)
     local = GridSearchCV(pipe, grid, cv=cv).fit(paths, labels)
@@ -166,8 +172,9 @@ def test_worker_killed_mid_transform_is_retried(client, tiny_clip_path, image_fo
     np.testing.assert_allclose(X, expected, atol=1e-6)
 
 
-def test_19_8_workers_check_the_checkpoint_fingerprint(client, tiny_clip_path, image_folder,
-                                                       tmp_path):
+def test_19_8_workers_check_the_checkpoint_fingerprint(
+    client, tiny_clip_path, image_folder, tmp_path
+):
     """A fitted featurizer pointed at another checkpoint is refused on the workers too,
     as CLIPFeaturizer.transform refuses it."""
     from skclip import CheckpointMismatchError

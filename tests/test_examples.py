@@ -14,8 +14,13 @@ EXAMPLES = sorted((Path(__file__).parents[1] / "examples").glob("plot_*.py"))
 
 @pytest.mark.parametrize("script", EXAMPLES, ids=[p.name for p in EXAMPLES])
 def test_example_runs(script, tiny_clip_path, tmp_path):
-    env = {**os.environ, "SKCLIP_MODEL": tiny_clip_path, "HF_HUB_OFFLINE": "1",
-           "TMPDIR": str(tmp_path), "MPLBACKEND": "Agg"}
+    env = {
+        **os.environ,
+        "SKCLIP_MODEL": tiny_clip_path,
+        "HF_HUB_OFFLINE": "1",
+        "TMPDIR": str(tmp_path),
+        "MPLBACKEND": "Agg",
+    }
     done = subprocess.run(
         [sys.executable, str(script)], env=env, capture_output=True, text=True, timeout=300
     )

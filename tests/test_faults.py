@@ -106,7 +106,10 @@ def _start(cfg: dict) -> subprocess.Popen:
     env["PYTHONPATH"] = os.pathsep.join([root, env.get("PYTHONPATH", "")])
     return subprocess.Popen(
         [sys.executable, "-c", CHILD, json.dumps(cfg)],
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=env,
     )
 
 
@@ -126,8 +129,9 @@ def _entries(folder: Path) -> list[Path]:
 
 def _all_entries_valid(folder: Path, dim: int) -> bool:
     store = DiskStore(folder, dim, unit=True)
-    return all(store.get(p.stem) is not None for p in _entries(folder) if
-               not p.name.startswith(".tmp-"))
+    return all(
+        store.get(p.stem) is not None for p in _entries(folder) if not p.name.startswith(".tmp-")
+    )
 
 
 @pytest.mark.parametrize(
@@ -138,8 +142,15 @@ def test_sigkill_mid_run_then_rerun_encodes_only_the_rest(
 ):
     folder = tmp_path / "cache"
     stored = 10
-    child = _start({"model": tiny_clip_path, "paths": paths, "cache_dir": str(folder),
-                    "out": str(tmp_path / "x.npy"), "pause": [where, stored, None]})
+    child = _start(
+        {
+            "model": tiny_clip_path,
+            "paths": paths,
+            "cache_dir": str(folder),
+            "out": str(tmp_path / "x.npy"),
+            "pause": [where, stored, None],
+        }
+    )
     assert _read_line(child) == "paused"
     child.send_signal(signal.SIGKILL)
     child.wait()
@@ -162,12 +173,25 @@ def test_two_processes_fill_one_cache_folder(tiny_clip_path, paths, clean, tmp_p
     half at once (B in reverse order) while B reads what A wrote."""
     folder, go, a_paused = tmp_path / "cache", tmp_path / "b-started", tmp_path / "a-paused"
     half = N_IMAGES // 2
-    a = _start({"model": tiny_clip_path, "paths": paths, "cache_dir": str(folder),
-                "out": str(tmp_path / "a.npy"),
-                "pause": ["replace", half, str(go), str(a_paused)]})
-    b = _start({"model": tiny_clip_path, "paths": paths[::-1], "cache_dir": str(folder),
-                "out": str(tmp_path / "b.npy"), "wait_file": str(a_paused),
-                "started_file": str(go)})
+    a = _start(
+        {
+            "model": tiny_clip_path,
+            "paths": paths,
+            "cache_dir": str(folder),
+            "out": str(tmp_path / "a.npy"),
+            "pause": ["replace", half, str(go), str(a_paused)],
+        }
+    )
+    b = _start(
+        {
+            "model": tiny_clip_path,
+            "paths": paths[::-1],
+            "cache_dir": str(folder),
+            "out": str(tmp_path / "b.npy"),
+            "wait_file": str(a_paused),
+            "started_file": str(go),
+        }
+    )
     assert _read_line(a) == "paused"
     info_a, info_b = json.loads(_read_line(a)), json.loads(_read_line(b))
     assert a.wait() == 0 and b.wait() == 0

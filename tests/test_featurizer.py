@@ -138,9 +138,7 @@ def test_grayscale_rgba_palette_and_float_arrays(tiny_clip_path):
     )
     # float arrays in [0, 1] equal their uint8 version
     arr = np.asarray(rgb)
-    np.testing.assert_allclose(
-        feat.transform([arr / 255.0]), feat.transform([arr]), atol=1e-5
-    )
+    np.testing.assert_allclose(feat.transform([arr / 255.0]), feat.transform([arr]), atol=1e-5)
 
 
 def test_exif_orientation_is_applied(tiny_clip_path, tmp_path):
@@ -175,9 +173,9 @@ def test_augment_fit_transform_is_mean_of_views_and_seeded(tiny_clip_path):
     ).fit_transform(images)
     np.testing.assert_allclose(A, B, atol=1e-6)
     # an image's views depend on its content, not its position (folds get the same keys)
-    D = CLIPFeaturizer(
-        model=tiny_clip_path, augment=4, random_state=0, cache=False
-    ).fit_transform(images[::-1])
+    D = CLIPFeaturizer(model=tiny_clip_path, augment=4, random_state=0, cache=False).fit_transform(
+        images[::-1]
+    )
     np.testing.assert_allclose(D, A[::-1], atol=1e-6)
     C = CLIPFeaturizer(model=tiny_clip_path, augment=4, random_state=1, cache=False).fit_transform(
         images
@@ -335,8 +333,9 @@ def test_forward_accepts_a_plain_tensor_as_transformers_4_returns(
         return pooled_embeddings(original(pixel_values=pixel_values, **kwargs))
 
     monkeypatch.setattr(clip.model, "get_image_features", as_in_transformers_4)
-    X = CLIPFeaturizer(model=tiny_clip_path, device="cpu", dtype="float32", runtime="torch",
-                       cache=False)
+    X = CLIPFeaturizer(
+        model=tiny_clip_path, device="cpu", dtype="float32", runtime="torch", cache=False
+    )
     np.testing.assert_allclose(X.transform(images), ref, atol=1e-6)
 
 

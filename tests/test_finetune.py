@@ -13,8 +13,14 @@ from sklearn.preprocessing import normalize
 from skclip import TipAdapterClassifier, TipAdapterClassifierCV
 from skclip.heads._finetune import AUTO_STEPS, fine_tune_keys
 
-REPRO = dict(lr=1e-3, epochs=20, batch_size=256, leave_one_out=False, validation_fraction=None,
-             normalize_keys=False)
+REPRO = dict(
+    lr=1e-3,
+    epochs=20,
+    batch_size=256,
+    leave_one_out=False,
+    validation_fraction=None,
+    normalize_keys=False,
+)
 
 
 def reference_tip_f(X, y, W, *, alpha, beta, lr, epochs, batch_size, seed, dtype):
@@ -59,14 +65,25 @@ def repro_task():
 
 
 def _ours(X, y, W, **params):
-    return fine_tune_keys(X, y, len(W), W, alpha=1.17, beta=1.0, device="cpu", random_state=0,
-                          **{**REPRO, **params}).keys
+    return fine_tune_keys(
+        X, y, len(W), W, alpha=1.17, beta=1.0, device="cpu", random_state=0, **{**REPRO, **params}
+    ).keys
 
 
 def test_float32_equals_the_reference_loop(repro_task):
     X, y, W = repro_task
-    ref, _ = reference_tip_f(X, y, W, alpha=1.17, beta=1.0, lr=1e-3, epochs=20, batch_size=256,
-                             seed=0, dtype=torch.float32)
+    ref, _ = reference_tip_f(
+        X,
+        y,
+        W,
+        alpha=1.17,
+        beta=1.0,
+        lr=1e-3,
+        epochs=20,
+        batch_size=256,
+        seed=0,
+        dtype=torch.float32,
+    )
     ours = _ours(X, y, W, train_dtype="float32")
     assert np.abs(ref - X).max() > 1e-3  # the keys did move
     np.testing.assert_allclose(ours, ref, rtol=0, atol=1e-6)
@@ -74,10 +91,30 @@ def test_float32_equals_the_reference_loop(repro_task):
 
 def test_float16_moves_as_far_as_the_reference_float16_loop(repro_task):
     X, y, W = repro_task
-    ref16, sq = reference_tip_f(X, y, W, alpha=1.17, beta=1.0, lr=1e-3, epochs=20,
-                                batch_size=256, seed=0, dtype=torch.float16)
-    ref32, _ = reference_tip_f(X, y, W, alpha=1.17, beta=1.0, lr=1e-3, epochs=20,
-                               batch_size=256, seed=0, dtype=torch.float32)
+    ref16, sq = reference_tip_f(
+        X,
+        y,
+        W,
+        alpha=1.17,
+        beta=1.0,
+        lr=1e-3,
+        epochs=20,
+        batch_size=256,
+        seed=0,
+        dtype=torch.float16,
+    )
+    ref32, _ = reference_tip_f(
+        X,
+        y,
+        W,
+        alpha=1.17,
+        beta=1.0,
+        lr=1e-3,
+        epochs=20,
+        batch_size=256,
+        seed=0,
+        dtype=torch.float32,
+    )
     ours16 = _ours(X, y, W, train_dtype="float16")
     move_ref16, move_ref32 = np.linalg.norm(ref16 - X), np.linalg.norm(ref32 - X)
     move_ours = np.linalg.norm(ours16 - X)
@@ -99,8 +136,9 @@ def _task(shots, name="10 classes"):
 
 
 def _fit(X, y, W, **params):
-    return TipAdapterClassifier(clip_model=None, text_features=W, fine_tune=True,
-                                random_state=0, **params).fit(X, y)
+    return TipAdapterClassifier(
+        clip_model=None, text_features=W, fine_tune=True, random_state=0, **params
+    ).fit(X, y)
 
 
 def test_defaults_fine_tune_well_beyond_training_free():
@@ -135,12 +173,34 @@ def test_one_shot_with_leave_one_out_trains_nothing_and_says_so():
 def test_singleton_classes_are_not_queries_but_the_rest_trains():
     Xtr, ytr, _, _, W = _task(shots=4)
     keep = np.r_[0, np.flatnonzero(ytr != 0)]  # class 0 has a single sample
-    res = fine_tune_keys(Xtr[keep], ytr[keep], 10, W, alpha=1.0, beta=5.5, epochs=2, lr=1e-3,
-                         batch_size=8, device="cpu", random_state=0)
+    res = fine_tune_keys(
+        Xtr[keep],
+        ytr[keep],
+        10,
+        W,
+        alpha=1.0,
+        beta=5.5,
+        epochs=2,
+        lr=1e-3,
+        batch_size=8,
+        device="cpu",
+        random_state=0,
+    )
     # 36 scorable queries in batches of 8: 5 steps per epoch, the singleton's loss unused.
     with pytest.warns(UserWarning, match="leave_one_out"):
-        fine_tune_keys(Xtr[keep][:1], ytr[keep][:1], 10, W, alpha=1.0, beta=5.5, epochs=2,
-                       lr=1e-3, batch_size=8, device="cpu", random_state=0)
+        fine_tune_keys(
+            Xtr[keep][:1],
+            ytr[keep][:1],
+            10,
+            W,
+            alpha=1.0,
+            beta=5.5,
+            epochs=2,
+            lr=1e-3,
+            batch_size=8,
+            device="cpu",
+            random_state=0,
+        )
     assert len(res.loss_curve) == 2 and not np.allclose(res.keys[0], Xtr[0])
 
 
@@ -183,8 +243,15 @@ def test_cv_fine_tunes_with_the_classifier_defaults():
     for name in ("epochs", "lr", "batch_size", "leave_one_out", "normalize_keys", "train_dtype"):
         assert cv[name] == tip[name], name
     Xtr, ytr, _, _, W = _task(shots=4)
-    clf = TipAdapterClassifierCV(alphas=[1.0], betas=[5.5], cv=2, clip_model=None,
-                                 text_features=W, fine_tune=True, random_state=0).fit(Xtr, ytr)
+    clf = TipAdapterClassifierCV(
+        alphas=[1.0],
+        betas=[5.5],
+        cv=2,
+        clip_model=None,
+        text_features=W,
+        fine_tune=True,
+        random_state=0,
+    ).fit(Xtr, ytr)
     assert len(clf.loss_curve_) == AUTO_STEPS  # 40 samples: one step per epoch
     np.testing.assert_allclose(np.linalg.norm(clf.cache_keys_, axis=1), 1.0, rtol=1e-5)
 
@@ -202,8 +269,18 @@ def test_epochs_and_train_dtype_are_validated():
 def test_float16_on_cuda_moves_like_on_cpu(repro_task):
     X, y, W = repro_task
     cpu = _ours(X, y, W, train_dtype="float16")
-    gpu = fine_tune_keys(X, y, len(W), W, alpha=1.17, beta=1.0, device="cuda", random_state=0,
-                         train_dtype="float16", **REPRO).keys
+    gpu = fine_tune_keys(
+        X,
+        y,
+        len(W),
+        W,
+        alpha=1.17,
+        beta=1.0,
+        device="cuda",
+        random_state=0,
+        train_dtype="float16",
+        **REPRO,
+    ).keys
     move = np.linalg.norm(cpu - X)
     assert abs(np.linalg.norm(gpu - X) - move) <= 0.2 * move
     assert np.linalg.norm(gpu - cpu) <= 0.1 * move

@@ -243,8 +243,9 @@ def test_pooled_views_recipe_from_the_notes(tiny_clip_path, image_folder):
     """The Notes' recipe for the authors' pooling: one random view per seed, stacked."""
     paths, labels = image_folder
     views = [
-        CLIPFeaturizer(model=tiny_clip_path, device="cpu", augment=1, random_state=s)
-        .fit_transform(paths)
+        CLIPFeaturizer(model=tiny_clip_path, device="cpu", augment=1, random_state=s).fit_transform(
+            paths
+        )
         for s in range(3)
     ]
     assert not np.allclose(views[0], views[1])  # different seeds, different views

@@ -33,8 +33,10 @@ def _task(dtype, n_classes=5, shots=8, n_queries=300, seed=0):
     means = rng.standard_normal((n_classes, TINY_DIM))
     y = np.repeat(np.arange(n_classes), shots)
     X = (rng.standard_normal((len(y), TINY_DIM)) + 2 * means[y]).astype(dtype)
-    Xq = (rng.standard_normal((n_queries, TINY_DIM)) + 2 * means[rng.integers(0, n_classes,
-                                                                             n_queries)])
+    Xq = (
+        rng.standard_normal((n_queries, TINY_DIM))
+        + 2 * means[rng.integers(0, n_classes, n_queries)]
+    )
     W = (rng.standard_normal((n_classes, TINY_DIM)) + means).astype(dtype)
     return X, y, Xq.astype(dtype), W
 

@@ -34,15 +34,36 @@ def _report(classes):
     per_class = {c: {"precision": 0.75, "recall": 0.8, "f1": 0.77, "support": 4} for c in classes}
     scores = {"per_class": per_class, "confusion_matrix": cm}
     return {
-        "data_dir": "/data/<photos>", "model": "tiny-clip", "n_images": 12,
-        "classes": list(classes), "protocol": "3-fold stratified cross-validation",
+        "data_dir": "/data/<photos>",
+        "model": "tiny-clip",
+        "n_images": 12,
+        "classes": list(classes),
+        "protocol": "3-fold stratified cross-validation",
         "methods": {
-            "zero-shot": {"accuracy": 0.5, "accuracy_std": 0.1, "f1_macro": 0.45,
-                          "f1_macro_std": 0.12, **scores},
-            "Tip-Adapter": {"accuracy": 0.8333, "accuracy_std": 0.05, "f1_macro": 0.82,
-                            "f1_macro_std": 0.06, "alpha": 1.17, "beta": 5.5, **scores},
-            "GDA": {"accuracy": 0.75, "accuracy_std": None, "f1_macro": 0.7, "f1_macro_std": None,
-                    "params": {"alpha": 10.0}, **scores},
+            "zero-shot": {
+                "accuracy": 0.5,
+                "accuracy_std": 0.1,
+                "f1_macro": 0.45,
+                "f1_macro_std": 0.12,
+                **scores,
+            },
+            "Tip-Adapter": {
+                "accuracy": 0.8333,
+                "accuracy_std": 0.05,
+                "f1_macro": 0.82,
+                "f1_macro_std": 0.06,
+                "alpha": 1.17,
+                "beta": 5.5,
+                **scores,
+            },
+            "GDA": {
+                "accuracy": 0.75,
+                "accuracy_std": None,
+                "f1_macro": 0.7,
+                "f1_macro_std": None,
+                "params": {"alpha": 10.0},
+                **scores,
+            },
         },
     }
 
@@ -55,12 +76,25 @@ def page(tmp_path, image_folder):
     Image.new("RGB", (90, 60), MAGENTA).save(magenta)
     misclassified = [
         {"path": paths[0], "true": "red_apple<b>", "pred": "blue sky", "confidence": 0.55},
-        {"path": str(magenta), "true": "green-leaf", "pred": "blue sky", "confidence": 0.97,
-         "method": "Tip-Adapter"},
-        {"path": str(tmp_path / "gone.jpg"), "true": "blue sky", "pred": "green-leaf",
-         "confidence": 0.6},
-        {"image": np.full((20, 30, 3), 128, np.uint8), "true": "blue sky", "pred": "red_apple<b>",
-         "confidence": 0.3},
+        {
+            "path": str(magenta),
+            "true": "green-leaf",
+            "pred": "blue sky",
+            "confidence": 0.97,
+            "method": "Tip-Adapter",
+        },
+        {
+            "path": str(tmp_path / "gone.jpg"),
+            "true": "blue sky",
+            "pred": "green-leaf",
+            "confidence": 0.6,
+        },
+        {
+            "image": np.full((20, 30, 3), 128, np.uint8),
+            "true": "blue sky",
+            "pred": "red_apple<b>",
+            "confidence": 0.3,
+        },
     ]
     path = render_html(_report(classes), misclassified, tmp_path / "report.html", max_images=3)
     return path, misclassified
@@ -107,7 +141,7 @@ def test_page_is_self_contained_and_complete(page):
 def test_gallery_worst_first_capped_and_unreadable_named(page):
     path, _ = page
     text = path.read_text(encoding="utf-8")
-    gallery = text[text.index('id="gallery"'):]
+    gallery = text[text.index('id="gallery"') :]
     captions = re.findall(r"\((\d+)%\)", gallery)
     assert captions == ["97", "60", "55"]  # most confident first; 0.30 is past the cap
     assert gallery.count("data:image/jpeg;base64,") == 2  # the missing file has none
@@ -122,8 +156,7 @@ def test_hyperparameters_come_from_params_or_non_score_entries():
 
 
 def _run_browser(*args, timeout=120):
-    cmd = [_browser(), "--headless", "--no-sandbox", "--disable-gpu", "--hide-scrollbars",
-           *args]
+    cmd = [_browser(), "--headless", "--no-sandbox", "--disable-gpu", "--hide-scrollbars", *args]
     return subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, check=True)
 
 
@@ -154,21 +187,45 @@ def test_protocol_skipped_files_and_shown_method_match_the_markdown(tmp_path):
     from skclip.cli.report.summary import _protocol_lines, shown_method
 
     report = {
-        "data_dir": "photos", "model": "/models/tiny", "n_images": 6, "classes": ["a", "b"],
-        "protocol": "3-fold stratified cross-validation", "skclip_version": "9.9",
-        "model_fingerprint": "f00dcafe", "shots": None, "cv": 3, "inner_cv": 2,
-        "random_state": 0, "augment": 0, "per_class_method": "zero-shot",
+        "data_dir": "photos",
+        "model": "/models/tiny",
+        "n_images": 6,
+        "classes": ["a", "b"],
+        "protocol": "3-fold stratified cross-validation",
+        "skclip_version": "9.9",
+        "model_fingerprint": "f00dcafe",
+        "shots": None,
+        "cv": 3,
+        "inner_cv": 2,
+        "random_state": 0,
+        "augment": 0,
+        "per_class_method": "zero-shot",
         "skipped": [{"path": "photos/a/<bad>.jpg", "error": "not an image file"}],
         "methods": {
-            "zero-shot": {"accuracy": 0.5, "accuracy_std": 0.1, "f1_macro": 0.5,
-                          "f1_macro_std": 0.1, "confusion_matrix": [[2, 1], [2, 1]]},
-            "Tip-Adapter": {"accuracy": 0.9, "accuracy_std": 0.1, "f1_macro": 0.9,
-                            "f1_macro_std": 0.1, "confusion_matrix": [[3, 0], [1, 2]]},
+            "zero-shot": {
+                "accuracy": 0.5,
+                "accuracy_std": 0.1,
+                "f1_macro": 0.5,
+                "f1_macro_std": 0.1,
+                "confusion_matrix": [[2, 1], [2, 1]],
+            },
+            "Tip-Adapter": {
+                "accuracy": 0.9,
+                "accuracy_std": 0.1,
+                "f1_macro": 0.9,
+                "f1_macro_std": 0.1,
+                "confusion_matrix": [[3, 0], [1, 2]],
+            },
         },
     }
     page = render_html(report, [], tmp_path / "r.html").read_text()
-    for text in ("f00dcafe", "skclip 9.9", "inner cv: 2", "photos/a/&lt;bad&gt;.jpg",
-                 "not an image file"):
+    for text in (
+        "f00dcafe",
+        "skclip 9.9",
+        "inner cv: 2",
+        "photos/a/&lt;bad&gt;.jpg",
+        "not an image file",
+    ):
         assert text in page, text
     assert shown_method(report) == "zero-shot"
     assert '<details open class="method" data-method="zero-shot">' in page

@@ -71,7 +71,8 @@ def test_mixed_inputs_keep_their_order(tiny_clip_path, files, count_encoded):
     np.testing.assert_array_equal(warm, cold)
     np.testing.assert_array_equal(part[:2], cold[:2])
     np.testing.assert_allclose(
-        part[2:], CLIPFeaturizer(model=tiny_clip_path, cache=False).transform(files[3:4]),
+        part[2:],
+        CLIPFeaturizer(model=tiny_clip_path, cache=False).transform(files[3:4]),
         atol=1e-6,
     )
 
@@ -82,15 +83,25 @@ def test_search_results_equal_under_n_jobs_and_cache_dir(tiny_clip_path, image_f
     cv = StratifiedKFold(3, shuffle=True, random_state=0)
 
     def search(n_jobs, **featurizer):
-        pipe = Pipeline([("clip", CLIPFeaturizer(model=tiny_clip_path, **featurizer)),
-                         ("tip", TipAdapterClassifier(clip_model=tiny_clip_path))])
+        pipe = Pipeline(
+            [
+                ("clip", CLIPFeaturizer(model=tiny_clip_path, **featurizer)),
+                ("tip", TipAdapterClassifier(clip_model=tiny_clip_path)),
+            ]
+        )
         return GridSearchCV(pipe, grid, cv=cv, n_jobs=n_jobs).fit(paths, labels)
 
     reference = search(1, cache=False)
-    for n_jobs, featurizer in [(1, {}), (2, {"cache_dir": tmp_path / "emb"}),
-                               (1, {"cache_dir": tmp_path / "emb"})]:
+    for n_jobs, featurizer in [
+        (1, {}),
+        (2, {"cache_dir": tmp_path / "emb"}),
+        (1, {"cache_dir": tmp_path / "emb"}),
+    ]:
         FILE_DIGESTS.stamps.clear()
         result = search(n_jobs, **featurizer)
-        np.testing.assert_allclose(result.cv_results_["mean_test_score"],
-                                   reference.cv_results_["mean_test_score"], atol=1e-12)
+        np.testing.assert_allclose(
+            result.cv_results_["mean_test_score"],
+            reference.cv_results_["mean_test_score"],
+            atol=1e-12,
+        )
         assert result.best_params_ == reference.best_params_

@@ -165,8 +165,16 @@ def test_sklearn_estimator_checks(estimator, check):
 
 def test_same_random_state_same_choices(task):
     Xtr, ytr, _, _, W = task
-    params = dict(alphas=[0.5, 2.0], betas=[2.0, 6.0], text_features=W, clip_model=None,
-                  fine_tune=True, epochs=2, lr=1e-2, batch_size=16)
+    params = dict(
+        alphas=[0.5, 2.0],
+        betas=[2.0, 6.0],
+        text_features=W,
+        clip_model=None,
+        fine_tune=True,
+        epochs=2,
+        lr=1e-2,
+        batch_size=16,
+    )
     cv = StratifiedKFold(3, shuffle=True, random_state=0)
     a = TipAdapterClassifierCV(cv=cv, random_state=0, **params).fit(Xtr, ytr)
     b = TipAdapterClassifierCV(cv=cv, random_state=0, **params).fit(Xtr, ytr)
@@ -180,8 +188,16 @@ def test_same_random_state_same_choices(task):
 
 def test_refit_without_fine_tuning_clears_the_loss_curve(task):
     Xtr, ytr, _, _, W = task
-    clf = TipAdapterClassifierCV(alphas=[1.0], betas=[5.5], cv=2, text_features=W, clip_model=None,
-                                 fine_tune=True, epochs=2, random_state=0).fit(Xtr, ytr)
+    clf = TipAdapterClassifierCV(
+        alphas=[1.0],
+        betas=[5.5],
+        cv=2,
+        text_features=W,
+        clip_model=None,
+        fine_tune=True,
+        epochs=2,
+        random_state=0,
+    ).fit(Xtr, ytr)
     assert len(clf.loss_curve_) == 2
     clf.set_params(fine_tune=False).fit(Xtr, ytr)
     assert clf.loss_curve_ is None

@@ -63,12 +63,20 @@ def online_calls(monkeypatch):
     return calls
 
 
-@pytest.mark.parametrize("name", [
-    "models/clip-b32",  # one separator, but models/ is a folder here
-    "./clip-b32", "~/no-such-skclip-folder", "models/clip-b32/", "a/b/c", "bad name!",
-])
-def test_path_like_names_are_missing_folders_never_hub_ids(name, tmp_path, monkeypatch,
-                                                           online_calls):
+@pytest.mark.parametrize(
+    "name",
+    [
+        "models/clip-b32",  # one separator, but models/ is a folder here
+        "./clip-b32",
+        "~/no-such-skclip-folder",
+        "models/clip-b32/",
+        "a/b/c",
+        "bad name!",
+    ],
+)
+def test_path_like_names_are_missing_folders_never_hub_ids(
+    name, tmp_path, monkeypatch, online_calls
+):
     monkeypatch.chdir(tmp_path)
     (tmp_path / "models").mkdir()
     with pytest.raises(OSError, match="does not exist or is not a folder") as info:

@@ -188,9 +188,7 @@ def test_3_the_record_names_versions_and_checksums(clip, tmp_path, exports):
     assert sorted(meta["sha256"]) == sorted(meta["files"]) == ["model.onnx", "model.onnx.data"]
 
 
-def test_3_cached_embeddings_are_keyed_by_the_exact_export(
-    tiny_clip_path, tmp_path, monkeypatch
-):
+def test_3_cached_embeddings_are_keyed_by_the_exact_export(tiny_clip_path, tmp_path, monkeypatch):
     """Another export in its place (as another torch might write, sealed with its own
     record): the entries the first one made are never served for it."""
     import json

@@ -21,8 +21,9 @@ from skclip import CLIPFeaturizer, TipAdapterClassifier, TipAdapterClassifierCV
 def _pipe(model, kind):
     tip = {
         "tip": TipAdapterClassifier(clip_model=model, alpha=5.0),
-        "tip-f": TipAdapterClassifier(clip_model=model, alpha=5.0, fine_tune=True, epochs=3,
-                                      random_state=0),
+        "tip-f": TipAdapterClassifier(
+            clip_model=model, alpha=5.0, fine_tune=True, epochs=3, random_state=0
+        ),
         "tip-cv": TipAdapterClassifierCV(clip_model=model, cv=3),
     }[kind]
     return Pipeline([("clip", CLIPFeaturizer(model=model, progress=False)), ("tip", tip)])

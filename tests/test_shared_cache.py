@@ -87,8 +87,9 @@ def test_a_void_claim_is_encoded_here(tiny_clip_path, tmp_path, other_process, c
     images = [np.asarray(make_image(np.random.default_rng(10 + i))) for i in range(2)]
     feat = CLIPFeaturizer(model=tiny_clip_path, cache_dir=tmp_path / "emb")
     spec = _encode.spec_for(feat, n_views=0, seed=None)
-    write_claim(spec.cache.disk, spec.cache.prefix + _cache.memory_digest(images[0]),
-                other_process.pid)
+    write_claim(
+        spec.cache.disk, spec.cache.prefix + _cache.memory_digest(images[0]), other_process.pid
+    )
     threading.Timer(0.5, other_process.kill).start()  # dies without storing anything
     X = feat.transform(images)
     assert count_encoded["images"] == 2
@@ -135,13 +136,18 @@ def test_parallel_search_workers_share_a_folder(tiny_clip_path, tmp_path, count_
         make_image(np.random.default_rng(1000 + i)).save(paths[-1])
     grid = {"tip__alpha": [0.5, 2.0], "tip__beta": [5.5]}
     cv = StratifiedKFold(3, shuffle=True, random_state=0)
-    pipe = Pipeline([("clip", CLIPFeaturizer(model=tiny_clip_path)),
-                     ("tip", TipAdapterClassifier(clip_model=tiny_clip_path))])
+    pipe = Pipeline(
+        [
+            ("clip", CLIPFeaturizer(model=tiny_clip_path)),
+            ("tip", TipAdapterClassifier(clip_model=tiny_clip_path)),
+        ]
+    )
     parallel = GridSearchCV(pipe, grid, cv=cv, n_jobs=2).fit(paths, labels)
     assert count_encoded["images"] == 0  # the refit here found the workers' embeddings
     serial = GridSearchCV(pipe, grid, cv=cv, n_jobs=1).fit(paths, labels)
-    np.testing.assert_allclose(parallel.cv_results_["mean_test_score"],
-                               serial.cv_results_["mean_test_score"], atol=1e-12)
+    np.testing.assert_allclose(
+        parallel.cv_results_["mean_test_score"], serial.cv_results_["mean_test_score"], atol=1e-12
+    )
     assert len(list(__import__("pathlib").Path(folder).rglob("*.emb"))) >= len(paths)
     assert not list(__import__("pathlib").Path(folder).rglob("*.claim"))
 

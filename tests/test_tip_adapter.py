@@ -331,8 +331,9 @@ def test_pickle_holds_no_weights(features):
 # -- Tip-Adapter-F ----------------------------------------------------------------------------
 # The reference loop's raw keys (normalize_keys=False): these tests are about its behaviour;
 # tests/test_finetune.py covers the defaults.
-TIPF = dict(clip_model=None, fine_tune=True, lr=1e-2, epochs=20, normalize_keys=False,
-            random_state=0)
+TIPF = dict(
+    clip_model=None, fine_tune=True, lr=1e-2, epochs=20, normalize_keys=False, random_state=0
+)
 
 
 @pytest.fixture(scope="module")
@@ -442,13 +443,19 @@ def test_fine_tune_keys_is_what_fit_does(task):
     """The pure training function gives the classifier's keys, curves and kept samples."""
     Xtr, ytr, _, _, W = task
     params = dict(alpha=1.0, beta=5.5, epochs=3, lr=1e-2, batch_size=32, normalize_keys=False)
-    clf = TipAdapterClassifier(
-        text_features=W, validation_fraction=0.25, **{**TIPF, **params}
-    ).fit(Xtr, ytr)
+    clf = TipAdapterClassifier(text_features=W, validation_fraction=0.25, **{**TIPF, **params}).fit(
+        Xtr, ytr
+    )
     y_enc = np.searchsorted(clf.classes_, ytr)
     res = fine_tune_keys(
-        normalize(Xtr), y_enc, len(clf.classes_), normalize(W), validation_fraction=0.25,
-        device="cpu", random_state=0, **params,
+        normalize(Xtr),
+        y_enc,
+        len(clf.classes_),
+        normalize(W),
+        validation_fraction=0.25,
+        device="cpu",
+        random_state=0,
+        **params,
     )
     np.testing.assert_array_equal(res.keys, clf.cache_keys_)
     np.testing.assert_array_equal(np.eye(len(clf.classes_))[y_enc[res.kept]], clf.cache_values_)
@@ -483,8 +490,13 @@ def test_one_hot_votes_equal_index_add_votes():
 
 
 @pytest.mark.parametrize(
-    "device, path", [("cpu", "_index_add_votes"), ("cuda", "_one_hot_votes"),
-                     ("cuda:1", "_one_hot_votes"), ("mps", "_one_hot_votes")],
+    "device, path",
+    [
+        ("cpu", "_index_add_votes"),
+        ("cuda", "_one_hot_votes"),
+        ("cuda:1", "_one_hot_votes"),
+        ("mps", "_one_hot_votes"),
+    ],
 )
 def test_atomic_index_add_is_used_only_on_the_cpu(device, path):
     """index_add accumulates with atomics on accelerators (run-to-run differences in
@@ -560,8 +572,9 @@ def test_i20_5_feature_magnitude_does_not_matter(head, scale, with_text):
 
     plain, big = fit(1), fit(scale)
     np.testing.assert_array_equal(big.predict(Xq * np.float32(scale)), plain.predict(Xq))
-    np.testing.assert_allclose(big.predict_proba(Xq * np.float32(scale)),
-                               plain.predict_proba(Xq), atol=1e-5)
+    np.testing.assert_allclose(
+        big.predict_proba(Xq * np.float32(scale)), plain.predict_proba(Xq), atol=1e-5
+    )
     assert np.ptp(big.predict_proba(Xq * np.float32(scale)), axis=1).min() > 0  # not uniform
 
 
@@ -591,9 +604,13 @@ def test_i20_7_chunked_prediction_equals_the_whole(monkeypatch):
     X, y, Xq, _, W = clip_like_task(seed=2, d=16, n_classes=5, shots=8, n_test=40)
     clf = TipAdapterClassifier(clip_model=None, text_features=W).fit(X, y)
     whole = _formula.tip_adapter_logits(
-        torch.from_numpy(normalize(Xq)), torch.from_numpy(clf.cache_keys_),
-        torch.from_numpy(clf._y), torch.from_numpy(W / np.linalg.norm(W, axis=1)[:, None]),
-        clf.alpha, clf.beta, n_classes=5,
+        torch.from_numpy(normalize(Xq)),
+        torch.from_numpy(clf.cache_keys_),
+        torch.from_numpy(clf._y),
+        torch.from_numpy(W / np.linalg.norm(W, axis=1)[:, None]),
+        clf.alpha,
+        clf.beta,
+        n_classes=5,
     ).numpy()
     with sklearn.config_context(working_memory=0.01):  # chunks of a few rows
         np.testing.assert_allclose(clf.decision_function(Xq), whole, rtol=1e-12, atol=1e-12)
@@ -647,7 +664,10 @@ def test_i20_7_peak_memory_of_prediction(method, working_memory, most):
     env = {**os.environ, "MALLOC_MMAP_THRESHOLD_": "131072", "OMP_NUM_THREADS": "1"}
     done = subprocess.run(
         [sys.executable, "-c", _PEAK, "20000", "1000", method, str(working_memory)],
-        capture_output=True, text=True, env=env, timeout=300,
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=300,
     )
     assert done.returncode == 0, done.stderr
     assert json.loads(done.stdout.strip().splitlines()[-1]) <= most

@@ -137,8 +137,18 @@ def test_epoch_e_uses_view_e_mod_n_views():
 def test_fine_tune_keys_rejects_views_of_another_shape():
     X, y, views = _task()
     with pytest.raises(ValueError, match=r"\(n_views, 24, 16\).*\(2, 24, 8\)"):
-        fine_tune_keys(X, y, 3, None, alpha=1.0, beta=5.5, epochs=1, lr=1e-2, batch_size=8,
-                       views=views[:, :, :8])
+        fine_tune_keys(
+            X,
+            y,
+            3,
+            None,
+            alpha=1.0,
+            beta=5.5,
+            epochs=1,
+            lr=1e-2,
+            batch_size=8,
+            views=views[:, :, :8],
+        )
 
 
 def test_classifier_trains_on_views_and_predicts_on_one_block():
@@ -176,8 +186,9 @@ def test_width_mismatches_name_both_widths():
 def test_classifier_cv_accepts_views():
     X, y, views = _task(n_views=2)
     wide = np.hstack([X, *views])
-    kw = dict(clip_model=None, fine_tune=True, lr=1e-2, cv=2, random_state=0,
-              alphas=[1.0], betas=[5.5])
+    kw = dict(
+        clip_model=None, fine_tune=True, lr=1e-2, cv=2, random_state=0, alphas=[1.0], betas=[5.5]
+    )
     on_views = TipAdapterClassifierCV(train_views=2, **kw).fit(wide, y)
     clean = TipAdapterClassifierCV(**kw).fit(X, y)
     assert on_views.n_features_in_ == X.shape[1]
@@ -191,8 +202,14 @@ def test_pipeline_grid_search_on_views_encodes_nothing_new(tiny_clip_path, image
     E = 2
     pipe = make_pipeline(
         _featurizer(tiny_clip_path, train_views=E, random_state=0),
-        TipAdapterClassifier(clip_model=tiny_clip_path, device="cpu", fine_tune=True,
-                             train_views=E, epochs=3, random_state=0),
+        TipAdapterClassifier(
+            clip_model=tiny_clip_path,
+            device="cpu",
+            fine_tune=True,
+            train_views=E,
+            epochs=3,
+            random_state=0,
+        ),
     )
     CLIPFeaturizer.cache_clear()
     pipe.fit(paths, labels)

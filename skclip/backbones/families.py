@@ -202,7 +202,10 @@ class Backbone:
         self.require_text()
         max_len = getattr(self.model.config.text_config, "max_position_embeddings", 77)
         tokens = self.tokenizer(
-            prompts, truncation=True, max_length=max_len, return_tensors="pt",
+            prompts,
+            truncation=True,
+            max_length=max_len,
+            return_tensors="pt",
             **self._text_padding(),
         )
         return dict(tokens.to(self.device))
@@ -332,13 +335,11 @@ FAMILIES: dict[str, tuple[type[Backbone], str]] = {
 def _model_type(name: str) -> str:
     from transformers import AutoConfig
 
-
     return str(from_pretrained(AutoConfig, name).model_type)
 
 
 def _load_tokenizer(name: str) -> tuple[Any, str | None]:
     from transformers import AutoTokenizer
-
 
     try:
         return from_pretrained(AutoTokenizer, name), None
@@ -359,7 +360,6 @@ def build_backbone(name: str, device: torch.device, dtype: torch.dtype) -> Backb
     """
     import transformers
 
-
     model_type = _model_type(name)
     if model_type in FAMILIES:
         cls, model_class = FAMILIES[model_type]
@@ -375,8 +375,15 @@ def build_backbone(name: str, device: torch.device, dtype: torch.dtype) -> Backb
             raise ValueError(_unsupported(name, model_type))
     model.to(device).eval()
     model.requires_grad_(False)
-    backbone = cls(name=name, model=model, tokenizer=tokenizer, image_config=image_config(name),
-                   device=device, dtype=dtype, tokenizer_error=why)
+    backbone = cls(
+        name=name,
+        model=model,
+        tokenizer=tokenizer,
+        image_config=image_config(name),
+        device=device,
+        dtype=dtype,
+        tokenizer_error=why,
+    )
     if cls is ImageOnlyBackbone:
         try:
             backbone.embedding_dim  # noqa: B018 - one forward pass checks the pooled output
@@ -397,4 +404,3 @@ def _unsupported(name: str, model_type: str) -> str:
         f"dual encoders of the families {sorted(FAMILIES)} and image models whose output has a "
         "pooler_output (DINOv2, ViT...)."
     )
-

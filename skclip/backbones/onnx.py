@@ -131,7 +131,8 @@ def warn_fallback(clip: Backbone, exc: BaseException) -> None:
         warnings.warn(
             f"Could not run the image tower of {clip.name!r} in ONNX Runtime ({exc!r}); "
             "runtime='auto' uses PyTorch instead. Pass runtime='torch' to skip the attempt.",
-            RuntimeWarning, stacklevel=4,
+            RuntimeWarning,
+            stacklevel=4,
         )
 
 
@@ -196,8 +197,11 @@ def export_key(clip: Backbone, dtype: str = "float32") -> str:
     h = hasher(digest_size=12)
     vision_config = getattr(clip.model.config, "vision_config", clip.model.config)
     parts = (
-        EXPORT_FORMAT, clip.vision_fingerprint, vision_config.to_json_string(use_diff=False),
-        sorted(clip.image_config.items()), _input_shape(clip),
+        EXPORT_FORMAT,
+        clip.vision_fingerprint,
+        vision_config.to_json_string(use_diff=False),
+        sorted(clip.image_config.items()),
+        _input_shape(clip),
     )
     h.update(repr(parts).encode())
     return f"{h.hexdigest()}-{dtype}"
@@ -302,9 +306,15 @@ def _export_float32(clip: Backbone, target: Path) -> None:
         with warnings.catch_warnings(), torch.inference_mode(False), torch.no_grad():
             warnings.simplefilter("ignore")  # exporter chatter (deprecations)
             torch.onnx.export(
-                tower, (example,), str(tmp / _MODEL_FILE), input_names=["pixels"],
-                output_names=["features"], dynamic_shapes=({0: torch.export.Dim("batch")},),
-                dynamo=True, external_data=True, verbose=False,
+                tower,
+                (example,),
+                str(tmp / _MODEL_FILE),
+                input_names=["pixels"],
+                output_names=["features"],
+                dynamic_shapes=({0: torch.export.Dim("batch")},),
+                dynamo=True,
+                external_data=True,
+                verbose=False,
             )
         _seal(tmp, target, {"model": clip.name, "torch": torch.__version__, "dtype": "float32"})
     except BaseException:
@@ -325,11 +335,12 @@ def _export_int8(source: Path, target: Path) -> None:
     try:
         root.setLevel(logging.ERROR)  # quantize_dynamic advises pre-processing on the root logger
         quantize_dynamic(
-            source / _MODEL_FILE, tmp / _MODEL_FILE, weight_type=QuantType.QInt8,
+            source / _MODEL_FILE,
+            tmp / _MODEL_FILE,
+            weight_type=QuantType.QInt8,
             use_external_data_format=True,
         )
-        _seal(tmp, target, {"source": source.name, "onnxruntime": ort.__version__,
-                            "dtype": "int8"})
+        _seal(tmp, target, {"source": source.name, "onnxruntime": ort.__version__, "dtype": "int8"})
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise

@@ -125,8 +125,11 @@ def config_from_processor(proc: Any, name: str = "the checkpoint") -> dict:
                 f"The image processor of {name!r} ({kind}) has do_resize=False: images would "
                 "have to be multiples of the patch size; skclip needs do_resize=True."
             )
-        return {"patch_size": int(proc.patch_size), "max_num_patches": int(proc.max_num_patches),
-                **common}
+        return {
+            "patch_size": int(proc.patch_size),
+            "max_num_patches": int(proc.max_num_patches),
+            **common,
+        }
     if not _plain_pipeline(proc):
         raise UnsupportedPreprocessingError(
             f"The image processor of {name!r} is {kind}, whose preprocessing skclip does not "
@@ -177,7 +180,6 @@ def image_config(name: str) -> dict:
     torchvision needed).
     """
     from transformers import AutoImageProcessor
-
 
     try:
         import transformers.image_processing_backends  # noqa: F401 - transformers 5
@@ -272,7 +274,8 @@ class NaFlexPreprocessor:
         resized as the NaFlex rule says for the crop's size, flipped with probability 1/2."""
         left, top, w, h = _random_resized_crop_box(img.size, rng)
         view = img.resize(
-            self.target_size(w, h), resample=self.config["resample"],
+            self.target_size(w, h),
+            resample=self.config["resample"],
             box=(left, top, left + w, top + h),
         )
         if rng.random() < 0.5:

@@ -86,9 +86,13 @@ def _featurizer(args: argparse.Namespace):
     # A seed, always: with random_state=None every call would draw new augmented views,
     # so the embedding cache could never reuse them.
     return CLIPFeaturizer(
-        model=args.model, device=args.device, batch_size=args.batch_size,
-        progress=False if args.quiet else "auto", cache_dir=args.cache_dir,
-        augment=args.augment, random_state=args.random_state,
+        model=args.model,
+        device=args.device,
+        batch_size=args.batch_size,
+        progress=False if args.quiet else "auto",
+        cache_dir=args.cache_dir,
+        augment=args.augment,
+        random_state=args.random_state,
     )
 
 
@@ -102,17 +106,22 @@ def _check_common(args: argparse.Namespace) -> None:
 
 
 def _check_cache_dir(args: argparse.Namespace) -> None:
-    if args.cache_dir is not None and Path(args.cache_dir).exists() and not Path(
-        args.cache_dir
-    ).is_dir():
+    if (
+        args.cache_dir is not None
+        and Path(args.cache_dir).exists()
+        and not Path(args.cache_dir).is_dir()
+    ):
         raise ValueError(f"--cache-dir {args.cache_dir!r} is a file, not a folder.")
 
 
 def _check_data_folder(path: str, option: str) -> None:
     """A data folder given as a file (a model file, an image) is named as what it is."""
     if Path(path).is_file():
-        hint = (" (a model file: classify images with it by 'skclip predict MODEL_FILE "
-                "IMAGES...')" if Path(path).suffix.lower() in MODEL_SUFFIXES else "")
+        hint = (
+            " (a model file: classify images with it by 'skclip predict MODEL_FILE IMAGES...')"
+            if Path(path).suffix.lower() in MODEL_SUFFIXES
+            else ""
+        )
         raise ValueError(
             f"{option} {path!r} is a file, not a folder with one sub-folder of images per "
             f"class{hint}."
@@ -151,7 +160,8 @@ def _featurize(
             warnings.warn_explicit(w.message, w.category, w.filename, w.lineno)
     bad = {
         int(i): _short_reason(str(files[int(i)]), int(i), reason)
-        for w in caught if isinstance(w.message, ImageLoadWarning)
+        for w in caught
+        if isinstance(w.message, ImageLoadWarning)
         for i, reason in w.message.errors.items()
     }
     if bad and on_error == "raise":
@@ -175,13 +185,15 @@ def _skipped(files: np.ndarray, bad: dict[int, str], say: _Say) -> list[dict[str
 def _scores(y_true: np.ndarray, y_pred: np.ndarray, classes: np.ndarray) -> dict[str, Any]:
     from sklearn.metrics import confusion_matrix, precision_recall_fscore_support
 
-    p, r, f, s = precision_recall_fscore_support(
-        y_true, y_pred, labels=classes, zero_division=0
-    )
+    p, r, f, s = precision_recall_fscore_support(y_true, y_pred, labels=classes, zero_division=0)
     return {
         "per_class": {
-            str(c): {"precision": float(p[i]), "recall": float(r[i]), "f1": float(f[i]),
-                     "support": int(s[i])}
+            str(c): {
+                "precision": float(p[i]),
+                "recall": float(r[i]),
+                "f1": float(f[i]),
+                "support": int(s[i]),
+            }
             for i, c in enumerate(classes)
         },
         "confusion_matrix": confusion_matrix(y_true, y_pred, labels=classes).tolist(),

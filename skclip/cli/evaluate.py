@@ -61,8 +61,12 @@ def _splits(args: argparse.Namespace, y: np.ndarray) -> dict:
         outer = StratifiedKFold(folds, shuffle=True, random_state=args.random_state)
         splits = list(outer.split(np.zeros(len(y)), y))
         smallest_train = min(_smallest_class(y[train]) for train, _ in splits)
-        return {"splits": splits, "cv": folds, "inner_cv": _inner_cv(smallest_train, None),
-                "protocol": f"{folds}-fold stratified cross-validation"}
+        return {
+            "splits": splits,
+            "cv": folds,
+            "inner_cv": _inner_cv(smallest_train, None),
+            "protocol": f"{folds}-fold stratified cross-validation",
+        }
     if args.shots is not None and args.test_dir is not None:
         train, test_idx = _shots_per_class(y, args.shots, args.random_state), None
     elif args.shots is not None:
@@ -73,13 +77,11 @@ def _splits(args: argparse.Namespace, y: np.ndarray) -> dict:
         test_idx = None  # the test folder
         protocol = f"train on {args.data_dir}, test on {args.test_dir}"
         if args.shots is not None:
-            protocol = (f"{args.shots} images per class of {args.data_dir}, "
-                        f"test on {args.test_dir}")
+            protocol = f"{args.shots} images per class of {args.data_dir}, test on {args.test_dir}"
     else:
         protocol = f"{args.shots}-shot split, the other images as test set"
     inner_cv = _inner_cv(_smallest_class(y[train]), args.cv)
-    return {"splits": [(train, test_idx)], "cv": None, "inner_cv": inner_cv,
-            "protocol": protocol}
+    return {"splits": [(train, test_idx)], "cv": None, "inner_cv": inner_cv, "protocol": protocol}
 
 
 def _shots_per_class(y: np.ndarray, shots: int, random_state: int) -> np.ndarray:
@@ -88,11 +90,14 @@ def _shots_per_class(y: np.ndarray, shots: int, random_state: int) -> np.ndarray
     classes, counts = np.unique(y, return_counts=True)
     short = [f"{c!r} ({n})" for c, n in zip(classes.tolist(), counts.tolist()) if n < shots]
     if short:
-        raise ValueError(f"--shots {shots} needs {shots} training images in every class; "
-                         "these have fewer: " + ", ".join(short) + ".")
+        raise ValueError(
+            f"--shots {shots} needs {shots} training images in every class; "
+            "these have fewer: " + ", ".join(short) + "."
+        )
     rng = np.random.RandomState(random_state)
-    return np.sort(np.concatenate(
-        [rng.choice(np.flatnonzero(y == c), shots, replace=False) for c in classes]))
+    return np.sort(
+        np.concatenate([rng.choice(np.flatnonzero(y == c), shots, replace=False) for c in classes])
+    )
 
 
 def _check_evaluate(args: argparse.Namespace) -> tuple[Any, Any]:
@@ -128,8 +133,11 @@ def _gallery(mistakes: dict[str, list[dict[str, Any]]]) -> list[dict[str, Any]]:
     """The mistakes the HTML gallery shows: every method's most confident ones, an equal
     share of :data:`GALLERY_SIZE` each (so one weak method cannot fill it)."""
     share = -(-GALLERY_SIZE // max(1, len(mistakes)))
-    return [m for found in mistakes.values()
-            for m in sorted(found, key=lambda m: -m["confidence"])[:share]]
+    return [
+        m
+        for found in mistakes.values()
+        for m in sorted(found, key=lambda m: -m["confidence"])[:share]
+    ]
 
 
 def _mistakes(
@@ -142,15 +150,23 @@ def _mistakes(
     proba = fitted.predict_proba(X_q[wrong])
     column = {c: j for j, c in enumerate(fitted.classes_)}
     return [
-        {"path": str(files_q[i]), "true": str(y_q[i]), "pred": str(pred[i]),
-         "confidence": float(proba[k, column[pred[i]]])}
+        {
+            "path": str(files_q[i]),
+            "true": str(y_q[i]),
+            "pred": str(pred[i]),
+            "confidence": float(proba[k, column[pred[i]]]),
+        }
         for k, i in enumerate(wrong)
     ]
 
 
 def _after_skipping(
-    args: argparse.Namespace, classes: np.ndarray, y: np.ndarray, n_skipped: int,
-    y_test: np.ndarray | None = None, test_classes: np.ndarray | None = None,
+    args: argparse.Namespace,
+    classes: np.ndarray,
+    y: np.ndarray,
+    n_skipped: int,
+    y_test: np.ndarray | None = None,
+    test_classes: np.ndarray | None = None,
 ) -> dict:
     """The protocol again once unreadable images are left out: a class without images,
     without a test image, or too small for ``--shots``/``--cv`` now, is an error that
@@ -190,8 +206,10 @@ def _fingerprints(args: argparse.Namespace) -> dict[str, Any]:
     clip = load_backbone(args.model, args.device)
     return {
         "model_fingerprint": clip.fingerprint,
-        "tower_fingerprints": {"vision": clip.vision_fingerprint,
-                               "text": clip.text_fingerprint if clip.has_text else None},
+        "tower_fingerprints": {
+            "vision": clip.vision_fingerprint,
+            "text": clip.text_fingerprint if clip.has_text else None,
+        },
     }
 
 
@@ -223,13 +241,26 @@ def _encode_all(args: argparse.Namespace, data: Any, test: Any, say: _Say) -> _E
     X_test, bad_test = _featurize(featurizer, test.filenames, args.on_error)
     skipped += _skipped(test.filenames, bad_test, say)
     keep_test = np.setdiff1d(np.arange(len(X_test)), list(bad_test))
-    return _Encoded(files, X, X_keys, y, test.filenames[keep_test], X_test[keep_test],
-                    test.labels[keep_test], skipped)
+    return _Encoded(
+        files,
+        X,
+        X_keys,
+        y,
+        test.filenames[keep_test],
+        X_test[keep_test],
+        test.labels[keep_test],
+        skipped,
+    )
 
 
 def _evaluate_method(
-    name: str, est: Any, configuration: str, names: tuple[str, ...], splits: list,
-    enc: _Encoded, classes: np.ndarray,
+    name: str,
+    est: Any,
+    configuration: str,
+    names: tuple[str, ...],
+    splits: list,
+    enc: _Encoded,
+    classes: np.ndarray,
 ) -> tuple[dict[str, Any], list[dict[str, Any]]]:
     """One method's report entry over the splits, and its mistakes."""
     from sklearn.base import clone
@@ -254,12 +285,13 @@ def _evaluate_method(
     single = len(splits) == 1
     # What the method uses from here on: its choice on all the images (one split:
     # the training images of that split).
-    params = (chosen[0] if single or not names
-              else _chosen(clone(est).fit(enc.X_keys, enc.y), names))
+    params = chosen[0] if single or not names else _chosen(clone(est).fit(enc.X_keys, enc.y), names)
     entry = {
         "configuration": configuration,
-        "accuracy": float(np.mean(acc)), "accuracy_std": None if single else float(np.std(acc)),
-        "f1_macro": float(np.mean(f1)), "f1_macro_std": None if single else float(np.std(f1)),
+        "accuracy": float(np.mean(acc)),
+        "accuracy_std": None if single else float(np.std(acc)),
+        "f1_macro": float(np.mean(f1)),
+        "f1_macro_std": None if single else float(np.std(f1)),
         **_scores(np.concatenate(truth_all), np.concatenate(pred_all), classes),
         "params": params,
         "params_per_split": chosen,
@@ -277,29 +309,41 @@ def evaluate(args: argparse.Namespace) -> int:
     args.model = _resolve_model(args.model, say)
     data, test = _check_evaluate(args)
     classes = data.target_names
-    say.step(f"{args.data_dir}: {len(data.labels)} images in {len(classes)} classes"
-             + (f"; {args.test_dir}: {len(test.labels)} images" if test is not None else ""))
+    say.step(
+        f"{args.data_dir}: {len(data.labels)} images in {len(classes)} classes"
+        + (f"; {args.test_dir}: {len(test.labels)} images" if test is not None else "")
+    )
     enc = _encode_all(args, data, test, say)
     y, y_test = enc.y, enc.y_test
     n_test_dir = 0 if y_test is None else len(y_test)
     # Again: skipped files may have changed the classes' sizes.
-    plan = _after_skipping(args, classes, y, len(enc.skipped), y_test,
-                           None if test is None else np.unique(test.labels))
+    plan = _after_skipping(
+        args, classes, y, len(enc.skipped), y_test, None if test is None else np.unique(test.labels)
+    )
     splits = plan["splits"]
     n_train_min = min(_smallest_class(y[train]) for train, _ in splits)
     methods = _methods(args, plan["inner_cv"], n_train_min)
     report: dict[str, Any] = {
         "skclip_version": __version__,
-        "data_dir": str(args.data_dir), "test_dir": args.test_dir,
-        "model": str(args.model), **_fingerprints(args),
-        "protocol": plan["protocol"], "shots": args.shots, "cv": plan["cv"],
-        "inner_cv": plan["inner_cv"], "random_state": args.random_state, "augment": args.augment,
-        "n_images": int(len(y)), "n_test_dir_images": None if y_test is None else int(len(y_test)),
+        "data_dir": str(args.data_dir),
+        "test_dir": args.test_dir,
+        "model": str(args.model),
+        **_fingerprints(args),
+        "protocol": plan["protocol"],
+        "shots": args.shots,
+        "cv": plan["cv"],
+        "inner_cv": plan["inner_cv"],
+        "random_state": args.random_state,
+        "augment": args.augment,
+        "n_images": int(len(y)),
+        "n_test_dir_images": None if y_test is None else int(len(y_test)),
         "splits": [
             {"n_train": int(len(train)), "n_test": int(n_test_dir if part is None else len(part))}
             for train, part in splits
         ],
-        "skipped": enc.skipped, "classes": classes.tolist(), "methods": {},
+        "skipped": enc.skipped,
+        "classes": classes.tolist(),
+        "methods": {},
     }
     mistakes: dict[str, list[dict[str, Any]]] = {}
     for name, (est, configuration, names) in methods.items():
@@ -311,8 +355,13 @@ def evaluate(args: argparse.Namespace) -> int:
     print(render_markdown(report))
     if args.report:
         with _writing(args.report):
-            written = write_report(report, args.report, verbose=args.verbose,
-                                   misclassified=_gallery(mistakes), max_images=GALLERY_SIZE)
+            written = write_report(
+                report,
+                args.report,
+                verbose=args.verbose,
+                misclassified=_gallery(mistakes),
+                max_images=GALLERY_SIZE,
+            )
         for path in written:
             say.step(f"wrote {path}")
     return 0

@@ -57,19 +57,31 @@ def fit_command(args: argparse.Namespace) -> int:
         files, labels = files[keep], labels[keep]
         smallest = min(int(np.sum(labels == c)) for c in data.target_names)
         if smallest < 2:
-            raise ValueError(f"After skipping {len(bad)} unreadable image(s), a class has "
-                             f"{smallest} image(s): fewer than 2 to choose alpha and beta.")
+            raise ValueError(
+                f"After skipping {len(bad)} unreadable image(s), a class has "
+                f"{smallest} image(s): fewer than 2 to choose alpha and beta."
+            )
         if args.cv is not None and args.cv > smallest:
-            raise ValueError(f"After skipping {len(bad)} unreadable image(s): "
-                             f"{_too_few_for_cv(args.cv, smallest)}")
+            raise ValueError(
+                f"After skipping {len(bad)} unreadable image(s): "
+                f"{_too_few_for_cv(args.cv, smallest)}"
+            )
     cv = min(5, _smallest_class(labels)) if args.cv is None else args.cv
-    pipe = Pipeline([
-        ("clip", _featurizer(args)),
-        ("tip", TipAdapterClassifierCV(
-            clip_model=_text_model(args), device=args.device, cv=cv, fine_tune=args.fine_tune,
-            random_state=args.random_state,
-        )),
-    ])
+    pipe = Pipeline(
+        [
+            ("clip", _featurizer(args)),
+            (
+                "tip",
+                TipAdapterClassifierCV(
+                    clip_model=_text_model(args),
+                    device=args.device,
+                    cv=cv,
+                    fine_tune=args.fine_tune,
+                    random_state=args.random_state,
+                ),
+            ),
+        ]
+    )
     say.step(f"fitting on {len(files)} images ({cv}-fold choice of alpha and beta)")
     try:
         pipe.fit(files, labels)
@@ -80,8 +92,10 @@ def fit_command(args: argparse.Namespace) -> int:
     with _writing(args.output):
         save_model(pipe, args.output)
     tip = pipe.named_steps["tip"]
-    print(f"saved {args.output}: {len(labels)} images, classes {data.target_names.tolist()}, "
-          f"alpha={tip.alpha_:.3g} beta={tip.beta_:.3g} ({cv}-fold accuracy {tip.best_score_:.3f})"
-          + (f"; skipped {len(skipped)} unreadable images" if skipped else "")
-          + f"; model {args.model}")
+    print(
+        f"saved {args.output}: {len(labels)} images, classes {data.target_names.tolist()}, "
+        f"alpha={tip.alpha_:.3g} beta={tip.beta_:.3g} ({cv}-fold accuracy {tip.best_score_:.3f})"
+        + (f"; skipped {len(skipped)} unreadable images" if skipped else "")
+        + f"; model {args.model}"
+    )
     return 0

@@ -6,8 +6,6 @@ import argparse
 from typing import Any
 
 
-
-
 def _text_model(args: argparse.Namespace) -> str | None:
     """``args.model`` as the classifiers' ``clip_model``, or None for an image-only
     backbone (DINOv2...): the cache model alone, without a zero-shot text term."""
@@ -28,8 +26,9 @@ GRIDS: dict[str, dict[str, list[float]]] = {
 
 
 def _grid_text(grid: dict[str, list[float]]) -> str:
-    return ", ".join(f"{k} in [{', '.join(f'{v:g}' for v in values)}]"
-                     for k, values in grid.items())
+    return ", ".join(
+        f"{k} in [{', '.join(f'{v:g}' for v in values)}]" for k, values in grid.items()
+    )
 
 
 def _methods(args: argparse.Namespace, inner_cv: int | None, n_train_min: int) -> dict:
@@ -49,11 +48,12 @@ def _methods(args: argparse.Namespace, inner_cv: int | None, n_train_min: int) -
     common = dict(clip_model=_text_model(args), device=args.device)
     methods: dict[str, tuple[Any, str, tuple[str, ...]]] = {}
     if common["clip_model"] is not None:
-        methods["zero-shot CLIP"] = (TipAdapterClassifier(alpha=0.0, **common),
-                                     "text classifier only (alpha=0), no training image used",
-                                     ())
-    no_cv = (f"{n_train_min} training image(s) in the smallest class leave no inner "
-             "cross-validation")
+        methods["zero-shot CLIP"] = (
+            TipAdapterClassifier(alpha=0.0, **common),
+            "text classifier only (alpha=0), no training image used",
+            (),
+        )
+    no_cv = f"{n_train_min} training image(s) in the smallest class leave no inner cross-validation"
     variants = [("Tip-Adapter", False)] + ([("Tip-Adapter-F", True)] if args.fine_tune else [])
     for name, fine_tune in variants:
         extra = dict(fine_tune=True, random_state=args.random_state) if fine_tune else {}
@@ -66,13 +66,18 @@ def _methods(args: argparse.Namespace, inner_cv: int | None, n_train_min: int) -
             )
         else:
             est = TipAdapterClassifier(**extra, **common)
-            methods[name] = (est, f"default alpha={est.alpha:g}, beta={est.beta:g}: {no_cv}",
-                             ("alpha", "beta"))
+            methods[name] = (
+                est,
+                f"default alpha={est.alpha:g}, beta={est.beta:g}: {no_cv}",
+                ("alpha", "beta"),
+            )
     heads = {
         "GDA": (GDAClassifier(**common), ""),
         "APE": (APEClassifier(**common), ""),
-        "linear probe": (LogisticRegression(max_iter=2000), "logistic regression on the "
-                         "embeddings (the CLIP paper's linear probe); "),
+        "linear probe": (
+            LogisticRegression(max_iter=2000),
+            "logistic regression on the embeddings (the CLIP paper's linear probe); ",
+        ),
     }
     # GDA learns nothing from one image per class (zero scatter): every alpha ties then
     smallest_inner_train = 0 if inner_cv is None else n_train_min - -(-n_train_min // inner_cv)
@@ -80,15 +85,22 @@ def _methods(args: argparse.Namespace, inner_cv: int | None, n_train_min: int) -
         grid = GRIDS[name]
         if inner_cv is None or (name == "GDA" and smallest_inner_train < 2):
             defaults = est.get_params()
-            why = no_cv if inner_cv is None else (
-                f"{inner_cv}-fold inner folds train GDA on {smallest_inner_train} image(s) of "
-                "the smallest class, where its covariance carries no information")
+            why = (
+                no_cv
+                if inner_cv is None
+                else (
+                    f"{inner_cv}-fold inner folds train GDA on {smallest_inner_train} image(s) of "
+                    "the smallest class, where its covariance carries no information"
+                )
+            )
             how = "default " + ", ".join(f"{k}={defaults[k]:g}" for k in grid) + f": {why}"
         else:
             inner = StratifiedKFold(inner_cv, shuffle=True, random_state=args.random_state)
             est = GridSearchCV(est, grid, cv=inner, scoring="accuracy")
-            how = (f"{_grid_text(grid)} chosen by {inner_cv}-fold inner cross-validation "
-                   "(accuracy) on the training images")
+            how = (
+                f"{_grid_text(grid)} chosen by {inner_cv}-fold inner cross-validation "
+                "(accuracy) on the training images"
+            )
         methods[name] = (est, what + how, tuple(grid))
     methods.update(_frontier_heads(common, inner_cv, no_cv))
     return methods

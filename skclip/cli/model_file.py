@@ -109,8 +109,12 @@ def _classifiers() -> tuple[type, ...]:
 
 
 def load_model_file(
-    path: str | os.PathLike, *, usage: str = "", note: Any = None,
-    machine: dict[str, Any] | None = None, reset_note: Any = None,
+    path: str | os.PathLike,
+    *,
+    usage: str = "",
+    note: Any = None,
+    machine: dict[str, Any] | None = None,
+    reset_note: Any = None,
 ) -> Any:
     """Load the Pipeline that ``skclip fit`` saved in ``path``.
 

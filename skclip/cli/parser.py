@@ -23,7 +23,8 @@ _EPILOG = (
 
 def _common(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
-        "--model", default=os.environ.get("SKCLIP_MODEL", DEFAULT_MODEL),
+        "--model",
+        default=os.environ.get("SKCLIP_MODEL", DEFAULT_MODEL),
         help="checkpoint (CLIP, MetaCLIP 2, SigLIP, SigLIP 2, DINOv2...): hub id or local "
         "folder (default: $SKCLIP_MODEL or %(default)s)",
     )
@@ -43,7 +44,9 @@ def _quiet_or_verbose(parser: argparse.ArgumentParser) -> None:
 
 def _on_error(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
-        "--on-error", choices=("raise", "skip"), default="raise",
+        "--on-error",
+        choices=("raise", "skip"),
+        default="raise",
         help="an image that cannot be read: stop with an error naming every such file "
         "(raise, the default), or leave it out and list it on stderr and in the output (skip)",
     )
@@ -51,7 +54,8 @@ def _on_error(parser: argparse.ArgumentParser) -> None:
 
 def _follow_symlinks(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
-        "--follow-symlinks", action="store_true",
+        "--follow-symlinks",
+        action="store_true",
         help="use class folders that are symbolic links to folders outside the data folder "
         "(by default they are skipped with a warning; links into it are always an error)",
     )
@@ -62,7 +66,8 @@ def build_parser() -> argparse.ArgumentParser:
     from .._version import __version__
 
     parser = argparse.ArgumentParser(
-        prog="skclip", description="Few-shot image classification with CLIP and Tip-Adapter.",
+        prog="skclip",
+        description="Few-shot image classification with CLIP and Tip-Adapter.",
         epilog=_EPILOG,
     )
     parser.add_argument("--version", action="version", version=f"skclip {__version__}")
@@ -75,7 +80,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 def _add_evaluate(sub: Any) -> None:
     ev = sub.add_parser(
-        "evaluate", help="which method works best on my images?",
+        "evaluate",
+        help="which method works best on my images?",
         description="Encode every image once, then compare, under the same outer "
         "cross-validation or few-shot split, the accuracy and macro-F1 of zero-shot CLIP, "
         "Tip-Adapter, (with --fine-tune) Tip-Adapter-F, GDA, APE and a linear probe "
@@ -86,30 +92,54 @@ def _add_evaluate(sub: Any) -> None:
         epilog=_EPILOG,
     )
     ev.add_argument("data_dir", help="folder with one sub-folder of images per class")
-    ev.add_argument("--cv", type=int, default=None,
-                    help="cross-validation folds (default: 5); with --shots or --test-dir, the "
-                    "folds of the inner cross-validation that chooses alpha and beta (default: "
-                    "up to 5, as the training images allow)")
-    ev.add_argument("--shots", type=int, default=None,
-                    help="train on K images per class, test on the rest (instead of --cv)")
-    ev.add_argument("--test-dir", default=None,
-                    help="train on DATA_DIR, test on this folder (e.g. another domain)")
+    ev.add_argument(
+        "--cv",
+        type=int,
+        default=None,
+        help="cross-validation folds (default: 5); with --shots or --test-dir, the "
+        "folds of the inner cross-validation that chooses alpha and beta (default: "
+        "up to 5, as the training images allow)",
+    )
+    ev.add_argument(
+        "--shots",
+        type=int,
+        default=None,
+        help="train on K images per class, test on the rest (instead of --cv)",
+    )
+    ev.add_argument(
+        "--test-dir",
+        default=None,
+        help="train on DATA_DIR, test on this folder (e.g. another domain)",
+    )
     ev.add_argument("--fine-tune", action="store_true", help="also evaluate Tip-Adapter-F")
-    ev.add_argument("--report", default=None,
-                    help="write the report to this .json or .md file (and a confusion-matrix "
-                    ".png beside it if matplotlib is installed), or to a .html page that "
-                    "opens offline, with a gallery of the misclassified images")
-    ev.add_argument("--augment", type=int, default=0, metavar="K",
-                    help="training images: mean embedding of K random views (default 0: none)")
-    ev.add_argument("--random-state", type=int, default=0,
-                    help="seed of splits, augmentation and training (default 0)")
+    ev.add_argument(
+        "--report",
+        default=None,
+        help="write the report to this .json or .md file (and a confusion-matrix "
+        ".png beside it if matplotlib is installed), or to a .html page that "
+        "opens offline, with a gallery of the misclassified images",
+    )
+    ev.add_argument(
+        "--augment",
+        type=int,
+        default=0,
+        metavar="K",
+        help="training images: mean embedding of K random views (default 0: none)",
+    )
+    ev.add_argument(
+        "--random-state",
+        type=int,
+        default=0,
+        help="seed of splits, augmentation and training (default 0)",
+    )
     _common(ev)
     ev.set_defaults(func=evaluate)
 
 
 def _add_fit(sub: Any) -> None:
     fit = sub.add_parser(
-        "fit", help="fit a classifier on a folder and save it",
+        "fit",
+        help="fit a classifier on a folder and save it",
         description="Fit CLIPFeaturizer + TipAdapterClassifierCV (alpha/beta chosen by "
         "cross-validation) on a folder and save the pipeline: .skops (safe to share and load) "
         "or .joblib (a pickle: loading it runs code). The file holds no model weights: the "
@@ -118,23 +148,38 @@ def _add_fit(sub: Any) -> None:
         epilog=_EPILOG,
     )
     fit.add_argument("data_dir", help="folder with one sub-folder of images per class")
-    fit.add_argument("-o", "--output", required=True,
-                     help="where to save: a .skops or .joblib file")
-    fit.add_argument("--cv", type=int, default=None,
-                     help="folds to choose alpha/beta (default: 5, or as many as the smallest "
-                     "class's images allow); more folds than a class has images is an error")
+    fit.add_argument(
+        "-o", "--output", required=True, help="where to save: a .skops or .joblib file"
+    )
+    fit.add_argument(
+        "--cv",
+        type=int,
+        default=None,
+        help="folds to choose alpha/beta (default: 5, or as many as the smallest "
+        "class's images allow); more folds than a class has images is an error",
+    )
     fit.add_argument("--fine-tune", action="store_true", help="Tip-Adapter-F")
-    fit.add_argument("--augment", type=int, default=0, metavar="K",
-                     help="training images: mean embedding of K random views (default 0: none)")
-    fit.add_argument("--random-state", type=int, default=0,
-                     help="seed of augmentation and Tip-F training (default 0)")
+    fit.add_argument(
+        "--augment",
+        type=int,
+        default=0,
+        metavar="K",
+        help="training images: mean embedding of K random views (default 0: none)",
+    )
+    fit.add_argument(
+        "--random-state",
+        type=int,
+        default=0,
+        help="seed of augmentation and Tip-F training (default 0)",
+    )
     _common(fit)
     fit.set_defaults(func=fit_command)
 
 
 def _add_predict(sub: Any) -> None:
     pred = sub.add_parser(
-        "predict", help="classify images with a saved model",
+        "predict",
+        help="classify images with a saved model",
         description="Classify image files, or every image in folders, with a model saved by "
         "'skclip fit'. Writes CSV: path, prediction (and one probability column per class). "
         ".skops files are loaded trusting only skclip, scikit-learn and numpy types; a "
@@ -147,9 +192,12 @@ def _add_predict(sub: Any) -> None:
     pred.add_argument("images", nargs="+", help="image files or folders")
     pred.add_argument("--proba", action="store_true", help="add class probabilities")
     pred.add_argument("--output", default=None, help="CSV file to write (default: stdout)")
-    pred.add_argument("--model", default=None,
-                      help="where the checkpoint is now, if it moved since 'skclip fit' (its "
-                      "weights fingerprint is still checked)")
+    pred.add_argument(
+        "--model",
+        default=None,
+        help="where the checkpoint is now, if it moved since 'skclip fit' (its "
+        "weights fingerprint is still checked)",
+    )
     pred.add_argument("--device", default=None, help="auto (default), cpu, cuda, cuda:N or mps")
     pred.add_argument("--cache-dir", default=None, help="folder to keep embeddings in")
     _on_error(pred)

@@ -16,8 +16,7 @@ from .common import _Say, _check_cache_dir, _featurize, _resolve_model, _skipped
 
 
 _USAGE_PREDICT = (
-    " Usage: skclip predict MODEL_FILE IMAGES... (the model file first, then images or "
-    "folders)."
+    " Usage: skclip predict MODEL_FILE IMAGES... (the model file first, then images or folders)."
 )
 
 
@@ -38,8 +37,9 @@ def _image_paths(items: list[str], say: _Say) -> list[str]:
         elif Path(item).is_file():
             paths.append(item)
         elif Path(item).exists():  # a FIFO, a device, a socket: never opened
-            raise ValueError(f"Image {item!r} is {_file_kind(os.stat(item).st_mode)}, not an "
-                             "image file.")
+            raise ValueError(
+                f"Image {item!r} is {_file_kind(os.stat(item).st_mode)}, not an image file."
+            )
         elif os.path.lexists(item):
             raise ValueError(f"Image {item!r} is a symbolic link whose target does not exist.")
         else:
@@ -62,7 +62,8 @@ def _note_skipped(folder: str, listing: Any, say: _Say) -> None:
     if listing.special:
         say.note(
             f"{folder}: skipped {len(listing.special)} entries that are not regular files "
-            "(FIFOs, devices, sockets): " + ", ".join(listing.special[:5])
+            "(FIFOs, devices, sockets): "
+            + ", ".join(listing.special[:5])
             + (" ..." if len(listing.special) > 5 else "")
         )
 
@@ -146,16 +147,23 @@ def predict_command(args: argparse.Namespace) -> int:
 
 
 def _write_predictions(
-    args: argparse.Namespace, paths: list[str], pred: np.ndarray, proba: np.ndarray,
-    classes: np.ndarray, bad: dict[int, str],
+    args: argparse.Namespace,
+    paths: list[str],
+    pred: np.ndarray,
+    proba: np.ndarray,
+    classes: np.ndarray,
+    bad: dict[int, str],
 ) -> None:
     """The CSV of ``skclip predict``, to ``--output`` or stdout."""
     skip = args.on_error == "skip"
     out = open(args.output, "w", newline="") if args.output else sys.stdout
     try:
         writer = csv.writer(out)
-        writer.writerow(["path", "prediction"] + ([f"p_{c}" for c in classes] if args.proba else [])
-                        + (["error"] if skip else []))
+        writer.writerow(
+            ["path", "prediction"]
+            + ([f"p_{c}" for c in classes] if args.proba else [])
+            + (["error"] if skip else [])
+        )
         for i, (path, label) in enumerate(zip(paths, pred)):
             row = [path, label]
             if args.proba:

@@ -49,7 +49,6 @@ from .stamps import FileStamps
 CacheInfo = namedtuple("CacheInfo", ["hits", "misses", "maxsize", "currsize"])
 
 
-
 def settings_digest(*parts: Any) -> str:
     """Stable hex digest of a tuple of settings (reprs of plain values)."""
     h = _hasher()
@@ -257,11 +256,14 @@ def _degrade(root: Path, reason: str) -> None:
         if name in _DEGRADED:
             return
         _DEGRADED[name] = reason
-    warnings.warn(CacheDirWarning(
-        f"The embedding cache folder {name!r} {reason}. Its entries are still read (each "
-        "one verified); new embeddings are kept in memory only, and nothing is written "
-        "to the folder by this process."
-    ), stacklevel=2)
+    warnings.warn(
+        CacheDirWarning(
+            f"The embedding cache folder {name!r} {reason}. Its entries are still read (each "
+            "one verified); new embeddings are kept in memory only, and nothing is written "
+            "to the folder by this process."
+        ),
+        stacklevel=2,
+    )
 
 
 def _reason(exc: OSError, root: Path) -> str:
@@ -336,8 +338,14 @@ class _Folder:
         mode = os.fstat(self.fd).st_mode
         if mode & stat.S_IWGRP:
             with suppress(OSError):
-                os.fchmod(fd, stat.S_IMODE(os.fstat(fd).st_mode) | stat.S_IWGRP | stat.S_IRGRP
-                          | stat.S_IXGRP | (mode & stat.S_ISGID))
+                os.fchmod(
+                    fd,
+                    stat.S_IMODE(os.fstat(fd).st_mode)
+                    | stat.S_IWGRP
+                    | stat.S_IRGRP
+                    | stat.S_IXGRP
+                    | (mode & stat.S_ISGID),
+                )
 
     def call(self, fn: Any, name: str, *args: Any, **kwargs: Any) -> Any:
         """``fn(name, *args)`` relative to this folder."""
@@ -431,7 +439,7 @@ def _read_small(
 def _write_all(fd: int, data: bytes) -> None:
     view = memoryview(data)
     while view:
-        view = view[os.write(fd, view):]
+        view = view[os.write(fd, view) :]
 
 
 def _checksum(key: bytes, payload: bytes) -> bytes:
@@ -548,7 +556,10 @@ class DiskStore:
     claim_lease = 15.0
 
     def __init__(
-        self, root: str | os.PathLike, dim: int, max_entries: int = DISK_MAX_ENTRIES,
+        self,
+        root: str | os.PathLike,
+        dim: int,
+        max_entries: int = DISK_MAX_ENTRIES,
         unit: bool = False,
     ) -> None:
         self.root = Path(root)
@@ -581,8 +592,10 @@ class DiskStore:
             self._check(opened[-1])
             return opened.pop()
         except _Link as exc:
-            _degrade(self.root, "holds a symbolic link or a file where a folder belongs "
-                                f"({exc.filename})")
+            _degrade(
+                self.root,
+                f"holds a symbolic link or a file where a folder belongs ({exc.filename})",
+            )
         except OSError as exc:
             if create:
                 _degrade(self.root, _reason(exc, self.root))
@@ -709,8 +722,12 @@ class DiskStore:
         if found is None:
             return None
         text, mtime = found
-        return claim_holder(text.decode("ascii", "replace"), time.time() - mtime,
-                            self.claim_timeout, self.claim_lease)
+        return claim_holder(
+            text.decode("ascii", "replace"),
+            time.time() - mtime,
+            self.claim_timeout,
+            self.claim_lease,
+        )
 
     def holder(self, key: str) -> str | None:
         """Who else holds a live claim on the entry (e.g. ``"process 123"``), or None."""

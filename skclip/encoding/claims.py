@@ -56,7 +56,9 @@ def release(cache: Any, keys: list[str | None], claims: set[str]) -> None:
 
 
 def wait_for(
-    cache: Any, waiting: list[tuple[int, str]], progress: bool | str = "auto",
+    cache: Any,
+    waiting: list[tuple[int, str]],
+    progress: bool | str = "auto",
     poll: float = 0.02,
 ) -> tuple[list[tuple[int, np.ndarray]], list[int]]:
     """Wait for entries other processes are encoding: (position, embedding) of those

@@ -42,7 +42,12 @@ from tqdm.auto import tqdm
 
 from .claims import claim, release, wait_for
 from .cache import (
-    FILE_DIGESTS, MEMORY, EmbeddingCache, _read_bytes, memory_digest, settings_digest,
+    FILE_DIGESTS,
+    MEMORY,
+    EmbeddingCache,
+    _read_bytes,
+    memory_digest,
+    settings_digest,
     worker_folder,
 )
 from ..backbones import onnx as _onnx
@@ -241,8 +246,14 @@ def _cache_settings(
     clip: Backbone, normalize: bool, n_views: int, seed: int | None, encoder: str | None
 ) -> str:
     parts: tuple = (
-        clip.vision_fingerprint, sorted(clip.image_config.items()), str(clip.dtype),
-        clip.device.type, normalize, n_views, seed, DECODE_RULES,
+        clip.vision_fingerprint,
+        sorted(clip.image_config.items()),
+        str(clip.dtype),
+        clip.device.type,
+        normalize,
+        n_views,
+        seed,
+        DECODE_RULES,
     )
     if n_views > 0:
         parts += (VIEW_POOLING,)
@@ -556,9 +567,16 @@ def encode(items: list, spec: EncodeSpec, keep_going: bool) -> Encoded:
     disable = {True: False, False: True, "auto": None if len(todo) > size else True}
     results = prefetch(partial(prepare, items, found.digests, spec), batches, spec.n_threads)
     try:
-        with contextlib.closing(results), tqdm(
-            total=n, initial=n - len(todo), unit="img", desc="CLIP", disable=disable[spec.progress]
-        ) as bar:
+        with (
+            contextlib.closing(results),
+            tqdm(
+                total=n,
+                initial=n - len(todo),
+                unit="img",
+                desc="CLIP",
+                disable=disable[spec.progress],
+            ) as bar,
+        ):
             for batch, res in zip(batches, results):
                 errors.extend(res.errors)
                 for i, vec in res.found:
@@ -591,7 +609,10 @@ CLAIM_CHUNK = 8
 
 
 def _forward(
-    spec: EncodeSpec, res: Prepared, out: np.ndarray, claims: set[str] | None,
+    spec: EncodeSpec,
+    res: Prepared,
+    out: np.ndarray,
+    claims: set[str] | None,
     waiting: list[tuple[int, str]],
 ) -> int:
     """Embed a prepared batch into ``out`` and store it; the number of cache hits found
@@ -625,9 +646,13 @@ def split(res: Prepared, size: int) -> list[Prepared]:
     assert res.pixels is not None  # images kept: their views are there
     per_image = len(next(iter(res.pixels.values()))) // len(res.kept)
     return [
-        Prepared([], res.kept[k : k + size], res.keys[k : k + size],
-                 {name: arr[k * per_image : (k + size) * per_image]
-                  for name, arr in res.pixels.items()}, [])
+        Prepared(
+            [],
+            res.kept[k : k + size],
+            res.keys[k : k + size],
+            {name: arr[k * per_image : (k + size) * per_image] for name, arr in res.pixels.items()},
+            [],
+        )
         for k in range(0, len(res.kept), size)
     ]
 

@@ -447,8 +447,6 @@ class TextHead(ClassifierMixin, BaseEstimator):
         return tags
 
 
-
-
 def _with_text_head(init: Callable) -> inspect.Signature:
     """The signature scikit-learn reads for a head's ``__init__(self, *, ..., **text_head)``:
     its own parameters, then the five text-head parameters of :meth:`TextHead.__init__`."""

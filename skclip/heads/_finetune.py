@@ -36,7 +36,6 @@ AUTO_VALIDATION_FRACTION = 0.1
 AUTO_VALIDATION_MIN_SAMPLES = 20
 
 
-
 class FineTuneResult(NamedTuple):
     """What :func:`fine_tune_keys` returns.
 
@@ -191,13 +190,27 @@ def fine_tune_keys(
     queries = _query_rows(y_enc[train], n_classes, leave_one_out)
     epochs = resolve_epochs(epochs, len(queries), batch_size) if len(queries) else 0
     head = _Loss(
-        labels, None if text_weights is None else t(text_weights), alpha, beta, n_classes,
-        normalize_keys, {"logit_scale": logit_scale, "logit_bias": logit_bias},
+        labels,
+        None if text_weights is None else t(text_weights),
+        alpha,
+        beta,
+        n_classes,
+        normalize_keys,
+        {"logit_scale": logit_scale, "logit_bias": logit_bias},
     )
     held_out = None if val is None else (t(X[val]), y_enc[val])
     loss_curve, validation_scores, best_keys, best_epoch = _train(
-        head, keys, epoch_queries, queries, held_out, epochs=epochs, lr=lr,
-        batch_size=batch_size, leave_one_out=leave_one_out, rng=rng, verbose=verbose,
+        head,
+        keys,
+        epoch_queries,
+        queries,
+        held_out,
+        epochs=epochs,
+        lr=lr,
+        batch_size=batch_size,
+        leave_one_out=leave_one_out,
+        rng=rng,
+        verbose=verbose,
     )
     with torch.no_grad():
         final = head.used(best_keys if best_keys is not None else keys.detach())
@@ -211,9 +224,18 @@ def fine_tune_keys(
 
 
 def _train(
-    head: _Loss, keys: torch.nn.Parameter, epoch_queries: list[torch.Tensor],
-    queries: np.ndarray, held_out: tuple[torch.Tensor, np.ndarray] | None, *, epochs: int,
-    lr: float, batch_size: int, leave_one_out: bool, rng: np.random.RandomState, verbose: int,
+    head: _Loss,
+    keys: torch.nn.Parameter,
+    epoch_queries: list[torch.Tensor],
+    queries: np.ndarray,
+    held_out: tuple[torch.Tensor, np.ndarray] | None,
+    *,
+    epochs: int,
+    lr: float,
+    batch_size: int,
+    leave_one_out: bool,
+    rng: np.random.RandomState,
+    verbose: int,
 ) -> tuple[list[float], list[float] | None, torch.Tensor | None, int]:
     """The training loop: the loss per epoch, the held-out accuracy per epoch (None
     without ``held_out``), the keys of the first best epoch (None without) and its
@@ -249,7 +271,10 @@ def _on(a: np.ndarray, device: torch.device, dtype: torch.dtype) -> torch.Tensor
 
 
 def _validation_split(
-    X: np.ndarray, y_enc: np.ndarray, n_classes: int, validation_fraction: float | None,
+    X: np.ndarray,
+    y_enc: np.ndarray,
+    n_classes: int,
+    validation_fraction: float | None,
     rng: np.random.RandomState,
 ) -> tuple[np.ndarray, np.ndarray | None]:
     """The training rows and the held-out rows (None without validation), sorted."""
@@ -310,8 +335,15 @@ class _Loss(NamedTuple):
         self, queries: torch.Tensor, keys: torch.Tensor, exclude: torch.Tensor | None = None
     ) -> torch.Tensor:
         return tip_adapter_logits(
-            queries, self.used(keys), self.labels, self.text_weights, self.alpha, self.beta,
-            exclude, self.n_classes, **self.zero_shot,
+            queries,
+            self.used(keys),
+            self.labels,
+            self.text_weights,
+            self.alpha,
+            self.beta,
+            exclude,
+            self.n_classes,
+            **self.zero_shot,
         )
 
     def accuracy(self, keys: torch.Tensor, queries: torch.Tensor, y: np.ndarray) -> float:
@@ -322,8 +354,14 @@ class _Loss(NamedTuple):
 
 
 def _epoch(
-    head: _Loss, keys: torch.nn.Parameter, opt: torch.optim.Optimizer, sched: Any,
-    feats: torch.Tensor, order: np.ndarray, batch_size: int, leave_one_out: bool,
+    head: _Loss,
+    keys: torch.nn.Parameter,
+    opt: torch.optim.Optimizer,
+    sched: Any,
+    feats: torch.Tensor,
+    order: np.ndarray,
+    batch_size: int,
+    leave_one_out: bool,
 ) -> float:
     """One pass over the queries in ``order``, in mini-batches: the summed loss."""
     dev, n = feats.device, len(feats)
@@ -334,8 +372,9 @@ def _epoch(
         if leave_one_out:
             exclude = torch.zeros(len(idx), n, dtype=torch.bool, device=dev)
             exclude[torch.arange(len(idx), device=dev), idx] = True
-        loss = torch.nn.functional.cross_entropy(head.logits(feats[idx], keys, exclude),
-                                                 head.labels[idx])
+        loss = torch.nn.functional.cross_entropy(
+            head.logits(feats[idx], keys, exclude), head.labels[idx]
+        )
         opt.zero_grad()
         loss.backward()
         opt.step()

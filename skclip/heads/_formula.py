@@ -25,7 +25,6 @@ import torch
 from ..backbones.families import CLIP_LOGIT_SCALE
 
 
-
 def zero_shot_logits(
     queries: torch.Tensor,
     text_weights: torch.Tensor,

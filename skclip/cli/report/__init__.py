@@ -20,8 +20,12 @@ from .summary import (
 
 
 def write_report(
-    report: dict[str, Any], path: str | os.PathLike, *, verbose: bool = False,
-    misclassified: list[dict[str, Any]] | None = None, max_images: int = 60,
+    report: dict[str, Any],
+    path: str | os.PathLike,
+    *,
+    verbose: bool = False,
+    misclassified: list[dict[str, Any]] | None = None,
+    max_images: int = 60,
 ) -> list[Path]:
     """Write ``report`` to ``path``: ``.json`` or ``.md`` (and, if matplotlib is
     installed, its confusion matrix to ``<stem>_confusion.png`` beside it), or ``.html``,
@@ -48,10 +52,17 @@ def write_report(
     """
     path = check_output_path(path, "--report", REPORT_SUFFIXES)
     if path.suffix.lower() == ".html":
-        how = "; ".join(f"{name}: {m['configuration']}" for name, m in report["methods"].items()
-                        if m.get("configuration"))
-        page = {**report, "protocol": f"{report['protocol']}. How each method was configured: "
-                f"{how}" if how else report["protocol"]}
+        how = "; ".join(
+            f"{name}: {m['configuration']}"
+            for name, m in report["methods"].items()
+            if m.get("configuration")
+        )
+        page = {
+            **report,
+            "protocol": f"{report['protocol']}. How each method was configured: {how}"
+            if how
+            else report["protocol"],
+        }
         return [render_html(page, misclassified or [], path, max_images=max_images)]
     if path.suffix.lower() == ".json":
         path.write_text(json.dumps(report, indent=2))

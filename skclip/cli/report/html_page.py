@@ -176,7 +176,7 @@ def _gallery(misclassified: Sequence[Mapping[str, Any]], max_images: int, size: 
         out.append(
             f'<figure title="{_e(name)}">{picture}<figcaption>'
             f"true: {_e(item.get('true'))}<br>"
-            f"<span class=\"pred\">predicted: {_e(item.get('pred'))}</span> "
+            f'<span class="pred">predicted: {_e(item.get("pred"))}</span> '
             f"({100 * float(item.get('confidence', float('nan'))):.0f}%)"
             f"{method}</figcaption></figure>"
         )
@@ -247,13 +247,16 @@ def render_html(
     ]
     if "model" in report and "protocol" in report:
         body.append("<h2>Protocol</h2>")
-        body.append("<ul>" + "".join(f"<li>{_e(item)}</li>" for item in protocol_items(report))
-                    + "</ul>")
+        body.append(
+            "<ul>" + "".join(f"<li>{_e(item)}</li>" for item in protocol_items(report)) + "</ul>"
+        )
     for name, entry in methods.items():
         is_best = " open" if name == best else ""
         body.append(f'<details{is_best} class="method" data-method="{_e(name)}">')
-        body.append(f"<summary><b>{_e(name)}</b>{' (best)' if is_best else ''}: per class "
-                    "and confusion matrix</summary>")
+        body.append(
+            f"<summary><b>{_e(name)}</b>{' (best)' if is_best else ''}: per class "
+            "and confusion matrix</summary>"
+        )
         if "per_class" in entry:
             body.extend(_per_class_table(entry["per_class"]))
         if "confusion_matrix" in entry:

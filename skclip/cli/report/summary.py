@@ -31,9 +31,7 @@ def check_output_path(path: str | os.PathLike, option: str, suffixes: tuple[str,
     """
     out = Path(path)
     if suffixes and out.suffix.lower() not in suffixes:
-        raise ValueError(
-            f"{option} must end in {' or '.join(suffixes)}, got {os.fspath(path)!r}."
-        )
+        raise ValueError(f"{option} must end in {' or '.join(suffixes)}, got {os.fspath(path)!r}.")
     if out.is_dir():
         raise ValueError(f"{option} {os.fspath(path)!r} is a folder; give a file name.")
     parent = out.parent
@@ -99,15 +97,16 @@ def protocol_items(report: Mapping[str, Any], code: str = "") -> list[str]:
     ]
     if sizes:
         per = " per fold" if len(splits) > 1 else ""
-        items.append("train / test images" + per + ": "
-                     + ", ".join(f"{a} / {b}" for a, b in sizes))
+        items.append("train / test images" + per + ": " + ", ".join(f"{a} / {b}" for a, b in sizes))
     for name, m in report["methods"].items():
         if m.get("configuration"):
             items.append(f"{name}: {m['configuration']}")
     skipped = report.get("skipped") or []
     if skipped:
-        items.append(f"skipped {len(skipped)} unreadable image(s): " + "; ".join(
-            f"{code}{s['path']}{code}: {s['error']}" for s in skipped))
+        items.append(
+            f"skipped {len(skipped)} unreadable image(s): "
+            + "; ".join(f"{code}{s['path']}{code}: {s['error']}" for s in skipped)
+        )
     return items
 
 
@@ -139,14 +138,23 @@ def render_markdown(report: dict[str, Any]) -> str:
     best = shown_method(report)
     m = report["methods"][best]
     lines += [""] + _protocol_lines(report)
-    lines += [f"## Per class: {best} ({shown_method_reason(report)})", "",
-              "| class | precision | recall | F1 | images |", "|---|---|---|---|---|"]
+    lines += [
+        f"## Per class: {best} ({shown_method_reason(report)})",
+        "",
+        "| class | precision | recall | F1 | images |",
+        "|---|---|---|---|---|",
+    ]
     for c, s in m["per_class"].items():
-        lines.append(f"| {c} | {s['precision']:.3f} | {s['recall']:.3f} | {s['f1']:.3f} | "
-                     f"{s['support']} |")
-    lines += ["", f"## Confusion matrix: {best} (rows: true, columns: predicted)", "",
-              "| | " + " | ".join(report["classes"]) + " |",
-              "|---" * (len(report["classes"]) + 1) + "|"]
+        lines.append(
+            f"| {c} | {s['precision']:.3f} | {s['recall']:.3f} | {s['f1']:.3f} | {s['support']} |"
+        )
+    lines += [
+        "",
+        f"## Confusion matrix: {best} (rows: true, columns: predicted)",
+        "",
+        "| | " + " | ".join(report["classes"]) + " |",
+        "|---" * (len(report["classes"]) + 1) + "|",
+    ]
     for c, row in zip(report["classes"], m["confusion_matrix"]):
         lines.append(f"| {c} | " + " | ".join(str(v) for v in row) + " |")
     return "\n".join(lines) + "\n"
