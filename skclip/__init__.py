@@ -4,7 +4,8 @@ Public API: :class:`CLIPFeaturizer` turns images into CLIP embeddings;
 :class:`TipAdapterClassifier` is the Tip-Adapter few-shot classifier on top of them;
 :class:`TipAdapterClassifierCV` chooses its alpha and beta by cross-validation;
 :class:`GDAClassifier`, :class:`APEClassifier` and :class:`ProKeRClassifier` (with
-:class:`ProKeRClassifierCV`) are more training-free heads.
+:class:`ProKeRClassifierCV`) are more training-free heads; :class:`CLAPClassifier` and
+:class:`LinearProbePPClassifier` train a linear probe anchored at the text weights.
 """
 
 from .encoding.cache import CacheDirWarning
@@ -15,6 +16,7 @@ from .ape import APEClassifier
 from .clap import CLAPClassifier
 from .featurizer import CLIPFeaturizer
 from .gda import GDAClassifier
+from .heads._base import ZeroFeaturesWarning
 from .linear_probe_pp import LinearProbePPClassifier
 from .model_selection import ProKeRClassifierCV, TipAdapterClassifierCV
 from .proker import ProKeRClassifier
@@ -34,5 +36,6 @@ __all__ = [
     "ProKeRClassifierCV",
     "TipAdapterClassifier",
     "TipAdapterClassifierCV",
+    "ZeroFeaturesWarning",
     "__version__",
 ]

@@ -22,7 +22,10 @@ from PIL import Image, ImageOps
 #: The version of the rules that turn an input into pixels (float images, conversions,
 #: orientation). It is part of every embedding-cache key: change it whenever a rule
 #: changes the pixels an input gives, so that no entry made under the old rules is served.
-DECODE_RULES = "2: float images in [0, 1] scaled x255 in every form"
+DECODE_RULES = (
+    "3: float images in [0, 1] scaled x255 in every form; 16-bit (uint16, I;16, I) /65535 "
+    "with 16-bit tRNS; bool arrays 0/255"
+)
 
 
 class ImageLoadError(ValueError):
@@ -61,19 +64,50 @@ def _to_rgb(img: Image.Image, item: Any = None, index: int = 0) -> Image.Image:
         return img
     if img.mode == "F":
         what = img if item is None else item
-        gray = _float_to_uint8(np.asarray(img, dtype=np.float64), what, index, "float images")
+        gray = _float_to_uint8(np.asarray(img), what, index, "float images")  # float32
+        return Image.fromarray(gray).convert("RGB")
+    if img.mode in ("I;16", "I;16B", "I;16L", "I"):
+        # 16/32-bit grayscale: PIL's convert() clips instead of scaling; its own tRNS
+        # colour is a 16-bit value, so transparency is composited here, on white.
+        arr = np.asarray(img)  # uint16 or int32: no wider copy (images at the pixel limit)
+        if img.mode == "I" and arr.size and (arr.min() < 0 or arr.max() > 65535):
+            raise ImageLoadError(
+                f"Cannot use {describe(img if item is None else item, index)} as an image: "
+                "32-bit integer (PIL mode 'I') pixels are read as 16-bit values in "
+                f"[0, 65535], it has values from {arr.min()} to {arr.max()}."
+            )
+        gray = _uint16_to_uint8(arr)
+        key = img.info.get("transparency")
+        if isinstance(key, int):
+            gray[arr == key] = 255
         return Image.fromarray(gray).convert("RGB")
     if "A" in img.getbands() or img.info.get("transparency") is not None:
         rgba = img.convert("RGBA")
         background = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
         return Image.alpha_composite(background, rgba).convert("RGB")
-    if img.mode in ("I;16", "I;16B", "I;16L", "I"):
-        # 16/32-bit grayscale: PIL's convert("RGB") clips instead of scaling.
-        arr = np.asarray(img, dtype=np.float64)
-        top = 65535.0 if img.mode.startswith("I;16") or arr.max() > 255 else 255.0
-        arr = np.clip(arr / top * 255.0 + 0.5, 0, 255).astype(np.uint8)
-        return Image.fromarray(arr).convert("RGB")
     return img.convert("RGB")
+
+
+def _uint16_to_uint8(arr: np.ndarray) -> np.ndarray:
+    """The 16-bit rule of every form (16-bit files, PIL ``"I;16"``/``"I"`` images,
+    ``uint16`` arrays): values in [0, 65535] scaled by 255/65535 and rounded (half up,
+    in integers), a block of rows at a time (see :func:`_by_rows`)."""
+    return _by_rows(arr, lambda block: (block.astype(np.uint32) * 255 + 32767) // 65535)
+
+
+#: Pixels converted at a time from 16-bit or float images to 8 bits, so that the
+#: temporaries stay small for images at the pixel limit (not 8-16 bytes per pixel).
+_BLOCK_PIXELS = 1 << 20
+
+
+def _by_rows(arr: np.ndarray, fn: Any) -> np.ndarray:
+    """``fn(block).astype(uint8)`` over blocks of rows of ``arr``, into one uint8 array."""
+    out = np.empty(arr.shape, dtype=np.uint8)
+    per_row = max(1, arr[:1].size)
+    step = max(1, _BLOCK_PIXELS // per_row)
+    for top in range(0, arr.shape[0], step):
+        out[top : top + step] = fn(arr[top : top + step])
+    return out
 
 
 def _float_to_uint8(arr: np.ndarray, item: Any, index: int, kind: str) -> np.ndarray:
@@ -93,7 +127,7 @@ def _float_to_uint8(arr: np.ndarray, item: Any, index: int, kind: str) -> np.nda
             f"in [0, 1] (scaled to [0, 255]), it has {found}. Scale it to [0, 1], or pass "
             "uint8 values in [0, 255]."
         )
-    return np.round(arr.astype(np.float64) * 255.0).astype(np.uint8)  # float16 too
+    return _by_rows(arr, lambda block: np.round(block.astype(np.float64) * 255.0))
 
 
 def _array_to_image(arr: np.ndarray, index: int) -> Image.Image:
@@ -107,9 +141,13 @@ def _array_to_image(arr: np.ndarray, index: int) -> Image.Image:
     _check_size((arr.shape[1], arr.shape[0]), arr, index)
     if arr.dtype == np.uint8:
         pass
+    elif arr.dtype == np.bool_:  # a mask: False black, True white (as PIL's mode "1")
+        arr = arr.astype(np.uint8) * np.uint8(255)
+    elif arr.dtype == np.uint16:  # 16-bit, as 16-bit files and PIL "I;16" images
+        arr = _uint16_to_uint8(arr)
     elif np.issubdtype(arr.dtype, np.floating):
         arr = _float_to_uint8(arr, arr, index, "float arrays")
-    elif np.issubdtype(arr.dtype, np.integer) or arr.dtype == np.bool_:
+    elif np.issubdtype(arr.dtype, np.integer):
         if arr.min() < 0 or arr.max() > 255:
             raise ImageLoadError(
                 f"Cannot use {describe(arr, index)} as an image: integer values must lie in "
@@ -338,7 +376,9 @@ def open_image(item: Any, index: int = 0, data: bytes | None = None) -> Image.Im
     """Open ``item`` (path, PIL image or array) as an upright RGB PIL image.
 
     EXIF orientation is applied, transparency is composited on white, grayscale,
-    palette, CMYK and 16-bit images are converted to 8-bit RGB. Float pixels (float
+    palette, CMYK and 16-bit images are converted to 8-bit RGB: 16-bit pixels (files,
+    PIL ``"I;16"`` and ``"I"`` images, ``uint16`` arrays) scaled by 255/65535, ``bool``
+    arrays as 0 and 255, other integer arrays must lie in [0, 255]. Float pixels (float
     arrays, PIL ``"F"`` images, float TIFF files) must lie in [0, 1] and are scaled to
     [0, 255]. A path is read with :func:`read_image_bytes` (regular files only, at most
     :func:`image_byte_cap` bytes); for a path whose bytes were already read (to hash

@@ -26,6 +26,7 @@ class _Listing(NamedTuple):
     images: list[str]  # regular files (or links to one) with an image extension
     special: list[str]  # entries with an image extension that are FIFOs, devices, sockets
     other: list[str]  # regular files with another extension
+    links: list[str]  # the images that are symbolic links (to check where they lead)
 
 
 def _list_images(folder: Path, extensions: tuple[str, ...]) -> _Listing:
@@ -34,7 +35,7 @@ def _list_images(folder: Path, extensions: tuple[str, ...]) -> _Listing:
     Only regular files count (a FIFO would block its reader, a device never end); links
     to files are followed, links to folders are not (as :func:`os.walk`). A link that
     cannot be followed stays an image, so that encoding names it as missing."""
-    images, special, other = [], [], []
+    images, special, other, links = [], [], [], []
     stack = [os.fspath(folder)]
     while stack:
         with os.scandir(stack.pop()) as entries:
@@ -48,6 +49,8 @@ def _list_images(folder: Path, extensions: tuple[str, ...]) -> _Listing:
                         other.append(entry.path)
                 elif entry.is_file():  # the d_type, or the target of a link: no stat call
                     images.append(entry.path)
+                    if entry.is_symlink():
+                        links.append(entry.path)
                 elif not entry.is_dir():  # a link to a folder is not followed
                     try:
                         entry.stat()
@@ -55,13 +58,36 @@ def _list_images(folder: Path, extensions: tuple[str, ...]) -> _Listing:
                         images.append(entry.path)  # dangling: encoding says it is missing
                     else:
                         special.append(entry.path)
-    return _Listing(sorted(images), sorted(special), sorted(other))
+    return _Listing(sorted(images), sorted(special), sorted(other), links)
 
 
-def _images_below(folder: Path, extensions: tuple[str, ...]) -> list[str]:
+def _check_link_class(link: Path, folder: str, seen: dict[Path, str]) -> None:
+    """Record the target of the file link ``link`` in class folder ``folder``; an error if
+    it is an image of another class (see :func:`_images_below`)."""
+    target = link.resolve()
+    first = next((seen[p] for p in (target, *target.parents) if p in seen), None)
+    if first is None:
+        seen[target] = first = folder
+    if first != folder:
+        raise ValueError(
+            f"Image {os.fspath(link)!r} is a symbolic link to {os.fspath(target)!r}, an image of "
+            f"class folder {first!r}: it would get two labels. Remove the link, or copy the image."
+        )
+
+
+def _images_below(
+    folder: Path, extensions: tuple[str, ...], seen: dict[Path, str] | None = None
+) -> list[str]:
     """Image files in ``folder`` and its sub-folders (see :func:`_list_images`), sorted;
-    a warning names the entries skipped because they are not regular files."""
+    a warning names the entries skipped because they are not regular files.
+
+    ``seen`` maps the resolved class folders, and the targets of file links met so far,
+    to their class folder: a link to an image of another class (in its folder, or the
+    target of another class's link) is an error, since that image would get two labels."""
     listing = _list_images(folder, extensions)
+    if seen is not None:
+        for link in listing.links:
+            _check_link_class(Path(link), os.fspath(folder), seen)
     if listing.special:
         shown = ", ".join(repr(p) for p in listing.special[:5])
         more = f" and {len(listing.special) - 5} more" if len(listing.special) > 5 else ""
@@ -88,6 +114,13 @@ def _class_folders(root: Path, follow_symlinks: bool) -> list[str]:
     names: list[str] = []
     targets: dict[str, Any] = {}
     for path in root.iterdir():
+        if not _hidden(path.name) and path.is_symlink() and not path.exists():
+            warnings.warn(
+                f"Class folder {os.fspath(path)!r} is a symbolic link to "
+                f"{os.readlink(path)!r}, which does not exist: skipped, its class is missing.",
+                UserWarning,
+                stacklevel=4,
+            )
         if _hidden(path.name) or not path.is_dir():
             continue
         if path.is_symlink():
@@ -187,7 +220,10 @@ def load_image_folder(
         is used (``root/cat -> /mnt/photos/cats``). If False it is skipped with a
         warning. A class folder that links to ``root`` itself, into it or to a folder
         holding it is always an error, as are two followed links to overlapping
-        folders: their images would be counted under two classes.
+        folders: their images would be counted under two classes. Likewise a link to an
+        image *file* that belongs to another class (a file of its folder, or the target
+        of another class's link) is an error naming both. A class folder that is a
+        dangling link (its target does not exist) is skipped with a warning naming it.
 
     Returns
     -------
@@ -233,8 +269,10 @@ def load_image_folder(
             f"{classes}; it needs one sub-folder per class, at least two."
         )
     filenames, target = [], []
+    # what belongs to each class so far: its folder (resolved), then its file links' targets
+    seen = {(root_path / name).resolve(): os.fspath(root_path / name) for name in classes}
     for index, name in enumerate(classes):
-        files = _images_below(root_path / name, exts)
+        files = _images_below(root_path / name, exts, seen)
         if not files:
             raise ValueError(
                 f"Class folder {os.fspath(root_path / name)!r} has no images with extensions "

@@ -305,17 +305,7 @@ class TipAdapterClassifierCV(_BaseTipAdapter):
         betas = self._check_grid("betas", self.betas, DEFAULT_BETAS)
         X, y_enc, views = self._prepare_views(X, y, self.train_views)
         n_classes = len(self.classes_)
-        if self.cv is None or isinstance(self.cv, Integral):
-            n_splits = 5 if self.cv is None else int(self.cv)
-            counts = np.bincount(y_enc, minlength=n_classes)
-            if counts.min() < n_splits:
-                worst = int(np.argmin(counts))
-                raise ValueError(
-                    f"Class {self.classes_.tolist()[worst]!r} has only {counts[worst]} samples, "
-                    "fewer than "
-                    f"cv={n_splits} folds: every fold must be able to hold out each class. Use "
-                    f"cv={max(2, int(counts.min()))} or fewer folds, or pass a splitter."
-                )
+        self._check_folds(y_enc, n_classes)
         cv = check_cv(self.cv, y_enc, classifier=True)
         scorer = None if self.scoring == "accuracy" else check_scoring(self, scoring=self.scoring)
         judge = _PrecomputedLogits(self.classes_).fit(None)  # scores precomputed logits
@@ -363,6 +353,21 @@ class TipAdapterClassifierCV(_BaseTipAdapter):
             self._set_cache(X, y_enc)
             self.loss_curve_ = None
         return self
+
+    def _check_folds(self, y_enc: np.ndarray, n_classes: int) -> None:
+        """With ``cv`` a number of stratified folds, every class must have that many
+        samples (a ValueError names the smallest class)."""
+        if self.cv is None or isinstance(self.cv, Integral):
+            n_splits = 5 if self.cv is None else int(self.cv)
+            counts = np.bincount(y_enc, minlength=n_classes)
+            if counts.min() < n_splits:
+                worst = int(np.argmin(counts))
+                raise ValueError(
+                    f"Class {self.classes_.tolist()[worst]!r} has only {counts[worst]} samples, "
+                    "fewer than "
+                    f"cv={n_splits} folds: every fold must be able to hold out each class. Use "
+                    f"cv={max(2, int(counts.min()))} or fewer folds, or pass a splitter."
+                )
 
     def _store_results(self, scores: np.ndarray, alphas: np.ndarray, betas: np.ndarray) -> None:
         """``cv_results_`` in GridSearchCV's layout, and the chosen candidate."""

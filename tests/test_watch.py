@@ -40,7 +40,7 @@ def write(path, data: bytes) -> str:
 
 def stamp_of(path):
     st = os.stat(path)
-    return (str(path), st.st_size, st.st_mtime_ns, st.st_ino, st.st_ctime_ns)
+    return (str(path), st.st_size, st.st_mtime_ns, st.st_ino, st.st_ctime_ns, st.st_dev)
 
 
 @pytest.mark.parametrize("use_inotify", [True, False])

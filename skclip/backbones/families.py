@@ -31,6 +31,7 @@ probabilities: they are read from the weights.
 from __future__ import annotations
 
 import functools
+import json
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
@@ -48,6 +49,27 @@ CLIP_LOGIT_SCALE = 100.0
 
 class NoTextTowerError(ValueError):
     """The backbone has no text tower (image-only), or no usable tokenizer."""
+
+
+#: Keys of a model's configuration that say how it was loaded, not what it computes.
+_CONFIG_VOLATILE = frozenset(
+    {"_name_or_path", "dtype", "torch_dtype", "transformers_version", "_commit_hash"}
+)
+
+
+def _config_json(model: Any) -> str:
+    """The model's configuration as canonical JSON, without :data:`_CONFIG_VOLATILE`
+    keys (at any depth): part of the fingerprints."""
+
+    def clean(value: Any) -> Any:
+        if isinstance(value, dict):
+            return {k: clean(v) for k, v in value.items() if k not in _CONFIG_VOLATILE}
+        return value
+
+    config = getattr(model, "config", None)
+    if config is None:
+        return ""
+    return json.dumps(clean(config.to_dict()), sort_keys=True, default=repr)
 
 
 @dataclass(eq=False)
@@ -123,9 +145,13 @@ class Backbone:
 
         Identifies the model in embedding-cache keys across processes: two folders with
         the same weights share entries, a retrained model with the same name does not.
+        The model's configuration (``config.json`` as loaded, less its path, dtype and
+        transformers version) is hashed too: an edited activation or layer-norm epsilon
+        changes the embeddings without changing a weight.
         """
         h = hasher()
         self._hash_weights(h, self.vision_modules)
+        h.update(_config_json(self.model).encode())  # activations, eps...: not in the weights
         return h.hexdigest()
 
     @functools.cached_property
@@ -151,6 +177,7 @@ class Backbone:
             raise self._no_text_error()
         h = hasher()
         self._hash_weights(h, self.text_modules)
+        h.update(_config_json(self.model).encode())
         if self.tokenizer is not None:
             vocab = sorted(self.tokenizer.get_vocab().items(), key=lambda kv: kv[1])
             h.update(f"{type(self.tokenizer).__name__}:{len(vocab)}".encode())

@@ -31,7 +31,12 @@ step by hand:
   *approximate* (on a random ViT-B/32, cosine to float32 >= 0.9998; unknown on
   trained weights). Opt-in only.
 - An :class:`onnxruntime.InferenceSession` is created once per (export, threads) in
-  the process and shared.
+  the process and shared. It is created from the bytes that were hashed (the files are
+  read into memory, checked against the record, and the weights handed to ONNX Runtime
+  from memory), so a weights file edited or replaced later, even while the session
+  lives, cannot change what it computes. Cost: the export's files are hashed a second
+  time then, and its bytes are held in memory while the session is made (ONNX Runtime
+  copies the weights, as it would from the file). Needs onnxruntime >= 1.23.
 
 ``onnxruntime`` is an optional dependency (``pip install skclip[onnx]``); exporting
 also needs ``onnx`` and ``onnxscript`` (in the same extra).
@@ -39,6 +44,7 @@ also needs ``onnx`` and ``onnxscript`` (in the same extra).
 
 from __future__ import annotations
 
+import errno
 import functools
 import hashlib
 import importlib.util
@@ -46,6 +52,7 @@ import json
 import logging
 import os
 import shutil
+import stat
 import tempfile
 import threading
 import warnings
@@ -210,15 +217,52 @@ def export_key(clip: Backbone, dtype: str = "float32") -> str:
 def _usable(folder: Path) -> bool:
     """An export folder whose files are all there, at the sizes written."""
     try:
-        meta = json.loads((folder / _META_FILE).read_text())
+        meta = json.loads(_read_meta(folder))
         return all((folder / name).stat().st_size == size for name, size in meta["files"].items())
     except (OSError, ValueError, KeyError, TypeError, AttributeError):
         return False
 
 
+#: Most bytes of an export's ``meta.json`` that are read.
+_META_CAP = 1 << 20
+_READ_FLAGS = (
+    os.O_RDONLY
+    | getattr(os, "O_NOFOLLOW", 0)
+    | getattr(os, "O_NONBLOCK", 0)
+    | getattr(os, "O_CLOEXEC", 0)
+)
+
+
+def _open_regular(path: Path) -> int:
+    """A descriptor of ``path`` if it is a regular file (not a link, a FIFO, a device):
+    opened without following a link and without blocking; else OSError."""
+    fd = os.open(path, _READ_FLAGS)
+    if not stat.S_ISREG(os.fstat(fd).st_mode):
+        os.close(fd)
+        raise OSError(errno.EINVAL, "not a regular file", str(path))
+    return fd
+
+
+def _read_file(path: Path, cap: int) -> bytes:
+    """All of the regular file ``path``, at most ``cap`` bytes (else OSError)."""
+    fd = _open_regular(path)
+    try:
+        with os.fdopen(os.dup(fd), "rb") as f:
+            data = f.read(cap + 1)
+    finally:
+        os.close(fd)
+    if len(data) > cap:
+        raise OSError(errno.EFBIG, f"more than {cap} bytes", str(path))
+    return data
+
+
+def _read_meta(folder: Path) -> str:
+    return _read_file(folder / _META_FILE, _META_CAP).decode()
+
+
 def _sha256(path: Path) -> str:
     h = hashlib.sha256()
-    with open(path, "rb") as f:
+    with os.fdopen(_open_regular(path), "rb") as f:
         for block in iter(lambda: f.read(1 << 20), b""):
             h.update(block)
     return h.hexdigest()
@@ -228,7 +272,7 @@ def _stamps(folder: Path, names: list[str]) -> tuple:
     out = []
     for name in names:
         st = (folder / name).stat()
-        out.append((name, st.st_size, st.st_mtime_ns, st.st_ino, st.st_ctime_ns))
+        out.append((name, st.st_size, st.st_mtime_ns, st.st_ino, st.st_ctime_ns, st.st_dev))
     return tuple(out)
 
 
@@ -239,7 +283,7 @@ def verified(folder: Path) -> str | None:
     Each file is hashed the first time in a process, and again only if its stamp
     (size, times, inode) changed since."""
     try:
-        meta = json.loads((folder / _META_FILE).read_text())
+        meta = json.loads(_read_meta(folder))
         sums = meta["sha256"]
         names = sorted(sums)
         if not names or sorted(meta["files"]) != names:
@@ -419,8 +463,20 @@ class ImageEncoder:
         return f"ImageEncoder(path={str(self.path)!r}, threads={self.threads})"
 
 
-def _session(path: Path, threads: int) -> Any:
+def _session(path: Path, threads: int) -> tuple[Any, str]:
+    """A session of the export in ``path`` and its identity, made from the verified bytes.
+
+    Every file is read into memory once, hashed and compared with ``meta.json``; the
+    session is created from those same bytes (the weights file through ONNX Runtime's
+    in-memory external data), never from the files: ONNX Runtime maps a weights file and
+    would read later edits of it. Raises ValueError if a file no longer matches."""
     ort = _require_onnxruntime()
+    meta = json.loads(_read_meta(path))
+    sums = meta["sha256"]
+    blobs = {name: _read_file(path / name, int(meta["files"][name])) for name in sorted(sums)}
+    changed = [n for n, data in blobs.items() if hashlib.sha256(data).hexdigest() != sums[n]]
+    if changed or _MODEL_FILE not in blobs:
+        raise ValueError(f"the export in {path} changed since it was verified: {changed}")
     options = ort.SessionOptions()
     options.intra_op_num_threads = threads
     options.inter_op_num_threads = 1
@@ -429,9 +485,21 @@ def _session(path: Path, threads: int) -> Any:
     # No busy-waiting between calls: the decode threads share the cores with it.
     options.add_session_config_entry("session.intra_op.allow_spinning", "0")
     options.log_severity_level = 3  # errors only
-    return ort.InferenceSession(
-        str(path / _MODEL_FILE), options, providers=["CPUExecutionProvider"]
-    )
+    weights = [name for name in blobs if name != _MODEL_FILE]
+    buffers = [np.frombuffer(blobs[name], dtype=np.uint8) for name in weights]
+    if weights and not hasattr(options, "add_external_initializers_from_files_in_memory"):
+        raise RuntimeError(
+            f"onnxruntime {ort.__version__} cannot take an export's weights from memory "
+            "(SessionOptions.add_external_initializers_from_files_in_memory, onnxruntime "
+            ">= 1.23): pip install -U onnxruntime, or use runtime='torch'."
+        )
+    if weights:  # ONNX Runtime copies them into the session: the buffers may go after
+        options.add_external_initializers_from_files_in_memory(
+            weights, buffers, [len(b) for b in buffers]
+        )
+    session = ort.InferenceSession(blobs[_MODEL_FILE], options, providers=["CPUExecutionProvider"])
+    identity = hashlib.sha256(json.dumps(sums, sort_keys=True).encode()).hexdigest()[:32]
+    return session, identity
 
 
 def image_encoder(
@@ -483,13 +551,13 @@ def image_encoder(
         path = export(clip, dtype, folder)  # verified
         key = (str(path), threads, verified(path))
         if key not in _SESSIONS:
-            try:
-                session = _session(path, threads)
-            except Exception:  # noqa: BLE001 - checksums fine but unreadable: rebuild once
+            try:  # from the bytes it hashes: what is verified is what runs
+                session, identity = _session(path, threads)
+            except Exception:  # noqa: BLE001 - changed since, or unreadable: rebuild once
                 _discard(path)
                 path = export(clip, dtype, folder)
-                session = _session(path, threads)
-                key = (str(path), threads, verified(path))
+                session, identity = _session(path, threads)
+            key = (str(path), threads, identity)
             _SESSIONS[key] = session
         encoder = ImageEncoder(path, threads, _SESSIONS[key], dtype, key[2] or "")
         _ENCODERS.setdefault(clip, {})[memo_key] = encoder

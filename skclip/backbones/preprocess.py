@@ -120,16 +120,7 @@ def config_from_processor(proc: Any, name: str = "the checkpoint") -> dict:
         "image_std": tuple(float(s) for s in np.broadcast_to(proc.image_std, 3)),
     }
     if kind in _NAFLEX:
-        if not proc.do_resize:
-            raise UnsupportedPreprocessingError(
-                f"The image processor of {name!r} ({kind}) has do_resize=False: images would "
-                "have to be multiples of the patch size; skclip needs do_resize=True."
-            )
-        return {
-            "patch_size": int(proc.patch_size),
-            "max_num_patches": int(proc.max_num_patches),
-            **common,
-        }
+        return _naflex_config(proc, name, common)
     if not _plain_pipeline(proc):
         raise UnsupportedPreprocessingError(
             f"The image processor of {name!r} is {kind}, whose preprocessing skclip does not "
@@ -170,6 +161,21 @@ def config_from_processor(proc: Any, name: str = "the checkpoint") -> dict:
         "do_normalize": common["do_normalize"],
         "image_mean": common["image_mean"],
         "image_std": common["image_std"],
+    }
+
+
+def _naflex_config(proc: Any, name: str, common: dict) -> dict:
+    """SigLIP 2's NaFlex settings: patches of the image resized to at most a number of them."""
+    kind = type(proc).__name__
+    if not proc.do_resize:
+        raise UnsupportedPreprocessingError(
+            f"The image processor of {name!r} ({kind}) has do_resize=False: images would "
+            "have to be multiples of the patch size; skclip needs do_resize=True."
+        )
+    return {
+        "patch_size": int(proc.patch_size),
+        "max_num_patches": int(proc.max_num_patches),
+        **common,
     }
 
 

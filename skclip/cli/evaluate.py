@@ -301,29 +301,13 @@ def _evaluate_method(
     return entry, mistakes
 
 
-def evaluate(args: argparse.Namespace) -> int:
-    """``skclip evaluate``: see the sub-command's help."""
+def _report(args: argparse.Namespace, plan: dict, enc: _Encoded, classes: Any) -> dict[str, Any]:
+    """The report's account of the run, before any method is evaluated."""
     from .._version import __version__
 
-    say = _Say(args.quiet)
-    args.model = _resolve_model(args.model, say)
-    data, test = _check_evaluate(args)
-    classes = data.target_names
-    say.step(
-        f"{args.data_dir}: {len(data.labels)} images in {len(classes)} classes"
-        + (f"; {args.test_dir}: {len(test.labels)} images" if test is not None else "")
-    )
-    enc = _encode_all(args, data, test, say)
-    y, y_test = enc.y, enc.y_test
+    y, y_test, splits = enc.y, enc.y_test, plan["splits"]
     n_test_dir = 0 if y_test is None else len(y_test)
-    # Again: skipped files may have changed the classes' sizes.
-    plan = _after_skipping(
-        args, classes, y, len(enc.skipped), y_test, None if test is None else np.unique(test.labels)
-    )
-    splits = plan["splits"]
-    n_train_min = min(_smallest_class(y[train]) for train, _ in splits)
-    methods = _methods(args, plan["inner_cv"], n_train_min)
-    report: dict[str, Any] = {
+    return {
         "skclip_version": __version__,
         "data_dir": str(args.data_dir),
         "test_dir": args.test_dir,
@@ -345,6 +329,28 @@ def evaluate(args: argparse.Namespace) -> int:
         "classes": classes.tolist(),
         "methods": {},
     }
+
+
+def evaluate(args: argparse.Namespace) -> int:
+    """``skclip evaluate``: see the sub-command's help."""
+    say = _Say(args.quiet)
+    args.model = _resolve_model(args.model, say)
+    data, test = _check_evaluate(args)
+    classes = data.target_names
+    say.step(
+        f"{args.data_dir}: {len(data.labels)} images in {len(classes)} classes"
+        + (f"; {args.test_dir}: {len(test.labels)} images" if test is not None else "")
+    )
+    enc = _encode_all(args, data, test, say)
+    y, y_test = enc.y, enc.y_test
+    # Again: skipped files may have changed the classes' sizes.
+    plan = _after_skipping(
+        args, classes, y, len(enc.skipped), y_test, None if test is None else np.unique(test.labels)
+    )
+    splits = plan["splits"]
+    n_train_min = min(_smallest_class(y[train]) for train, _ in splits)
+    methods = _methods(args, plan["inner_cv"], n_train_min)
+    report = _report(args, plan, enc, classes)
     mistakes: dict[str, list[dict[str, Any]]] = {}
     for name, (est, configuration, names) in methods.items():
         say.step(f"evaluating {name} ({len(splits)} split(s))")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+from typing import Any
 from pathlib import Path
 
 import numpy as np
@@ -47,25 +48,7 @@ def fit_command(args: argparse.Namespace) -> int:
     if args.cv is not None and args.cv > _smallest_class(data.labels):
         raise _too_few_for_cv(args.cv, _smallest_class(data.labels))
     say.step(f"{args.data_dir}: {len(data.labels)} images in {len(data.target_names)} classes")
-    files, labels = data.filenames, data.labels
-    skipped: list[dict[str, str]] = []
-    if args.on_error == "skip":  # find the unreadable files (the embeddings stay cached)
-        say.step(f"encoding {len(files)} images with {args.model}")
-        _, bad = _featurize(_featurizer(args), files, "skip")
-        skipped = _skipped(files, bad, say)
-        keep = np.setdiff1d(np.arange(len(files)), list(bad))
-        files, labels = files[keep], labels[keep]
-        smallest = min(int(np.sum(labels == c)) for c in data.target_names)
-        if smallest < 2:
-            raise ValueError(
-                f"After skipping {len(bad)} unreadable image(s), a class has "
-                f"{smallest} image(s): fewer than 2 to choose alpha and beta."
-            )
-        if args.cv is not None and args.cv > smallest:
-            raise ValueError(
-                f"After skipping {len(bad)} unreadable image(s): "
-                f"{_too_few_for_cv(args.cv, smallest)}"
-            )
+    files, labels, skipped = _usable(args, data, say)
     cv = min(5, _smallest_class(labels)) if args.cv is None else args.cv
     pipe = Pipeline(
         [
@@ -99,3 +82,27 @@ def fit_command(args: argparse.Namespace) -> int:
         + f"; model {args.model}"
     )
     return 0
+
+
+def _usable(args: argparse.Namespace, data: Any, say: _Say) -> tuple[Any, Any, list[dict]]:
+    """The files and labels to fit on, and the skipped ones: with ``--on-error skip``, the
+    unreadable files are found first (their embeddings stay cached) and left out."""
+    files, labels = data.filenames, data.labels
+    if args.on_error != "skip":
+        return files, labels, []
+    say.step(f"encoding {len(files)} images with {args.model}")
+    _, bad = _featurize(_featurizer(args), files, "skip")
+    skipped = _skipped(files, bad, say)
+    keep = np.setdiff1d(np.arange(len(files)), list(bad))
+    files, labels = files[keep], labels[keep]
+    smallest = min(int(np.sum(labels == c)) for c in data.target_names)
+    if smallest < 2:
+        raise ValueError(
+            f"After skipping {len(bad)} unreadable image(s), a class has "
+            f"{smallest} image(s): fewer than 2 to choose alpha and beta."
+        )
+    if args.cv is not None and args.cv > smallest:
+        raise ValueError(
+            f"After skipping {len(bad)} unreadable image(s): {_too_few_for_cv(args.cv, smallest)}"
+        )
+    return files, labels, skipped

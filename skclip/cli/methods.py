@@ -42,7 +42,6 @@ def _methods(args: argparse.Namespace, inner_cv: int | None, n_train_min: int) -
 
     from ..ape import APEClassifier
     from ..gda import GDAClassifier
-    from ..model_selection import TipAdapterClassifierCV
     from ..tip_adapter import TipAdapterClassifier
 
     common = dict(clip_model=_text_model(args), device=args.device)
@@ -54,23 +53,7 @@ def _methods(args: argparse.Namespace, inner_cv: int | None, n_train_min: int) -
             (),
         )
     no_cv = f"{n_train_min} training image(s) in the smallest class leave no inner cross-validation"
-    variants = [("Tip-Adapter", False)] + ([("Tip-Adapter-F", True)] if args.fine_tune else [])
-    for name, fine_tune in variants:
-        extra = dict(fine_tune=True, random_state=args.random_state) if fine_tune else {}
-        if inner_cv is not None:
-            methods[name] = (
-                TipAdapterClassifierCV(cv=inner_cv, **extra, **common),
-                f"alpha and beta chosen by {inner_cv}-fold inner cross-validation (accuracy) "
-                "on the training images, over TipAdapterClassifierCV's default grid",
-                ("alpha", "beta"),
-            )
-        else:
-            est = TipAdapterClassifier(**extra, **common)
-            methods[name] = (
-                est,
-                f"default alpha={est.alpha:g}, beta={est.beta:g}: {no_cv}",
-                ("alpha", "beta"),
-            )
+    methods.update(_tip_adapters(args, inner_cv, common, no_cv))
     heads = {
         "GDA": (GDAClassifier(**common), ""),
         "APE": (APEClassifier(**common), ""),
@@ -103,6 +86,35 @@ def _methods(args: argparse.Namespace, inner_cv: int | None, n_train_min: int) -
             )
         methods[name] = (est, what + how, tuple(grid))
     methods.update(_frontier_heads(common, inner_cv, no_cv))
+    return methods
+
+
+def _tip_adapters(
+    args: argparse.Namespace, inner_cv: int | None, common: dict, no_cv: str
+) -> dict[str, tuple[Any, str, tuple[str, ...]]]:
+    """Tip-Adapter (and with ``--fine-tune`` Tip-Adapter-F): alpha and beta chosen by
+    TipAdapterClassifierCV's inner cross-validation, or their defaults without one."""
+    from ..model_selection import TipAdapterClassifierCV
+    from ..tip_adapter import TipAdapterClassifier
+
+    methods: dict[str, tuple[Any, str, tuple[str, ...]]] = {}
+    variants = [("Tip-Adapter", False)] + ([("Tip-Adapter-F", True)] if args.fine_tune else [])
+    for name, fine_tune in variants:
+        extra = dict(fine_tune=True, random_state=args.random_state) if fine_tune else {}
+        if inner_cv is not None:
+            methods[name] = (
+                TipAdapterClassifierCV(cv=inner_cv, **extra, **common),
+                f"alpha and beta chosen by {inner_cv}-fold inner cross-validation (accuracy) "
+                "on the training images, over TipAdapterClassifierCV's default grid",
+                ("alpha", "beta"),
+            )
+        else:
+            est = TipAdapterClassifier(**extra, **common)
+            methods[name] = (
+                est,
+                f"default alpha={est.alpha:g}, beta={est.beta:g}: {no_cv}",
+                ("alpha", "beta"),
+            )
     return methods
 
 

@@ -78,10 +78,31 @@ def _unreadable(path: str, exc: BaseException) -> ValueError:
     )
 
 
+#: Most bytes the members of a ``.skops`` model file may unpack to (their sizes as the
+#: archive declares them, which also bound what is read). A fitted skclip model holds
+#: parameters and arrays of the training features: megabytes, rarely a gigabyte. Raise it
+#: (``skclip._model_file.MAX_UNPACKED_BYTES = ...``) for a larger model you trust.
+MAX_UNPACKED_BYTES = 4 * 2**30
+
+
 def _load_skops(path: str) -> Any:
     require_skops()
+    import zipfile
+
     import skops.io
 
+    try:  # before anything is unpacked: a tiny file may declare gigabytes of zeros
+        with zipfile.ZipFile(path) as archive:
+            unpacked = sum(info.file_size for info in archive.infolist())
+    except (OSError, zipfile.BadZipFile, ValueError) as exc:
+        raise _unreadable(path, exc) from None
+    if unpacked > MAX_UNPACKED_BYTES:
+        raise ValueError(
+            f"The model file {path!r} ({os.path.getsize(path)} bytes) unpacks to {unpacked} "
+            f"bytes, more than skclip._model_file.MAX_UNPACKED_BYTES={MAX_UNPACKED_BYTES}: not "
+            "loaded (a small file that unpacks to gigabytes would exhaust memory). If you "
+            "trust the file, raise that limit before loading it."
+        )
     try:
         untrusted = skops.io.get_untrusted_types(file=path)
     except Exception as exc:  # not a zip archive, or not skops's schema
@@ -147,9 +168,7 @@ def load_model_file(
         another suffix, is damaged (including fitted arrays with NaN or infinite
         values), holds untrusted types or something other than a fitted skclip pipeline.
     """
-    from sklearn.exceptions import NotFittedError
     from sklearn.pipeline import Pipeline
-    from sklearn.utils.validation import check_is_fitted
 
     from ..featurizer import CLIPFeaturizer
 
@@ -190,6 +209,18 @@ def load_model_file(
             f"[{', '.join(f'{t.__module__}.{t.__qualname__}' for t in steps)}], not "
             "[CLIPFeaturizer, a skclip classifier]."
         )
+    _check_fitted(model, name)
+    for line in reset_machine_params(model, machine):
+        if reset_note is not None:
+            reset_note(line)
+    return model
+
+
+def _check_fitted(model: Any, name: str) -> None:
+    """A fitted model whose fitted arrays are all finite, or a ValueError naming the file."""
+    from sklearn.exceptions import NotFittedError
+    from sklearn.utils.validation import check_is_fitted
+
     try:
         check_is_fitted(model)
     except NotFittedError:
@@ -200,10 +231,6 @@ def load_model_file(
             f"The model file {name!r} is damaged: its fitted array {damaged} holds NaN or "
             "infinite values, which 'skclip fit' never writes."
         )
-    for line in reset_machine_params(model, machine):
-        if reset_note is not None:
-            reset_note(line)
-    return model
 
 
 def _non_finite(model: Any) -> str | None:

@@ -74,7 +74,7 @@ _RACY_NS = 2_000_000_000
 
 class _FileDigests:
     """Content digests of files, memoized by stamp ``(path, size, mtime_ns, inode,
-    ctime_ns)``: a file is read and hashed again only when it changed.
+    ctime_ns, device)``: a file is read and hashed again only when it changed.
 
     Stamps come from :class:`~skclip.encoding.stamps.FileStamps`: a file is stat'ed again only
     when it may have changed (inotify on Linux), so looking up many unchanged files
@@ -537,7 +537,8 @@ class DiskStore:
     content digest, so entries spread over the 256 shards whatever the settings; every
     ``_TRIM_EVERY`` writes of a process, the shard just written to is trimmed to its
     share of the bound, oldest entries first (a disk hit refreshes an entry's time, so
-    the order is about least recently used).
+    the order is about least recently used), and :meth:`flush` (at the end of every
+    encode) trims the shards written since, so the bound holds after short runs too.
 
     Processes sharing the folder do not encode an image twice at the same time: before
     encoding, a process *claims* the entry (an exclusive ``.claim`` file naming its host,
@@ -567,6 +568,7 @@ class DiskStore:
         self.max_entries = max_entries
         self.unit = unit
         self.sub = f"v{FORMAT}-d{dim}"
+        self._dirty: dict[str, str] = {}  # shard written since its last trim -> a key of it
 
     @property
     def writable(self) -> bool:
@@ -646,7 +648,20 @@ class DiskStore:
             if self.writable and self._write(folder, f"{key}.emb", data):
                 global _WRITES
                 _WRITES += 1
+                self._dirty[key[-32:-30]] = key
                 if _WRITES % _TRIM_EVERY == 0:
+                    self._trim(folder)
+                    self._dirty.pop(key[-32:-30], None)
+
+    def flush(self) -> None:
+        """Trim every shard written since its last trim (at the end of each encode), so
+        the bound holds after runs of any length, not only every ``_TRIM_EVERY`` writes;
+        cheap: one listing per shard written."""
+        dirty, self._dirty = self._dirty, {}
+        for key in dirty.values():
+            folder = self._shard(key, create=False)
+            if folder is not None:
+                with folder:
                     self._trim(folder)
 
     def _write(self, folder: _Folder, name: str, data: bytes) -> bool:
@@ -917,6 +932,11 @@ class EmbeddingCache:
         MEMORY.put(key, vec)
         if self.disk is not None:
             self.disk.put(key, vec)
+
+    def flush(self) -> None:
+        """Keep the disk folder within its bound (see :meth:`DiskStore.flush`)."""
+        if self.disk is not None:
+            self.disk.flush()
 
 
 def clear() -> None:

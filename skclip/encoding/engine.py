@@ -587,6 +587,8 @@ def encode(items: list, spec: EncodeSpec, keep_going: bool) -> Encoded:
                 bar.update(len(batch))
     finally:
         release(spec.cache, list(claims), claims)
+        if spec.cache is not None:
+            spec.cache.flush()  # the disk bound holds after every call
     again: list[int] = []
     if waiting:
         hits, again = wait_for(spec.cache, waiting, spec.progress)

@@ -1,9 +1,11 @@
 """File stamps without a system call per file per call.
 
-A stamp is ``(path, size, mtime_ns, inode, ctime_ns)``. The embedding cache notices an
+A stamp is ``(path, size, mtime_ns, inode, ctime_ns, device)``. The embedding cache notices an
 edited file by its stamp: an edit that restores the size and the modification time
 (``cp -p``, ``rsync -t``, ``tar x``, ``touch -r``) still changes the inode or the change
-time (``ctime``), which no program can set back. Taking a stamp is one
+time (``ctime``), which no program can set back; the device number tells apart a file
+of another file system mounted at the same path that happens to share its inode number
+and times (a remount, a restored copy). Taking a stamp is one
 ``os.stat``, which costs 1 to 15 µs depending on the machine (a virtual machine makes
 every system call expensive): more than everything else a cached lookup does. A search
 looks up the same files hundreds of times (``GridSearchCV`` over a Pipeline calls the
@@ -17,10 +19,12 @@ may have changed:
   one ``read`` per call collects them, and only the files they name are stat'ed again.
   A watch is placed *before* the first stat of a file, so no change is missed between
   the two.
+- A watched folder that is moved, deleted or unmounted loses its watch, and its path
+  is watched anew (whatever folder is there now) at the next lookup.
 - A stamp is trusted for at most ``max_age`` seconds anyway (default 1 s): changes
   inotify cannot see (made on another machine of a network file system, or after an
-  ancestor folder was replaced) are noticed within that time, as they would be by a
-  stat when the file system caches attributes.
+  ancestor folder was replaced or a symbolic link in the path retargeted) are noticed
+  within that time, as they would be by a stat when the file system caches attributes.
 - Files that are symbolic links or have several hard links (changed under another
   name, in another folder) are stat'ed on every call, as is everything on systems
   without inotify or when a watch cannot be placed: the old behaviour.
@@ -75,7 +79,7 @@ _MASK = (
 _FOLDER_GONE = _IN_DELETE_SELF | _IN_MOVE_SELF | _IN_UNMOUNT | _IN_IGNORED
 _EVENT = struct.Struct("iIII")  # wd, mask, cookie, len; then len bytes of name
 
-Stamp = tuple  # (path, size, mtime_ns, inode, ctime_ns)
+Stamp = tuple  # (path, size, mtime_ns, inode, ctime_ns, device)
 
 #: Most folders watched by one process, whatever the user's limit.
 MAX_WATCHES = 4096
@@ -117,6 +121,8 @@ class _Inotify:
         libc = ctypes.CDLL(ctypes.util.find_library("c") or None, use_errno=True)
         self._add = libc.inotify_add_watch
         self._add.argtypes = (ctypes.c_int, ctypes.c_char_p, ctypes.c_uint32)
+        self._rm = libc.inotify_rm_watch
+        self._rm.argtypes = (ctypes.c_int, ctypes.c_int)
         self.cap = cap  # most watch descriptors held
         fd = libc.inotify_init1(_IN_NONBLOCK | _IN_CLOEXEC)
         if fd < 0:
@@ -168,10 +174,13 @@ class _Inotify:
                 if spellings is None:
                     continue
                 if mask & _FOLDER_GONE:
+                    # moved, deleted or unmounted: its paths may now name another folder,
+                    # which the next watch() watches anew; this watch is dropped
                     gone.update(spellings)
-                    if mask & _IN_IGNORED:  # the kernel dropped the watch
-                        for folder in self.folders.pop(wd):
-                            self.watched.pop(folder, None)
+                    for folder in self.folders.pop(wd):
+                        self.watched.pop(folder, None)
+                    if not mask & _IN_IGNORED:  # else the kernel dropped it already
+                        self._rm(self.fd, wd)
                 elif name:
                     changed.update(os.path.join(f, os.fsdecode(name)) for f in spellings)
             if len(data) < (1 << 15):  # the queue is (very likely) empty now
@@ -189,7 +198,7 @@ class _Inotify:
 
 
 class FileStamps:
-    """Stamps ``(path, size, mtime_ns, inode, ctime_ns)`` of files, stat'ed only when
+    """Stamps ``(path, size, mtime_ns, inode, ctime_ns, device)`` of files, stat'ed only when
     they may have changed.
 
     Parameters
@@ -211,7 +220,7 @@ class FileStamps:
     >>> with open(path, "w") as f:
     ...     _ = f.write("one")
     >>> stamps = FileStamps()
-    >>> stamps.stamps([path])[0][1]  # (path, size, mtime_ns, inode, ctime_ns)
+    >>> stamps.stamps([path])[0][1]  # (path, size, mtime_ns, inode, ctime_ns, device)
     3
     >>> with open(path, "a") as f:
     ...     _ = f.write(" two")
@@ -275,7 +284,7 @@ class FileStamps:
 
         Returns
         -------
-        stamps : list of (path, size, mtime_ns, inode, ctime_ns) tuples or None
+        stamps : list of (path, size, mtime_ns, inode, ctime_ns, device) tuples or None
         """
         with self._lock:
             watcher = self._watcher()
@@ -341,7 +350,7 @@ def _absolute(paths: list[str]) -> list[str]:
 
 
 def _stamp(path: str, st: os.stat_result) -> Stamp:
-    return (path, st.st_size, st.st_mtime_ns, st.st_ino, st.st_ctime_ns)
+    return (path, st.st_size, st.st_mtime_ns, st.st_ino, st.st_ctime_ns, st.st_dev)
 
 
 def _stat_stamp(path: str) -> Stamp | None:

@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import inspect
 import os
+import warnings
 from collections.abc import Callable, Iterator
 from typing import Any, NamedTuple
 
@@ -95,14 +96,30 @@ def _views_hint(n_features: int, dim: int) -> str:
     )
 
 
-def _unit_rows(X: np.ndarray) -> np.ndarray:
+class ZeroFeaturesWarning(UserWarning):
+    """Feature rows of all zeros were given to a head: they carry no information.
+
+    Examples
+    --------
+    >>> import warnings
+    >>> from skclip import ZeroFeaturesWarning
+    >>> issubclass(ZeroFeaturesWarning, UserWarning)
+    True
+    """
+
+
+def _unit_rows(X: np.ndarray, offset: int = 0) -> np.ndarray:
     """``X`` with every row scaled to unit L2 norm, for any finite magnitude.
 
     ``sklearn.preprocessing.normalize`` squares the values: features of magnitude 1e20
     overflow in float32 (the norm is infinite and every row becomes 0), and tiny ones
     underflow. Rows whose largest absolute value is outside the range where squaring is
     exact enough are divided by it first; other rows are normalized exactly as
-    ``normalize`` does. Rows of zeros stay zero.
+    ``normalize`` does. A row of zeros has no direction: it stays zero, and a
+    :class:`ZeroFeaturesWarning` names it (its position plus ``offset``), in every head,
+    at fit and predict alike (prediction gives it even scores in every head, instead of
+    an answer from a head's intercept or class counts alone). Not an error:
+    scikit-learn's estimator checks fit small integer matrices that hold zero rows.
 
     Examples
     --------
@@ -113,6 +130,17 @@ def _unit_rows(X: np.ndarray) -> np.ndarray:
     """
     info = np.finfo(X.dtype)
     peak = np.abs(X).max(axis=1)
+    zero = np.flatnonzero(peak == 0)
+    if zero.size:
+        warnings.warn(
+            ZeroFeaturesWarning(
+                f"Found {zero.size} feature row(s) of all zeros (row {int(zero[0]) + offset}"
+                f"{', ...' if zero.size > 1 else ''}): a zero vector has no direction, so it "
+                "cannot be L2-normalized and carries no information; its prediction is "
+                "uninformative. Remove those rows (e.g. images that failed to encode)."
+            ),
+            stacklevel=3,
+        )
     extreme = (peak > np.sqrt(info.max / max(1, X.shape[1]))) | (
         (peak < np.sqrt(info.tiny)) & (peak > 0)
     )
@@ -362,8 +390,9 @@ class TextHead(ClassifierMixin, BaseEstimator):
         def chunks() -> Iterator[tuple[slice, np.ndarray]]:
             with torch.no_grad():
                 for rows in gen_batches(n, chunk):
-                    queries = _unit_rows(X[rows]).astype(head.dtype, copy=False)
+                    queries = _unit_rows(X[rows], rows.start).astype(head.dtype, copy=False)
                     logits = head.logits(torch.from_numpy(queries).to(device)).cpu().numpy()
+                    logits[~queries.any(axis=1)] = 0.0  # no direction: even scores
                     if not np.isfinite(logits).all():
                         raise ValueError(
                             f"{type(self).__name__} computed logits that are not finite (NaN "

@@ -172,11 +172,7 @@ def fine_tune_keys(
     >>> res.keys.shape, len(res.loss_curve), res.best_epoch
     ((20, 4), 3, 3)
     """
-    if views is not None and (views.ndim != 3 or views.shape[1:] != X.shape):
-        raise ValueError(
-            f"views must have shape (n_views, n_samples, n_features) = (n_views, {X.shape[0]}, "
-            f"{X.shape[1]}) like X; got shape {views.shape}."
-        )
+    _check_views(views, X)
     rng = check_random_state(random_state)
     dev = resolve_device(device)
     dtype = TORCH_DTYPES[train_dtype]
@@ -189,38 +185,25 @@ def fine_tune_keys(
     keys = torch.nn.Parameter(feats.to(dtype, copy=True))
     queries = _query_rows(y_enc[train], n_classes, leave_one_out)
     epochs = resolve_epochs(epochs, len(queries), batch_size) if len(queries) else 0
-    head = _Loss(
-        labels,
-        None if text_weights is None else t(text_weights),
-        alpha,
-        beta,
-        n_classes,
-        normalize_keys,
-        {"logit_scale": logit_scale, "logit_bias": logit_bias},
-    )
+    W = None if text_weights is None else t(text_weights)
+    zero_shot = {"logit_scale": logit_scale, "logit_bias": logit_bias}
+    head = _Loss(labels, W, alpha, beta, n_classes, normalize_keys, leave_one_out, zero_shot)
     held_out = None if val is None else (t(X[val]), y_enc[val])
     loss_curve, validation_scores, best_keys, best_epoch = _train(
-        head,
-        keys,
-        epoch_queries,
-        queries,
-        held_out,
-        epochs=epochs,
-        lr=lr,
-        batch_size=batch_size,
-        leave_one_out=leave_one_out,
-        rng=rng,
-        verbose=verbose,
+        head, keys, epoch_queries, queries, held_out, epochs, lr, batch_size, rng, verbose
     )
     with torch.no_grad():
         final = head.used(best_keys if best_keys is not None else keys.detach())
-    return FineTuneResult(
-        keys=final.cpu().numpy().astype(X.dtype),
-        kept=train,
-        loss_curve=loss_curve,
-        validation_scores=validation_scores,
-        best_epoch=best_epoch,
-    )
+    final_keys = final.cpu().numpy().astype(X.dtype)
+    return FineTuneResult(final_keys, train, loss_curve, validation_scores, best_epoch)
+
+
+def _check_views(views: np.ndarray | None, X: np.ndarray) -> None:
+    if views is not None and (views.ndim != 3 or views.shape[1:] != X.shape):
+        raise ValueError(
+            f"views must have shape (n_views, n_samples, n_features) = (n_views, {X.shape[0]}, "
+            f"{X.shape[1]}) like X; got shape {views.shape}."
+        )
 
 
 def _train(
@@ -229,11 +212,9 @@ def _train(
     epoch_queries: list[torch.Tensor],
     queries: np.ndarray,
     held_out: tuple[torch.Tensor, np.ndarray] | None,
-    *,
     epochs: int,
     lr: float,
     batch_size: int,
-    leave_one_out: bool,
     rng: np.random.RandomState,
     verbose: int,
 ) -> tuple[list[float], list[float] | None, torch.Tensor | None, int]:
@@ -251,7 +232,7 @@ def _train(
     for epoch in range(epochs):
         order = queries[rng.permutation(len(queries))]
         epoch_feats = epoch_queries[epoch % len(epoch_queries)]
-        total = _epoch(head, keys, opt, sched, epoch_feats, order, batch_size, leave_one_out)
+        total = _epoch(head, keys, opt, sched, epoch_feats, order, batch_size)
         loss_curve.append(total / len(queries))
         msg = f"epoch {epoch + 1}/{epochs}: loss {loss_curve[-1]:.4f}"
         if held_out is not None and validation_scores is not None:
@@ -324,6 +305,7 @@ class _Loss(NamedTuple):
     beta: float
     n_classes: int
     normalize_keys: bool
+    leave_one_out: bool  # each query's own key is left out of its logits
     zero_shot: dict
 
     def used(self, keys: torch.Tensor) -> torch.Tensor:
@@ -361,7 +343,6 @@ def _epoch(
     feats: torch.Tensor,
     order: np.ndarray,
     batch_size: int,
-    leave_one_out: bool,
 ) -> float:
     """One pass over the queries in ``order``, in mini-batches: the summed loss."""
     dev, n = feats.device, len(feats)
@@ -369,7 +350,7 @@ def _epoch(
     for start in range(0, len(order), batch_size):
         idx = torch.as_tensor(order[start : start + batch_size], device=dev)
         exclude = None
-        if leave_one_out:
+        if head.leave_one_out:
             exclude = torch.zeros(len(idx), n, dtype=torch.bool, device=dev)
             exclude[torch.arange(len(idx), device=dev), idx] = True
         loss = torch.nn.functional.cross_entropy(
