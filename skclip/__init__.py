@@ -3,7 +3,9 @@
 Public API: :class:`CLIPFeaturizer` turns images into CLIP embeddings;
 :class:`TipAdapterClassifier` is the Tip-Adapter few-shot classifier on top of them;
 :class:`TipAdapterClassifierCV` chooses its alpha and beta by cross-validation;
-:class:`GDAClassifier` and :class:`APEClassifier` are two more training-free heads.
+:class:`GDAClassifier`, :class:`APEClassifier` and :class:`ProKeRClassifier` (with
+:class:`ProKeRClassifierCV`) are more training-free heads; :class:`CLAPClassifier` and
+:class:`LinearProbePPClassifier` train a linear probe anchored at the text weights.
 """
 
 from .encoding.cache import CacheDirWarning
@@ -11,20 +13,27 @@ from ._images import ImageLoadError, ImageLoadWarning
 from .backbones.loading import CheckpointMismatchError
 from ._version import __version__
 from .ape import APEClassifier
+from .clap import CLAPClassifier
 from .featurizer import CLIPFeaturizer
 from .gda import GDAClassifier
 from .heads._base import ZeroFeaturesWarning
-from .model_selection import TipAdapterClassifierCV
+from .linear_probe_pp import LinearProbePPClassifier
+from .model_selection import ProKeRClassifierCV, TipAdapterClassifierCV
+from .proker import ProKeRClassifier
 from .tip_adapter import TipAdapterClassifier
 
 __all__ = [
     "APEClassifier",
+    "CLAPClassifier",
     "CLIPFeaturizer",
     "CacheDirWarning",
     "CheckpointMismatchError",
     "GDAClassifier",
     "ImageLoadError",
     "ImageLoadWarning",
+    "LinearProbePPClassifier",
+    "ProKeRClassifier",
+    "ProKeRClassifierCV",
     "TipAdapterClassifier",
     "TipAdapterClassifierCV",
     "ZeroFeaturesWarning",

@@ -15,8 +15,10 @@ from sklearn.model_selection import check_cv
 from sklearn.utils import check_random_state
 
 from ._compat import PositiveInt, StrOptions, validate_params
+from .heads._base import TextHead
 from .heads._finetune import FineTuneResult, fine_tune_keys
 from .heads._formula import tip_adapter_grid
+from .proker import ProKeRClassifier, proker_grid
 from .tip_adapter import TipAdapterClassifier, _BaseTipAdapter
 
 #: Default alpha grid: zero-shot (0) plus log-spaced values up to 50, the top of the
@@ -386,3 +388,190 @@ class TipAdapterClassifierCV(_BaseTipAdapter):
         self.best_score_ = float(mean[self.best_index_])
         self.alpha_ = float(results["params"][self.best_index_]["alpha"])
         self.beta_ = float(results["params"][self.best_index_]["beta"])
+
+
+#: ProKeRClassifierCV's default grids: the authors' (RN50, most datasets:
+#: ``torch.linspace(0.5, 3, 20)`` and ``torch.linspace(0.001, 1, 10)``), in float64.
+PROKER_BETAS = np.linspace(0.5, 3.0, 20)
+PROKER_LMBDAS = np.linspace(0.001, 1.0, 10)
+
+
+def _check_cv_classes(cv: Any, y_enc: np.ndarray, classes: np.ndarray) -> None:
+    """With an int ``cv`` (stratified folds), every class needs ``cv`` samples: else a
+    ``ValueError`` names the smallest class."""
+    if cv is not None and not isinstance(cv, Integral):
+        return
+    n_splits = 5 if cv is None else int(cv)
+    counts = np.bincount(y_enc, minlength=len(classes))
+    if counts.min() < n_splits:
+        worst = int(np.argmin(counts))
+        raise ValueError(
+            f"Class {classes.tolist()[worst]!r} has only {counts[worst]} samples, fewer than "
+            f"cv={n_splits} folds: every fold must be able to hold out each class. Use "
+            f"cv={max(2, int(counts.min()))} or fewer folds, or pass a splitter."
+        )
+
+
+class ProKeRClassifierCV(ProKeRClassifier):
+    """ProKeR with beta and lmbda chosen by cross-validation on the training data.
+
+    Like :class:`sklearn.linear_model.RidgeCV`, it scores a whole grid at the cost of
+    one eigendecomposition per fold and beta: with ``k(S, S) = Q diag(w) Q^T``, every
+    lmbda's ``(k(S, S) / lmbda + I)^-1`` is ``Q diag(lmbda / (w + lmbda)) Q^T`` (see
+    :func:`skclip.proker.proker_grid`). It chooses what ``GridSearchCV(
+    ProKeRClassifier(), {"beta": betas, "lmbda": lmbdas}, cv=cv)`` chooses (up to
+    floating-point rounding of near-tied logits): the best mean score, ties to the first
+    candidate in GridSearchCV's order, beta-major (smallest beta first, then smallest
+    lmbda) when the grids are increasing, which is also the authors' search order and
+    tie rule (first strictly better). The model is then refit on all the data.
+
+    The authors search on a validation set; in the few-shot setting there is rarely
+    one, so the folds of the training data play its part here (``cv`` may be a
+    ``PredefinedSplit`` to use a validation split as they do).
+
+    Parameters
+    ----------
+    betas : array-like of shape (n_betas,), default=None
+        Kernel sharpness values to try (> 0). ``None`` means ``PROKER_BETAS``, the
+        authors' grid: 20 values evenly spaced from 0.5 to 3.
+    lmbdas : array-like of shape (n_lmbdas,), default=None
+        Regularization values to try (> 0). ``None`` means ``PROKER_LMBDAS``, the
+        authors' grid: 10 values evenly spaced from 0.001 to 1.
+    cv : int, cross-validation generator or iterable, default=5
+        As in ``GridSearchCV``; an int means ``StratifiedKFold(cv)``, and every class
+        needs at least ``cv`` samples. A class missing from a fold's training part
+        keeps its column (the zero-shot term alone predicts it), whereas a
+        ``ProKeRClassifier`` fit on that part would not know it.
+    scoring : str or callable, default="accuracy"
+        A scikit-learn scorer name or a callable ``scorer(estimator, X, y)``;
+        ``"accuracy"`` is computed vectorized for all candidates at once.
+    <text-head parameters>
+
+    Attributes
+    ----------
+    beta_, lmbda_ : float
+        The chosen values.
+    best_score_ : float
+        Mean cross-validated score of the chosen candidate.
+    best_index_ : int
+        Index of the chosen candidate in ``cv_results_``.
+    cv_results_ : dict of ndarrays
+        As ``GridSearchCV.cv_results_`` (``params``, ``param_beta``, ``param_lmbda``,
+        ``split{k}_test_score``, ``mean_test_score``, ``std_test_score``,
+        ``rank_test_score``); ``pandas.DataFrame(cv_results_)`` works.
+    n_splits_ : int
+        Number of folds.
+    classes_, n_features_in_, support_, coef_, text_features_, logit_scale_, logit_bias_
+        As in :class:`ProKeRClassifier`, for the model refit with ``beta_`` and ``lmbda_``.
+
+    See Also
+    --------
+    ProKeRClassifier : One beta and lmbda, fixed.
+    TipAdapterClassifierCV : The same search for Tip-Adapter.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from skclip import ProKeRClassifierCV
+    >>> rng = np.random.RandomState(0)
+    >>> X = rng.normal(size=(60, 8)) + np.repeat(np.eye(8)[:3] * 2, 20, axis=0)
+    >>> y = np.repeat(["ant", "bee", "cat"], 20)
+    >>> clf = ProKeRClassifierCV(text_features=np.eye(8)[:3] + 0.5, cv=3).fit(X, y)
+    >>> len(clf.cv_results_["params"]), bool(clf.lmbda_ > 0)
+    (200, True)
+    >>> clf.predict(X[:2])
+    array(['ant', 'ant'], dtype='<U3')
+    """
+
+    _parameter_constraints: dict = {
+        "betas": ["array-like", None],
+        "lmbdas": ["array-like", None],
+        "cv": ["cv_object"],
+        "scoring": [StrOptions(set(get_scorer_names())), callable],
+    }
+
+    def __init__(
+        self,
+        *,
+        betas: Any = None,
+        lmbdas: Any = None,
+        cv: Any = 5,
+        scoring: Any = "accuracy",
+        **text_head: Any,
+    ) -> None:
+        TextHead.__init__(self, **text_head)
+        self.betas = betas
+        self.lmbdas = lmbdas
+        self.cv = cv
+        self.scoring = scoring
+
+    def _prediction_beta(self) -> float:
+        return self.beta_
+
+    @staticmethod
+    def _check_grid(name: str, values: Any, default: np.ndarray) -> np.ndarray:
+        grid = default if values is None else np.asarray(values, dtype=np.float64)
+        if grid.ndim != 1 or grid.size == 0:
+            raise ValueError(f"{name} must be a non-empty 1-D list of numbers, got {values!r}.")
+        if not np.all(np.isfinite(grid)) or np.any(grid <= 0):
+            raise ValueError(f"{name} must hold finite values > 0, got {grid.tolist()}.")
+        return grid
+
+    def fit(self, X: Any, y: Any) -> ProKeRClassifierCV:
+        """Score every (beta, lmbda) by cross-validation, then refit with the best.
+
+        Parameters
+        ----------
+        X : array-like of shape (n_samples, n_features)
+            Image features, e.g. from :class:`CLIPFeaturizer`; normalized inside.
+        y : array-like of shape (n_samples,)
+            Labels.
+
+        Returns
+        -------
+        self : ProKeRClassifierCV
+        """
+        self._validate_params()
+        betas = self._check_grid("betas", self.betas, PROKER_BETAS)
+        lmbdas = self._check_grid("lmbdas", self.lmbdas, PROKER_LMBDAS)
+        X, y_enc = self._prepare(X, y)
+        _check_cv_classes(self.cv, y_enc, self.classes_)
+        cv = check_cv(self.cv, y_enc, classifier=True)
+        scorer = None if self.scoring == "accuracy" else check_scoring(self, scoring=self.scoring)
+        judge = _PrecomputedLogits(self.classes_).fit(None)
+        zero_shot = self._zero_shot_params()
+        fold_scores = []
+        for train, test in cv.split(X, y_enc):
+            train_X, train_y, n_classes = X[train], y_enc[train], len(self.classes_)
+            W = self.text_features_
+            grid = proker_grid(X[test], train_X, train_y, W, n_classes, betas, lmbdas, **zero_shot)
+            scores = np.empty((len(betas), len(lmbdas)))
+            y_true = self.classes_[y_enc[test]]
+            for ib, logits in enumerate(grid):
+                if scorer is None:
+                    scores[ib] = (logits.argmax(axis=2) == y_enc[test]).mean(axis=1)
+                else:
+                    scores[ib] = [scorer(judge, block, y_true) for block in logits]
+            fold_scores.append(scores.ravel())  # beta-major, lmbda fastest: GridSearchCV order
+        self._store_results(np.array(fold_scores), betas, lmbdas)
+        self._set_support(X, y_enc, self.beta_, self.lmbda_)
+        return self
+
+    def _store_results(self, scores: np.ndarray, betas: np.ndarray, lmbdas: np.ndarray) -> None:
+        """``cv_results_`` in GridSearchCV's layout, and the chosen candidate."""
+        mean, std = scores.mean(axis=0), scores.std(axis=0)
+        rank = rankdata(-mean, method="min").astype(np.int32)
+        results: dict[str, Any] = {
+            "params": [{"beta": float(b), "lmbda": float(lm)} for b in betas for lm in lmbdas],
+            "param_beta": np.ma.MaskedArray(np.repeat(betas, len(lmbdas)), mask=False),
+            "param_lmbda": np.ma.MaskedArray(np.tile(lmbdas, len(betas)), mask=False),
+        }
+        for k, split in enumerate(scores):
+            results[f"split{k}_test_score"] = split
+        results.update(mean_test_score=mean, std_test_score=std, rank_test_score=rank)
+        self.cv_results_ = results
+        self.n_splits_ = len(scores)
+        self.best_index_ = int(np.argmin(rank))  # first of the best, in grid order
+        self.best_score_ = float(mean[self.best_index_])
+        self.beta_ = float(results["params"][self.best_index_]["beta"])
+        self.lmbda_ = float(results["params"][self.best_index_]["lmbda"])

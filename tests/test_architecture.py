@@ -168,7 +168,16 @@ def test_the_line_counter_counts_nested_functions_and_skips_docstrings(tmp_path)
     assert lengths == {"pkg.m.inner": 62, "pkg.m.outer": 64}
 
 
-HEADS = ("TipAdapterClassifier", "TipAdapterClassifierCV", "GDAClassifier", "APEClassifier")
+HEADS = (
+    "TipAdapterClassifier",
+    "TipAdapterClassifierCV",
+    "GDAClassifier",
+    "APEClassifier",
+    "ProKeRClassifier",
+    "ProKeRClassifierCV",
+    "CLAPClassifier",
+    "LinearProbePPClassifier",
+)
 
 
 def head_modules() -> list[Path]:

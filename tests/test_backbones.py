@@ -455,8 +455,8 @@ def test_cli_evaluate_fit_and_predict(request, fixture, image_folder, tmp_path):
     args = ["evaluate", data_dir, "--model", path, "--cv", "3", "-q"]
     assert main(args + ["--report", str(report)]) == 0
     methods = set(json.loads(report.read_text())["methods"])
-    heads = {"Tip-Adapter", "GDA", "APE", "linear probe"}
-    assert methods == (heads if image_only else heads | {"zero-shot CLIP"})
+    heads = {"Tip-Adapter", "GDA", "APE", "linear probe", "ProKeR"}
+    assert methods == (heads if image_only else heads | {"zero-shot CLIP", "CLAP", "LP++"})
     model_file = tmp_path / "model.joblib"
     assert main(["fit", data_dir, "-o", str(model_file), "--model", path, "-q"]) == 0
     pipe = joblib.load(model_file)

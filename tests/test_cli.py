@@ -20,7 +20,17 @@ from skclip.cli import main
 
 
 #: The methods of ``skclip evaluate --fine-tune`` with a CLIP checkpoint.
-METHODS = {"zero-shot CLIP", "Tip-Adapter", "Tip-Adapter-F", "GDA", "APE", "linear probe"}
+METHODS = {
+    "zero-shot CLIP",
+    "Tip-Adapter",
+    "Tip-Adapter-F",
+    "GDA",
+    "APE",
+    "linear probe",
+    "ProKeR",
+    "CLAP",
+    "LP++",
+}
 
 
 @pytest.fixture(scope="module")

@@ -85,6 +85,7 @@ def _methods(args: argparse.Namespace, inner_cv: int | None, n_train_min: int) -
                 "(accuracy) on the training images"
             )
         methods[name] = (est, what + how, tuple(grid))
+    methods.update(_frontier_heads(common, inner_cv, no_cv))
     return methods
 
 
@@ -117,12 +118,52 @@ def _tip_adapters(
     return methods
 
 
+def _frontier_heads(common: dict, inner_cv: int | None, no_cv: str) -> dict:
+    """ProKeR (beta and lmbda by ProKeRClassifierCV's inner cross-validation on the
+    training images, over the authors' grid), and, with a text model, CLAP and LP++ at
+    their authors' fixed settings (CLAP is meant to be used without any tuning)."""
+    from ..clap import CLAPClassifier
+    from ..linear_probe_pp import LinearProbePPClassifier
+    from ..model_selection import ProKeRClassifierCV
+    from ..proker import ProKeRClassifier
+
+    methods: dict[str, tuple[Any, str, tuple[str, ...]]] = {}
+    if inner_cv is not None:
+        methods["ProKeR"] = (
+            ProKeRClassifierCV(cv=inner_cv, **common),
+            f"beta and lmbda chosen by {inner_cv}-fold inner cross-validation (accuracy) on "
+            "the training images, over the authors' grid (ProKeRClassifierCV's default)",
+            ("beta", "lmbda"),
+        )
+    else:
+        est = ProKeRClassifier(**common)
+        methods["ProKeR"] = (
+            est,
+            f"the authors' 16-shot beta={est.beta:g}, lmbda={est.lmbda:g}: {no_cv}",
+            ("beta", "lmbda"),
+        )
+    if common["clip_model"] is not None:
+        methods["CLAP"] = (
+            CLAPClassifier(random_state=0, **common),
+            "the authors' fixed settings, no tuning (300 epochs, SGD lr 0.1)",
+            ("epochs", "lr"),
+        )
+        methods["LP++"] = (
+            LinearProbePPClassifier(random_state=0, **common),
+            "the authors' fixed settings (300 epochs, Lipschitz step sizes), last epoch",
+            ("epochs",),
+        )
+    return methods
+
+
 def _chosen(fitted: Any, names: tuple[str, ...]) -> dict[str, float]:
     """The hyperparameters ``names`` that a fitted method uses: chosen by its inner
     cross-validation (GridSearchCV, TipAdapterClassifierCV), else its fixed values."""
     if hasattr(fitted, "best_params_"):
         return {k: float(v) for k, v in fitted.best_params_.items()}
-    if hasattr(fitted, "alpha_"):
+    if hasattr(fitted, "lmbda_"):  # ProKeRClassifierCV
+        return {"beta": float(fitted.beta_), "lmbda": float(fitted.lmbda_)}
+    if hasattr(fitted, "alpha_") and hasattr(fitted, "beta_"):  # TipAdapterClassifierCV
         return {"alpha": float(fitted.alpha_), "beta": float(fitted.beta_)}
     params = fitted.get_params()
     return {n: float(params[n]) for n in names}
