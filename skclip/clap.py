@@ -28,7 +28,7 @@ from sklearn.utils import check_random_state
 
 from ._compat import Interval
 from .backbones.loading import resolve_device
-from .heads._base import TextHead
+from .heads._base import TextHead, pooled_views
 from .heads._formula import CLIP_LOGIT_SCALE, zero_shot_logits
 
 
@@ -344,9 +344,7 @@ class CLAPClassifier(TextHead):
         """
         self._validate_params()
         X, y_enc, views = self._prepare_views(X, y, self.train_views)
-        pool, pool_y = X, y_enc
-        if views is not None:  # the views alone, pooled view by view (the authors' order)
-            pool, pool_y = views.reshape(-1, views.shape[-1]), np.tile(y_enc, len(views))
+        pool, pool_y = pooled_views(X, y_enc, views)  # view-major: the authors' order
         anchor = self.text_features_
         if anchor is None:  # no text head: the class means of the training features
             anchor = class_means(pool, pool_y, len(self.classes_))

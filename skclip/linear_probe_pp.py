@@ -26,7 +26,7 @@ from sklearn.utils import check_random_state
 
 from ._compat import Interval
 from .backbones.loading import resolve_device
-from .heads._base import TextHead
+from .heads._base import TextHead, pooled_views
 
 #: The authors' scale of the initial blending weight: ``alpha = 250 x`` the mean
 #: cosine of the training features with their own class's text weights.
@@ -288,9 +288,7 @@ class LinearProbePPClassifier(TextHead):
         """
         self._validate_params()
         X, y_enc, views = self._prepare_views(X, y, self.train_views)
-        pool, pool_y = X, y_enc
-        if views is not None:  # the views alone, pooled view by view
-            pool, pool_y = views.reshape(-1, views.shape[-1]), np.tile(y_enc, len(views))
+        pool, pool_y = pooled_views(X, y_enc, views)
         W = self.text_features_
         self.step_sizes_ = lpp_step_sizes(pool, W)
         coef, intercept, alpha, curve = lpp_train(

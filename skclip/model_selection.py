@@ -102,6 +102,22 @@ class _PrecomputedLogits(ClassifierMixin, BaseEstimator):
         return self.classes_[np.argmax(logits, axis=1)]
 
 
+def _check_cv_classes(cv: Any, y_enc: np.ndarray, classes: np.ndarray) -> None:
+    """With an int ``cv`` (stratified folds), every class needs ``cv`` samples: else a
+    ``ValueError`` names the smallest class."""
+    if cv is not None and not isinstance(cv, Integral):
+        return
+    n_splits = 5 if cv is None else int(cv)
+    counts = np.bincount(y_enc, minlength=len(classes))
+    if counts.min() < n_splits:
+        worst = int(np.argmin(counts))
+        raise ValueError(
+            f"Class {classes.tolist()[worst]!r} has only {counts[worst]} samples, fewer than "
+            f"cv={n_splits} folds: every fold must be able to hold out each class. Use "
+            f"cv={max(2, int(counts.min()))} or fewer folds, or pass a splitter."
+        )
+
+
 class TipAdapterClassifierCV(_BaseTipAdapter):
     """Tip-Adapter with alpha and beta chosen by cross-validation on the training data.
 
@@ -305,7 +321,7 @@ class TipAdapterClassifierCV(_BaseTipAdapter):
         betas = self._check_grid("betas", self.betas, DEFAULT_BETAS)
         X, y_enc, views = self._prepare_views(X, y, self.train_views)
         n_classes = len(self.classes_)
-        self._check_folds(y_enc, n_classes)
+        _check_cv_classes(self.cv, y_enc, self.classes_)
         cv = check_cv(self.cv, y_enc, classifier=True)
         scorer = None if self.scoring == "accuracy" else check_scoring(self, scoring=self.scoring)
         judge = _PrecomputedLogits(self.classes_).fit(None)  # scores precomputed logits
@@ -354,21 +370,6 @@ class TipAdapterClassifierCV(_BaseTipAdapter):
             self.loss_curve_ = None
         return self
 
-    def _check_folds(self, y_enc: np.ndarray, n_classes: int) -> None:
-        """With ``cv`` a number of stratified folds, every class must have that many
-        samples (a ValueError names the smallest class)."""
-        if self.cv is None or isinstance(self.cv, Integral):
-            n_splits = 5 if self.cv is None else int(self.cv)
-            counts = np.bincount(y_enc, minlength=n_classes)
-            if counts.min() < n_splits:
-                worst = int(np.argmin(counts))
-                raise ValueError(
-                    f"Class {self.classes_.tolist()[worst]!r} has only {counts[worst]} samples, "
-                    "fewer than "
-                    f"cv={n_splits} folds: every fold must be able to hold out each class. Use "
-                    f"cv={max(2, int(counts.min()))} or fewer folds, or pass a splitter."
-                )
-
     def _store_results(self, scores: np.ndarray, alphas: np.ndarray, betas: np.ndarray) -> None:
         """``cv_results_`` in GridSearchCV's layout, and the chosen candidate."""
         n_a, n_b = len(alphas), len(betas)
@@ -394,22 +395,6 @@ class TipAdapterClassifierCV(_BaseTipAdapter):
 #: ``torch.linspace(0.5, 3, 20)`` and ``torch.linspace(0.001, 1, 10)``), in float64.
 PROKER_BETAS = np.linspace(0.5, 3.0, 20)
 PROKER_LMBDAS = np.linspace(0.001, 1.0, 10)
-
-
-def _check_cv_classes(cv: Any, y_enc: np.ndarray, classes: np.ndarray) -> None:
-    """With an int ``cv`` (stratified folds), every class needs ``cv`` samples: else a
-    ``ValueError`` names the smallest class."""
-    if cv is not None and not isinstance(cv, Integral):
-        return
-    n_splits = 5 if cv is None else int(cv)
-    counts = np.bincount(y_enc, minlength=len(classes))
-    if counts.min() < n_splits:
-        worst = int(np.argmin(counts))
-        raise ValueError(
-            f"Class {classes.tolist()[worst]!r} has only {counts[worst]} samples, fewer than "
-            f"cv={n_splits} folds: every fold must be able to hold out each class. Use "
-            f"cv={max(2, int(counts.min()))} or fewer folds, or pass a splitter."
-        )
 
 
 class ProKeRClassifierCV(ProKeRClassifier):

@@ -150,6 +150,26 @@ def _unit_rows(X: np.ndarray, offset: int = 0) -> np.ndarray:
     return normalize(X)
 
 
+def pooled_views(
+    X: np.ndarray, y_enc: np.ndarray, views: np.ndarray | None
+) -> tuple[np.ndarray, np.ndarray]:
+    """The training samples of a head that trains on augmented views: ``X`` and its labels
+    when there are no views, else the views alone, pooled view by view (view-major: all
+    images of view 0, then of view 1...), with their labels.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> views = np.arange(12.0).reshape(2, 3, 2)  # 2 views of 3 images in 2 dimensions
+    >>> pool, pool_y = pooled_views(np.zeros((3, 2)), np.array([0, 1, 1]), views)
+    >>> pool.shape, pool_y.tolist()
+    ((6, 2), [0, 1, 1, 0, 1, 1])
+    """
+    if views is None:
+        return X, y_enc
+    return views.reshape(-1, views.shape[-1]), np.tile(y_enc, len(views))
+
+
 #: Temporaries of a prediction chunk may take this much even when it is more than half
 #: of a small output (many tiny chunks would be slow for nothing).
 _SMALL_CHUNK_BYTES = 16 * 2**20
