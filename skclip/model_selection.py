@@ -102,6 +102,46 @@ class _PrecomputedLogits(ClassifierMixin, BaseEstimator):
         return self.classes_[np.argmax(logits, axis=1)]
 
 
+def _check_grid(
+    name: str, values: Any, default: np.ndarray, *, strictly_positive: bool = False
+) -> np.ndarray:
+    """A searched grid as a 1-D float64 array (``default`` when ``values`` is None): finite
+    values, ``>= 0`` (or ``> 0``); a ValueError names the parameter otherwise."""
+    grid = default if values is None else np.asarray(values, dtype=np.float64)
+    if grid.ndim != 1 or grid.size == 0:
+        raise ValueError(f"{name} must be a non-empty 1-D list of numbers, got {values!r}.")
+    bad = grid <= 0 if strictly_positive else grid < 0
+    if not np.all(np.isfinite(grid)) or np.any(bad):
+        bound = "> 0" if strictly_positive else ">= 0"
+        raise ValueError(f"{name} must hold finite values {bound}, got {grid.tolist()}.")
+    return grid
+
+
+def _store_grid_results(
+    est: Any, scores: np.ndarray, names: tuple[str, str], first: np.ndarray, second: np.ndarray
+) -> dict[str, float]:
+    """Set ``cv_results_`` (GridSearchCV's layout, ``first``-major: the order of its
+    ``ParameterGrid`` for these two names), ``n_splits_``, ``best_index_`` (the first of
+    the best) and ``best_score_`` on ``est`` from the ``(n_splits, n_candidates)``
+    ``scores``; return the chosen parameters."""
+    a, b = names
+    mean, std = scores.mean(axis=0), scores.std(axis=0)
+    rank = rankdata(-mean, method="min").astype(np.int32)
+    results: dict[str, Any] = {
+        "params": [{a: float(x), b: float(y)} for x in first for y in second],
+        f"param_{a}": np.ma.MaskedArray(np.repeat(first, len(second)), mask=False),
+        f"param_{b}": np.ma.MaskedArray(np.tile(second, len(first)), mask=False),
+    }
+    for k, split in enumerate(scores):
+        results[f"split{k}_test_score"] = split
+    results.update(mean_test_score=mean, std_test_score=std, rank_test_score=rank)
+    est.cv_results_ = results
+    est.n_splits_ = len(scores)
+    est.best_index_ = int(np.argmin(rank))  # first of the best, in grid order
+    est.best_score_ = float(mean[est.best_index_])
+    return results["params"][est.best_index_]
+
+
 def _check_cv_classes(cv: Any, y_enc: np.ndarray, classes: np.ndarray) -> None:
     """With an int ``cv`` (stratified folds), every class needs ``cv`` samples: else a
     ``ValueError`` names the smallest class."""
@@ -264,15 +304,6 @@ class TipAdapterClassifierCV(_BaseTipAdapter):
     def _prediction_params(self) -> tuple[float, float]:
         return self.alpha_, self.beta_
 
-    @staticmethod
-    def _check_grid(name: str, values: Any, default: np.ndarray) -> np.ndarray:
-        grid = default if values is None else np.asarray(values, dtype=np.float64)
-        if grid.ndim != 1 or grid.size == 0:
-            raise ValueError(f"{name} must be a non-empty 1-D list of numbers, got {values!r}.")
-        if not np.all(np.isfinite(grid)) or np.any(grid < 0):
-            raise ValueError(f"{name} must hold finite values >= 0, got {grid.tolist()}.")
-        return grid
-
     def _fine_tune(
         self,
         X: np.ndarray,
@@ -317,8 +348,8 @@ class TipAdapterClassifierCV(_BaseTipAdapter):
         self : TipAdapterClassifierCV
         """
         self._validate_params()
-        alphas = self._check_grid("alphas", self.alphas, DEFAULT_ALPHAS)
-        betas = self._check_grid("betas", self.betas, DEFAULT_BETAS)
+        alphas = _check_grid("alphas", self.alphas, DEFAULT_ALPHAS)
+        betas = _check_grid("betas", self.betas, DEFAULT_BETAS)
         X, y_enc, views = self._prepare_views(X, y, self.train_views)
         n_classes = len(self.classes_)
         _check_cv_classes(self.cv, y_enc, self.classes_)
@@ -360,7 +391,8 @@ class TipAdapterClassifierCV(_BaseTipAdapter):
                     scores[:, ib] = [scorer(judge, logits[ia], y_true) for ia in range(len(alphas))]
             fold_scores.append(scores.ravel())  # alpha-major, beta fastest: GridSearchCV order
 
-        self._store_results(np.array(fold_scores), alphas, betas)
+        best = _store_grid_results(self, np.array(fold_scores), ("alpha", "beta"), alphas, betas)
+        self.alpha_, self.beta_ = best["alpha"], best["beta"]
         if self.fine_tune:
             result = self._fine_tune(X, y_enc, n_classes, W, views)
             self._set_cache(result.keys, y_enc[result.kept])
@@ -369,26 +401,6 @@ class TipAdapterClassifierCV(_BaseTipAdapter):
             self._set_cache(X, y_enc)
             self.loss_curve_ = None
         return self
-
-    def _store_results(self, scores: np.ndarray, alphas: np.ndarray, betas: np.ndarray) -> None:
-        """``cv_results_`` in GridSearchCV's layout, and the chosen candidate."""
-        n_a, n_b = len(alphas), len(betas)
-        mean, std = scores.mean(axis=0), scores.std(axis=0)
-        rank = rankdata(-mean, method="min").astype(np.int32)
-        results: dict[str, Any] = {
-            "params": [{"alpha": float(a), "beta": float(b)} for a in alphas for b in betas],
-            "param_alpha": np.ma.MaskedArray(np.repeat(alphas, n_b), mask=False),
-            "param_beta": np.ma.MaskedArray(np.tile(betas, n_a), mask=False),
-        }
-        for k, split in enumerate(scores):
-            results[f"split{k}_test_score"] = split
-        results.update(mean_test_score=mean, std_test_score=std, rank_test_score=rank)
-        self.cv_results_ = results
-        self.n_splits_ = len(scores)
-        self.best_index_ = int(np.argmin(rank))  # first of the best, in grid order
-        self.best_score_ = float(mean[self.best_index_])
-        self.alpha_ = float(results["params"][self.best_index_]["alpha"])
-        self.beta_ = float(results["params"][self.best_index_]["beta"])
 
 
 #: ProKeRClassifierCV's default grids: the authors' (RN50, most datasets:
@@ -493,15 +505,6 @@ class ProKeRClassifierCV(ProKeRClassifier):
     def _prediction_beta(self) -> float:
         return self.beta_
 
-    @staticmethod
-    def _check_grid(name: str, values: Any, default: np.ndarray) -> np.ndarray:
-        grid = default if values is None else np.asarray(values, dtype=np.float64)
-        if grid.ndim != 1 or grid.size == 0:
-            raise ValueError(f"{name} must be a non-empty 1-D list of numbers, got {values!r}.")
-        if not np.all(np.isfinite(grid)) or np.any(grid <= 0):
-            raise ValueError(f"{name} must hold finite values > 0, got {grid.tolist()}.")
-        return grid
-
     def fit(self, X: Any, y: Any) -> ProKeRClassifierCV:
         """Score every (beta, lmbda) by cross-validation, then refit with the best.
 
@@ -517,8 +520,8 @@ class ProKeRClassifierCV(ProKeRClassifier):
         self : ProKeRClassifierCV
         """
         self._validate_params()
-        betas = self._check_grid("betas", self.betas, PROKER_BETAS)
-        lmbdas = self._check_grid("lmbdas", self.lmbdas, PROKER_LMBDAS)
+        betas = _check_grid("betas", self.betas, PROKER_BETAS, strictly_positive=True)
+        lmbdas = _check_grid("lmbdas", self.lmbdas, PROKER_LMBDAS, strictly_positive=True)
         X, y_enc = self._prepare(X, y)
         _check_cv_classes(self.cv, y_enc, self.classes_)
         cv = check_cv(self.cv, y_enc, classifier=True)
@@ -538,25 +541,7 @@ class ProKeRClassifierCV(ProKeRClassifier):
                 else:
                     scores[ib] = [scorer(judge, block, y_true) for block in logits]
             fold_scores.append(scores.ravel())  # beta-major, lmbda fastest: GridSearchCV order
-        self._store_results(np.array(fold_scores), betas, lmbdas)
+        best = _store_grid_results(self, np.array(fold_scores), ("beta", "lmbda"), betas, lmbdas)
+        self.beta_, self.lmbda_ = best["beta"], best["lmbda"]
         self._set_support(X, y_enc, self.beta_, self.lmbda_)
         return self
-
-    def _store_results(self, scores: np.ndarray, betas: np.ndarray, lmbdas: np.ndarray) -> None:
-        """``cv_results_`` in GridSearchCV's layout, and the chosen candidate."""
-        mean, std = scores.mean(axis=0), scores.std(axis=0)
-        rank = rankdata(-mean, method="min").astype(np.int32)
-        results: dict[str, Any] = {
-            "params": [{"beta": float(b), "lmbda": float(lm)} for b in betas for lm in lmbdas],
-            "param_beta": np.ma.MaskedArray(np.repeat(betas, len(lmbdas)), mask=False),
-            "param_lmbda": np.ma.MaskedArray(np.tile(lmbdas, len(betas)), mask=False),
-        }
-        for k, split in enumerate(scores):
-            results[f"split{k}_test_score"] = split
-        results.update(mean_test_score=mean, std_test_score=std, rank_test_score=rank)
-        self.cv_results_ = results
-        self.n_splits_ = len(scores)
-        self.best_index_ = int(np.argmin(rank))  # first of the best, in grid order
-        self.best_score_ = float(mean[self.best_index_])
-        self.beta_ = float(results["params"][self.best_index_]["beta"])
-        self.lmbda_ = float(results["params"][self.best_index_]["lmbda"])
