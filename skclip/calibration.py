@@ -31,6 +31,37 @@ from ._compat import HasMethods, Interval, validate_params
 _T_RANGE = 1e4
 
 
+def label_positions(y: np.ndarray, labels: np.ndarray) -> tuple[np.ndarray, list]:
+    """The column of each label of ``y`` in ``labels`` (by position: ``labels`` need not be
+    sorted), and the labels of ``y`` that ``labels`` lacks (each once; the caller names
+    them in its error). Their columns are 0 until then.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> label_positions(np.array(["b", "a", "z"]), np.array(["b", "a"]))
+    (array([0, 1, 0]), ['z'])
+    """
+    position = {label: i for i, label in enumerate(np.asarray(labels).tolist())}
+    values = y.tolist()
+    unknown = list(dict.fromkeys(v for v in values if v not in position))
+    return np.array([position.get(v, 0) for v in values], dtype=np.intp), unknown
+
+
+def confidence_bins(confidence: np.ndarray, n_bins: int) -> np.ndarray:
+    """The bin of each top-label confidence among ``n_bins`` equal-width bins
+    ``[0, 1/n], (1/n, 2/n], ..., ((n-1)/n, 1]``: those of the ECE and the reliability
+    diagram.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> confidence_bins(np.array([0.0, 0.5, 0.51, 1.0]), 2)
+    array([0, 0, 1, 1])
+    """
+    return np.clip(np.ceil(confidence * n_bins).astype(np.intp) - 1, 0, n_bins - 1)
+
+
 def _logits(estimator: Any, X: Any) -> np.ndarray:
     """The logits of a fitted classifier, shape (n_samples, n_classes), float64.
 
@@ -219,15 +250,14 @@ class TemperatureScaledClassifier(MetaEstimatorMixin, ClassifierMixin, BaseEstim
 
     def _encode(self, y: np.ndarray) -> np.ndarray:
         """Indices of ``y`` in ``classes_``; labels the estimator does not know are an error."""
-        position = {label: i for i, label in enumerate(self.classes_.tolist())}
-        unknown = sorted({repr(v) for v in y.tolist() if v not in position})
+        y_enc, unknown = label_positions(y, self.classes_)
         if unknown:
             raise ValueError(
-                f"y has labels the estimator was not trained on: [{', '.join(unknown)}]; its "
+                f"y has labels the estimator was not trained on: "
+                f"[{', '.join(sorted(repr(v) for v in unknown))}]; its "
                 f"classes are {self.classes_.tolist()}."
             )
-        # by position, not searchsorted: an estimator's classes_ need not be sorted
-        return np.array([position[v] for v in y.tolist()], dtype=np.intp)
+        return y_enc
 
     def _out_of_fold_logits(self, X: Any, y: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """Logits of each ``cv`` test part from a clone fitted on its training part."""
@@ -372,13 +402,13 @@ def expected_calibration_error(
             f"y_prob has {y_prob.shape[1]} columns but there are {len(labels)} labels "
             f"{labels.tolist()}: pass labels=classifier.classes_ (one per column)."
         )
-    position = {label: i for i, label in enumerate(labels.tolist())}
-    unknown = sorted({str(v) for v in y_true.tolist() if v not in position})
+    y_enc, unknown = label_positions(y_true, labels)
     if unknown:
-        raise ValueError(f"y_true has labels that are not in labels: {unknown}.")
-    y_enc = np.array([position[v] for v in y_true.tolist()], dtype=np.intp)
+        raise ValueError(
+            f"y_true has labels that are not in labels: {sorted({str(v) for v in unknown})}."
+        )
     confidence = y_prob.max(axis=1)
     correct = y_prob.argmax(axis=1) == y_enc
-    bins = np.clip(np.ceil(confidence * n_bins).astype(np.intp) - 1, 0, n_bins - 1)
+    bins = confidence_bins(confidence, n_bins)
     gap = np.bincount(bins, weights=correct - confidence, minlength=n_bins)
     return float(np.abs(gap).sum() / len(y_true))

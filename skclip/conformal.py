@@ -23,6 +23,7 @@ from sklearn.utils import column_or_1d
 from sklearn.utils.validation import check_is_fitted
 
 from ._compat import HasMethods, Interval, validate_params
+from .calibration import label_positions
 
 
 def _confidence_levels(confidence_level: Any) -> np.ndarray:
@@ -225,14 +226,14 @@ class MondrianConformalClassifier(MetaEstimatorMixin, BaseEstimator):
 
 def _encode(y: np.ndarray, labels: np.ndarray, name: str) -> np.ndarray:
     """Column index of each label of ``y`` in ``labels``; unknown labels are an error."""
-    position = {label: i for i, label in enumerate(np.asarray(labels).tolist())}
-    unknown = sorted({repr(v) for v in y.tolist() if v not in position})
+    y_enc, unknown = label_positions(y, labels)
     if unknown:
         raise ValueError(
-            f"{name} has labels that are not classes of the estimator: {', '.join(unknown)}; "
+            f"{name} has labels that are not classes of the estimator: "
+            f"{', '.join(sorted(repr(v) for v in unknown))}; "
             f"the classes are {np.asarray(labels).tolist()}."
         )
-    return np.array([position[v] for v in y.tolist()], dtype=np.intp)
+    return y_enc
 
 
 @validate_params(

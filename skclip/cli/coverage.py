@@ -93,9 +93,11 @@ def reliability(y_true: np.ndarray, proba: np.ndarray, classes: np.ndarray) -> l
     """The reliability diagram's bins (those holding images): mean top-label confidence,
     accuracy and number of images; the bins of
     :func:`skclip.calibration.expected_calibration_error`."""
+    from ..calibration import confidence_bins
+
     confidence = proba.max(axis=1)
     right = classes[proba.argmax(axis=1)] == y_true
-    bins = np.clip(np.ceil(confidence * N_BINS).astype(int) - 1, 0, N_BINS - 1)
+    bins = confidence_bins(confidence, N_BINS)
     return [
         {
             "bin": int(b),
