@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import html
 import re
 import shutil
 import subprocess
@@ -230,3 +231,49 @@ def test_protocol_skipped_files_and_shown_method_match_the_markdown(tmp_path):
     assert shown_method(report) == "zero-shot"
     assert '<details open class="method" data-method="zero-shot">' in page
     assert any("f00dcafe" in line for line in _protocol_lines(report))
+
+
+def test_gallery_counts_every_mistake_before_cutting(tmp_path):
+    """106 mistakes of one method, 3 of another: each count is said in full, the
+    gallery keeps an equal share per method (the trial's page said "60 misclassified;
+    showing 60" for a linear probe with 106)."""
+    from skclip.cli.report.html_page import gallery_selection
+
+    image = np.zeros((4, 4, 3), np.uint8)
+    mistakes = [
+        {"image": image, "true": "a", "pred": "b", "confidence": 0.5 + i / 1000, "method": m}
+        for m, n in (("linear probe", 106), ("GDA", 3))
+        for i in range(n)
+    ]
+    shown, counts, cap = gallery_selection(mistakes, 20)
+    assert counts == {"linear probe": 106, "GDA": 3} and cap == 10
+    assert [m["method"] for m in shown].count("linear probe") == 10 and len(shown) == 13
+    report = _report(["a", "b", "c"])
+    report["methods"] = {"linear probe": report["methods"]["GDA"], "GDA": report["methods"]["GDA"]}
+    text = render_html(report, mistakes, tmp_path / "r.html", max_images=20).read_text()
+    assert "<li>linear probe: 106 mistakes, showing 10</li>" in text
+    assert "<li>GDA: 3 mistakes, showing 3</li>" in text
+    assert "109 misclassified" in text and text.count("data:image/jpeg;base64,") == 13
+
+
+def test_numbers_notes_and_seconds_read_the_same_in_markdown_and_html(tmp_path):
+    """One rounding for every format (the trial: beta=29.97 in HTML, beta=30 in
+    Markdown), the notes and each method's seconds in both, each method's
+    configuration once in each."""
+    from skclip.cli.report.summary import render_markdown
+
+    report = {
+        **_report(["a", "b", "c"]),
+        "skclip_version": "9.9",
+        "splits": [{"n_train": 8, "n_test": 4}],
+        "notes": ["1 shot per class: Tip-Adapter-F trains nothing, the keys are Tip-Adapter's"],
+    }
+    tip = report["methods"]["Tip-Adapter"]
+    tip.update(params={"alpha": 1.1666, "beta": 29.9712}, seconds=0.25, configuration="by CV")
+    markdown = render_markdown(report)
+    page = render_html(report, [], tmp_path / "r.html").read_text()
+    assert "| 0.25 | alpha=1.167, beta=29.97 |" in markdown
+    assert "<td>0.25</td><td>alpha=1.167, beta=29.97</td>" in page
+    note = html.escape(report["notes"][0])
+    assert f"- {report['notes'][0]}" in markdown and f"<li>{note}</li>" in page
+    assert markdown.count("by CV") == 1 and page.count("by CV") == 1

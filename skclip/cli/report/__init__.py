@@ -40,10 +40,10 @@ def write_report(
     verbose : bool, default=False
         Say on stderr why no PNG is written (matplotlib missing).
     misclassified : list of dict or None, default=None
-        For ``.html``: the mistakes to show (``path``, ``true``, ``pred``,
-        ``confidence``, ``method``), the most confident first, at most ``max_images``.
+        For ``.html``: every mistake (``path``, ``true``, ``pred``, ``confidence``,
+        ``method``); the page counts them per method and shows the most confident.
     max_images : int, default=60
-        Most thumbnails in the HTML gallery.
+        Most thumbnails in the HTML gallery (an equal share per method).
 
     Returns
     -------
@@ -52,18 +52,7 @@ def write_report(
     """
     path = check_output_path(path, "--report", REPORT_SUFFIXES)
     if path.suffix.lower() == ".html":
-        how = "; ".join(
-            f"{name}: {m['configuration']}"
-            for name, m in report["methods"].items()
-            if m.get("configuration")
-        )
-        page = {
-            **report,
-            "protocol": f"{report['protocol']}. How each method was configured: {how}"
-            if how
-            else report["protocol"],
-        }
-        return [render_html(page, misclassified or [], path, max_images=max_images)]
+        return [render_html(report, misclassified or [], path, max_images=max_images)]
     if path.suffix.lower() == ".json":
         path.write_text(json.dumps(report, indent=2))
     else:

@@ -21,11 +21,26 @@ from pathlib import Path
 from typing import Any
 
 from ..._images import ImageLoadError, open_image
-from .summary import COVERAGE_COLUMNS, coverage_cells, protocol_items, shown_method
+from .summary import (
+    COVERAGE_COLUMNS,
+    coverage_cells,
+    number,
+    params_text,
+    protocol_items,
+    shown_method,
+)
 
-#: Entries of a method's report that are scores, not hyperparameters.
+#: Entries of a method's report that are scores (or times), not hyperparameters.
 _SCORE_KEYS = frozenset(
-    {"accuracy", "accuracy_std", "f1_macro", "f1_macro_std", "per_class", "confusion_matrix"}
+    {
+        "accuracy",
+        "accuracy_std",
+        "f1_macro",
+        "f1_macro_std",
+        "per_class",
+        "confusion_matrix",
+        "seconds",
+    }
 )
 
 _STYLE = """
@@ -52,7 +67,7 @@ def _e(value: Any) -> str:
 
 
 def _number(value: Any, spec: str = ".3f") -> str:
-    """A score with 3 decimals (``spec=".4g"`` for hyperparameters); others escaped."""
+    """A score with 3 decimals; others escaped."""
     if isinstance(value, Real) and not isinstance(value, bool):
         return "nan" if math.isnan(float(value)) else format(float(value), spec)
     return "-" if value is None else _e(value)
@@ -107,18 +122,25 @@ def thumbnail_data_uri(image: Any, size: int = 160) -> str:
 def _method_table(methods: Mapping[str, Mapping[str, Any]], best: str | None) -> list[str]:
     out = [
         '<table id="methods"><thead><tr><th>method</th><th>accuracy</th><th>macro-F1</th>'
-        "<th>hyperparameters (see the protocol)</th></tr></thead><tbody>"
+        "<th>seconds</th><th>hyperparameters (see the protocol)</th></tr></thead><tbody>"
     ]
     for name, entry in methods.items():
-        params = hyperparameters(entry)
-        shown = ", ".join(f"{_e(k)}={_number(v, '.4g')}" for k, v in params.items()) or "-"
+        shown = _e(params_text(hyperparameters(entry)))
+        seconds = _e(number(entry["seconds"])) if "seconds" in entry else "-"
         cls = ' class="best"' if name == best else ""
         out.append(
             f"<tr{cls}><td>{_e(name)}</td><td>{_mean_std(entry, 'accuracy')}</td>"
-            f"<td>{_mean_std(entry, 'f1_macro')}</td><td>{shown}</td></tr>"
+            f"<td>{_mean_std(entry, 'f1_macro')}</td><td>{seconds}</td><td>{shown}</td></tr>"
         )
     out.append("</tbody></table>")
     return out
+
+
+def _notes_section(notes: Sequence[str]) -> list[str]:
+    """What the command said as notes on stderr (e.g. a method that trained nothing)."""
+    if not notes:
+        return []
+    return ["<h2>Notes</h2>", '<ul id="notes">', *(f"<li>{_e(n)}</li>" for n in notes), "</ul>"]
 
 
 def _coverage_section(report: Mapping[str, Any]) -> list[str]:
@@ -219,11 +241,65 @@ def _confusion_table(matrix: Sequence[Sequence[int]], classes: Sequence[Any]) ->
     return out
 
 
-def _gallery(misclassified: Sequence[Mapping[str, Any]], max_images: int, size: int) -> list[str]:
-    worst = sorted(misclassified, key=lambda m: -float(m.get("confidence", 0.0)))[:max_images]
+def gallery_selection(
+    misclassified: Sequence[Mapping[str, Any]], max_images: int
+) -> tuple[list[Mapping[str, Any]], dict[Any, int], int]:
+    """The mistakes the gallery shows, each method's count of mistakes (counted before
+    any is left out; key ``None`` for mistakes without a ``method``) and the per-method
+    cap: each method's most confident mistakes, at most ``ceil(max_images / methods)``
+    each (so one weak method cannot fill the gallery), then at most ``max_images`` in
+    all, the most confident first.
+
+    Examples
+    --------
+    >>> mistakes = [{"method": "a", "confidence": c} for c in (0.9, 0.8, 0.7)]
+    >>> shown, counts, cap = gallery_selection(mistakes + [{"method": "b", "confidence": 0.1}], 2)
+    >>> [m["confidence"] for m in shown], counts, cap
+    ([0.9, 0.1], {'a': 3, 'b': 1}, 1)
+    """
+    groups: dict[Any, list[Mapping[str, Any]]] = {}
+    for item in misclassified:
+        groups.setdefault(item.get("method"), []).append(item)
+    cap = -(-max_images // max(1, len(groups)))
+
+    def confidence(m: Mapping[str, Any]) -> float:
+        return -float(m.get("confidence", 0.0))
+
+    chosen = [m for found in groups.values() for m in sorted(found, key=confidence)[:cap]]
+    shown = sorted(chosen, key=confidence)[:max_images]
+    return shown, {method: len(found) for method, found in groups.items()}, cap
+
+
+def _mistake_counts(
+    counts: Mapping[Any, int], shown: Sequence[Mapping[str, Any]], methods: Sequence[str]
+) -> list[str]:
+    """One line per method: "linear probe: 106 mistakes, showing 7"."""
+    named = list(methods) + [m for m in counts if m is not None and m not in methods]
+    if not any(m is not None for m in counts):
+        return []
+    out = ['<ul id="mistakes">']
+    for method in named:
+        n, k = counts.get(method, 0), sum(1 for m in shown if m.get("method") == method)
+        out.append(
+            f"<li>{_e(method)}: {n} mistake{'' if n == 1 else 's'}"
+            + (f", showing {k}" if n else "")
+            + "</li>"
+        )
+    return out + ["</ul>"]
+
+
+def _gallery(
+    misclassified: Sequence[Mapping[str, Any]],
+    max_images: int,
+    size: int,
+    methods: Sequence[str] = (),
+) -> list[str]:
+    worst, counts, cap = gallery_selection(misclassified, max_images)
     out = [
-        f"<h2>Misclassified images</h2><p>{len(misclassified)} misclassified; showing "
-        f"{len(worst)}, the most confident mistakes first.</p>",
+        f"<h2>Misclassified images</h2><p>{len(misclassified)} misclassified (an image "
+        f"counts once for each method that got it wrong); showing {len(worst)}, at most "
+        f"{cap} per method, the most confident mistakes first.</p>",
+        *_mistake_counts(counts, worst, methods),
         '<div class="gallery" id="gallery">',
     ]
     for item in worst:
@@ -265,15 +341,17 @@ def render_html(
         ``accuracy``, ``accuracy_std``, ``f1_macro``, ``f1_macro_std`` (the std may be
         ``None``), ``per_class`` (class -> precision, recall, f1, support),
         ``confusion_matrix`` (rows: true class, in ``classes`` order) and its chosen
-        hyperparameters: a ``params`` dict, or any other entries (e.g. ``alpha``).
+        hyperparameters: a ``params`` dict, or any other entries (e.g. ``alpha``);
+        optionally its ``seconds``, and the run's ``notes`` (a list of str).
     misclassified : list of dict
-        One per mistake to show: ``path`` (or ``image``: a PIL image or array),
-        ``true`` and ``pred`` labels, ``confidence`` (the predicted class's
-        probability) and optionally ``method``. The most confident are shown first.
+        Every mistake: ``path`` (or ``image``: a PIL image or array), ``true`` and
+        ``pred`` labels, ``confidence`` (the predicted class's probability) and
+        optionally ``method``. All are counted (per method); the gallery shows the
+        most confident first, as :func:`gallery_selection` chooses them.
     path : str or path-like
         The ``.html`` file to write.
     max_images : int, default=60
-        Most thumbnails in the gallery.
+        Most thumbnails in the gallery (an equal share per method).
     thumbnail_size : int, default=160
         Largest side of a thumbnail, in pixels.
 
@@ -307,6 +385,7 @@ def render_html(
         "&plusmn; standard deviation over the outer folds where there are folds.</p>",
         "<h2>Methods</h2>",
         *_method_table(methods, best),
+        *_notes_section(report.get("notes") or []),
         *_coverage_section(report),
     ]
     if "model" in report and "protocol" in report:
@@ -326,7 +405,7 @@ def render_html(
         if "confusion_matrix" in entry:
             body.extend(_confusion_table(entry["confusion_matrix"], classes))
         body.append("</details>")
-    body.extend(_gallery(misclassified, max_images, thumbnail_size))
+    body.extend(_gallery(misclassified, max_images, thumbnail_size, list(methods)))
     page = (
         '<!DOCTYPE html>\n<html lang="en"><head><meta charset="utf-8">'
         f"<title>{_e(title)}</title><style>{_STYLE % {'size': thumbnail_size}}</style></head>"

@@ -12,6 +12,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 from collections.abc import Mapping
+from numbers import Real
 from typing import Any
 
 import numpy as np
@@ -43,6 +44,26 @@ def check_output_path(path: str | os.PathLike, option: str, suffixes: tuple[str,
     return out
 
 
+def number(value: Any) -> str:
+    """A hyperparameter or a time as every report and ``skclip fit`` print it: 4
+    significant digits; anything else as it is.
+
+    Examples
+    --------
+    >>> number(29.9712), number(10000.0), number(0.001), number("auto")
+    ('29.97', '1e+04', '0.001', 'auto')
+    """
+    if isinstance(value, Real) and not isinstance(value, bool):  # numpy's floats too
+        return format(float(value), ".4g")
+    return str(value)
+
+
+def params_text(params: Mapping[str, Any]) -> str:
+    """Chosen hyperparameters as the reports print them, e.g. ``alpha=1.17, beta=29.97``
+    (``-`` for none)."""
+    return ", ".join(f"{k}={number(v)}" for k, v in params.items()) or "-"
+
+
 def shown_method(report: Mapping[str, Any]) -> str:
     """The method whose per-class results and confusion matrix the report shows:
     ``report["per_class_method"]`` if set, else the one with the best accuracy (the
@@ -68,6 +89,13 @@ def shown_method_reason(report: Mapping[str, Any]) -> str:
             return f"the best accuracy, tied with {', '.join(n for n in ties if n != shown)}"
         return "the method with the best accuracy"
     return f"chosen by per_class_method; the best accuracy is {best}'s"
+
+
+def _notes_lines(report: Mapping[str, Any]) -> list[str]:
+    """The "Notes" section in Markdown: what the command said on stderr as notes (what
+    it did differently from the protocol's plan, e.g. a method that trained nothing)."""
+    notes = report.get("notes") or []
+    return ["## Notes", "", *(f"- {n}" for n in notes), ""] if notes else []
 
 
 def _protocol_lines(report: Mapping[str, Any]) -> list[str]:
@@ -101,6 +129,10 @@ def protocol_items(report: Mapping[str, Any], code: str = "") -> list[str]:
     for name, m in report["methods"].items():
         if m.get("configuration"):
             items.append(f"{name}: {m['configuration']}")
+    if any("seconds" in m for m in report["methods"].values()):
+        items.append(
+            "seconds: each method's fit and predict time (wall clock), summed over the splits"
+        )
     if report.get("coverage_protocol"):
         items.append(report["coverage_protocol"])
     skipped = report.get("skipped") or []
@@ -164,8 +196,8 @@ def render_markdown(report: dict[str, Any]) -> str:
         f"Model `{report['model']}`, {report['n_images']} images, {len(report['classes'])} "
         f"classes; {report['protocol']}.",
         "",
-        "| method | accuracy | macro-F1 | hyperparameters (see Protocol) |",
-        "|---|---|---|---|",
+        "| method | accuracy | macro-F1 | seconds | hyperparameters (see Protocol) |",
+        "|---|---|---|---|---|",
     ]
 
     def pm(mean: float, std: float | None) -> str:
@@ -175,14 +207,14 @@ def render_markdown(report: dict[str, Any]) -> str:
         params = m.get("params")
         if params is None:  # reports written before every method recorded "params"
             params = {k: m[k] for k in ("alpha", "beta") if k in m}
-        shown = ", ".join(f"{k}={v:.3g}" for k, v in params.items()) or "–"
+        seconds = number(m["seconds"]) if "seconds" in m else "-"
         lines.append(
             f"| {name} | {pm(m['accuracy'], m['accuracy_std'])} | "
-            f"{pm(m['f1_macro'], m['f1_macro_std'])} | {shown} |"
+            f"{pm(m['f1_macro'], m['f1_macro_std'])} | {seconds} | {params_text(params)} |"
         )
     best = shown_method(report)
     m = report["methods"][best]
-    lines += [""] + coverage_lines(report) + _protocol_lines(report)
+    lines += [""] + _notes_lines(report) + coverage_lines(report) + _protocol_lines(report)
     lines += [
         f"## Per class: {best} ({shown_method_reason(report)})",
         "",
