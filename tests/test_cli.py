@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import html
 import json
 import os
 import re
@@ -15,6 +16,7 @@ import joblib
 import numpy as np
 import pytest
 
+from skclip.cli.report.html_page import render_html
 from skclip.cli.report.summary import render_markdown
 from skclip.cli import main
 
@@ -329,6 +331,17 @@ def test_4_one_shot_is_evaluated_and_cv_is_the_inner_cv(data_dir, tiny_clip_path
     assert main([*base, str(tmp_path / "one.json"), "--shots", "1"]) == 0
     report = json.loads((tmp_path / "one.json").read_text())
     assert set(report["methods"]) == METHODS
+    # The command says what it did, plainly (no Python warning), and the report records it.
+    out, err = capsys.readouterr()
+    said = "1 shot per class: Tip-Adapter-F trains nothing, the keys are Tip-Adapter's"
+    assert err.splitlines().count(f"skclip: note: {said}") == 1 and "Warning" not in err
+    assert all(line.startswith("skclip: note: ") for line in err.splitlines()), err
+    assert said in report["notes"] and f"## Notes\n\n- {said}" in out
+    page = render_html(report, [], tmp_path / "one.html").read_text()
+    assert f"<li>{html.escape(said)}</li>" in page
+    # each method's fit and predict time, in every format
+    assert all(m["seconds"] > 0 for m in report["methods"].values())
+    assert "| seconds |" in out and "<th>seconds</th>" in page
     assert report["inner_cv"] is None and report["splits"] == [{"n_train": 3, "n_test": 15}]
     tip = report["methods"]["Tip-Adapter"]
     assert "default alpha=1, beta=5.5" in tip["configuration"]
@@ -720,6 +733,7 @@ def test_14_html_report_compares_every_method_with_a_gallery_of_mistakes(
     base = ["evaluate", data_dir, "--model", tiny_clip_path, "--cv", "3", "--fine-tune", "-q"]
     assert main(base + ["--report", str(tmp_path / "r.json")]) == 0
     data = json.loads((tmp_path / "r.json").read_text())
+    markdown = capsys.readouterr().out
     page = tmp_path / "r.html"
     assert main(base + ["--report", str(page)]) == 0
     text = page.read_text(encoding="utf-8")
@@ -729,6 +743,19 @@ def test_14_html_report_compares_every_method_with_a_gallery_of_mistakes(
         assert f"<td>{name}</td>" in table
         for key, value in entry["params"].items():  # the same choice as the JSON report
             assert f"{key}={value:.4g}" in table
+        # ... printed identically in Markdown and HTML
+        md_row = re.search(rf"^\| {re.escape(name)} \|.*\| ([^|]*) \|$", markdown, re.M)
+        html_row = re.search(
+            rf"<td>{re.escape(html.escape(name))}</td>.*?<td>([^<]*)</td></tr>", table
+        )
+        assert html.unescape(html_row[1]) == md_row[1], name
+        # each method's configuration once per report (the Protocol list)
+        how = f"{name}: {entry['configuration']}"
+        assert markdown.count(how) == 1 and text.count(html.escape(how)) == 1, how
+        sharing = sum(
+            m["configuration"] == entry["configuration"] for m in data["methods"].values()
+        )
+        assert text.count(html.escape(entry["configuration"])) == sharing
     assert "alpha=" in table and "C=" in table and "gamma=" in table
     assert "4-fold inner cross-validation" in text  # how they were chosen
 
@@ -737,8 +764,11 @@ def test_14_html_report_compares_every_method_with_a_gallery_of_mistakes(
         for name, m in data["methods"].items()
     }
     assert wrong["zero-shot CLIP"] > 0  # the tiny model's random text tower errs
-    share = -(-GALLERY_SIZE // len(wrong))
-    expected = sum(min(share, n) for n in wrong.values())
+    share = -(-GALLERY_SIZE // sum(n > 0 for n in wrong.values()))
+    expected = min(GALLERY_SIZE, sum(min(share, n) for n in wrong.values()))
+    # every mistake is counted before the gallery leaves any out
+    counts = re.findall(r"<li>([^<:]+): (\d+) mistakes?(?:, showing (\d+))?</li>", text)
+    assert {name: int(n) for name, n, _ in counts} == wrong
     gallery = text[text.index('id="gallery"') :]
     figures = re.findall(
         r'<figure title="([^"]+)">.*?true: ([^<]+)<br>.*?predicted: ([^<]+)'
@@ -748,6 +778,8 @@ def test_14_html_report_compares_every_method_with_a_gallery_of_mistakes(
     assert len(figures) == expected == gallery.count("data:image/jpeg;base64,")
     for path, true, pred, _, method in figures:
         assert Path(path).parent.name == true != pred and method in data["methods"]
+    for name, n, showing in counts:
+        assert int(showing or 0) == sum(f[4] == name for f in figures) <= share
     confidences = [int(f[3]) for f in figures]
     assert confidences == sorted(confidences, reverse=True)  # worst first
     assert "script" not in parsed.tags

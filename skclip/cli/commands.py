@@ -23,6 +23,7 @@ from collections.abc import Iterator
 
 
 from .._images import readable
+from .messages import plain_warnings
 from .parser import build_parser
 
 
@@ -53,7 +54,7 @@ def main(argv: list[str] | None = None) -> int:
     """
     args = build_parser().parse_args(argv)
     try:
-        with _progress_bars(args.quiet):
+        with _progress_bars(args.quiet), plain_warnings():  # warnings: one plain line each
             return args.func(args)
     except BrokenPipeError:
         return _reader_gone()

@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import argparse
+import time
 from typing import Any, NamedTuple
 
 import numpy as np
 
+from . import messages
 from .report import write_report
 from .report.summary import REPORT_SUFFIXES, check_output_path, render_markdown, shown_method
 from .common import (
@@ -137,19 +139,8 @@ def _check_coverage(args: argparse.Namespace, plan: dict, y: np.ndarray) -> None
             calibration_split(y[train], args.random_state, what="training images per split")
 
 
-#: Most misclassified images in the HTML report's gallery.
+#: Most misclassified images in the HTML report's gallery (an equal share per method).
 GALLERY_SIZE = 60
-
-
-def _gallery(mistakes: dict[str, list[dict[str, Any]]]) -> list[dict[str, Any]]:
-    """The mistakes the HTML gallery shows: every method's most confident ones, an equal
-    share of :data:`GALLERY_SIZE` each (so one weak method cannot fill it)."""
-    share = -(-GALLERY_SIZE // max(1, len(mistakes)))
-    return [
-        m
-        for found in mistakes.values()
-        for m in sorted(found, key=lambda m: -m["confidence"])[:share]
-    ]
 
 
 def _mistakes(
@@ -280,14 +271,17 @@ def _evaluate_method(
 
     pred_all, truth_all, acc, f1, chosen = [], [], [], [], []
     mistakes: list[dict[str, Any]] = []
+    seconds = 0.0
     for train, part in splits:
         if part is None:  # the --test-dir images
             assert enc.X_test is not None and enc.y_test is not None and enc.test_files is not None
             X_q, y_q, files_q = enc.X_test, enc.y_test, enc.test_files
         else:
             X_q, y_q, files_q = enc.X[part], enc.y[part], enc.files[part]
+        start = time.perf_counter()
         fitted = clone(est).fit(enc.X_keys[train], enc.y[train])
         pred = fitted.predict(X_q)
+        seconds += time.perf_counter() - start
         pred_all.append(pred)
         truth_all.append(y_q)
         acc.append(accuracy_score(y_q, pred))
@@ -307,6 +301,7 @@ def _evaluate_method(
         **_scores(np.concatenate(truth_all), np.concatenate(pred_all), classes),
         "params": params,
         "params_per_split": chosen,
+        "seconds": seconds,
     }
     if name.startswith("Tip-Adapter"):
         entry.update(alpha=params["alpha"], beta=params["beta"])
@@ -369,15 +364,17 @@ def evaluate(args: argparse.Namespace) -> int:
     mistakes: dict[str, list[dict[str, Any]]] = {}
     for name, (est, configuration, names) in methods.items():
         say.step(f"evaluating {name} ({len(splits)} split(s))")
-        report["methods"][name], mistakes[name] = _evaluate_method(
-            name, est, configuration, names, splits, enc, classes
-        )
-        if args.coverage is not None:
-            say.step(f"calibrating {name} (--coverage {args.coverage:g})")
-            report["methods"][name].update(
-                coverage_entry(est, splits, enc, classes, args.coverage, args.random_state)
+        with messages.about(name, inner_cv=plan["inner_cv"] is not None):
+            report["methods"][name], mistakes[name] = _evaluate_method(
+                name, est, configuration, names, splits, enc, classes
             )
+            if args.coverage is not None:
+                say.step(f"calibrating {name} (--coverage {args.coverage:g})")
+                report["methods"][name].update(
+                    coverage_entry(est, splits, enc, classes, args.coverage, args.random_state)
+                )
     report["per_class_method"] = shown_method(report)
+    report["notes"] = messages.notes()
     print(render_markdown(report))
     if args.report:
         with _writing(args.report):
@@ -385,7 +382,7 @@ def evaluate(args: argparse.Namespace) -> int:
                 report,
                 args.report,
                 verbose=args.verbose,
-                misclassified=_gallery(mistakes),
+                misclassified=[m for found in mistakes.values() for m in found],
                 max_images=GALLERY_SIZE,
             )
         for path in written:

@@ -10,7 +10,8 @@ import numpy as np
 
 from .._images import ImageLoadError, readable
 from .model_file import MODEL_SUFFIXES, require_skops
-from .report.summary import check_output_path
+from . import messages
+from .report.summary import check_output_path, number
 from .common import (
     _Say,
     _check_common,
@@ -70,7 +71,8 @@ def fit_command(args: argparse.Namespace) -> int:
     )
     say.step(f"fitting on {len(files)} images ({cv}-fold choice of alpha and beta)")
     try:
-        pipe.fit(files, labels)
+        with messages.about(None, inner_cv=True):  # warnings of the cv folds say so
+            pipe.fit(files, labels)
         if calibration is not None:
             pipe = _calibrated(pipe, cal_files, cal_labels, calibration, args.coverage)
     except ImageLoadError as exc:  # every unreadable image, named: say what to do
@@ -82,12 +84,20 @@ def fit_command(args: argparse.Namespace) -> int:
     tip = pipe.named_steps["tip"] if calibration is None else _classifier(pipe)
     print(
         f"saved {args.output}: {len(labels)} images, classes {data.target_names.tolist()}, "
-        f"alpha={tip.alpha_:.3g} beta={tip.beta_:.3g} ({cv}-fold accuracy {tip.best_score_:.3f})"
+        f"{_choice(tip, cv)}"
         + ("" if calibration is None else _calibration_note(pipe, calibration))
         + (f"; skipped {len(skipped)} unreadable images" if skipped else "")
         + f"; model {args.model}"
     )
     return 0
+
+
+def _choice(tip: Any, cv: int) -> str:
+    """alpha and beta, rounded as the reports round them, and their cv accuracy."""
+    return (
+        f"alpha={number(tip.alpha_)} beta={number(tip.beta_)} "
+        f"({cv}-fold accuracy {tip.best_score_:.3f})"
+    )
 
 
 def _keep_back(args: argparse.Namespace, files: Any, labels: Any) -> tuple[Any, Any, list | None]:
@@ -128,7 +138,7 @@ def _calibration_note(pipe: Any, parts: list) -> str:
     conformal = pipe.named_steps["conformal"]
     return (
         f"; calibrated at {conformal.confidence_level:g} on {len(parts[0]) + len(parts[1])} "
-        f"kept-back images (temperature {conformal.estimator_.temperature_:.3g} on "
+        f"kept-back images (temperature {number(conformal.estimator_.temperature_)} on "
         f"{len(parts[0])}, per-class conformal thresholds on {len(parts[1])})"
     )
 
