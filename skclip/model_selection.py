@@ -642,7 +642,8 @@ class GDAClassifierCV(GDAClassifier):
     covariance_estimator, priors
         As in :class:`GDAClassifier`. In each fold, ``priors=None`` is uniform and
         ``"empirical"`` the class frequencies of the fold's training part, as a
-        ``GDAClassifier`` fit on it would have them.
+        ``GDAClassifier`` fit on it would have them; an array of priors is restricted
+        to the classes of the fold's training part (and renormalized).
     cv : int, cross-validation generator or iterable, default=5
         As in ``GridSearchCV``; an int means ``StratifiedKFold(cv)``, and every class
         needs at least ``cv`` samples, else a ``ValueError`` names the class. A fold's
