@@ -19,14 +19,17 @@ Refinement", ICCV 2023 (arXiv:2304.01195; authors' code: github.com/yangyangyang
        R_FW = exp(gamma * KL(V || softmax(K' @ W'.T)))     (one weight per key, KL in bits)
        logits = R_fW + alpha * R_fF @ (V * R_FW)
 
-The logits live in :func:`ape_logits` only.
+The logits live in :func:`ape_logits` only; what ``fit`` computes (steps 1 and 2 but
+``gamma``) in :func:`ape_cache`, and the key weights ``V * R_FW`` in :func:`ape_values`.
+None of alpha, beta and gamma changes what ``fit`` computes: :class:`~skclip.APEClassifierCV`
+fits once per fold and scores the whole grid from it (:func:`ape_grid`).
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from numbers import Integral, Real
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 import torch
@@ -147,13 +150,107 @@ def ape_key_divergence(keys: np.ndarray, y: np.ndarray, text_weights: np.ndarray
     return np.log2((1.0 + _KL_EPS) / (p + _KL_EPS))
 
 
+class APECache(NamedTuple):
+    """What APE's ``fit`` computes (see :func:`ape_cache`)."""
+
+    criterion: np.ndarray
+    selected: np.ndarray
+    keys: np.ndarray
+    divergence: np.ndarray
+
+
+def ape_cache(
+    X: np.ndarray,
+    y: np.ndarray,
+    n_classes: int,
+    text_weights: np.ndarray | None,
+    n_selected: int,
+    similarity_weight: float,
+    variance_weight: float,
+) -> APECache:
+    """APE's fit: the channel criterion, the selected channels, the cache keys on them
+    and each key's divergence, none of which depends on alpha, beta or gamma.
+
+    Parameters
+    ----------
+    X : ndarray of shape (n_samples, n_features)
+        L2-normalized training features.
+    y : ndarray of shape (n_samples,)
+        Class index of each sample; every class occurs.
+    n_classes : int
+        Number of classes, at least 2.
+    text_weights : ndarray of shape (n_classes, n_features) or None
+        L2-normalized text weights; ``None``: no zero-shot term, every divergence is 0.
+    n_selected : int
+        Channels to keep, ``1 <= n_selected <= n_features``.
+    similarity_weight, variance_weight : float
+        The weights of :func:`ape_criterion`.
+
+    Returns
+    -------
+    cache : APECache
+        ``criterion`` (see :func:`ape_criterion`), ``selected`` (see
+        :func:`select_channels`), ``keys`` (``X`` on the selected channels,
+        L2-normalized) and ``divergence`` (see :func:`ape_key_divergence`), all in
+        ``X``'s dtype but ``selected``.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> X = np.array([[0.6, 0.8, 0.0], [-0.6, 0.8, 0.0]])
+    >>> cache = ape_cache(X, np.array([0, 1]), 2, None, 1, 0.7, 0.3)
+    >>> cache.selected, cache.keys
+    (array([0]), array([[ 1.],
+           [-1.]]))
+    """
+    criterion = ape_criterion(X, y, n_classes, text_weights, similarity_weight, variance_weight)
+    selected = select_channels(criterion, n_selected)
+    keys = normalize(X[:, selected])
+    if text_weights is None:
+        divergence = np.zeros(len(X), dtype=X.dtype)
+    else:
+        text = normalize(text_weights[:, selected])
+        divergence = ape_key_divergence(keys, y, text).astype(X.dtype)
+    return APECache(criterion, selected, keys, divergence)
+
+
+def ape_values(values: np.ndarray, divergence: np.ndarray, gamma: Any) -> np.ndarray:
+    """The re-weighted cache values ``V * exp(gamma * KL)`` (``R_FW``: one weight per key).
+
+    Parameters
+    ----------
+    values : ndarray of shape (n_keys, n_classes)
+        One-hot cache values ``V``.
+    divergence : ndarray of shape (n_keys,)
+        Each key's divergence ``KL`` (see :func:`ape_key_divergence`).
+    gamma : float or ndarray of shape (n_gammas,)
+        One gamma, or a grid of them (computed in ``divergence``'s dtype).
+
+    Returns
+    -------
+    weighted : ndarray of shape (n_keys, n_classes), or (n_gammas, n_keys, n_classes)
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> ape_values(np.eye(2), np.array([0.0, np.log(2.0)]), 1.0)
+    array([[1., 0.],
+           [0., 2.]])
+    >>> ape_values(np.eye(2), np.array([0.0, np.log(2.0)]), np.array([0.0, 1.0])).shape
+    (2, 2, 2)
+    """
+    gamma = np.asarray(gamma, dtype=divergence.dtype)  # float32 stays float32
+    weights = np.exp(np.multiply.outer(gamma, divergence))  # R_FW
+    return values * weights[..., None]
+
+
 def ape_logits(
     queries: torch.Tensor,
     selected: torch.Tensor,
     keys: torch.Tensor,
     values: torch.Tensor,
     text_weights: torch.Tensor | None,
-    alpha: float,
+    alpha: float | torch.Tensor,
     beta: float,
     logit_scale: float = CLIP_LOGIT_SCALE,
     logit_bias: float = 0.0,
@@ -173,14 +270,17 @@ def ape_logits(
         Re-weighted cache values ``V * R_FW`` (see :func:`ape_key_divergence`).
     text_weights : Tensor of shape (n_classes, d) or None
         Zero-shot text weights ``W`` (all channels); ``None`` gives the cache term alone.
-    alpha, beta : float
-        Residual ratio and sharpness, as in Tip-Adapter.
+    alpha : float or Tensor of shape (n_alphas, 1, 1)
+        Residual ratio, as in Tip-Adapter; a grid of them gives every alpha's logits
+        at once.
+    beta : float
+        Sharpness, as in Tip-Adapter.
     logit_scale, logit_bias : float, default=100.0, 0.0
         Zero-shot scale ``s`` and bias ``b`` of the text model (CLIP: 100 and 0).
 
     Returns
     -------
-    logits : Tensor of shape (n_queries, n_classes)
+    logits : Tensor of shape (n_queries, n_classes), or (n_alphas, n_queries, n_classes)
 
     Examples
     --------
@@ -193,6 +293,57 @@ def ape_logits(
     reduced = torch.nn.functional.normalize(queries[:, selected], dim=1)
     logits = alpha * cache_logits(reduced @ keys.T, values, beta)
     return with_zero_shot(logits, queries, text_weights, logit_scale, logit_bias)
+
+
+def ape_grid(
+    queries: torch.Tensor,
+    selected: torch.Tensor,
+    keys: torch.Tensor,
+    values: torch.Tensor,
+    text_weights: torch.Tensor | None,
+    alphas: torch.Tensor,
+    betas: Any,
+    logit_scale: float = CLIP_LOGIT_SCALE,
+    logit_bias: float = 0.0,
+) -> Iterator[torch.Tensor]:
+    """APE logits for a grid of (alpha, beta, gamma), from one fit.
+
+    Each (beta, gamma) is one call of :func:`ape_logits` (the formula, whose affinities
+    are cheap next to a fit) with all the alphas at once.
+
+    Parameters
+    ----------
+    queries, selected, keys, text_weights, logit_scale, logit_bias
+        As in :func:`ape_logits`.
+    values : Tensor of shape (n_gammas, n_keys, n_classes)
+        The re-weighted values of each gamma (:func:`ape_values` of the gamma grid).
+    alphas : Tensor of shape (n_alphas,)
+        Residual ratios, in the queries' dtype.
+    betas : iterable of float
+        Sharpness values.
+
+    Yields
+    ------
+    logits : Tensor of shape (n_alphas, n_gammas, n_queries, n_classes)
+        One per beta, in order.
+
+    Examples
+    --------
+    >>> import torch
+    >>> f, K = torch.tensor([[0.6, 0.8, 0.0]]), torch.eye(2)
+    >>> values = torch.stack([torch.eye(2), 2 * torch.eye(2)])  # two gammas
+    >>> [g.shape for g in ape_grid(f, torch.tensor([0, 2]), K, values, None,
+    ...                            torch.tensor([1.0, 2.0, 3.0]), [1.0, 5.0])]
+    [torch.Size([3, 2, 1, 2]), torch.Size([3, 2, 1, 2])]
+    """
+    scale = alphas.view(-1, 1, 1)
+    zero_shot = {"logit_scale": logit_scale, "logit_bias": logit_bias}
+    for beta in betas:
+        per_gamma = [
+            ape_logits(queries, selected, keys, v, text_weights, scale, float(beta), **zero_shot)
+            for v in values
+        ]
+        yield torch.stack(per_gamma, dim=1)
 
 
 class APEClassifier(TextHead):
@@ -343,34 +494,45 @@ class APEClassifier(TextHead):
         """
         self._validate_params()
         X, y_enc = self._prepare(X, y)
-        n_classes, n_features = len(self.classes_), X.shape[1]
+        self._set_fitted(X, y_enc)
+        return self
+
+    def _n_selected(self, n_features: int) -> int:
+        """``n_features_to_select`` as a count of channels."""
         k = self.n_features_to_select
         if isinstance(k, Integral):
             if k > n_features:
                 raise ValueError(
                     f"n_features_to_select={k} is more than X has: n_features={n_features}."
                 )
-        else:
-            k = max(1, int(k * n_features))
-        W = self.text_features_
-        self.criterion_ = ape_criterion(
-            X, y_enc, n_classes, W, self.similarity_weight, self.variance_weight
-        )
-        self.selected_features_ = select_channels(self.criterion_, k)
-        self._set_cache(normalize(X[:, self.selected_features_]), y_enc)
-        if W is None:
-            self.key_divergence_ = np.zeros(len(X), dtype=X.dtype)
-        else:
-            text = normalize(W[:, self.selected_features_])
-            self.key_divergence_ = ape_key_divergence(self.cache_keys_, y_enc, text).astype(X.dtype)
-        return self
+            return int(k)
+        return max(1, int(k * n_features))
+
+    def _cache(
+        self, X: np.ndarray, y_enc: np.ndarray, n_classes: int, W: np.ndarray | None
+    ) -> APECache:
+        """:func:`ape_cache` with this head's parameters: the one fit of the classifier,
+        of its CV's refit and of each of the CV's folds."""
+        k = self._n_selected(X.shape[1])
+        return ape_cache(X, y_enc, n_classes, W, k, self.similarity_weight, self.variance_weight)
+
+    def _set_fitted(self, X: np.ndarray, y_enc: np.ndarray) -> None:
+        """Set the fitted attributes from :meth:`_cache` (also the CV's refit)."""
+        cache = self._cache(X, y_enc, len(self.classes_), self.text_features_)
+        self.criterion_, self.selected_features_ = cache.criterion, cache.selected
+        self._set_cache(cache.keys, y_enc)
+        self.key_divergence_ = cache.divergence
+
+    def _prediction_params(self) -> tuple[float, float, float]:
+        return float(self.alpha), float(self.beta), float(self.gamma)
 
     def _head_parts(self, device: torch.device) -> tuple[Callable, tuple, dict, np.dtype, int]:
-        weights = np.exp(self.gamma * self.key_divergence_)  # R_FW: one weight per key
-        values = torch.from_numpy(self.cache_values_ * weights[:, None]).to(device)
+        alpha, beta, gamma = self._prediction_params()
+        weighted = ape_values(self.cache_values_, self.key_divergence_, gamma)
+        values = torch.from_numpy(weighted).to(device)
         selected = torch.from_numpy(self.selected_features_).to(device)
         keys = torch.from_numpy(self.cache_keys_).to(device)
-        params = {"alpha": self.alpha, "beta": self.beta}
+        params = {"alpha": alpha, "beta": beta}
         # the selected channels of the queries, the affinities and a matmul temporary
         row_floats = keys.shape[1] + 2 * keys.shape[0]
         return ape_logits, (selected, keys, values), params, self.cache_keys_.dtype, row_floats

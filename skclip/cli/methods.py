@@ -42,6 +42,7 @@ def _methods(args: argparse.Namespace, inner_cv: int | None, n_train_min: int) -
 
     from ..ape import APEClassifier
     from ..gda import GDAClassifier
+    from ..model_selection import APEClassifierCV, GDAClassifierCV
     from ..tip_adapter import TipAdapterClassifier
 
     common = dict(clip_model=_text_model(args), device=args.device)
@@ -79,7 +80,18 @@ def _methods(args: argparse.Namespace, inner_cv: int | None, n_train_min: int) -
             how = "default " + ", ".join(f"{k}={defaults[k]:g}" for k in grid) + f": {why}"
         else:
             inner = StratifiedKFold(inner_cv, shuffle=True, random_state=args.random_state)
-            est = GridSearchCV(est, grid, cv=inner, scoring="accuracy")
+            if name == "GDA":  # one fit per fold scores every alpha
+                est = GDAClassifierCV(alphas=grid["alpha"], cv=inner, **common)
+            elif name == "APE":  # one fit per fold scores every (alpha, beta, gamma)
+                est = APEClassifierCV(
+                    alphas=grid["alpha"],
+                    betas=grid["beta"],
+                    gammas=grid["gamma"],
+                    cv=inner,
+                    **common,
+                )
+            else:
+                est = GridSearchCV(est, grid, cv=inner, scoring="accuracy")
             how = (
                 f"{_grid_text(grid)} chosen by {inner_cv}-fold inner cross-validation "
                 "(accuracy) on the training images"
@@ -158,12 +170,11 @@ def _frontier_heads(common: dict, inner_cv: int | None, no_cv: str) -> dict:
 
 def _chosen(fitted: Any, names: tuple[str, ...]) -> dict[str, float]:
     """The hyperparameters ``names`` that a fitted method uses: chosen by its inner
-    cross-validation (GridSearchCV, TipAdapterClassifierCV), else its fixed values."""
+    cross-validation (GridSearchCV, or skclip's CVs: the candidate at ``best_index_``
+    of their ``cv_results_``), else its fixed values."""
     if hasattr(fitted, "best_params_"):
         return {k: float(v) for k, v in fitted.best_params_.items()}
-    if hasattr(fitted, "lmbda_"):  # ProKeRClassifierCV
-        return {"beta": float(fitted.beta_), "lmbda": float(fitted.lmbda_)}
-    if hasattr(fitted, "alpha_") and hasattr(fitted, "beta_"):  # TipAdapterClassifierCV
-        return {"alpha": float(fitted.alpha_), "beta": float(fitted.beta_)}
+    if hasattr(fitted, "cv_results_"):  # TipAdapter-, GDA-, APE-, ProKeRClassifierCV
+        return {k: float(v) for k, v in fitted.cv_results_["params"][fitted.best_index_].items()}
     params = fitted.get_params()
     return {n: float(params[n]) for n in names}
