@@ -27,12 +27,13 @@ RUNS = 5
 MAX_LOAD = 1.0
 GOAL = 3.0
 CLI = "import sys; from skclip.cli import main; sys.exit(main())"
+#: What is timed, and the exit status it must end with (else the timing means nothing).
 COMMANDS = {
-    "skclip --help": ["-c", CLI, "--help"],
-    "skclip fit --help": ["-c", CLI, "fit", "--help"],
-    "skclip fit (usage error)": ["-c", CLI, "fit"],
+    "skclip --help": (["-c", CLI, "--help"], 0),
+    "skclip fit --help": (["-c", CLI, "fit", "--help"], 0),
+    "skclip fit (usage error)": (["-c", CLI, "fit"], 2),
 }
-FLOOR = ["-c", "import numpy, argparse"]
+FLOOR = (["-c", "import numpy, argparse"], 0)
 
 
 def load_average() -> float:
@@ -46,8 +47,10 @@ def load_average() -> float:
     return loads[0]
 
 
-def median_seconds(arguments: list[str]) -> float:
-    """Median wall time of ``RUNS`` fresh ``python ARGUMENTS`` processes."""
+def median_seconds(arguments: list[str], status: int = 0) -> float:
+    """Median wall time of ``RUNS`` fresh ``python ARGUMENTS`` processes, run in this
+    checkout (``python -c`` puts the current folder first on the path), each of which
+    must exit with ``status``."""
     env = {
         **os.environ,
         "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")])),
@@ -55,16 +58,18 @@ def median_seconds(arguments: list[str]) -> float:
     times = []
     for _ in range(RUNS):
         start = time.perf_counter()
-        subprocess.run([sys.executable, *arguments], env=env, capture_output=True, check=False)
+        done = subprocess.run([sys.executable, *arguments], env=env, cwd=ROOT, capture_output=True)
+        if done.returncode != status:
+            raise SystemExit(f"{arguments} exited {done.returncode}:\n{done.stderr.decode()}")
         times.append(time.perf_counter() - start)
     return statistics.median(times)
 
 
 def main() -> None:
     loads = [load_average()]
-    median_seconds(FLOOR)  # warm the file cache
-    floor = median_seconds(FLOOR)
-    results = {what: median_seconds(arguments) for what, arguments in COMMANDS.items()}
+    median_seconds(*FLOOR)  # warm the file cache
+    floor = median_seconds(*FLOOR)
+    results = {what: median_seconds(*run) for what, run in COMMANDS.items()}
     loads.append(load_average())
     quiet = max(loads) <= MAX_LOAD
     print(f"python -c 'import numpy, argparse': {floor:.3f} s (median of {RUNS})")

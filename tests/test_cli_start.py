@@ -49,7 +49,7 @@ print(json.dumps({"commands": sorted(sub.choices), "codes": codes, "heavy": heav
 def _python(code: str, *args: str, **env: str) -> subprocess.CompletedProcess:
     environ = {**os.environ, "PYTHONPATH": str(ROOT), **env}
     return subprocess.run(
-        [sys.executable, "-c", code, *args], capture_output=True, text=True, env=environ
+        [sys.executable, "-c", code, *args], capture_output=True, text=True, env=environ, cwd=ROOT
     )
 
 
@@ -335,7 +335,7 @@ def test_bench_cli_start_marks_ratios_under_load_not_comparable(monkeypatch, cap
         import bench_cli_start as bench
     finally:
         sys.path.pop(0)
-    monkeypatch.setattr(bench, "median_seconds", lambda arguments: 0.1)
+    monkeypatch.setattr(bench, "median_seconds", lambda arguments, status: 0.1)
     for load, verdict in ((0.5, False), (1.5, True)):
         monkeypatch.setattr(bench.os, "getloadavg", lambda: (load, 0.0, 0.0))
         bench.main()
