@@ -120,7 +120,7 @@ def test_entry_point_help_and_usage_errors():
     done = subprocess.run(
         [sys.executable, "-m", "skclip", "evaluate"], capture_output=True, text=True
     )
-    assert done.returncode == 2 and "data_dir" in done.stderr
+    assert done.returncode == 2 and "DATA_DIR" in done.stderr and "usage: skclip" in done.stderr
 
 
 # -- issue 11 -----------------------------------------------------------------------------
@@ -152,22 +152,24 @@ def no_encoding(monkeypatch):
 
 
 @pytest.mark.parametrize(
-    "extra, message",
+    "extra, status, message",
     [
-        (["--report", "{tmp}/report.txt"], r"--report must end in .json or .md"),
-        (["--report", "{tmp}/missing/report.md"], r"missing' does not exist; create it first"),
-        (["--shots", "6"], r"shots=6 needs more than 6 samples in every class"),
-        (["--shots", "0"], r"--shots must be at least 1"),
-        (["--cv", "7"], r"--cv 7 needs at least 7 images in every class"),
-        (["--cv", "1"], r"--cv must be at least 2"),
-        (["--test-dir", "{tmp}/nope"], r"nope' does not exist"),
+        (["--report", "{tmp}/report.txt"], 2, r"argument --report: must end in .json or .md"),
+        (["--report", "{tmp}/missing/report.md"], 1, r"missing' does not exist; create it first"),
+        (["--shots", "6"], 1, r"shots=6 needs more than 6 samples in every class"),
+        (["--shots", "0"], 2, r"argument --shots: must be at least 1"),
+        (["--cv", "7"], 1, r"--cv 7 needs at least 7 images in every class"),
+        (["--cv", "1"], 2, r"argument --cv: must be at least 2"),
+        (["--test-dir", "{tmp}/nope"], 1, r"nope' does not exist"),
     ],
 )
 def test_evaluate_checks_arguments_before_encoding(
-    data_dir, tiny_clip_path, tmp_path, capsys, no_encoding, extra, message
+    data_dir, tiny_clip_path, tmp_path, capsys, no_encoding, extra, status, message
 ):
+    """Exit 2 for a wrong command line (tests/test_cli_start.py has them all), 1 for what
+    the folders decide."""
     extra = [e.format(tmp=tmp_path) for e in extra]
-    assert main(["evaluate", data_dir, "--model", tiny_clip_path, "-q", *extra]) == 1
+    assert main(["evaluate", data_dir, "--model", tiny_clip_path, "-q", *extra]) == status
     assert re.search(message, capsys.readouterr().err)
     assert no_encoding == []
 
@@ -305,13 +307,14 @@ def test_2_fit_output_suffix_checked_before_encoding(
     """Item 2 (with test_fit_and_predict_check_outputs_before_encoding and
     test_evaluate_checks_arguments_before_encoding)."""
     out = tmp_path / "model.txt"
-    assert main(["fit", data_dir, "-o", str(out), "--model", tiny_clip_path, "-q"]) == 1
-    assert "-o/--output must end in .joblib or .skops" in capsys.readouterr().err
+    assert main(["fit", data_dir, "-o", str(out), "--model", tiny_clip_path, "-q"]) == 2
+    assert "argument -o/--output: must end in .joblib or .skops" in capsys.readouterr().err
     assert no_encoding == []
 
 
 def test_3_files_that_are_not_models(model_file, data_dir, tmp_path, capsys):
-    """Item 3: one sentence naming the file, exit 1; swapped arguments say what it is."""
+    """Item 3: one sentence naming the file, exit 1; swapped arguments say what it is
+    (a wrong command line: exit 2)."""
     for name, content in {"dict.joblib": {"a": 1}, "list.joblib": [1, 2]}.items():
         joblib.dump(content, tmp_path / name)
         assert main(["predict", str(tmp_path / name), data_dir]) == 1
@@ -319,9 +322,10 @@ def test_3_files_that_are_not_models(model_file, data_dir, tmp_path, capsys):
         kind = type(content).__name__
         said = f"{str(tmp_path / name)!r} is not a model written by 'skclip fit': it holds a {kind}"
         assert said in err
-    assert main(["predict", data_dir, str(model_file)]) == 1
+    assert main(["predict", data_dir, str(model_file)]) == 2
     err = capsys.readouterr().err
-    assert f"{data_dir!r} is a folder, not a model file" in err and "the model file first" in err
+    assert f"{data_dir!r} is a folder, not a model file" in err
+    assert "the model file comes first" in err
 
 
 def test_4_one_shot_is_evaluated_and_cv_is_the_inner_cv(data_dir, tiny_clip_path, tmp_path, capsys):
@@ -568,11 +572,11 @@ def test_r3_only_model_suffixes_are_loaded(model_file, data_dir, tmp_path, monke
     other = tmp_path / "model.pkl"
     shutil.copy(model_file, other)
     monkeypatch.setattr(joblib, "load", lambda *a, **k: pytest.fail("joblib.load was called"))
-    assert main(["predict", str(image), str(model_file)]) == 1
+    assert main(["predict", str(image), str(model_file)]) == 2
     err = capsys.readouterr().err
     assert f"{str(image)!r} is an image, not a model file" in err
-    assert "Usage: skclip predict MODEL_FILE IMAGES" in err
-    assert main(["predict", str(other), data_dir]) == 1
+    assert "usage: skclip predict" in err and "MODEL_FILE IMAGES" in err
+    assert main(["predict", str(other), data_dir]) == 2
     assert "end in .joblib or .skops" in capsys.readouterr().err
 
 
@@ -696,7 +700,7 @@ def test_r7_messages(
     err = capsys.readouterr().err
     assert f"  {bad}: not an image file (cannot identify its format)\n" in err
     assert err.count(str(bad)) == 1 and "(input" not in err and "bytes" not in err
-    assert main(["evaluate", str(model_file), "--model", tiny_clip_path]) == 1
+    assert main(["evaluate", str(model_file), "--model", tiny_clip_path]) == 2
     err = capsys.readouterr().err
     assert f"{str(model_file)!r} is a file, not a folder" in err and "skclip predict" in err
     missing = str(tmp_path / "nonexist")

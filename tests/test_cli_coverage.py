@@ -117,8 +117,8 @@ def data_dir_3x6(image_folder):
 
 @pytest.mark.parametrize("level", ["0", "1", "1.5"])
 def test_evaluate_coverage_level_must_be_a_probability(data_dir_3x6, level, capsys):
-    assert main(["evaluate", data_dir_3x6, "--coverage", level, "-q"]) == 1
-    assert "--coverage must be strictly between 0 and 1" in capsys.readouterr().err
+    assert main(["evaluate", data_dir_3x6, "--coverage", level, "-q"]) == 2
+    assert "argument --coverage: must be strictly between 0 and 1" in capsys.readouterr().err
 
 
 def test_evaluate_coverage_too_few_training_images_is_an_error(

@@ -5,13 +5,19 @@
     skclip evaluate data/ --cv 5 --report report.html
     skclip fit data/ -o model.skops
     skclip predict model.skops new_images/ --proba --output predictions.csv
+    skclip demo-model /tmp/tiny-clip      # a random checkpoint, to try skclip offline
 
 Every argument that can be checked from the command line and the folder listings is
-checked before a model is loaded or an image encoded.
+checked before a model is loaded or an image encoded; what the command line alone shows
+to be wrong (an option's value out of range, an output suffix skclip does not write, a
+file where a folder belongs or the other way round, a model file and images swapped) is
+checked while parsing, before anything heavy is imported (:mod:`skclip.cli.arguments`).
 
-Exit status: 0 on success, 1 when the data or model cannot be used (the message says
-why), 2 for a wrong command line, 141 (128 + SIGPIPE, silently) when whoever reads the
-output stops early, as ``skclip predict ... | head`` does.
+Exit status: 0 on success; 2 for a wrong command line (argparse's usage and message);
+1 when the data or model cannot be used (a missing or damaged file, too few images for
+the protocol, a checkpoint that moved or differs: the message says why); 141 (128 +
+SIGPIPE, silently) when whoever reads the output stops early, as ``skclip predict ... |
+head`` does.
 """
 
 from __future__ import annotations
@@ -22,7 +28,6 @@ import sys
 from collections.abc import Iterator
 
 
-from .._images import readable
 from .messages import plain_warnings
 from .parser import build_parser
 
@@ -44,21 +49,29 @@ def _progress_bars(quiet: bool) -> Iterator[None]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Run the ``skclip`` command; returns the exit status.
+    """Run the ``skclip`` command; returns the exit status (also where argparse would
+    exit: 0 after ``--help``, 2 for a wrong command line, its usage on stderr).
 
     Examples
     --------
     >>> from skclip.cli import main
     >>> main(["predict", "no-such-model.skops", "image.jpg"])
     1
+    >>> main(["predict", "image.jpg", "model.skops"])  # swapped: a wrong command line
+    2
     """
-    args = build_parser().parse_args(argv)
+    try:
+        args = build_parser().parse_args(argv)
+    except SystemExit as exc:  # argparse: --help, --version (0), a wrong command line (2)
+        return exc.code if isinstance(exc.code, int) else 2
     try:
         with _progress_bars(args.quiet), plain_warnings():  # warnings: one plain line each
             return args.func(args)
     except BrokenPipeError:
         return _reader_gone()
     except (ValueError, OSError) as exc:
+        from .._images import readable
+
         print(f"skclip: error: {readable(str(exc))}", file=sys.stderr)
         return 1
 

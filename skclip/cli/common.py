@@ -16,7 +16,7 @@ from typing import Any
 import numpy as np
 
 from .._images import readable
-from .model_file import MODEL_SUFFIXES
+from .arguments import checkpoint_problem, data_folder_problem, default_model, folder_problem
 
 
 @contextlib.contextmanager
@@ -56,27 +56,38 @@ class _Say:
             print(f"skclip: [{elapsed:6.1f} s] {message}", file=sys.stderr, flush=True)
 
 
-def _resolve_model(name: str, say: _Say) -> str:
+def _resolve_model(name: str | None, say: _Say, *, records: bool = True) -> str:
     """A local checkpoint folder as an absolute path (a saved model then finds it from any
-    directory, never a hub model of the same name); a hub id as given."""
+    directory, never a hub model of the same name); a hub id as given. ``None``: the
+    default (:func:`default_model`). ``records``: the command records the checkpoint in
+    what it writes (fit, evaluate's report), and the note says so; predict records
+    nothing."""
     from ..backbones._hub import _path_reason
 
+    option = "--model"
+    if name is None:
+        name, option = default_model()
     folder = Path(name).expanduser()
     if not folder.is_dir():
-        if folder.exists():
-            raise ValueError(f"--model {name!r} is a file, not a checkpoint folder.")
+        if checkpoint_problem(name) is not None:
+            raise ValueError(f"{option} {checkpoint_problem(name)}.")
         if folder.is_absolute() or name.startswith((".", "~")):
-            raise ValueError(f"--model {name!r}: the folder does not exist.")
+            raise ValueError(f"{option} {name!r}: the folder does not exist.")
         reason = _path_reason(name)
         if reason is not None:
             raise ValueError(
-                f"--model {name!r} is not a checkpoint folder (read as a local path, not a hub "
+                f"{option} {name!r} is not a checkpoint folder (read as a local path, not a hub "
                 f"id: {reason})."
             )
         return name
     absolute = str(folder.resolve())
     if absolute != name:
-        say.note(f"--model {name!r} is a local folder: recorded as {absolute!r}")
+        done = (
+            f"recorded as {absolute!r}"
+            if records
+            else f"using {absolute!r} for this run (the model file is not changed)"
+        )
+        say.note(f"{option} {name!r} is a local folder: {done}")
     return absolute
 
 
@@ -97,35 +108,20 @@ def _featurizer(args: argparse.Namespace):
 
 
 def _check_common(args: argparse.Namespace) -> None:
-    """Checks of the options shared by evaluate and fit."""
-    if args.batch_size < 1:
-        raise ValueError(f"--batch-size must be at least 1, got {args.batch_size}.")
-    if args.augment < 0:
-        raise ValueError(f"--augment must be 0 or more, got {args.augment}.")
+    """Checks of the options shared by evaluate and fit that need more than the command
+    line (the parser checks the values themselves: :mod:`skclip.cli.arguments`)."""
     _check_cache_dir(args)
 
 
 def _check_cache_dir(args: argparse.Namespace) -> None:
-    if (
-        args.cache_dir is not None
-        and Path(args.cache_dir).exists()
-        and not Path(args.cache_dir).is_dir()
-    ):
-        raise ValueError(f"--cache-dir {args.cache_dir!r} is a file, not a folder.")
+    if args.cache_dir is not None and folder_problem(args.cache_dir) is not None:
+        raise ValueError(f"--cache-dir {folder_problem(args.cache_dir)}.")
 
 
 def _check_data_folder(path: str, option: str) -> None:
     """A data folder given as a file (a model file, an image) is named as what it is."""
-    if Path(path).is_file():
-        hint = (
-            " (a model file: classify images with it by 'skclip predict MODEL_FILE IMAGES...')"
-            if Path(path).suffix.lower() in MODEL_SUFFIXES
-            else ""
-        )
-        raise ValueError(
-            f"{option} {path!r} is a file, not a folder with one sub-folder of images per "
-            f"class{hint}."
-        )
+    if data_folder_problem(path) is not None:
+        raise ValueError(f"{option} {data_folder_problem(path)}.")
 
 
 def _short_reason(path: str, index: int, reason: str) -> str:

@@ -38,8 +38,6 @@ def fit_command(args: argparse.Namespace) -> int:
     say = _Say(args.quiet)
     args.model = _resolve_model(args.model, say)
     _check_common(args)
-    if args.cv is not None and args.cv < 2:
-        raise ValueError(f"--cv must be at least 2, got {args.cv}.")
     check_output_path(args.output, "-o/--output", MODEL_SUFFIXES)
     if Path(args.output).suffix.lower() == ".skops":
         require_skops()

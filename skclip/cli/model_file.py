@@ -173,6 +173,33 @@ def set_step_params(model: Any, params: dict[str, Any]) -> None:
         steps[step].set_params(**{param: value})
 
 
+def model_file_problem(path: str | os.PathLike) -> str | None:
+    """Why ``path`` cannot be a model file, from its name and kind alone, else None: a
+    folder, an image (arguments swapped), another suffix (never unpickled). A missing
+    file is not such a problem: :func:`load_model_file` says so.
+
+    Examples
+    --------
+    >>> from skclip.cli.model_file import model_file_problem
+    >>> model_file_problem("photo.jpg")
+    "'photo.jpg' is an image, not a model file"
+    >>> model_file_problem("model.skops") is None
+    True
+    """
+    name = os.fspath(path)
+    suffix = Path(name).suffix.lower()
+    if Path(name).is_dir():
+        return f"{name!r} is a folder, not a model file"
+    if suffix in _IMAGE_SUFFIXES:
+        return f"{name!r} is an image, not a model file"
+    if suffix not in MODEL_SUFFIXES:
+        return (
+            f"{name!r} is not a model file: model files written by 'skclip fit' end in "
+            f"{' or '.join(MODEL_SUFFIXES)}"
+        )
+    return None
+
+
 def load_model_file(
     path: str | os.PathLike,
     *,
@@ -219,15 +246,9 @@ def load_model_file(
     name = os.fspath(path)
     file = Path(name)
     suffix = file.suffix.lower()
-    if file.is_dir():
-        raise ValueError(f"{name!r} is a folder, not a model file.{usage}")
-    if suffix in _IMAGE_SUFFIXES:
-        raise ValueError(f"{name!r} is an image, not a model file.{usage}")
-    if suffix not in MODEL_SUFFIXES:
-        raise ValueError(
-            f"{name!r} is not a model file: model files written by 'skclip fit' end in "
-            f"{' or '.join(MODEL_SUFFIXES)}.{usage}"
-        )
+    problem = model_file_problem(name)
+    if problem is not None:
+        raise ValueError(f"{problem}.{usage}")
     if not file.is_file():
         raise ValueError(f"Model file {name!r} does not exist.{usage}")
     if suffix == ".skops":
@@ -310,6 +331,31 @@ def checkpoint_names(model: Any) -> dict[str, str]:
             if isinstance(params.get(key), (str, os.PathLike)):
                 names[f"{step_name}__{key}"] = os.fspath(params[key])
     return names
+
+
+def missing_checkpoint_folders(model: Any) -> list[str]:
+    """The local checkpoint folders the model's steps record (``skclip fit`` records
+    them by absolute path) that do not exist here any more: moved or deleted since the
+    fit. Hub ids are not listed (they are looked up in the cache and on the hub).
+
+    Examples
+    --------
+    >>> from sklearn.pipeline import Pipeline
+    >>> from skclip import CLIPFeaturizer, TipAdapterClassifier
+    >>> from skclip.cli.model_file import missing_checkpoint_folders
+    >>> pipe = Pipeline([("clip", CLIPFeaturizer(model="/gone/clip")),
+    ...                  ("tip", TipAdapterClassifier(clip_model="/gone/clip"))])
+    >>> missing_checkpoint_folders(pipe)
+    ['/gone/clip']
+    """
+    from ..backbones._hub import _path_reason
+
+    names = dict.fromkeys(checkpoint_names(model).values())  # once each, in order
+    return [
+        name
+        for name in names
+        if not Path(name).expanduser().is_dir() and _path_reason(name) is not None
+    ]
 
 
 #: The parameters that belong to the machine running a model, not to the model, per

@@ -1,39 +1,88 @@
-"""The command line of ``skclip``: one sub-parser per command."""
+"""The command line of ``skclip``: one sub-parser per command.
+
+Building and running the parser imports nothing heavy (no torch, transformers, PIL or
+scikit-learn), so ``--help`` and a wrong command line are answered at once: each
+command's code is imported when it runs (:func:`_evaluate`, :func:`_fit`...), and the
+options' values are checked by the light types of :mod:`skclip.cli.arguments` (a wrong
+one exits with status 2 and the usage).
+"""
 
 from __future__ import annotations
 
 import argparse
 from typing import Any
-import os
 
-
-from ..backbones.loading import DEFAULT_MODEL
-from .evaluate import evaluate
-from .fit import fit_command
-from .predict import predict_command
+from ..backbones._hub import DEFAULT_MODEL
+from .arguments import (
+    REPORT_SUFFIXES,
+    at_least,
+    checkpoint,
+    data_folder,
+    device,
+    folder,
+    level,
+    model_file,
+    model_help,
+    output_file,
+)
+from .model_file import MODEL_SUFFIXES
 
 
 _EPILOG = (
     "The model is a Hugging Face hub id or a local folder written by save_pretrained (a "
-    "local folder is recorded by its absolute path); the default comes from the "
-    f"SKCLIP_MODEL environment variable, else {DEFAULT_MODEL}. Data folders hold one "
+    "local folder is recorded by its absolute path); without --model, the SKCLIP_MODEL "
+    f"environment variable if set, else {DEFAULT_MODEL}. Data folders hold one "
     "sub-folder of images per class."
 )
 
 
+def _evaluate(args: argparse.Namespace) -> int:
+    from .evaluate import evaluate
+
+    return evaluate(args)
+
+
+def _fit(args: argparse.Namespace) -> int:
+    from .fit import fit_command
+
+    return fit_command(args)
+
+
+def _predict(args: argparse.Namespace) -> int:
+    from .predict import predict_command
+
+    return predict_command(args)
+
+
+def _demo_model(args: argparse.Namespace) -> int:
+    from .demo_model import demo_model_command
+
+    return demo_model_command(args)
+
+
 def _common(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--model", type=checkpoint, default=None, help=model_help())
     parser.add_argument(
-        "--model",
-        default=os.environ.get("SKCLIP_MODEL", DEFAULT_MODEL),
-        help="checkpoint (CLIP, MetaCLIP 2, SigLIP, SigLIP 2, DINOv2...): hub id or local "
-        "folder (default: $SKCLIP_MODEL or %(default)s)",
+        "--device", type=device, default="auto", help="auto, cpu, cuda, cuda:N or mps"
     )
-    parser.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N or mps")
-    parser.add_argument("--batch-size", type=int, default=32, help="images per forward pass")
-    parser.add_argument("--cache-dir", default=None, help="folder to keep embeddings in")
+    parser.add_argument(
+        "--batch-size", type=at_least(1), default=32, help="images per forward pass"
+    )
+    parser.add_argument(
+        "--cache-dir", type=folder, default=None, help="folder to keep embeddings in"
+    )
     _on_error(parser)
     _follow_symlinks(parser)
     _quiet_or_verbose(parser)
+
+
+def _data_dir(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "data_dir",
+        metavar="DATA_DIR",
+        type=data_folder,
+        help="folder with one sub-folder of images per class",
+    )
 
 
 def _quiet_or_verbose(parser: argparse.ArgumentParser) -> None:
@@ -75,6 +124,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_evaluate(sub)
     _add_fit(sub)
     _add_predict(sub)
+    _add_demo_model(sub)
     return parser
 
 
@@ -91,10 +141,10 @@ def _add_evaluate(sub: Any) -> None:
         "with per-class results and a confusion matrix.",
         epilog=_EPILOG,
     )
-    ev.add_argument("data_dir", help="folder with one sub-folder of images per class")
+    _data_dir(ev)
     ev.add_argument(
         "--cv",
-        type=int,
+        type=at_least(2),
         default=None,
         help="cross-validation folds (default: 5); with --shots or --test-dir, the "
         "folds of the inner cross-validation that chooses alpha and beta (default: "
@@ -102,18 +152,20 @@ def _add_evaluate(sub: Any) -> None:
     )
     ev.add_argument(
         "--shots",
-        type=int,
+        type=at_least(1),
         default=None,
         help="train on K images per class, test on the rest (instead of --cv)",
     )
     ev.add_argument(
         "--test-dir",
+        type=data_folder,
         default=None,
         help="train on DATA_DIR, test on this folder (e.g. another domain)",
     )
     ev.add_argument("--fine-tune", action="store_true", help="also evaluate Tip-Adapter-F")
     ev.add_argument(
         "--report",
+        type=output_file(REPORT_SUFFIXES),
         default=None,
         help="write the report to this .json or .md file (and a confusion-matrix "
         ".png beside it if matplotlib is installed), or to a .html page that "
@@ -121,7 +173,7 @@ def _add_evaluate(sub: Any) -> None:
     )
     ev.add_argument(
         "--augment",
-        type=int,
+        type=at_least(0),
         default=0,
         metavar="K",
         help="training images: mean embedding of K random views (default 0: none)",
@@ -134,13 +186,13 @@ def _add_evaluate(sub: Any) -> None:
         help="seed of splits, augmentation and training (default 0)",
     )
     _common(ev)
-    ev.set_defaults(func=evaluate)
+    ev.set_defaults(func=_evaluate)
 
 
 def _coverage_option(ev: argparse.ArgumentParser) -> None:
     ev.add_argument(
         "--coverage",
-        type=float,
+        type=level,
         default=None,
         metavar="LEVEL",
         help="also report, for each method, the empirical coverage (overall and per class) "
@@ -161,13 +213,17 @@ def _add_fit(sub: Any) -> None:
         "weights fingerprint is checked.",
         epilog=_EPILOG,
     )
-    fit.add_argument("data_dir", help="folder with one sub-folder of images per class")
+    _data_dir(fit)
     fit.add_argument(
-        "-o", "--output", required=True, help="where to save: a .skops or .joblib file"
+        "-o",
+        "--output",
+        required=True,
+        type=output_file(MODEL_SUFFIXES),
+        help="where to save: a .skops or .joblib file",
     )
     fit.add_argument(
         "--cv",
-        type=int,
+        type=at_least(2),
         default=None,
         help="folds to choose alpha/beta (default: 5, or as many as the smallest "
         "class's images allow); more folds than a class has images is an error",
@@ -175,14 +231,14 @@ def _add_fit(sub: Any) -> None:
     fit.add_argument("--fine-tune", action="store_true", help="Tip-Adapter-F")
     fit.add_argument(
         "--augment",
-        type=int,
+        type=at_least(0),
         default=0,
         metavar="K",
         help="training images: mean embedding of K random views (default 0: none)",
     )
     fit.add_argument(
         "--coverage",
-        type=float,
+        type=level,
         default=None,
         metavar="LEVEL",
         help="keep back half of each class's images (stratified, at random; at least 4 "
@@ -197,7 +253,7 @@ def _add_fit(sub: Any) -> None:
         help="seed of augmentation, Tip-F training and the --coverage split (default 0)",
     )
     _common(fit)
-    fit.set_defaults(func=fit_command)
+    fit.set_defaults(func=_fit)
 
 
 def _add_predict(sub: Any) -> None:
@@ -212,8 +268,13 @@ def _add_predict(sub: Any) -> None:
         "cache_dir, cache_size, n_jobs, batch_size, device and runtime are replaced by this "
         "machine's defaults or the options below (-v lists them).",
     )
-    pred.add_argument("model_file", help="a .skops or .joblib file written by 'skclip fit'")
-    pred.add_argument("images", nargs="+", help="image files or folders")
+    pred.add_argument(
+        "model_file",
+        metavar="MODEL_FILE",
+        type=model_file,
+        help="a .skops or .joblib file written by 'skclip fit'",
+    )
+    pred.add_argument("images", metavar="IMAGES", nargs="+", help="image files or folders")
     pred.add_argument(
         "--proba",
         action="store_true",
@@ -222,22 +283,45 @@ def _add_predict(sub: Any) -> None:
     pred.add_argument(
         "--coverage",
         nargs="?",
-        const="stored",
+        type=level,
+        const=True,  # --coverage alone: the stored level (a string const would meet type)
         default=None,
         metavar="LEVEL",
         help="add a 'set' column: each image's conformal prediction set, its labels "
         "separated by '|', at the confidence level the model was calibrated at by 'skclip "
         "fit --coverage' (LEVEL, if given, must be that level)",
     )
-    pred.add_argument("--output", default=None, help="CSV file to write (default: stdout)")
+    pred.add_argument(
+        "--output", type=output_file(), default=None, help="CSV file to write (default: stdout)"
+    )
     pred.add_argument(
         "--model",
+        type=checkpoint,
         default=None,
         help="where the checkpoint is now, if it moved since 'skclip fit' (its "
         "weights fingerprint is still checked)",
     )
-    pred.add_argument("--device", default=None, help="auto (default), cpu, cuda, cuda:N or mps")
-    pred.add_argument("--cache-dir", default=None, help="folder to keep embeddings in")
+    pred.add_argument(
+        "--device", type=device, default=None, help="auto (default), cpu, cuda, cuda:N or mps"
+    )
+    pred.add_argument("--cache-dir", type=folder, default=None, help="folder to keep embeddings in")
     _on_error(pred)
     _quiet_or_verbose(pred)
-    pred.set_defaults(func=predict_command)
+    pred.set_defaults(func=_predict)
+
+
+def _add_demo_model(sub: Any) -> None:
+    demo = sub.add_parser(
+        "demo-model",
+        help="save a small random CLIP checkpoint, to try skclip without the hub",
+        description="Save a tiny CLIP with random weights (model, tokenizer and image "
+        "processor, about 1 MB) to a new or empty folder, to try every command offline: "
+        "skclip evaluate data/ --model DIR. Its predictions are no better than chance: "
+        "for real results use a trained checkpoint (a hub id, or a folder written by "
+        "save_pretrained on a machine with internet).",
+    )
+    demo.add_argument("folder", metavar="DIR", type=folder, help="a new or empty folder")
+    demo.add_argument(
+        "--random-state", type=int, default=0, help="seed of the random weights (default 0)"
+    )
+    demo.set_defaults(func=_demo_model, quiet=False)

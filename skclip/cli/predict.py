@@ -12,7 +12,7 @@ from typing import Any
 import numpy as np
 
 from .report.summary import check_output_path
-from .common import _Say, _check_cache_dir, _featurize, _resolve_model, _skipped, _writing
+from .common import _Say, _featurize, _resolve_model, _skipped, _writing
 
 
 _USAGE_PREDICT = (
@@ -99,12 +99,26 @@ def _check_checkpoint(pipe: Any, model_file: str) -> None:
             ) from None
 
 
+def _check_recorded_folders(pipe: Any, model_file: str) -> None:
+    """Without ``--model``: a local checkpoint folder recorded at fit that is gone is an
+    error naming it and saying how to pass its new place (before anything is loaded)."""
+    from .model_file import missing_checkpoint_folders
+
+    missing = missing_checkpoint_folders(pipe)
+    if missing:
+        raise ValueError(
+            f"{model_file!r} was fitted with the checkpoint folder {missing[0]!r}, which does not "
+            "exist any more (moved or deleted). If it moved, pass its new place: skclip "
+            f"predict {model_file} IMAGES... --model NEW_FOLDER (its weights fingerprint is "
+            "still checked)."
+        )
+
+
 def predict_command(args: argparse.Namespace) -> int:
     """``skclip predict``: see the sub-command's help."""
     from .model_file import checkpoint_names, load_model_file, model_steps, set_step_params
 
     say = _Say(args.quiet)
-    _check_cache_dir(args)
 
     def replaced(line: str) -> None:
         if args.verbose:
@@ -119,10 +133,13 @@ def predict_command(args: argparse.Namespace) -> int:
     )
     if args.output:
         check_output_path(args.output, "--output")
+    if args.model is None:
+        _check_recorded_folders(pipe, args.model_file)
     paths = _image_paths(args.images, say)
     params: dict[str, Any] = {}
     if args.model is not None:
-        params.update(dict.fromkeys(checkpoint_names(pipe), _resolve_model(args.model, say)))
+        checkpoint = _resolve_model(args.model, say, records=False)
+        params.update(dict.fromkeys(checkpoint_names(pipe), checkpoint))
     for name, step in model_steps(pipe):
         if args.quiet and "progress" in step.get_params(deep=False):
             params[f"{name}__progress"] = False
@@ -170,25 +187,14 @@ def _stored_level(pipe: Any, args: argparse.Namespace) -> float | None:
             "fit' without --coverage. Refit with skclip fit DATA_DIR -o MODEL --coverage 0.9."
         )
     stored = float(stored)
-    if args.coverage != "stored":
-        from .coverage import check_level
-
-        level = _level(args.coverage)
-        check_level(level)
-        if not np.isclose(level, stored, rtol=0, atol=1e-9):
-            raise ValueError(
-                f"--coverage {level:g}: {args.model_file!r} was calibrated at {stored:g} "
-                "('skclip fit --coverage'); its thresholds hold for that level only. Pass "
-                f"--coverage {stored:g} (or --coverage alone), or refit at {level:g}."
-            )
+    level = args.coverage  # a level between 0 and 1 (the parser checked it), or True: alone
+    if level is not True and not np.isclose(level, stored, rtol=0, atol=1e-9):
+        raise ValueError(
+            f"--coverage {level:g}: {args.model_file!r} was calibrated at {stored:g} "
+            "('skclip fit --coverage'); its thresholds hold for that level only. Pass "
+            f"--coverage {stored:g} (or --coverage alone), or refit at {level:g}."
+        )
     return stored
-
-
-def _level(text: str) -> float:
-    try:
-        return float(text)
-    except ValueError:
-        raise ValueError(f"--coverage must be a number such as 0.9, got {text!r}.") from None
 
 
 def _write_predictions(
