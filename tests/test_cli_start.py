@@ -91,13 +91,6 @@ def test_unknown_public_name_is_an_attribute_error():
     assert skclip.__version__
 
 
-def test_the_parser_knows_the_report_suffixes_of_the_report_module():
-    from skclip.cli.arguments import REPORT_SUFFIXES
-    from skclip.cli.report.summary import REPORT_SUFFIXES as WRITTEN
-
-    assert REPORT_SUFFIXES == WRITTEN
-
-
 # -- 2. a wrong command line exits 2 ---------------------------------------------------------
 @pytest.fixture(scope="module")
 def data_dir(image_folder):

@@ -35,9 +35,8 @@ from pathlib import Path
 from ..backbones._hub import DEFAULT_MODEL
 from .model_file import MODEL_SUFFIXES, model_file_problem
 
-#: File suffixes ``skclip evaluate --report`` writes (the report module's
-#: ``REPORT_SUFFIXES``; a test keeps the two equal: importing that module here would
-#: import the image stack into every ``--help``).
+#: File suffixes ``skclip evaluate --report`` writes (defined here, where ``--help``
+#: can read them without the report module's imports; ``report.summary`` uses this).
 REPORT_SUFFIXES = (".json", ".md", ".html")
 
 _DEVICE = re.compile(r"auto|(cpu|cuda|mps)(:\d+)?")

@@ -10,7 +10,7 @@ import numpy as np
 
 from . import messages
 from .report import write_report
-from .report.summary import REPORT_SUFFIXES, check_output_path, render_markdown, shown_method
+from .report.summary import render_markdown, shown_method
 from .common import (
     _Say,
     _check_common,
@@ -108,13 +108,7 @@ def _check_evaluate(args: argparse.Namespace) -> tuple[Any, Any]:
     before any model is loaded or image encoded; return the listings."""
     from ..datasets import load_image_folder
 
-    _check_common(args)
-    if args.shots is not None and args.shots < 1:
-        raise ValueError(f"--shots must be at least 1, got {args.shots}.")
-    if args.cv is not None and args.cv < 2:
-        raise ValueError(f"--cv must be at least 2, got {args.cv}.")
-    if args.report:
-        check_output_path(args.report, "--report", REPORT_SUFFIXES)
+    _check_common(args)  # --shots, --cv and --report's suffix: checked by the parser
     _check_data_folder(args.data_dir, "DATA_DIR")
     data = load_image_folder(args.data_dir, follow_symlinks=args.follow_symlinks)
     test = None

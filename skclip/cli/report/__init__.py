@@ -9,9 +9,9 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from ..arguments import REPORT_SUFFIXES
 from .html_page import render_html
 from .summary import (
-    REPORT_SUFFIXES,
     check_output_path,
     confusion_png_path,
     render_markdown,

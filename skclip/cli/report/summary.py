@@ -17,9 +17,6 @@ from typing import Any
 
 import numpy as np
 
-#: File suffixes ``--report`` accepts.
-REPORT_SUFFIXES = (".json", ".md", ".html")
-
 
 def check_output_path(path: str | os.PathLike, option: str, suffixes: tuple[str, ...] = ()) -> Path:
     """Check, before any work, that ``path`` can be written: the suffix is one of
