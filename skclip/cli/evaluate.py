@@ -285,7 +285,9 @@ def _evaluate_method(
     single = len(splits) == 1
     # What the method uses from here on: its choice on all the images (one split:
     # the training images of that split).
+    start = time.perf_counter()
     params = chosen[0] if single or not names else _chosen(clone(est).fit(enc.X_keys, enc.y), names)
+    seconds += time.perf_counter() - start
     entry = {
         "configuration": configuration,
         "accuracy": float(np.mean(acc)),

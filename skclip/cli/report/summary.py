@@ -128,7 +128,8 @@ def protocol_items(report: Mapping[str, Any], code: str = "") -> list[str]:
             items.append(f"{name}: {m['configuration']}")
     if any("seconds" in m for m in report["methods"].values()):
         items.append(
-            "seconds: each method's fit and predict time (wall clock), summed over the splits"
+            "seconds: each method's fit and predict time (wall clock), summed over the splits, "
+            "with the fit on all the images that reports the hyperparameters it would use"
         )
     if report.get("coverage_protocol"):
         items.append(report["coverage_protocol"])
