@@ -10,7 +10,8 @@ import numpy as np
 
 from . import messages
 from .report import write_report
-from .report.summary import render_markdown, shown_method
+from .arguments import REPORT_SUFFIXES
+from .report.summary import check_output_path, render_markdown, shown_method
 from .common import (
     _Say,
     _check_common,
@@ -109,6 +110,8 @@ def _check_evaluate(args: argparse.Namespace) -> tuple[Any, Any]:
     from ..datasets import load_image_folder
 
     _check_common(args)  # --shots, --cv and --report's suffix: checked by the parser
+    if args.report:  # its folder exists and it can be written (exit 1 otherwise)
+        check_output_path(args.report, "--report", REPORT_SUFFIXES)
     _check_data_folder(args.data_dir, "DATA_DIR")
     data = load_image_folder(args.data_dir, follow_symlinks=args.follow_symlinks)
     test = None
