@@ -241,8 +241,9 @@ P6_GRID = {"tip__alpha": [0.5, 1.0, 2.0], "tip__beta": [1.0, 5.5]}
 def p6_child(spec: dict) -> None:
     """One P6 run, in a new process: write the images, then time the search's ``fit``;
     prints one JSON line (the time, and the load average before and after)."""
-    paths = jpeg_folder(60, folder=spec["images"], seed=spec["seed"])
-    labels = np.repeat(["a", "b", "c"], 20)
+    per_class = spec["n_images"] // 3
+    paths = jpeg_folder(3 * per_class, folder=spec["images"], seed=spec["seed"])
+    labels = np.repeat(["a", "b", "c"], per_class)
     search = GridSearchCV(
         _pipe(spec["model"], spec["device"], **spec["featurizer"]),
         P6_GRID,
@@ -289,6 +290,7 @@ def p6(args: argparse.Namespace) -> None:
     seeds = iter(range(1000, 2000))  # new images in every run
     runs: dict[int, list[dict]] = {1: [], 2: []}
     base = {"model": model, "device": args.device, "featurizer": RUNTIME}
+    base["n_images"] = args.p6_images
 
     def search(n_jobs: int):
         def run() -> float:
@@ -304,7 +306,7 @@ def p6(args: argparse.Namespace) -> None:
     result = paired_times(search(1), search(2), args.rounds)
     walls = {n: sorted(r["wall"] for r in runs[n]) for n in runs}
     print(
-        f"P6: first search in a new process, 60 new images, ViT-B/32-size CLIP on "
+        f"P6: first search in a new process, {args.p6_images} new images, ViT-B/32-size CLIP on "
         f"{args.device}, GridSearchCV 3x2, cv=3 (18 fits + refit); ONNX export "
         f"{'kept from an earlier run' if onnx_folder else 'made in every run (nothing on disk)'}"
         f"; {os.cpu_count()} cpus"
@@ -336,6 +338,9 @@ def main() -> None:
         choices=["fresh", "kept"],
         default="fresh",
         help="p6: ONNX export made in every run (fresh: nothing on disk) or kept from the first",
+    )
+    parser.add_argument(
+        "--p6-images", type=int, default=60, help="p6: new images per run (3 classes)"
     )
     args = parser.parse_args()
     if args.runtime is not None:

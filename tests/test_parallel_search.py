@@ -312,3 +312,29 @@ def test_workers_of_a_parallel_search_split_the_cores(tiny_clip_path):
 def test_record_folder_is_private(checkpoint):
     mode = os.stat(identity.record_folder()).st_mode
     assert not mode & (stat.S_IWGRP | stat.S_IWOTH)
+
+
+def test_hub_snapshot_is_stamped_through_its_links(checkpoint, records, monkeypatch):
+    """A hub id is recorded under its local snapshot, whose files link to blobs: a blob
+    replaced under the same link is another stamp."""
+    from huggingface_hub import constants
+
+    hub = records / "hub"
+    repo = hub / "models--someone--tiny-clip"
+    snapshot = repo / "snapshots" / "abc123"
+    (repo / "blobs").mkdir(parents=True)
+    snapshot.mkdir(parents=True)
+    (repo / "refs").mkdir()
+    (repo / "refs" / "main").write_text("abc123")
+    for name in os.listdir(checkpoint):
+        shutil.copyfile(os.path.join(checkpoint, name), repo / "blobs" / name)
+        os.symlink(os.path.join("..", "..", "blobs", name), snapshot / name)
+    monkeypatch.setattr(constants, "HF_HUB_CACHE", str(hub))
+    assert identity.checkpoint_folder("someone/tiny-clip") == snapshot
+    assert identity.checkpoint_folder("someone/not-downloaded") is None
+    stamps = identity.folder_stamps(snapshot)
+    assert [s[0] for s in stamps] == sorted(os.listdir(checkpoint))
+    blob = repo / "blobs" / "model.safetensors"
+    shutil.copyfile(blob, str(blob) + ".tmp")
+    os.replace(str(blob) + ".tmp", blob)
+    assert identity.folder_stamps(snapshot) != stamps
