@@ -36,6 +36,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -278,6 +279,7 @@ def _p6_run(spec: dict, root: str, onnx_folder: str | None) -> dict:
         text=True,
     )
     wall = time.perf_counter() - t0
+    shutil.rmtree(run, ignore_errors=True)  # its export alone is a few hundred MB
     if done.returncode:
         raise RuntimeError(f"P6 run failed:\n{done.stderr[-4000:]}")
     return {**json.loads(done.stdout.strip().splitlines()[-1]), "wall": wall}
@@ -316,6 +318,7 @@ def p6(args: argparse.Namespace) -> None:
         f"whole processes: {walls[1][len(walls[1]) // 2]:.2f} s and "
         f"{walls[2][len(walls[2]) // 2]:.2f} s"
     )
+    shutil.rmtree(root, ignore_errors=True)
     loads = [load for n in runs for r in runs[n] for load in r["load"]]
     print(f"  load average in the runs: {min(loads):.2f} to {max(loads):.2f}")
     print("  " + result.line("n_jobs=2 / n_jobs=1", "<= 1.0"))
