@@ -1,7 +1,12 @@
-"""Shared set-up for the benchmark scripts: random models and generated data, offline."""
+"""Shared set-up for the benchmark scripts: random models and generated data, offline;
+paired timings; and the load guard every script runs (:func:`load_guard`), which prints
+the load average at the start and at the end and marks ratios measured on a busy machine
+as not comparable."""
 
 from __future__ import annotations
 
+import atexit
+import math
 import os
 import platform
 import statistics
@@ -100,9 +105,9 @@ class Paired(NamedTuple):
         rounds = ", ".join(f"{r:.3f}" for r in sorted(ratios))
         goal = f"  (goal {goal})" if goal else ""
         return (
-            f"ratio {what}: {statistics.median(ratios):.3f}{goal}  [median of {len(ratios)} "
-            f"paired rounds: {rounds}; median times {self.measured:.4g} s measured, "
-            f"{self.baseline:.4g} s baseline]"
+            f"ratio {what}: {statistics.median(ratios):.3f}{goal}{load_note()}  [median of "
+            f"{len(ratios)} paired rounds: {rounds}; median times {self.measured:.4g} s "
+            f"measured, {self.baseline:.4g} s baseline]"
         )
 
 
@@ -115,14 +120,22 @@ def paired(
     Each round's ratio cancels slow drifts of a shared machine; the median resists the
     odd disturbed round. Warm both up before calling this.
     """
+    return paired_times(lambda: timed(baseline), lambda: timed(measured), rounds)
+
+
+def paired_times(
+    baseline: Callable[[], float], measured: Callable[[], float], rounds: int = 5
+) -> Paired:
+    """:func:`paired` for callables that return their own time in seconds (e.g. the time
+    a child process measured around the part that matters)."""
     ratios, times_b, times_m = [], [], []
     for r in range(rounds):
         if r % 2:
-            t_m = timed(measured)
-            t_b = timed(baseline)
+            t_m = measured()
+            t_b = baseline()
         else:
-            t_b = timed(baseline)
-            t_m = timed(measured)
+            t_b = baseline()
+            t_m = measured()
         times_b.append(t_b)
         times_m.append(t_m)
         ratios.append(t_m / t_b)
@@ -141,3 +154,59 @@ def machine() -> str:
         f"machine: {platform.machine()} cpus={os.cpu_count()} load average {load} "
         f"torch={torch.__version__} threads={torch.get_num_threads()} gpu={gpu}"
     )
+
+
+# -- the load guard ---------------------------------------------------------------------------
+def load_average() -> float:
+    """The 1-minute load average (NaN where the system has none)."""
+    return os.getloadavg()[0] if hasattr(os, "getloadavg") else math.nan
+
+
+def load_limit(cpus: int | None = None) -> float:
+    """Highest load average at which a ratio counts as measured on a quiet machine: half
+    the CPUs (1.0 on a 2-core machine). Above it, other processes take a share of the
+    cores that differs between the two sides of a ratio: a parallel run, with more
+    processes, gets a larger share of a busy machine than a serial one."""
+    return (cpus if cpus is not None else os.cpu_count() or 1) / 2
+
+
+def comparable(loads: list[float], limit: float) -> bool:
+    """Whether every load average in ``loads`` is known and at most ``limit``."""
+    return all(not math.isnan(load) and load <= limit for load in loads)
+
+
+_LOAD_AT_START: list[float] = []  # set by load_guard()
+
+
+def load_note() -> str:
+    """``""`` while the load average at the start (:func:`load_guard`) and now are both
+    within :func:`load_limit`; else the mark every ratio printed then carries."""
+    limit = load_limit()
+    if comparable([*_LOAD_AT_START, load_average()], limit):
+        return ""
+    return f"  (not comparable: load average above {limit:.1f})"
+
+
+def load_guard() -> float:
+    """Print the load average now and, when the script ends, again (with a warning if
+    it rose above :func:`load_limit`); every script calls this first. From then on
+    :func:`load_note` marks ratios printed on a busy machine. Returns the load now."""
+    load = load_average()
+    first = not _LOAD_AT_START
+    _LOAD_AT_START[:] = [load]
+    print(
+        f"load average at start: {load:.2f} (ratios are comparable at most {load_limit():.1f} "
+        f"at start and at end, on {os.cpu_count()} cpus)",
+        flush=True,
+    )
+    if first:
+        atexit.register(_print_load_at_end)
+    return load
+
+
+def _print_load_at_end() -> None:
+    load, limit = load_average(), load_limit()
+    line = f"load average at end: {load:.2f}"
+    if not comparable([load], limit):
+        line += f" (above {limit:.1f}: no ratio printed above is comparable)"
+    print(line, flush=True)

@@ -24,6 +24,7 @@ import resource
 import time
 
 import numpy as np
+from _common import load_guard, load_note
 
 GiB = 2**30
 
@@ -134,7 +135,7 @@ def bench_predict(args: argparse.Namespace) -> None:
         f"peak +{peak_np / GiB:5.2f} GiB"
     )
     print(f"  TipAdapterClassifier.decision:  {t_ours:7.2f} s, peak +{peak_ours / GiB:5.2f} GiB")
-    print(f"  ratio time skclip / naive formula: {t_ours / t_np:.3f}  (goal <= 1.0)")
+    print(f"  ratio time skclip / naive formula: {t_ours / t_np:.3f}  (goal <= 1.0){load_note()}")
     print(f"  peak memory skclip: {peak_ours / GiB:.2f} GiB  (goal <= 2 GiB)")
 
 
@@ -176,6 +177,7 @@ def main() -> None:
     )
     parser.add_argument("--skip-tipf", action="store_true")
     args = parser.parse_args()
+    load_guard()
     bench_predict(args)
     if not args.skip_tipf:
         bench_tipf(args)

@@ -16,7 +16,7 @@ import time
 sys.path.insert(0, os.path.dirname(__file__))
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
-from _common import jpeg_folder, vit_b32_folder  # noqa: E402
+from _common import jpeg_folder, load_guard, load_note, vit_b32_folder  # noqa: E402
 
 
 def _set_threads(n: int) -> None:
@@ -34,6 +34,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--n-images", type=int, default=96)
     args = parser.parse_args()
+    load_guard()
     model, paths = vit_b32_folder(), jpeg_folder(args.n_images)
     feat = CLIPFeaturizer(model=model, device="cpu", cache=False)
     cpus = os.cpu_count() or 1
@@ -53,7 +54,10 @@ def main() -> None:
             f"{workers} worker(s), {max(1, cpus // workers)} torch threads each: "
             f"{args.n_images / times[workers]:.1f} img/s"
         )
-    print(f"speed-up 2 workers / 1 worker: {times[1] / times[2]:.2f}  ({cpus} cpus; expect <= 2)")
+    print(
+        f"speed-up 2 workers / 1 worker: {times[1] / times[2]:.2f}  ({cpus} cpus; expect <= 2)"
+        f"{load_note()}"
+    )
 
 
 if __name__ == "__main__":

@@ -29,7 +29,7 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
-from _common import jpeg_folder, machine, paired, vit_b32_folder  # noqa: E402
+from _common import jpeg_folder, load_guard, machine, paired, vit_b32_folder  # noqa: E402
 from sklearn.pipeline import Pipeline  # noqa: E402
 
 from skclip import CLIPFeaturizer, TipAdapterClassifier  # noqa: E402
@@ -146,6 +146,7 @@ def main() -> None:
     parser.add_argument("--latency", action="store_true", help="also the one-image latency")
     parser.add_argument("--skip-throughput", action="store_true")
     args = parser.parse_args()
+    load_guard()
     print(machine())
     model_dir = vit_b32_folder()
     if not args.skip_throughput:

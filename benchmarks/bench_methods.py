@@ -30,6 +30,7 @@ import numpy as np
 from sklearn.model_selection import GridSearchCV, StratifiedKFold
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "tests"))
+from _common import load_guard  # noqa: E402
 from helpers import TIPF_TASKS, clip_statistics_task  # noqa: E402
 
 from skclip import (  # noqa: E402
@@ -84,6 +85,7 @@ def main(argv=None) -> None:
     parser.add_argument("--all", action="store_true", help="also the 500-class task")
     parser.add_argument("--shots", default="2,4,8,16")
     args = parser.parse_args(argv)
+    load_guard()
     tasks = [t for t in TIPF_TASKS if args.all or not t.startswith("500")]
     shots = [int(s) for s in args.shots.split(",")]
     print("| task | shots | head | accuracy | fit s | predict s |")

@@ -19,6 +19,8 @@ import json
 import subprocess
 import sys
 
+from _common import load_guard
+
 CHILD = r"""
 import json, re, sys
 import numpy as np
@@ -55,6 +57,7 @@ def measure(n: int, c: int, method: str) -> dict:
 
 
 def main(argv: list[str]) -> None:
+    load_guard()  # memory, not time; printed all the same
     n, c = (int(argv[0]), int(argv[1])) if len(argv) >= 2 else (100_000, 5_000)
     print(f"{n} queries x {c} classes, float32: logits matrix {n * c * 4 / 2**30:.2f} GiB")
     for method in ("predict", "predict_proba"):

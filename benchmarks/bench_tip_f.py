@@ -34,6 +34,7 @@ import warnings
 import numpy as np
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "tests"))
+from _common import load_guard  # noqa: E402
 from helpers import TIPF_TASKS, clip_statistics_task  # noqa: E402
 
 from skclip import TipAdapterClassifier  # noqa: E402
@@ -87,6 +88,7 @@ def main(argv=None) -> None:
     parser.add_argument("--quick", action="store_true", help="10 and 100 classes only")
     parser.add_argument("--shots", default="1,2,4,8,16")
     args = parser.parse_args(argv)
+    load_guard()
     tasks = [t for t in TIPF_TASKS if not (args.quick and t.startswith("500"))]
     shots = [int(s) for s in args.shots.split(",")]
     cols = [

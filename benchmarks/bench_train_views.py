@@ -28,7 +28,7 @@ import tempfile
 import time
 
 import numpy as np
-from _common import jpeg_folder
+from _common import jpeg_folder, load_guard, load_note
 from sklearn.pipeline import make_pipeline
 
 from skclip import CLIPFeaturizer, TipAdapterClassifier
@@ -60,6 +60,7 @@ def main() -> None:
     parser.add_argument("--views", type=int, default=10)
     parser.add_argument("--rounds", type=int, default=3)
     args = parser.parse_args()
+    load_guard()
 
     model = save_random_clip(tempfile.mkdtemp(prefix="skclip-bench-views-"), args.size)
     paths = jpeg_folder(args.images, size=(500, 375))
@@ -90,8 +91,8 @@ def main() -> None:
         print(
             f"views/clean {kind}: median ratio {np.median(ratios):.2f} "
             f"(rounds: {', '.join(f'{x:.2f}' for x in ratios)}); ratio of best times {best:.2f}"
+            f"{load_note()}"
         )
-    print(f"load after: {os.getloadavg()[0]:.2f}")
 
 
 if __name__ == "__main__":

@@ -14,10 +14,12 @@ from .encoding import engine as _encode
 from .encoding import cache as _cache
 from .encoding.cache import MEMORY, CacheInfo, clear_worker_folder
 from ._compat import Interval, StrOptions, get_output_config
+from .backbones.identity import CheckpointInfo
 from .backbones.loading import (
     DEFAULT_MODEL,
     Backbone,
     check_fingerprint,
+    checkpoint_identity,
     load_backbone,
     resolve_device,
 )
@@ -321,7 +323,7 @@ class CLIPFeaturizer(TransformerMixin, BaseEstimator):
         -------
         feature_names_out : ndarray of str objects
         """
-        dim = self._clip().embedding_dim
+        dim = self._identity().embedding_dim
         return np.asarray([f"clipfeaturizer{i}" for i in range(dim)], dtype=object)
 
     @staticmethod
@@ -369,21 +371,34 @@ class CLIPFeaturizer(TransformerMixin, BaseEstimator):
     def _clip(self) -> Backbone:
         return load_backbone(self.model, self.device, _encode.model_dtype(self.dtype))
 
+    def _identity(self) -> Backbone | CheckpointInfo:
+        """The loaded model, or the checkpoint's recorded identity if it is not loaded
+        (see :func:`~skclip.backbones.loading.checkpoint_identity`)."""
+        return checkpoint_identity(self.model, self.device, _encode.model_dtype(self.dtype))
+
     def _fit(self, X: Any) -> list:
         """Validate the parameters and the input; the input as a list (read once)."""
         self._validate_params()
         _encode.resolve_runtime(self.runtime, resolve_device(self.device), self.dtype)
         items = _encode.check_items(X)
         self.n_features_in_ = 1
-        self.model_fingerprint_ = self._clip().fingerprint
+        self.model_fingerprint_ = self._identity().fingerprint
         return items
 
     def _embed(
         self, items: list, n_views: int, seed: int | None, report: bool = True
     ) -> np.ndarray:
         """Embeddings of ``items`` by the engine; bad inputs handled as ``on_error`` says
-        (``report=False``: their rows are NaN, nothing raised or warned)."""
-        check_fingerprint(self, self.model, self._clip())
+        (``report=False``: their rows are NaN, nothing raised or warned).
+
+        Without the model when every image is in the cache and the checkpoint's identity
+        is recorded (a search's refit, a later run with the same ``cache_dir``)."""
+        identity = self._identity()
+        check_fingerprint(self, self.model, identity)
+        if isinstance(identity, CheckpointInfo):
+            cached = _encode.cached_only(items, self, identity, n_views, seed)
+            if cached is not None:
+                return cached
         spec = _encode.spec_for(self, n_views=n_views, seed=seed)
         result = _encode.encode(items, spec, keep_going=self.on_error == "warn" or not report)
         if report:

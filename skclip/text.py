@@ -7,6 +7,11 @@ and normalized again (prompt ensembling, Radford et al. 2021). They are cached p
 and a checkpoint folder rewritten in place is encoded afresh. The key is the loaded
 model's ``text_fingerprint`` (its text tower's weights and tokenizer vocabulary), as
 image embeddings are keyed by ``vision_fingerprint``.
+
+Worker processes of a parallel search also leave them in the temporary folder they
+share with their parent (:func:`skclip.encoding.cache.worker_folder`), so the final
+refit in the parent, whose images the workers encoded, finds them too
+(:func:`shared_text_weights`) and needs no model at all.
 """
 
 from __future__ import annotations
@@ -18,7 +23,9 @@ from collections.abc import Sequence
 import numpy as np
 import torch
 
+from .backbones.identity import CheckpointInfo
 from .backbones.loading import Backbone, on_clear
+from .encoding.cache import DiskStore, settings_digest, worker_folder
 
 #: The 7-prompt ensemble that the CLIP authors selected for ImageNet and that the
 #: Tip-Adapter paper uses for its ImageNet experiments.
@@ -110,15 +117,8 @@ def text_weights(
     >>> W.shape, W.dtype
     ((2, 16), dtype('float32'))
     """
-    key = (
-        clip.text_fingerprint,
-        str(clip.device),
-        str(clip.dtype),
-        tuple(templates),
-        tuple(class_names),
-    )
-    with _TEXT_LOCK:
-        cached = _TEXT_CACHE.get(key)
+    key = _key(clip, class_names, templates)
+    cached = _cached(key, clip.embedding_dim)
     if cached is not None:
         return cached
     prompts = [t.format(name) for name in class_names for t in templates]
@@ -132,7 +132,74 @@ def text_weights(
     W.setflags(write=False)
     with _TEXT_LOCK:
         _TEXT_CACHE[key] = W
+    store = _shared_store(W.size)
+    if store is not None:
+        store.put(settings_digest(*key), W.ravel())
     return W
+
+
+def shared_text_weights(
+    clip: Backbone | CheckpointInfo, class_names: Sequence[str], templates: Sequence[str]
+) -> np.ndarray | None:
+    """:func:`text_weights` if they were computed before, in this process or by a worker
+    process of it (or a sibling worker), found without the model: ``clip`` may be the
+    checkpoint's recorded identity. None if they were not.
+
+    Examples
+    --------
+    >>> from skclip.backbones.loading import load_backbone
+    >>> clip = load_backbone(tiny_clip_path, "cpu")
+    >>> shared_text_weights(clip, ["an owl"], SIMPLE_TEMPLATES) is None
+    True
+    >>> W = text_weights(clip, ["an owl"], SIMPLE_TEMPLATES)
+    >>> shared_text_weights(clip, ["an owl"], SIMPLE_TEMPLATES) is W
+    True
+    """
+    if isinstance(clip, CheckpointInfo):
+        ready = clip.text_fingerprint is not None
+    else:
+        ready = clip.has_text and clip.tokenizer is not None
+    if not ready:
+        return None  # text_weights() says why
+    return _cached(_key(clip, class_names, templates), clip.embedding_dim)
+
+
+def _key(
+    clip: Backbone | CheckpointInfo, class_names: Sequence[str], templates: Sequence[str]
+) -> tuple:
+    return (
+        clip.text_fingerprint,
+        str(clip.device),
+        str(clip.dtype),
+        tuple(templates),
+        tuple(class_names),
+    )
+
+
+def _cached(key: tuple, dim: int) -> np.ndarray | None:
+    """The text weights of ``key`` from memory, else from the folder shared with worker
+    processes (then kept in memory)."""
+    with _TEXT_LOCK:
+        cached = _TEXT_CACHE.get(key)
+    if cached is not None:
+        return cached
+    n_classes = len(key[-1])
+    store = _shared_store(n_classes * dim)
+    vec = None if store is None else store.get(settings_digest(*key))
+    if vec is None:
+        return None
+    W = np.array(vec, dtype=np.float32).reshape(n_classes, dim)
+    W.setflags(write=False)
+    with _TEXT_LOCK:
+        _TEXT_CACHE[key] = W
+    return W
+
+
+def _shared_store(size: int) -> DiskStore | None:
+    """The store of text weights of ``size`` floats in the folder a process shares with
+    its workers, or None (a process without workers)."""
+    folder = worker_folder()
+    return None if folder is None else DiskStore(folder / "text", size)
 
 
 def clear_text_cache() -> None:

@@ -155,6 +155,13 @@ class Backbone:
         return h.hexdigest()
 
     @functools.cached_property
+    def vision_config_json(self) -> str:
+        """The image tower's configuration as transformers writes it (all values, not the
+        difference to the defaults): part of the name of its ONNX export."""
+        vision_config = getattr(self.model.config, "vision_config", self.model.config)
+        return vision_config.to_json_string(use_diff=False)
+
+    @functools.cached_property
     def fingerprint(self) -> str:
         """Hash of the whole checkpoint as skclip uses it: both towers and the tokenizer
         (the image tower alone for an image-only backbone).

@@ -12,13 +12,16 @@ from __future__ import annotations
 
 import os
 import threading
+import time
 from collections.abc import Callable
 from typing import Any
 
 import torch
 
+from . import identity as _identity
 from ._hub import DEFAULT_MODEL
 from .families import Backbone, build_backbone
+from .identity import CheckpointInfo
 
 
 _DEVICES = ("auto", "cpu", "cuda", "mps")
@@ -133,15 +136,60 @@ def load_backbone(
     key = (name, str(dev), str(dt))
     with _CACHE_LOCK:
         if key not in _CACHE:
-            _CACHE[key] = build_backbone(name, dev, dt)
+            _CACHE[key] = _build_and_record(name, dev, dt)
         return _CACHE[key]
+
+
+def _build_and_record(name: str, device: torch.device, dtype: torch.dtype) -> Backbone:
+    """:func:`~skclip.backbones.families.build_backbone`, with its identity recorded for
+    later processes (:mod:`skclip.backbones.identity`), or taken from the record of its
+    files (their fingerprints are then not computed again)."""
+    start = time.time_ns()
+    stamps = _identity.folder_stamps(_identity.checkpoint_folder(name))
+    clip = build_backbone(name, device, dtype)
+    if stamps is None or _identity.folder_stamps(_identity.checkpoint_folder(name)) != stamps:
+        return clip  # no folder, or changed while loading: fingerprints from the weights
+    info = _identity.read(name, device, dtype)
+    if info is not None:
+        _identity.seed(clip, info)
+    else:
+        _identity.write(clip, stamps, start)
+    return clip
+
+
+def loaded(
+    name_or_path: str | os.PathLike, device: str | torch.device, dtype: str | torch.dtype
+) -> Backbone | None:
+    """The model :func:`load_backbone` would return, if it is loaded in this process."""
+    dev = resolve_device(device)
+    key = (os.fspath(name_or_path), str(dev), str(resolve_dtype(dtype, dev)))
+    with _CACHE_LOCK:
+        return _CACHE.get(key)
+
+
+def checkpoint_identity(
+    name_or_path: str | os.PathLike, device: str | torch.device, dtype: str | torch.dtype
+) -> Backbone | CheckpointInfo:
+    """What names the checkpoint, at the least cost: the model if it is loaded, else its
+    recorded identity if its files are those recorded (see
+    :mod:`skclip.backbones.identity`), else the model, loaded now.
+
+    Both have the same ``fingerprint``, ``vision_fingerprint``, ``embedding_dim``,
+    ``image_config``, ``device`` and ``dtype``.
+    """
+    clip = loaded(name_or_path, device, dtype)
+    if clip is not None:
+        return clip
+    dev = resolve_device(device)
+    info = _identity.read(os.fspath(name_or_path), dev, resolve_dtype(dtype, dev))
+    return info if info is not None else load_backbone(name_or_path, device, dtype)
 
 
 class CheckpointMismatchError(ValueError):
     """A fitted estimator found a different checkpoint than the one it was fitted with."""
 
 
-def check_fingerprint(estimator: Any, name: Any, clip: Backbone) -> None:
+def check_fingerprint(estimator: Any, name: Any, clip: Backbone | CheckpointInfo) -> None:
     """Raise :class:`CheckpointMismatchError` if ``estimator`` was fitted on another
     checkpoint than ``clip`` (its ``model_fingerprint_`` differs); no-op before fit."""
     stored = getattr(estimator, "model_fingerprint_", None)

@@ -44,6 +44,7 @@ also needs ``onnx`` and ``onnxscript`` (in the same extra).
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import functools
 import hashlib
@@ -58,11 +59,13 @@ import threading
 import warnings
 import weakref
 from pathlib import Path
+from collections.abc import Iterator
 from typing import Any
 
 import numpy as np
 import torch
 
+from .identity import CheckpointInfo
 from .loading import Backbone
 from .._hashing import hasher
 from .._images import fixed_size
@@ -163,19 +166,19 @@ class _ImageTower(torch.nn.Module):
         return self.backbone.image_features(inputs).float()
 
 
-def _fixed_size(clip: Backbone) -> tuple[int, int] | None:
+def _fixed_size(clip: Backbone | CheckpointInfo) -> tuple[int, int] | None:
     """The (height, width) every input of ``clip`` has, or None where inputs vary
     (SigLIP 2's NaFlex patches)."""
     return fixed_size(clip.image_config)
 
 
-def supports(clip: Backbone) -> bool:
+def supports(clip: Backbone | CheckpointInfo) -> bool:
     """Whether the checkpoint can be exported: a fixed input size (every family but
     SigLIP 2's NaFlex, whose inputs vary in patches)."""
     return _fixed_size(clip) is not None
 
 
-def _input_shape(clip: Backbone) -> tuple[int, int, int]:
+def _input_shape(clip: Backbone | CheckpointInfo) -> tuple[int, int, int]:
     size = _fixed_size(clip)
     if size is None:
         raise ValueError(
@@ -185,14 +188,15 @@ def _input_shape(clip: Backbone) -> tuple[int, int, int]:
     return 3, *size
 
 
-def export_key(clip: Backbone, dtype: str = "float32") -> str:
+def export_key(clip: Backbone | CheckpointInfo, dtype: str = "float32") -> str:
     """The name of ``clip``'s export: a digest of the image tower's weights fingerprint
     and configuration, the preprocessing (baked into the graph), ``dtype`` and
     :data:`EXPORT_FORMAT`.
 
     Parameters
     ----------
-    clip : Backbone
+    clip : Backbone or CheckpointInfo
+        A loaded model, or its recorded identity (:mod:`skclip.backbones.identity`).
     dtype : {"float32", "int8"}
 
     Returns
@@ -202,11 +206,10 @@ def export_key(clip: Backbone, dtype: str = "float32") -> str:
     if dtype not in DTYPES:
         raise ValueError(f"dtype must be one of {DTYPES} for ONNX Runtime, got {dtype!r}.")
     h = hasher(digest_size=12)
-    vision_config = getattr(clip.model.config, "vision_config", clip.model.config)
     parts = (
         EXPORT_FORMAT,
         clip.vision_fingerprint,
-        vision_config.to_json_string(use_diff=False),
+        clip.vision_config_json,
         sorted(clip.image_config.items()),
         _input_shape(clip),
     )
@@ -296,9 +299,44 @@ def verified(folder: Path) -> str | None:
             return None
     except (OSError, ValueError, KeyError, TypeError, AttributeError):
         return None
-    identity = hashlib.sha256(json.dumps(sums, sort_keys=True).encode()).hexdigest()[:32]
+    identity = _export_id(sums)
     _VERIFIED[str(folder)] = (stamps, identity)
     return identity
+
+
+def _export_id(sums: dict[str, str]) -> str:
+    """The identity of an export: a digest of the SHA-256 of its files."""
+    return hashlib.sha256(json.dumps(sums, sort_keys=True).encode()).hexdigest()[:32]
+
+
+def encoder_identity(export_id: str, dtype: str) -> str:
+    """:attr:`ImageEncoder.identity` of a session of the export ``export_id``: what its
+    embeddings depend on besides the image (part of their cache key)."""
+    return f"{export_id} onnxruntime={_require_onnxruntime().__version__} {dtype}"
+
+
+def recorded_identity(
+    clip: Backbone | CheckpointInfo, dtype: str = "float32", folder: str | os.PathLike | None = None
+) -> str | None:
+    """The :attr:`ImageEncoder.identity` the export of ``clip`` in ``folder`` gives its
+    embeddings, read from its ``meta.json`` alone: no file hashed, no session, no
+    model (``clip`` may be a recorded :class:`~skclip.backbones.identity.CheckpointInfo`).
+    None if there is no such export.
+
+    Enough to *look up* embeddings: those stored under this identity were made by a
+    session whose bytes matched exactly these checksums (see :func:`image_encoder`),
+    whatever happened to the files since. Encoding needs :func:`image_encoder`.
+    """
+    if not supports(clip):
+        return None
+    root = Path(folder).expanduser() if folder is not None else default_folder()
+    try:
+        sums = json.loads(_read_meta(root / export_key(clip, dtype)))["sha256"]
+        if not sums or not all(isinstance(v, str) for v in sums.values()):
+            return None
+    except (OSError, ValueError, KeyError, TypeError, AttributeError):
+        return None
+    return encoder_identity(_export_id(sums), dtype)
 
 
 def _seal(tmp: Path, target: Path, info: dict) -> None:
@@ -418,13 +456,49 @@ def export(clip: Backbone, dtype: str = "float32", folder: str | os.PathLike | N
         if _usable(target) and verified(target) is not None:
             return target
         root.mkdir(parents=True, exist_ok=True)
-        if target.exists():
-            _discard(target)
-        if dtype == "float32":
-            _export_float32(clip, target)
-        else:
-            _export_int8(export(clip, "float32", root), target)
+        with _export_lock(root, key):  # one process exports; the others wait, then use it
+            if _usable(target) and verified(target) is not None:
+                return target  # made by another process meanwhile
+            if target.exists():
+                _discard(target)
+            if dtype == "float32":
+                _export_float32(clip, target)
+            else:
+                _export_int8(export(clip, "float32", root), target)
         return target
+
+
+@contextlib.contextmanager
+def _export_lock(root: Path, key: str) -> Iterator[None]:
+    """Hold the lock of export ``key`` in ``root`` across processes (``flock`` on the file
+    ``.lock-<key>``, released by the system if the process dies): processes that need
+    the same export (a search's workers) make it once instead of each at the same time.
+    Where it cannot be taken (no ``fcntl``, a read-only folder) each process exports, as
+    before; the first rename wins (:func:`_seal`).
+
+    The holder deletes the lock file when done, so no file is left beside the exports.
+    A process that waited on it then holds a lock no newcomer sees; both find the export
+    made, and only if it failed may both export, as without a lock."""
+    try:
+        import fcntl
+    except ImportError:  # Windows
+        yield
+        return
+    path = root / f".lock-{key}"
+    flags = os.O_RDWR | os.O_CREAT | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_CLOEXEC", 0)
+    try:
+        fd = os.open(path, flags, 0o600)
+    except OSError:
+        yield
+        return
+    try:
+        with contextlib.suppress(OSError):  # no locks on this file system: as before
+            fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        with contextlib.suppress(OSError):
+            os.unlink(path)
+        os.close(fd)  # releases the lock
 
 
 class ImageEncoder:
@@ -453,7 +527,7 @@ class ImageEncoder:
         self.threads = threads
         self.session = session
         self.dtype = dtype
-        self.identity = f"{export_id} onnxruntime={_require_onnxruntime().__version__} {dtype}"
+        self.identity = encoder_identity(export_id, dtype)
 
     def __call__(self, pixels: np.ndarray) -> np.ndarray:
         pixels = np.ascontiguousarray(pixels, dtype=np.uint8)
@@ -498,8 +572,7 @@ def _session(path: Path, threads: int) -> tuple[Any, str]:
             weights, buffers, [len(b) for b in buffers]
         )
     session = ort.InferenceSession(blobs[_MODEL_FILE], options, providers=["CPUExecutionProvider"])
-    identity = hashlib.sha256(json.dumps(sums, sort_keys=True).encode()).hexdigest()[:32]
-    return session, identity
+    return session, _export_id(sums)
 
 
 def image_encoder(

@@ -52,6 +52,7 @@ from .cache import (
 )
 from ..backbones import onnx as _onnx
 from .._images import DECODE_RULES, ImageLoadError, ImageLoadWarning, describe, open_image
+from ..backbones.identity import CheckpointInfo
 from ..backbones.loading import Backbone, load_backbone, resolve_device
 from ..backbones.preprocess import Preprocessor
 
@@ -243,7 +244,11 @@ def cache_settings(
 
 
 def _cache_settings(
-    clip: Backbone, normalize: bool, n_views: int, seed: int | None, encoder: str | None
+    clip: Backbone | CheckpointInfo,
+    normalize: bool,
+    n_views: int,
+    seed: int | None,
+    encoder: str | None,
 ) -> str:
     parts: tuple = (
         clip.vision_fingerprint,
@@ -321,6 +326,45 @@ def onnx_encoder(clip: Backbone, dtype: str, strict: bool) -> _onnx.ImageEncoder
 
 #: Loaded models whose ONNX export failed under runtime="auto", per ONNX dtype.
 _ONNX_FAILED: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+
+
+def cached_only(
+    items: list, featurizer: Any, info: CheckpointInfo, n_views: int, seed: int | None
+) -> np.ndarray | None:
+    """The embeddings of ``items`` if *every* one is in the cache, found without the
+    model: ``info`` (the checkpoint's recorded identity,
+    :func:`skclip.backbones.loading.checkpoint_identity`) and the recorded identity of its
+    ONNX export (:func:`skclip.backbones.onnx.recorded_identity`) make exactly the key
+    that :func:`spec_for` would. None as soon as one is missing, cannot be read, or the
+    key cannot be known without the model (ONNX Runtime with no export yet): then
+    :func:`encode` does the work (files hashed here are not read again to look up).
+    """
+    if not featurizer.cache or featurizer.progress is True:
+        return None  # a bar was asked for: encode() shows it
+    runtime = resolve_runtime(featurizer.runtime, info.device, featurizer.dtype)
+    encoder = None
+    strict = featurizer.runtime == "onnxruntime" or featurizer.dtype == "int8"
+    if runtime == "onnxruntime" and (strict or _onnx.supports(info)):
+        encoder = _onnx.recorded_identity(info, "int8" if featurizer.dtype == "int8" else "float32")
+        if encoder is None:
+            return None
+    settings = _cache_settings(info, featurizer.normalize, n_views, seed, encoder)
+    folder = featurizer.cache_dir if featurizer.cache_dir is not None else worker_folder()
+    cache = EmbeddingCache(settings, info.embedding_dim, folder, unit=featurizer.normalize)
+    vecs = []
+    for i, item in enumerate(items):
+        try:
+            digest = known_digest(item)
+            if digest is None and isinstance(item, (str, os.PathLike)):
+                digest = FILE_DIGESTS.read(os.fspath(item), i)[0]
+        except Exception:  # noqa: BLE001 - a bad input: encode() names it
+            return None
+        vec = None if digest is None else cache.get(digest)
+        if vec is None:
+            return None
+        vecs.append(vec)
+    MEMORY.count(hits=len(items), misses=0)
+    return np.stack(vecs)
 
 
 def spec_for(

@@ -38,8 +38,9 @@ from sklearn.utils.multiclass import check_classification_targets
 from sklearn.utils.validation import check_is_fitted, validate_data
 
 from .._compat import StrOptions
-from ..backbones.loading import DEFAULT_MODEL, load_backbone, resolve_device
-from ..text import clean_class_name, resolve_templates, text_weights
+from ..backbones.families import Backbone
+from ..backbones.loading import DEFAULT_MODEL, checkpoint_identity, load_backbone, resolve_device
+from ..text import clean_class_name, resolve_templates, shared_text_weights, text_weights
 from ._formula import CLIP_LOGIT_SCALE
 
 #: The constraints of the five text-head parameters, merged into every head's.
@@ -281,7 +282,7 @@ class TextHead(ClassifierMixin, BaseEstimator):
         if self.text_features is not None:
             dim = np.shape(self.text_features)[-1]
         elif self.clip_model is not None:
-            dim = load_backbone(self.clip_model, self.device, "auto").embedding_dim
+            dim = checkpoint_identity(self.clip_model, self.device, "auto").embedding_dim
         if dim is not None and dim != d:
             raise ValueError(
                 f"{how}, but X has {width} columns = {blocks} x {d} while the text embeddings "
@@ -324,8 +325,11 @@ class TextHead(ClassifierMixin, BaseEstimator):
             return None, None, None
         templates = resolve_templates(self.templates)
         names = self._class_names()
-        clip = load_backbone(self.clip_model, self.device, "auto")
-        clip.require_text()  # an image-only backbone has no text tower: say so, clearly
+        clip = checkpoint_identity(self.clip_model, self.device, "auto")
+        shared = shared_text_weights(clip, names, templates)  # computed before: no model
+        if shared is None:
+            clip = load_backbone(self.clip_model, self.device, "auto")
+            clip.require_text()  # an image-only backbone has no text tower: say so, clearly
         if clip.embedding_dim != n_features:
             raise ValueError(
                 f"X has {n_features} features but the text embeddings of clip_model="
@@ -335,8 +339,11 @@ class TextHead(ClassifierMixin, BaseEstimator):
                 + _views_hint(n_features, clip.embedding_dim)
             )
         self.model_fingerprint_ = clip.fingerprint
-        W = text_weights(clip, names, templates).astype(dtype)
-        return W, clip.logit_scale, clip.logit_bias
+        if shared is None:
+            assert isinstance(clip, Backbone)  # loaded above
+            shared = text_weights(clip, names, templates)
+        assert clip.logit_scale is not None and clip.logit_bias is not None  # a text tower
+        return shared.astype(dtype), clip.logit_scale, clip.logit_bias
 
     def _class_names(self) -> list[str]:
         if self.class_names is None:
