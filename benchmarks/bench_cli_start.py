@@ -8,9 +8,9 @@ most 3).
 
     python benchmarks/bench_cli_start.py          # this checkout's skclip
 
-The load average is printed at the start and the end: the ratio is marked "not
-comparable" when either 1-minute load is above 1.0 (other processes then share the
-cores, and start-up times, mostly reading and compiling files, vary with them).
+The load average is printed at the start and the end (``_common.load_guard``): a ratio
+is marked "not comparable" when either is above half the cpus (other processes then
+share the cores, and start-up times, mostly reading and compiling files, vary with them).
 """
 
 from __future__ import annotations
@@ -22,9 +22,10 @@ import sys
 import time
 from pathlib import Path
 
+from _common import load_guard, load_note
+
 ROOT = Path(__file__).resolve().parents[1]
 RUNS = 5
-MAX_LOAD = 1.0
 GOAL = 3.0
 CLI = "import sys; from skclip.cli import main; sys.exit(main())"
 #: What is timed, and the exit status it must end with (else the timing means nothing).
@@ -34,17 +35,6 @@ COMMANDS = {
     "skclip fit (usage error)": (["-c", CLI, "fit"], 2),
 }
 FLOOR = (["-c", "import numpy, argparse"], 0)
-
-
-def load_average() -> float:
-    """The 1-minute load average (printed with the 5- and 15-minute ones); 0 where the
-    system has none."""
-    if not hasattr(os, "getloadavg"):
-        print("load average: unavailable")
-        return 0.0
-    loads = os.getloadavg()
-    print("load average: " + " ".join(f"{x:.2f}" for x in loads) + f" ({os.cpu_count()} cpus)")
-    return loads[0]
 
 
 def median_seconds(arguments: list[str], status: int = 0) -> float:
@@ -66,18 +56,15 @@ def median_seconds(arguments: list[str], status: int = 0) -> float:
 
 
 def main() -> None:
-    loads = [load_average()]
+    load_guard()  # the load average now and at the end; load_note() marks a busy machine
     median_seconds(*FLOOR)  # warm the file cache
     floor = median_seconds(*FLOOR)
     results = {what: median_seconds(*run) for what, run in COMMANDS.items()}
-    loads.append(load_average())
-    quiet = max(loads) <= MAX_LOAD
     print(f"python -c 'import numpy, argparse': {floor:.3f} s (median of {RUNS})")
     for what, seconds in results.items():
-        verdict = "" if quiet else f"  not comparable: load average above {MAX_LOAD}"
         print(
             f"{what}: {seconds:.3f} s (median of {RUNS}), ratio {seconds / floor:.2f} "
-            f"(goal at most {GOAL:g}){verdict}"
+            f"(goal at most {GOAL:g}){load_note()}"
         )
 
 

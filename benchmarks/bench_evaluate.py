@@ -24,7 +24,7 @@ import sys
 import tempfile
 import time
 
-from _common import jpeg_folder, load_guard, vit_b32_folder
+from _common import jpeg_folder, load_guard, load_note, vit_b32_folder
 
 
 def _data(root: str, n_classes: int = 6, per_class: int = 30) -> str:
@@ -48,7 +48,7 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--cv", type=int, default=5)
     args = parser.parse_args()
-    guard = load_guard()
+    load_guard()
     root = tempfile.mkdtemp(prefix="skclip-bench-evaluate-")
     data, model = _data(root), vit_b32_folder(os.path.join(root, "model"))
     cache, report = os.path.join(root, "cache"), os.path.join(root, "report.json")
@@ -64,7 +64,8 @@ def main() -> None:
     for name, times in seconds.items():
         t = statistics.median(times)
         print(f"  {name:16s} {t:7.2f} s  {100 * t / wall:5.1f}% of the command's time")
-    guard.report("GDA share of evaluate's time", statistics.median(seconds["GDA"]) / wall)
+    share = statistics.median(seconds["GDA"]) / wall
+    print(f"GDA share of evaluate's time: {100 * share:.1f}% (goal < 10%){load_note()}")
 
 
 if __name__ == "__main__":

@@ -321,22 +321,6 @@ def test_demo_model_is_a_checkpoint_every_command_uses(data_dir, tmp_path, capsy
     assert "already holds files" in capsys.readouterr().err
 
 
-# -- the benchmark's verdict ------------------------------------------------------------------
-def test_bench_cli_start_marks_ratios_under_load_not_comparable(monkeypatch, capsys):
-    sys.path.insert(0, str(ROOT / "benchmarks"))
-    try:
-        import bench_cli_start as bench
-    finally:
-        sys.path.pop(0)
-    monkeypatch.setattr(bench, "median_seconds", lambda arguments, status: 0.1)
-    for load, verdict in ((0.5, False), (1.5, True)):
-        monkeypatch.setattr(bench.os, "getloadavg", lambda: (load, 0.0, 0.0))
-        bench.main()
-        out = capsys.readouterr().out
-        assert out.count("load average: ") == 2 and "ratio 1.00" in out
-        assert ("not comparable" in out) is verdict
-
-
 def test_predict_coverage_alone_means_the_stored_level():
     """``--coverage`` without a value (a string const would go through the type)."""
     from skclip.cli.parser import build_parser
