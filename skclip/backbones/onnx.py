@@ -82,8 +82,9 @@ _META_FILE = "meta.json"
 # export folder -> (stamps of its files, identity): verified in this process
 _VERIFIED: dict[str, tuple[tuple, str]] = {}
 
-_SESSIONS: dict[tuple[str, int, str | None], Any] = {}  # (export, threads, identity)
-# per loaded model: (dtype, threads, folder) -> encoder, so that a call finds its encoder
+# (export, threads, identity, SESSION_CONFIG items) -> session
+_SESSIONS: dict[tuple[str, int, str | None, tuple], Any] = {}
+# per loaded model: (dtype, threads, folder, config) -> encoder, so that a call finds its encoder
 # without checking the export on disk again; dropped with the model
 _ENCODERS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
 _LOCK = threading.RLock()  # one export (and one session creation) at a time per process
@@ -463,6 +464,35 @@ class ImageEncoder:
         return f"ImageEncoder(path={str(self.path)!r}, threads={self.threads})"
 
 
+#: Configuration entries of every session (``SessionOptions.add_session_config_entry``):
+#: no busy-waiting, as the decode threads share the cores with it. Measured by
+#: ``benchmarks/profile_runtimes.py``; part of a session's key in this process.
+SESSION_CONFIG: dict[str, str] = {"session.intra_op.allow_spinning": "0"}
+
+
+def session_options(threads: int) -> Any:
+    """The :class:`onnxruntime.SessionOptions` of an image tower's session: ``threads``
+    intra-op threads, sequential execution (the graph is a chain: inter-op threads would
+    only wait), every graph optimization, :data:`SESSION_CONFIG`, errors-only logging.
+
+    Examples
+    --------
+    >>> from skclip.backbones.onnx import session_options
+    >>> session_options(2).intra_op_num_threads
+    2
+    """
+    ort = _require_onnxruntime()
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = threads
+    options.inter_op_num_threads = 1
+    options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    for key, value in SESSION_CONFIG.items():
+        options.add_session_config_entry(key, value)
+    options.log_severity_level = 3  # errors only
+    return options
+
+
 def _session(path: Path, threads: int) -> tuple[Any, str]:
     """A session of the export in ``path`` and its identity, made from the verified bytes.
 
@@ -477,14 +507,7 @@ def _session(path: Path, threads: int) -> tuple[Any, str]:
     changed = [n for n, data in blobs.items() if hashlib.sha256(data).hexdigest() != sums[n]]
     if changed or _MODEL_FILE not in blobs:
         raise ValueError(f"the export in {path} changed since it was verified: {changed}")
-    options = ort.SessionOptions()
-    options.intra_op_num_threads = threads
-    options.inter_op_num_threads = 1
-    options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
-    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-    # No busy-waiting between calls: the decode threads share the cores with it.
-    options.add_session_config_entry("session.intra_op.allow_spinning", "0")
-    options.log_severity_level = 3  # errors only
+    options = session_options(threads)
     weights = [name for name in blobs if name != _MODEL_FILE]
     buffers = [np.frombuffer(blobs[name], dtype=np.uint8) for name in weights]
     if weights and not hasattr(options, "add_external_initializers_from_files_in_memory"):
@@ -543,13 +566,14 @@ def image_encoder(
     """
     _require_onnxruntime()
     threads = int(threads) if threads is not None else torch.get_num_threads()
-    memo_key = (dtype, threads, None if folder is None else os.fspath(folder))
+    config = tuple(sorted(SESSION_CONFIG.items()))
+    memo_key = (dtype, threads, None if folder is None else os.fspath(folder), config)
     memo = _ENCODERS.get(clip)
     if memo is not None and memo_key in memo:  # checked and loaded before in this process
         return memo[memo_key]
     with _LOCK:
         path = export(clip, dtype, folder)  # verified
-        key = (str(path), threads, verified(path))
+        key = (str(path), threads, verified(path), config)
         if key not in _SESSIONS:
             try:  # from the bytes it hashes: what is verified is what runs
                 session, identity = _session(path, threads)
@@ -557,7 +581,7 @@ def image_encoder(
                 _discard(path)
                 path = export(clip, dtype, folder)
                 session, identity = _session(path, threads)
-            key = (str(path), threads, identity)
+            key = (str(path), threads, identity, config)
             _SESSIONS[key] = session
         encoder = ImageEncoder(path, threads, _SESSIONS[key], dtype, key[2] or "")
         _ENCODERS.setdefault(clip, {})[memo_key] = encoder
