@@ -53,6 +53,7 @@ import logging
 import os
 import shutil
 import stat
+import sys
 import tempfile
 import threading
 import warnings
@@ -62,6 +63,7 @@ from typing import Any
 
 import numpy as np
 import torch
+from tqdm.auto import tqdm
 
 from .loading import Backbone
 from .._hashing import hasher
@@ -393,7 +395,28 @@ def _export_int8(source: Path, target: Path) -> None:
         root.setLevel(level)
 
 
-def export(clip: Backbone, dtype: str = "float32", folder: str | os.PathLike | None = None) -> Path:
+#: What the progress line says while an export is made.
+EXPORT_NOTE = "exporting the image tower to ONNX (once per checkpoint)"
+
+
+def _note_export(clip: Backbone, dtype: str, target: Path, progress: bool | str) -> None:
+    """One line on stderr (unless ``progress`` is False) saying an export is being made:
+    the first use of a checkpoint takes seconds to a minute longer than the next ones."""
+    if progress is False:
+        return
+    tqdm.write(  # around an open progress bar
+        f"skclip: {EXPORT_NOTE}: {clip.name} ({dtype}) into {target.parent} ...",
+        file=sys.stderr,
+    )
+
+
+def export(
+    clip: Backbone,
+    dtype: str = "float32",
+    folder: str | os.PathLike | None = None,
+    *,
+    progress: bool | str = "auto",
+) -> Path:
     """The folder of ``clip``'s ONNX export, made now if it is missing or broken.
 
     Parameters
@@ -405,6 +428,8 @@ def export(clip: Backbone, dtype: str = "float32", folder: str | os.PathLike | N
         (approximate embeddings).
     folder : path-like or None, default=None
         Where exports are kept; None is :func:`default_folder`.
+    progress : bool or "auto", default="auto"
+        False: no line on stderr when an export is made (:data:`EXPORT_NOTE`).
 
     Returns
     -------
@@ -421,10 +446,11 @@ def export(clip: Backbone, dtype: str = "float32", folder: str | os.PathLike | N
         root.mkdir(parents=True, exist_ok=True)
         if target.exists():
             _discard(target)
+        _note_export(clip, dtype, target, progress)
         if dtype == "float32":
             _export_float32(clip, target)
         else:
-            _export_int8(export(clip, "float32", root), target)
+            _export_int8(export(clip, "float32", root, progress=False), target)
         return target
 
 
@@ -531,6 +557,7 @@ def image_encoder(
     dtype: str = "float32",
     threads: int | None = None,
     folder: str | os.PathLike | None = None,
+    progress: bool | str = "auto",
 ) -> ImageEncoder:
     """ONNX Runtime encoder of ``clip``'s image tower, exported on first use.
 
@@ -549,6 +576,8 @@ def image_encoder(
         for torch (e.g. inside joblib workers) apply here too.
     folder : path-like or None, default=None
         Where exports are kept; None is :func:`default_folder`.
+    progress : bool or "auto", default="auto"
+        False: no line on stderr when the export is made.
 
     Returns
     -------
@@ -572,14 +601,14 @@ def image_encoder(
     if memo is not None and memo_key in memo:  # checked and loaded before in this process
         return memo[memo_key]
     with _LOCK:
-        path = export(clip, dtype, folder)  # verified
+        path = export(clip, dtype, folder, progress=progress)  # verified
         key = (str(path), threads, verified(path), config)
         if key not in _SESSIONS:
             try:  # from the bytes it hashes: what is verified is what runs
                 session, identity = _session(path, threads)
             except Exception:  # noqa: BLE001 - changed since, or unreadable: rebuild once
                 _discard(path)
-                path = export(clip, dtype, folder)
+                path = export(clip, dtype, folder, progress=progress)
                 session, identity = _session(path, threads)
             key = (str(path), threads, identity, config)
             _SESSIONS[key] = session

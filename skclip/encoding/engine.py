@@ -302,15 +302,18 @@ def model_dtype(dtype: str) -> str:
     return "float32" if dtype == "int8" else dtype
 
 
-def onnx_encoder(clip: Backbone, dtype: str, strict: bool) -> _onnx.ImageEncoder | None:
+def onnx_encoder(
+    clip: Backbone, dtype: str, strict: bool, progress: bool | str = "auto"
+) -> _onnx.ImageEncoder | None:
     """The ONNX Runtime tower of ``clip``; None (PyTorch) if it cannot be exported and
-    ONNX Runtime was not asked for explicitly (``strict=False``: ``runtime="auto"``)."""
+    ONNX Runtime was not asked for explicitly (``strict=False``: ``runtime="auto"``).
+    An export made now says so on stderr unless ``progress`` is False."""
     onnx_dtype = "int8" if dtype == "int8" else "float32"
     failed = _ONNX_FAILED.setdefault(clip, set())
     if not strict and onnx_dtype in failed:
         return None  # tried once for this loaded model: no export attempt per call
     try:
-        return _onnx.image_encoder(clip, dtype=onnx_dtype)
+        return _onnx.image_encoder(clip, dtype=onnx_dtype, progress=progress)
     except Exception as exc:
         if strict:
             raise
@@ -333,10 +336,11 @@ def spec_for(
     device = resolve_device(featurizer.device)
     runtime = resolve_runtime(featurizer.runtime, device, featurizer.dtype)
     clip = load_backbone(featurizer.model, device, model_dtype(featurizer.dtype))
+    progress = featurizer.progress if progress is None else progress
     encoder = None
     strict = featurizer.runtime == "onnxruntime" or featurizer.dtype == "int8"
     if runtime == "onnxruntime" and (strict or _onnx.supports(clip)):  # "auto": fixed sizes
-        encoder = onnx_encoder(clip, featurizer.dtype, strict)
+        encoder = onnx_encoder(clip, featurizer.dtype, strict, progress)
     cache = None
     if featurizer.cache:
         MEMORY.maxsize = featurizer.cache_size
@@ -353,7 +357,7 @@ def spec_for(
         cache=cache,
         batch_size=featurizer.batch_size,
         n_threads=n_threads(featurizer.n_jobs, clip.device),
-        progress=featurizer.progress if progress is None else progress,
+        progress=progress,
         encoder=encoder,
     )
 
