@@ -1,5 +1,6 @@
-"""The one-time ONNX export is visible: a line on stderr while it is made (none with
-progress=False)."""
+"""The one-time ONNX export is visible and can be made ahead: a line on stderr while it is
+made (none with progress=False / -q), ``CLIPFeaturizer.export_onnx()`` and ``skclip
+export-onnx MODEL``, after which no featurizer exports again."""
 
 from __future__ import annotations
 
@@ -12,6 +13,7 @@ pytest.importorskip("onnxscript")
 
 from skclip import CLIPFeaturizer  # noqa: E402
 from skclip.backbones import onnx as _onnx  # noqa: E402
+from skclip.cli import main  # noqa: E402
 
 NOTE = "exporting the image tower to ONNX (once per checkpoint)"
 
@@ -54,3 +56,40 @@ def test_progress_false_exports_silently(tiny_clip_path, images, fresh, capsys):
     feat = CLIPFeaturizer(model=tiny_clip_path, runtime="onnxruntime", progress=False)
     feat.transform(images)
     assert len(fresh) == 1 and NOTE not in capsys.readouterr().err
+
+
+def test_export_onnx_method_ahead_of_use(tiny_clip_path, images, fresh):
+    feat = CLIPFeaturizer(model=tiny_clip_path, runtime="onnxruntime", cache=False, progress=False)
+    path = feat.export_onnx()
+    assert (path / "model.onnx").is_file() and len(fresh) == 1
+    assert feat.export_onnx() == path and len(fresh) == 1  # there already: checked, kept
+    _onnx.clear_sessions()
+    feat.transform(images)
+    assert len(fresh) == 1
+    with pytest.raises(ValueError, match="PyTorch"):
+        CLIPFeaturizer(model=tiny_clip_path, dtype="bfloat16").export_onnx()
+
+
+def test_cli_export_onnx_then_no_export_and_equal_embeddings(tiny_clip_path, images, fresh, capsys):
+    assert main(["export-onnx", tiny_clip_path]) == 0
+    out, err = capsys.readouterr()
+    assert len(fresh) == 1 and NOTE in err
+    assert out.strip() == str(fresh[0])  # the export's folder, on stdout
+    _onnx.clear_sessions()  # the featurizer runs later, in another process
+    onnx = CLIPFeaturizer(model=tiny_clip_path, runtime="onnxruntime", cache=False)
+    torch_ = CLIPFeaturizer(model=tiny_clip_path, runtime="torch", cache=False)
+    np.testing.assert_allclose(onnx.transform(images), torch_.transform(images), atol=1e-5, rtol=0)
+    assert len(fresh) == 1  # no second export
+    assert NOTE not in capsys.readouterr().err
+
+
+def test_cli_export_onnx_quiet_and_errors(
+    tiny_clip_path, tiny_siglip2_path, tmp_path, fresh, capsys
+):
+    assert main(["export-onnx", "-q", tiny_clip_path]) == 0
+    out, err = capsys.readouterr()
+    assert err == "" and out.strip() == str(fresh[0])
+    assert main(["export-onnx", str(tmp_path / "no-such-model")]) == 1
+    assert "does not exist" in capsys.readouterr().err
+    assert main(["export-onnx", tiny_siglip2_path]) == 1  # NaFlex: no fixed input size
+    assert "fixed input size" in capsys.readouterr().err

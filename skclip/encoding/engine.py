@@ -32,6 +32,7 @@ from collections.abc import Callable, Generator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from functools import partial
+from pathlib import Path
 from typing import Any, NamedTuple, cast
 
 import numpy as np
@@ -320,6 +321,22 @@ def onnx_encoder(
         failed.add(onnx_dtype)
         _onnx.warn_fallback(clip, exc)
         return None
+
+
+def export_onnx(model: Any, dtype: str = "auto", progress: bool | str = "auto") -> Path:
+    """The ONNX export that ``runtime="onnxruntime"`` (and ``"auto"`` on the CPU) uses for
+    a featurizer's ``model`` and ``dtype``, made now if it is missing or broken (see
+    :func:`skclip.backbones.onnx.export`): ``"int8"`` is quantized, any other of
+    ``"auto"`` and ``"float32"`` is float32. The model is loaded on the CPU in float32
+    whatever the featurizer's device."""
+    if dtype not in ("auto", "float32", "int8"):
+        raise ValueError(
+            f"ONNX Runtime runs in float32 (or dtype='int8'): there is no export for "
+            f"dtype={dtype!r}, which runs in PyTorch."
+        )
+    _onnx.require()
+    clip = load_backbone(model, "cpu", "float32")
+    return _onnx.export(clip, "int8" if dtype == "int8" else "float32", progress=progress)
 
 
 #: Loaded models whose ONNX export failed under runtime="auto", per ONNX dtype.
