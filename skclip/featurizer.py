@@ -105,10 +105,15 @@ class CLIPFeaturizer(TransformerMixin, BaseEstimator):
         fold and every ``GridSearchCV`` candidate encodes its images again).
     n_jobs : int or None, default=None
         Threads that decode and preprocess images while the model runs. ``None`` means
-        1 when the model runs on the CPU (it already uses every core, and decoding costs
-        about a tenth of a ViT-B/32 forward, so more threads only contend with it; see
-        ``benchmarks/bench_featurizer.py``) and ``min(8, os.cpu_count())`` on a GPU.
-        ``-1`` means all CPUs.
+        1 when PyTorch runs the model on the CPU (it already uses every core, and
+        decoding costs about a tenth of a ViT-B/32 forward, so more threads only contend
+        with it; see ``benchmarks/bench_featurizer.py``) and ``min(8, os.cpu_count())``
+        on a GPU. With ONNX Runtime on the CPU, ``None`` decodes each batch *between*
+        forward passes, on as many threads as ONNX Runtime uses (its passes keep every
+        core busy: decoding during them would cost the same CPU time and stall its
+        evenly split matrix products), while the files of the next batches are read
+        ahead during the passes; an int decodes during the passes on that many
+        threads. ``-1`` means all CPUs.
     progress : bool or "auto", default="auto"
         Show a tqdm progress bar. ``"auto"`` shows it for inputs of more than one batch
         when writing to a terminal.
