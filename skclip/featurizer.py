@@ -60,13 +60,18 @@ class CLIPFeaturizer(TransformerMixin, BaseEstimator):
         (cosine to float32 about 0.9998 on a random ViT-B/32; check on your data).
     runtime : {"auto", "torch", "onnxruntime"}, default="auto"
         What runs the image tower. ``"onnxruntime"``: ONNX Runtime on the CPU, from an
-        export of the checkpoint made on first use and kept in the user's cache folder
-        (``~/.cache/skclip/onnx``, or ``$SKCLIP_CACHE_DIR/onnx``), about 2x PyTorch's
-        speed on a CPU with embeddings equal within 1e-5 (see
-        ``benchmarks/bench_featurizer.py``); exporting takes a few seconds to a minute,
-        once per checkpoint. ``"torch"``: PyTorch. ``"auto"``: ONNX Runtime on the CPU in
-        float32 when it is installed (``pip install 'skclip[onnx]'``), PyTorch otherwise
-        and on GPUs; if the export fails, PyTorch with a warning.
+        export of the checkpoint made on first use (a line on stderr says so; or ahead,
+        :meth:`export_onnx`) and kept in the user's cache folder
+        (``~/.cache/skclip/onnx``, or ``$SKCLIP_CACHE_DIR/onnx``); embeddings equal
+        PyTorch's within 1e-5. Its forward pass of a ViT-B/32 on 2 cores was 1.37x
+        PyTorch's eager one on a quiet 2-core machine, mostly because it keeps both
+        cores busier (on one thread both do about the same work); from image files to
+        embeddings the gain is smaller, as decoding takes its share of the same cores
+        (``benchmarks/profile_runtimes.py`` says where the time goes on your machine).
+        Exporting takes a few seconds to a minute, once per checkpoint. ``"torch"``:
+        PyTorch. ``"auto"``: ONNX Runtime on the CPU in float32 when it is installed
+        (``pip install 'skclip[onnx]'``), PyTorch otherwise and on GPUs; if the export
+        fails, PyTorch with a warning.
     batch_size : int, default=32
         Images per forward pass. Results do not depend on it.
     normalize : bool, default=True

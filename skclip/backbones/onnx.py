@@ -1,9 +1,11 @@
 """ONNX Runtime for the image tower on the CPU.
 
-On a CPU, ONNX Runtime runs a ViT image tower faster than PyTorch's eager forward (it
-fuses attention and layer norms and picks better GEMM kernels; see
-``benchmarks/bench_featurizer.py``). This module makes that usable without any
-step by hand:
+On a CPU, ONNX Runtime runs a ViT image tower faster than PyTorch's eager forward when
+it has several cores. Its optimized graph keeps the matrix products, where most of the
+time goes, and fuses little (QuickGELU, a transposed product); on one thread both
+runtimes do about the same work, but ONNX Runtime keeps the cores busier. Table 2 of
+``benchmarks/profile_runtimes.py`` measures both on your machine. This module makes
+that usable without any step by hand:
 
 - :func:`image_encoder` exports the checkpoint's image tower once, *with* the
   preprocessing's rescale and normalization, so the ONNX model takes the decode
@@ -30,13 +32,14 @@ step by hand:
   (int8 weights, activations quantized on the fly): faster, but the embeddings are
   *approximate* (on a random ViT-B/32, cosine to float32 >= 0.9998; unknown on
   trained weights). Opt-in only.
-- An :class:`onnxruntime.InferenceSession` is created once per (export, threads) in
-  the process and shared. It is created from the bytes that were hashed (the files are
-  read into memory, checked against the record, and the weights handed to ONNX Runtime
-  from memory), so a weights file edited or replaced later, even while the session
-  lives, cannot change what it computes. Cost: the export's files are hashed a second
-  time then, and its bytes are held in memory while the session is made (ONNX Runtime
-  copies the weights, as it would from the file). Needs onnxruntime >= 1.23.
+- An :class:`onnxruntime.InferenceSession` is created once per (export, threads,
+  :data:`SESSION_CONFIG`) in the process and shared. It is created from the bytes that
+  were hashed (the files are read into memory, checked against the record, and the
+  weights handed to ONNX Runtime from memory), so a weights file edited or replaced
+  later, even while the session lives, cannot change what it computes. Cost: the
+  export's files are hashed a second time then, and its bytes are held in memory while
+  the session is made (ONNX Runtime copies the weights, as it would from the file).
+  Needs onnxruntime >= 1.23.
 
 ``onnxruntime`` is an optional dependency (``pip install skclip[onnx]``); exporting
 also needs ``onnx`` and ``onnxscript`` (in the same extra).
@@ -491,8 +494,12 @@ class ImageEncoder:
 
 
 #: Configuration entries of every session (``SessionOptions.add_session_config_entry``):
-#: no busy-waiting, as the decode threads share the cores with it. Measured by
-#: ``benchmarks/profile_runtimes.py``; part of a session's key in this process.
+#: no spinning. ONNX Runtime's default spin (2**20 pauses) burns about 40 ms of a core
+#: after every forward pass on a 2-core AMD EPYC, which the decoding of the next batch
+#: needs; a spin bounded to 100 us within a pass and stopped after it
+#: (``session.intra_op.spin_duration_us``, ``session.force_spinning_stop``) was no faster
+#: there and took more CPU under load. Measured by ``benchmarks/profile_runtimes.py``;
+#: part of a session's key in this process.
 SESSION_CONFIG: dict[str, str] = {"session.intra_op.allow_spinning": "0"}
 
 
