@@ -69,9 +69,11 @@ class CLIPFeaturizer(TransformerMixin, BaseEstimator):
         embeddings the gain is smaller, as decoding takes its share of the same cores
         (``benchmarks/profile_runtimes.py`` says where the time goes on your machine).
         Exporting takes a few seconds to a minute, once per checkpoint. ``"torch"``:
-        PyTorch. ``"auto"``: ONNX Runtime on the CPU in float32 when it is installed
-        (``pip install 'skclip[onnx]'``), PyTorch otherwise and on GPUs; if the export
-        fails, PyTorch with a warning.
+        PyTorch. ``"auto"``: PyTorch (ONNX Runtime for ``dtype="int8"``): from image
+        files to embeddings ONNX Runtime was about 1.2x PyTorch on 2 cores, too little to
+        pay for its export and the second or two each process spends loading it unless
+        you encode many images (README, "Which runtime"). Embeddings are cached per
+        runtime, so switching re-encodes each image once.
     batch_size : int, default=32
         Images per forward pass. Results do not depend on it.
     normalize : bool, default=True
@@ -338,7 +340,7 @@ class CLIPFeaturizer(TransformerMixin, BaseEstimator):
     def export_onnx(self) -> Path:
         """Export the checkpoint's image tower for ONNX Runtime now, ahead of first use.
 
-        With ``runtime="auto"`` (on the CPU) or ``"onnxruntime"``, the first
+        With ``runtime="onnxruntime"`` (or ``dtype="int8"``), the first
         :meth:`transform` of a checkpoint exports its image tower (seconds for small
         models, about 20 s for a ViT-B/32 on 2 cores; a line on stderr says so unless
         ``progress=False``), once per checkpoint: the export is kept in the user's cache

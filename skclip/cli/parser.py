@@ -264,7 +264,8 @@ def _add_export_onnx(sub: Any) -> None:
         "--dtype",
         choices=("float32", "int8"),
         default="float32",
-        help="float32 (the default; what runtime='auto' uses) or int8 (dynamic quantization)",
+        help="float32 (the default; what runtime='onnxruntime' uses) or int8 (dynamic "
+        "quantization, what dtype='int8' uses)",
     )
     _quiet_or_verbose(exp)
     exp.set_defaults(func=_export_onnx)

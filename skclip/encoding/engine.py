@@ -275,13 +275,20 @@ def _cache_settings(
 
 RUNTIMES = ("auto", "torch", "onnxruntime")
 
+#: Whether ``runtime="auto"`` picks ONNX Runtime on the CPU in float32 when it is installed.
+#: False: from image files to embeddings on 2 cores it was about 1.2x PyTorch's eager
+#: forward (both keep the cores busy, so the gain is the ratio of their work, decoding
+#: included), short of the 1.3x that would pay for its one-time export and the second or
+#: two each process spends checking and loading it (``benchmarks/profile_runtimes.py``;
+#: README, "Which runtime"). ``runtime="onnxruntime"`` asks for it.
+AUTO_PICKS_ONNXRUNTIME = False
+
 
 def resolve_runtime(runtime: str, device: torch.device, dtype: str) -> str:
     """``"torch"`` or ``"onnxruntime"``: what encodes for these featurizer parameters.
 
-    ``"auto"`` is ONNX Runtime on the CPU in float32 when it is installed (with the
-    ``onnx`` and ``onnxscript`` packages that export), PyTorch otherwise (GPU, float16,
-    bfloat16). ``dtype="int8"`` exists only in ONNX Runtime.
+    ``"auto"`` is PyTorch (ONNX Runtime on the CPU in float32, when installed, if
+    :data:`AUTO_PICKS_ONNXRUNTIME`). ``dtype="int8"`` exists only in ONNX Runtime.
     """
     if dtype == "int8":
         if runtime == "torch":
@@ -292,7 +299,8 @@ def resolve_runtime(runtime: str, device: torch.device, dtype: str) -> str:
         runtime = "onnxruntime"
     if runtime == "auto":
         cpu_float32 = device.type == "cpu" and dtype in ("auto", "float32")
-        return "onnxruntime" if cpu_float32 and _onnx.is_available() else "torch"
+        onnx = AUTO_PICKS_ONNXRUNTIME and cpu_float32 and _onnx.is_available()
+        return "onnxruntime" if onnx else "torch"
     if runtime == "onnxruntime":
         if device.type != "cpu":
             raise ValueError(
