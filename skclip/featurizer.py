@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 from numbers import Integral
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -61,13 +62,20 @@ class CLIPFeaturizer(TransformerMixin, BaseEstimator):
         (cosine to float32 about 0.9998 on a random ViT-B/32; check on your data).
     runtime : {"auto", "torch", "onnxruntime"}, default="auto"
         What runs the image tower. ``"onnxruntime"``: ONNX Runtime on the CPU, from an
-        export of the checkpoint made on first use and kept in the user's cache folder
-        (``~/.cache/skclip/onnx``, or ``$SKCLIP_CACHE_DIR/onnx``), about 2x PyTorch's
-        speed on a CPU with embeddings equal within 1e-5 (see
-        ``benchmarks/bench_featurizer.py``); exporting takes a few seconds to a minute,
-        once per checkpoint. ``"torch"``: PyTorch. ``"auto"``: ONNX Runtime on the CPU in
-        float32 when it is installed (``pip install 'skclip[onnx]'``), PyTorch otherwise
-        and on GPUs; if the export fails, PyTorch with a warning.
+        export of the checkpoint made on first use (a line on stderr says so; or ahead,
+        :meth:`export_onnx`) and kept in the user's cache folder
+        (``~/.cache/skclip/onnx``, or ``$SKCLIP_CACHE_DIR/onnx``); embeddings equal
+        PyTorch's within 1e-5. Its forward pass of a ViT-B/32 on 2 cores was 1.37x
+        PyTorch's eager one on a quiet 2-core machine, mostly because it keeps both
+        cores busier (on one thread both do about the same work); from image files to
+        embeddings the gain is smaller, as decoding takes its share of the same cores
+        (``benchmarks/profile_runtimes.py`` says where the time goes on your machine).
+        Exporting takes a few seconds to a minute, once per checkpoint. ``"torch"``:
+        PyTorch. ``"auto"``: PyTorch (ONNX Runtime for ``dtype="int8"``): from image
+        files to embeddings ONNX Runtime was about 1.2x PyTorch on 2 cores, too little to
+        pay for its export and the second or two each process spends loading it unless
+        you encode many images (README, "Which runtime"). Embeddings are cached per
+        runtime, so switching re-encodes each image once.
     batch_size : int, default=32
         Images per forward pass. Results do not depend on it.
     normalize : bool, default=True
@@ -106,10 +114,15 @@ class CLIPFeaturizer(TransformerMixin, BaseEstimator):
         fold and every ``GridSearchCV`` candidate encodes its images again).
     n_jobs : int or None, default=None
         Threads that decode and preprocess images while the model runs. ``None`` means
-        1 when the model runs on the CPU (it already uses every core, and decoding costs
-        about a tenth of a ViT-B/32 forward, so more threads only contend with it; see
-        ``benchmarks/bench_featurizer.py``) and ``min(8, os.cpu_count())`` on a GPU.
-        ``-1`` means all CPUs.
+        1 when PyTorch runs the model on the CPU (it already uses every core, and
+        decoding costs about a tenth of a ViT-B/32 forward, so more threads only contend
+        with it; see ``benchmarks/bench_featurizer.py``) and ``min(8, os.cpu_count())``
+        on a GPU. With ONNX Runtime on the CPU, ``None`` decodes each batch *between*
+        forward passes, on as many threads as ONNX Runtime uses (its passes keep every
+        core busy: decoding during them would cost the same CPU time and stall its
+        evenly split matrix products), while the files of the next batches are read
+        ahead during the passes; an int decodes during the passes on that many
+        threads. ``-1`` means all CPUs.
     progress : bool or "auto", default="auto"
         Show a tqdm progress bar. ``"auto"`` shows it for inputs of more than one batch
         when writing to a terminal.
@@ -325,6 +338,47 @@ class CLIPFeaturizer(TransformerMixin, BaseEstimator):
         """
         dim = self._identity().embedding_dim
         return np.asarray([f"clipfeaturizer{i}" for i in range(dim)], dtype=object)
+
+    def export_onnx(self) -> Path:
+        """Export the checkpoint's image tower for ONNX Runtime now, ahead of first use.
+
+        With ``runtime="onnxruntime"`` (or ``dtype="int8"``), the first
+        :meth:`transform` of a checkpoint exports its image tower (seconds for small
+        models, about 20 s for a ViT-B/32 on 2 cores; a line on stderr says so unless
+        ``progress=False``), once per checkpoint: the export is kept in the user's cache
+        folder (``~/.cache/skclip/onnx``, or ``$SKCLIP_CACHE_DIR/onnx``) and reused by
+        every later process. Call this to pay that cost at a time of your choosing,
+        e.g. while building a container image, or before timing; ``skclip export-onnx
+        MODEL`` does the same from the command line. An export that is already there
+        is checked (its checksums), not made again.
+
+        Nothing is fitted and no parameter changes. The export is the one for ``model``
+        and ``dtype`` (``"int8"``: quantized; ``"auto"`` and ``"float32"``: float32),
+        made from the model loaded on the CPU whatever ``device`` says.
+
+        Returns
+        -------
+        path : pathlib.Path
+            The export's folder (``model.onnx``, its weights, ``meta.json``).
+
+        Raises
+        ------
+        ImportError
+            If ``onnxruntime``, ``onnx`` or ``onnxscript`` is missing
+            (``pip install 'skclip[onnx]'``).
+        ValueError
+            If ``dtype`` is ``"float16"`` or ``"bfloat16"`` (PyTorch only), or the
+            checkpoint has no fixed input size (SigLIP 2 NaFlex).
+
+        Examples
+        --------
+        >>> from skclip import CLIPFeaturizer
+        >>> path = CLIPFeaturizer(model=tiny_clip_path, progress=False).export_onnx()
+        >>> (path / "model.onnx").is_file()
+        True
+        """
+        self._validate_params()
+        return _encode.export_onnx(self.model, self.dtype, progress=self.progress)
 
     @staticmethod
     def cache_info() -> CacheInfo:

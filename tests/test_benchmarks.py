@@ -10,7 +10,9 @@ import pytest
 BENCHMARKS = Path(__file__).parents[1] / "benchmarks"
 
 
-@pytest.mark.parametrize("script", ["bench_featurizer.py", "bench_distributed.py"])
+@pytest.mark.parametrize(
+    "script", ["bench_featurizer.py", "bench_distributed.py", "profile_runtimes.py"]
+)
 def test_encoding_benchmarks_turn_the_cache_off(script):
     """Every CLIPFeaturizer these scripts time passes ``cache=False``: with the cache on,
     bench_featurizer's timed passes were cache hits (it printed a ratio of 5445)."""

@@ -1,9 +1,11 @@
 """ONNX Runtime for the image tower on the CPU.
 
-On a CPU, ONNX Runtime runs a ViT image tower faster than PyTorch's eager forward (it
-fuses attention and layer norms and picks better GEMM kernels; see
-``benchmarks/bench_featurizer.py``). This module makes that usable without any
-step by hand:
+On a CPU, ONNX Runtime runs a ViT image tower faster than PyTorch's eager forward when
+it has several cores. Its optimized graph keeps the matrix products, where most of the
+time goes, and fuses little (QuickGELU, a transposed product); on one thread both
+runtimes do about the same work, but ONNX Runtime keeps the cores busier. Table 2 of
+``benchmarks/profile_runtimes.py`` measures both on your machine. This module makes
+that usable without any step by hand:
 
 - :func:`image_encoder` exports the checkpoint's image tower once, *with* the
   preprocessing's rescale and normalization, so the ONNX model takes the decode
@@ -30,13 +32,14 @@ step by hand:
   (int8 weights, activations quantized on the fly): faster, but the embeddings are
   *approximate* (on a random ViT-B/32, cosine to float32 >= 0.9998; unknown on
   trained weights). Opt-in only.
-- An :class:`onnxruntime.InferenceSession` is created once per (export, threads) in
-  the process and shared. It is created from the bytes that were hashed (the files are
-  read into memory, checked against the record, and the weights handed to ONNX Runtime
-  from memory), so a weights file edited or replaced later, even while the session
-  lives, cannot change what it computes. Cost: the export's files are hashed a second
-  time then, and its bytes are held in memory while the session is made (ONNX Runtime
-  copies the weights, as it would from the file). Needs onnxruntime >= 1.23.
+- An :class:`onnxruntime.InferenceSession` is created once per (export, threads,
+  :data:`SESSION_CONFIG`) in the process and shared. It is created from the bytes that
+  were hashed (the files are read into memory, checked against the record, and the
+  weights handed to ONNX Runtime from memory), so a weights file edited or replaced
+  later, even while the session lives, cannot change what it computes. Cost: the
+  export's files are hashed a second time then, and its bytes are held in memory while
+  the session is made (ONNX Runtime copies the weights, as it would from the file).
+  Needs onnxruntime >= 1.23.
 
 ``onnxruntime`` is an optional dependency (``pip install skclip[onnx]``); exporting
 also needs ``onnx`` and ``onnxscript`` (in the same extra).
@@ -54,6 +57,7 @@ import logging
 import os
 import shutil
 import stat
+import sys
 import tempfile
 import threading
 import warnings
@@ -64,6 +68,7 @@ from typing import Any
 
 import numpy as np
 import torch
+from tqdm.auto import tqdm
 
 from .identity import CheckpointInfo
 from .loading import Backbone
@@ -85,8 +90,9 @@ _META_FILE = "meta.json"
 # export folder -> (stamps of its files, identity): verified in this process
 _VERIFIED: dict[str, tuple[tuple, str]] = {}
 
-_SESSIONS: dict[tuple[str, int, str | None], Any] = {}  # (export, threads, identity)
-# per loaded model: (dtype, threads, folder) -> encoder, so that a call finds its encoder
+# (export, threads, identity, SESSION_CONFIG items) -> session
+_SESSIONS: dict[tuple[str, int, str | None, tuple], Any] = {}
+# per loaded model: (dtype, threads, folder, config) -> encoder, so that a call finds its encoder
 # without checking the export on disk again; dropped with the model
 _ENCODERS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
 _LOCK = threading.RLock()  # one export (and one session creation) at a time per process
@@ -430,7 +436,28 @@ def _export_int8(source: Path, target: Path) -> None:
         root.setLevel(level)
 
 
-def export(clip: Backbone, dtype: str = "float32", folder: str | os.PathLike | None = None) -> Path:
+#: What the progress line says while an export is made.
+EXPORT_NOTE = "exporting the image tower to ONNX (once per checkpoint)"
+
+
+def _note_export(clip: Backbone, dtype: str, target: Path, progress: bool | str) -> None:
+    """One line on stderr (unless ``progress`` is False) saying an export is being made:
+    the first use of a checkpoint takes seconds to a minute longer than the next ones."""
+    if progress is False:
+        return
+    tqdm.write(  # around an open progress bar
+        f"skclip: {EXPORT_NOTE}: {clip.name} ({dtype}) into {target.parent} ...",
+        file=sys.stderr,
+    )
+
+
+def export(
+    clip: Backbone,
+    dtype: str = "float32",
+    folder: str | os.PathLike | None = None,
+    *,
+    progress: bool | str = "auto",
+) -> Path:
     """The folder of ``clip``'s ONNX export, made now if it is missing or broken.
 
     Parameters
@@ -442,6 +469,8 @@ def export(clip: Backbone, dtype: str = "float32", folder: str | os.PathLike | N
         (approximate embeddings).
     folder : path-like or None, default=None
         Where exports are kept; None is :func:`default_folder`.
+    progress : bool or "auto", default="auto"
+        False: no line on stderr when an export is made (:data:`EXPORT_NOTE`).
 
     Returns
     -------
@@ -461,10 +490,11 @@ def export(clip: Backbone, dtype: str = "float32", folder: str | os.PathLike | N
                 return target  # made by another process meanwhile
             if target.exists():
                 _discard(target)
+            _note_export(clip, dtype, target, progress)
             if dtype == "float32":
                 _export_float32(clip, target)
             else:
-                _export_int8(export(clip, "float32", root), target)
+                _export_int8(export(clip, "float32", root, progress=False), target)
         return target
 
 
@@ -537,6 +567,39 @@ class ImageEncoder:
         return f"ImageEncoder(path={str(self.path)!r}, threads={self.threads})"
 
 
+#: Configuration entries of every session (``SessionOptions.add_session_config_entry``):
+#: no spinning. ONNX Runtime's default spin (2**20 pauses) burns about 40 ms of a core
+#: after every forward pass on a 2-core AMD EPYC, which the decoding of the next batch
+#: needs; a spin bounded to 100 us within a pass and stopped after it
+#: (``session.intra_op.spin_duration_us``, ``session.force_spinning_stop``) was no faster
+#: there and took more CPU under load. Measured by ``benchmarks/profile_runtimes.py``;
+#: part of a session's key in this process.
+SESSION_CONFIG: dict[str, str] = {"session.intra_op.allow_spinning": "0"}
+
+
+def session_options(threads: int) -> Any:
+    """The :class:`onnxruntime.SessionOptions` of an image tower's session: ``threads``
+    intra-op threads, sequential execution (the graph is a chain: inter-op threads would
+    only wait), every graph optimization, :data:`SESSION_CONFIG`, errors-only logging.
+
+    Examples
+    --------
+    >>> from skclip.backbones.onnx import session_options
+    >>> session_options(2).intra_op_num_threads
+    2
+    """
+    ort = _require_onnxruntime()
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = threads
+    options.inter_op_num_threads = 1
+    options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    for key, value in SESSION_CONFIG.items():
+        options.add_session_config_entry(key, value)
+    options.log_severity_level = 3  # errors only
+    return options
+
+
 def _session(path: Path, threads: int) -> tuple[Any, str]:
     """A session of the export in ``path`` and its identity, made from the verified bytes.
 
@@ -551,14 +614,7 @@ def _session(path: Path, threads: int) -> tuple[Any, str]:
     changed = [n for n, data in blobs.items() if hashlib.sha256(data).hexdigest() != sums[n]]
     if changed or _MODEL_FILE not in blobs:
         raise ValueError(f"the export in {path} changed since it was verified: {changed}")
-    options = ort.SessionOptions()
-    options.intra_op_num_threads = threads
-    options.inter_op_num_threads = 1
-    options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
-    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-    # No busy-waiting between calls: the decode threads share the cores with it.
-    options.add_session_config_entry("session.intra_op.allow_spinning", "0")
-    options.log_severity_level = 3  # errors only
+    options = session_options(threads)
     weights = [name for name in blobs if name != _MODEL_FILE]
     buffers = [np.frombuffer(blobs[name], dtype=np.uint8) for name in weights]
     if weights and not hasattr(options, "add_external_initializers_from_files_in_memory"):
@@ -581,6 +637,7 @@ def image_encoder(
     dtype: str = "float32",
     threads: int | None = None,
     folder: str | os.PathLike | None = None,
+    progress: bool | str = "auto",
 ) -> ImageEncoder:
     """ONNX Runtime encoder of ``clip``'s image tower, exported on first use.
 
@@ -599,6 +656,8 @@ def image_encoder(
         for torch (e.g. inside joblib workers) apply here too.
     folder : path-like or None, default=None
         Where exports are kept; None is :func:`default_folder`.
+    progress : bool or "auto", default="auto"
+        False: no line on stderr when the export is made.
 
     Returns
     -------
@@ -616,21 +675,22 @@ def image_encoder(
     """
     _require_onnxruntime()
     threads = int(threads) if threads is not None else torch.get_num_threads()
-    memo_key = (dtype, threads, None if folder is None else os.fspath(folder))
+    config = tuple(sorted(SESSION_CONFIG.items()))
+    memo_key = (dtype, threads, None if folder is None else os.fspath(folder), config)
     memo = _ENCODERS.get(clip)
     if memo is not None and memo_key in memo:  # checked and loaded before in this process
         return memo[memo_key]
     with _LOCK:
-        path = export(clip, dtype, folder)  # verified
-        key = (str(path), threads, verified(path))
+        path = export(clip, dtype, folder, progress=progress)  # verified
+        key = (str(path), threads, verified(path), config)
         if key not in _SESSIONS:
             try:  # from the bytes it hashes: what is verified is what runs
                 session, identity = _session(path, threads)
             except Exception:  # noqa: BLE001 - changed since, or unreadable: rebuild once
                 _discard(path)
-                path = export(clip, dtype, folder)
+                path = export(clip, dtype, folder, progress=progress)
                 session, identity = _session(path, threads)
-            key = (str(path), threads, identity)
+            key = (str(path), threads, identity, config)
             _SESSIONS[key] = session
         encoder = ImageEncoder(path, threads, _SESSIONS[key], dtype, key[2] or "")
         _ENCODERS.setdefault(clip, {})[memo_key] = encoder

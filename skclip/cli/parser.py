@@ -125,6 +125,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_fit(sub)
     _add_predict(sub)
     _add_demo_model(sub)
+    _add_export_onnx(sub)
     return parser
 
 
@@ -325,3 +326,32 @@ def _add_demo_model(sub: Any) -> None:
         "--random-state", type=int, default=0, help="seed of the random weights (default 0)"
     )
     demo.set_defaults(func=_demo_model, quiet=False)
+
+
+def _export_onnx(args: argparse.Namespace) -> int:
+    from .export_onnx import export_onnx_command  # imported when the command runs
+
+    return export_onnx_command(args)
+
+
+def _add_export_onnx(sub: Any) -> None:
+    exp = sub.add_parser(
+        "export-onnx",
+        help="export a checkpoint's image tower for ONNX Runtime now, ahead of first use",
+        description="Make the one-time ONNX export of MODEL's image tower that ONNX Runtime "
+        "runs on the CPU (otherwise made on first use), in ~/.cache/skclip/onnx or "
+        "$SKCLIP_CACHE_DIR/onnx; print its folder. An export already there is checked, "
+        "not made again. Needs skclip[onnx].",
+    )
+    exp.add_argument(
+        "model", type=checkpoint, help="checkpoint: hub id or local folder (save_pretrained)"
+    )
+    exp.add_argument(
+        "--dtype",
+        choices=("float32", "int8"),
+        default="float32",
+        help="float32 (the default; what runtime='onnxruntime' uses) or int8 (dynamic "
+        "quantization, what dtype='int8' uses)",
+    )
+    _quiet_or_verbose(exp)
+    exp.set_defaults(func=_export_onnx)

@@ -32,6 +32,7 @@ from collections.abc import Callable, Generator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from functools import partial
+from pathlib import Path
 from typing import Any, NamedTuple, cast
 
 import numpy as np
@@ -116,6 +117,9 @@ class EncodeSpec:
     progress : bool or "auto"
     encoder : skclip.backbones.onnx.ImageEncoder or None
         The ONNX Runtime image tower (``runtime="onnxruntime"``), or None for PyTorch.
+    decode_between : bool
+        Decode each batch between forward passes, on every decode thread
+        (:func:`decoded_between`), instead of during them.
     """
 
     clip: Backbone
@@ -128,6 +132,7 @@ class EncodeSpec:
     n_threads: int
     progress: bool | str = "auto"
     encoder: _onnx.ImageEncoder | None = None
+    decode_between: bool = False
 
     @property
     def needs_digests(self) -> bool:
@@ -181,6 +186,12 @@ def check_items(X: Any) -> list:
     if len(items) == 0:
         raise ValueError("Found 0 images: CLIPFeaturizer needs at least one image.")
     return items
+
+
+#: With ONNX Runtime on the CPU and ``n_jobs=None``, decode between the forward passes on
+#: as many threads as ONNX Runtime's (:func:`decoded_between`), not during them on one:
+#: the pass keeps every core busy. ``benchmarks/profile_runtimes.py`` measures both.
+ONNX_DECODE_BETWEEN = True
 
 
 def n_threads(n_jobs: int | None, device: torch.device) -> int:
@@ -269,13 +280,20 @@ def _cache_settings(
 
 RUNTIMES = ("auto", "torch", "onnxruntime")
 
+#: Whether ``runtime="auto"`` picks ONNX Runtime on the CPU in float32 when it is installed.
+#: False: from image files to embeddings on 2 cores it was about 1.2x PyTorch's eager
+#: forward (both keep the cores busy, so the gain is the ratio of their work, decoding
+#: included), short of the 1.3x that would pay for its one-time export and the second or
+#: two each process spends checking and loading it (``benchmarks/profile_runtimes.py``;
+#: README, "Which runtime"). ``runtime="onnxruntime"`` asks for it.
+AUTO_PICKS_ONNXRUNTIME = False
+
 
 def resolve_runtime(runtime: str, device: torch.device, dtype: str) -> str:
     """``"torch"`` or ``"onnxruntime"``: what encodes for these featurizer parameters.
 
-    ``"auto"`` is ONNX Runtime on the CPU in float32 when it is installed (with the
-    ``onnx`` and ``onnxscript`` packages that export), PyTorch otherwise (GPU, float16,
-    bfloat16). ``dtype="int8"`` exists only in ONNX Runtime.
+    ``"auto"`` is PyTorch (ONNX Runtime on the CPU in float32, when installed, if
+    :data:`AUTO_PICKS_ONNXRUNTIME`). ``dtype="int8"`` exists only in ONNX Runtime.
     """
     if dtype == "int8":
         if runtime == "torch":
@@ -286,7 +304,8 @@ def resolve_runtime(runtime: str, device: torch.device, dtype: str) -> str:
         runtime = "onnxruntime"
     if runtime == "auto":
         cpu_float32 = device.type == "cpu" and dtype in ("auto", "float32")
-        return "onnxruntime" if cpu_float32 and _onnx.is_available() else "torch"
+        onnx = AUTO_PICKS_ONNXRUNTIME and cpu_float32 and _onnx.is_available()
+        return "onnxruntime" if onnx else "torch"
     if runtime == "onnxruntime":
         if device.type != "cpu":
             raise ValueError(
@@ -307,21 +326,40 @@ def model_dtype(dtype: str) -> str:
     return "float32" if dtype == "int8" else dtype
 
 
-def onnx_encoder(clip: Backbone, dtype: str, strict: bool) -> _onnx.ImageEncoder | None:
+def onnx_encoder(
+    clip: Backbone, dtype: str, strict: bool, progress: bool | str = "auto"
+) -> _onnx.ImageEncoder | None:
     """The ONNX Runtime tower of ``clip``; None (PyTorch) if it cannot be exported and
-    ONNX Runtime was not asked for explicitly (``strict=False``: ``runtime="auto"``)."""
+    ONNX Runtime was not asked for explicitly (``strict=False``: ``runtime="auto"``).
+    An export made now says so on stderr unless ``progress`` is False."""
     onnx_dtype = "int8" if dtype == "int8" else "float32"
     failed = _ONNX_FAILED.setdefault(clip, set())
     if not strict and onnx_dtype in failed:
         return None  # tried once for this loaded model: no export attempt per call
     try:
-        return _onnx.image_encoder(clip, dtype=onnx_dtype)
+        return _onnx.image_encoder(clip, dtype=onnx_dtype, progress=progress)
     except Exception as exc:
         if strict:
             raise
         failed.add(onnx_dtype)
         _onnx.warn_fallback(clip, exc)
         return None
+
+
+def export_onnx(model: Any, dtype: str = "auto", progress: bool | str = "auto") -> Path:
+    """The ONNX export that ``runtime="onnxruntime"`` (and ``"auto"`` on the CPU) uses for
+    a featurizer's ``model`` and ``dtype``, made now if it is missing or broken (see
+    :func:`skclip.backbones.onnx.export`): ``"int8"`` is quantized, any other of
+    ``"auto"`` and ``"float32"`` is float32. The model is loaded on the CPU in float32
+    whatever the featurizer's device."""
+    if dtype not in ("auto", "float32", "int8"):
+        raise ValueError(
+            f"ONNX Runtime runs in float32 (or dtype='int8'): there is no export for "
+            f"dtype={dtype!r}, which runs in PyTorch."
+        )
+    _onnx.require()
+    clip = load_backbone(model, "cpu", "float32")
+    return _onnx.export(clip, "int8" if dtype == "int8" else "float32", progress=progress)
 
 
 #: Loaded models whose ONNX export failed under runtime="auto", per ONNX dtype.
@@ -377,10 +415,11 @@ def spec_for(
     device = resolve_device(featurizer.device)
     runtime = resolve_runtime(featurizer.runtime, device, featurizer.dtype)
     clip = load_backbone(featurizer.model, device, model_dtype(featurizer.dtype))
+    progress = featurizer.progress if progress is None else progress
     encoder = None
     strict = featurizer.runtime == "onnxruntime" or featurizer.dtype == "int8"
     if runtime == "onnxruntime" and (strict or _onnx.supports(clip)):  # "auto": fixed sizes
-        encoder = onnx_encoder(clip, featurizer.dtype, strict)
+        encoder = onnx_encoder(clip, featurizer.dtype, strict, progress)
     cache = None
     if featurizer.cache:
         MEMORY.maxsize = featurizer.cache_size
@@ -388,6 +427,8 @@ def spec_for(
         settings = cache_settings(clip, featurizer.normalize, n_views, seed, identity)
         folder = featurizer.cache_dir if featurizer.cache_dir is not None else worker_folder()
         cache = EmbeddingCache(settings, clip.embedding_dim, folder, unit=featurizer.normalize)
+    between = ONNX_DECODE_BETWEEN and encoder is not None and featurizer.n_jobs is None
+    threads = encoder.threads if encoder is not None and between else None
     return EncodeSpec(
         clip=clip,
         preprocess=clip.preprocessor,
@@ -396,9 +437,10 @@ def spec_for(
         seed=seed,
         cache=cache,
         batch_size=featurizer.batch_size,
-        n_threads=n_threads(featurizer.n_jobs, clip.device),
-        progress=featurizer.progress if progress is None else progress,
+        n_threads=threads or n_threads(featurizer.n_jobs, clip.device),
+        progress=progress,
         encoder=encoder,
+        decode_between=between,
     )
 
 
@@ -495,10 +537,18 @@ def _read_file(item: Any, index: int, hashed: bool) -> tuple[str | None, bytes]:
     return None, _read_bytes(os.fspath(item), index)
 
 
-def prepare(items: list, digests: list[str | None], spec: EncodeSpec, batch: list[int]) -> Prepared:
-    """Step 2, in a decode thread: read each file once and hash those bytes, look them up,
-    decode the misses from the same bytes."""
-    found, kept, keys, arrays, errors = [], [], [], [], []
+class Fetched(NamedTuple):
+    """One batch after :func:`fetch`: files read once and hashed, cache hits found."""
+
+    found: list[tuple[int, np.ndarray]]  # cache hits of files hashed here
+    todo: list[tuple[int, str | None, bytes | None]]  # (position, digest, file bytes or None)
+    errors: list[ItemError]
+
+
+def fetch(items: list, digests: list[str | None], spec: EncodeSpec, batch: list[int]) -> Fetched:
+    """Step 2a: read each file of a batch once and hash those bytes, look them up (in
+    memory, no decoding: cheap, and disk waits are hidden when done ahead)."""
+    found, todo, errors = [], [], []
     for i in batch:
         item, digest, data = items[i], digests[i], None
         try:
@@ -510,15 +560,72 @@ def prepare(items: list, digests: list[str | None], spec: EncodeSpec, batch: lis
                     if vec is not None:
                         found.append((i, vec))
                         continue
-            views = crops(open_image(item, i, data=data), spec, digest)
-        except Exception as exc:  # noqa: BLE001 - any decoder failure names the input
+        except Exception as exc:  # noqa: BLE001 - unreadable: named, the others go on
             errors.append(item_error(item, i, exc))
             continue
-        arrays.extend(views)
+        todo.append((i, digest, data))
+    return Fetched(found, todo, errors)
+
+
+def decode(items: list, spec: EncodeSpec, fetched: Fetched, pool: Any = None) -> Prepared:
+    """Step 2b: decode a fetched batch from the bytes that were hashed (so an embedding is
+    stored under the digest of exactly what was decoded), crop, collate; one image per
+    task in ``pool``'s threads if given (a ``ThreadPoolExecutor``), else here."""
+
+    def one(entry: tuple[int, str | None, bytes | None]) -> tuple[list[np.ndarray] | None, Any]:
+        i, digest, data = entry
+        try:
+            return crops(open_image(items[i], i, data=data), spec, digest), None
+        except Exception as exc:  # noqa: BLE001 - any decoder failure names the input
+            return None, item_error(items[i], i, exc)
+
+    kept, keys, arrays, errors = [], [], [], list(fetched.errors)
+    views = (pool.map if pool is not None else map)(one, fetched.todo)
+    for (i, digest, _), (crop, error) in zip(fetched.todo, views):
+        if crop is None:
+            errors.append(error)
+            continue
+        arrays.extend(crop)
         kept.append(i)
         keys.append(digest)
     pixels = spec.preprocess.collate(arrays) if arrays else None
-    return Prepared(found, kept, keys, pixels, errors)
+    return Prepared(fetched.found, kept, keys, pixels, errors)
+
+
+def prepare(items: list, digests: list[str | None], spec: EncodeSpec, batch: list[int]) -> Prepared:
+    """Step 2, in a decode thread: :func:`fetch`, then :func:`decode`."""
+    return decode(items, spec, fetch(items, digests, spec, batch))
+
+
+def decoded_between(
+    items: list, digests: list[str | None], spec: EncodeSpec, batches: list[list[int]]
+) -> Generator[Prepared, None, None]:
+    """The prepared batches for a forward pass that uses every core (ONNX Runtime on the
+    CPU): each batch's files are read ahead by one thread (during the previous pass:
+    disk waits are hidden, at a negligible CPU cost), and decoded by ``spec.n_threads``
+    threads only when the caller asks for the batch, between passes. On cores the pass
+    keeps busy, decoding during it would cost the same CPU time, and would preempt a
+    thread of its evenly split matrix products, which then all wait for that thread.
+
+    Close it explicitly, as :func:`prefetch`.
+    """
+    with (
+        ThreadPoolExecutor(spec.n_threads, thread_name_prefix="skclip-decode") as pool,
+        contextlib.closing(prefetch(partial(fetch, items, digests, spec), batches, 1)) as ahead,
+    ):
+        for fetched in ahead:
+            yield decode(items, spec, fetched, pool)
+
+
+def prepared(
+    items: list, digests: list[str | None], spec: EncodeSpec, batches: list[list[int]]
+) -> Generator[Prepared, None, None]:
+    """The batches, prepared as ``spec.decode_between`` says: :func:`decoded_between`, or
+    :func:`prepare` in ``spec.n_threads`` threads ahead of the forward passes
+    (:func:`prefetch`). Close it explicitly."""
+    if spec.decode_between:
+        return decoded_between(items, digests, spec, batches)
+    return prefetch(partial(prepare, items, digests, spec), batches, spec.n_threads)
 
 
 def prefetch(
@@ -609,7 +716,7 @@ def encode(items: list, spec: EncodeSpec, keep_going: bool) -> Encoded:
     todo, size = found.todo, spec.batch_size
     batches = [todo[k : k + size] for k in range(0, len(todo), size)]
     disable = {True: False, False: True, "auto": None if len(todo) > size else True}
-    results = prefetch(partial(prepare, items, found.digests, spec), batches, spec.n_threads)
+    results = prepared(items, found.digests, spec, batches)
     try:
         with (
             contextlib.closing(results),
