@@ -3,7 +3,7 @@
 On a ViT-B/32-size random CLIP and ``--n-images`` generated JPEGs (320x240 by default),
 five tables, each row in milliseconds per image, wall and CPU time (the CPU time of the
 whole process, every thread: what a stage costs the machine; on 2 cores kept busy the
-wall throughput is about ``2 / CPU per image``):
+wall throughput is about ``2 / CPU per image``), and the cores used (CPU / wall):
 
 1. Stages: file read + hash, decode + preprocess (1 and 2 threads), the forward pass
    (PyTorch eager from ready float tensors, ``bench_featurizer.py``'s baseline, and ONNX
@@ -20,8 +20,8 @@ wall throughput is about ``2 / CPU per image``):
    still spin) or after 0.2 s idle.
 5. End to end, ``CLIPFeaturizer(cache=False).transform(paths)``: PyTorch, ONNX Runtime as
    skclip runs it, and ONNX Runtime decoding during the passes on one thread (as skclip
-   did before) or spinning up to 100 us in a pass, against PyTorch's eager forward on
-   ready tensors: the ratio ``bench_featurizer.py`` prints (goal for ONNX Runtime: >= 1.3).
+   did before), against PyTorch's eager forward on ready tensors: the ratio
+   ``bench_featurizer.py`` prints (goal for ONNX Runtime: >= 1.3).
 
 Every number is the median of ``--rounds`` rounds; in each round every row of a table
 runs once, in turn, so a drift of the machine touches them alike. The load average is
@@ -56,8 +56,12 @@ import numpy as np  # noqa: E402
 Timing = tuple[float, float]  # (wall, CPU) seconds
 SPIN_OFF = {"session.intra_op.allow_spinning": "0"}
 SPIN_ON = {"session.intra_op.allow_spinning": "1"}  # ONNX Runtime's default
-SPIN_IN_RUN = {**SPIN_ON, "session.force_spinning_stop": "1"}
-SPIN_100_US = {**SPIN_IN_RUN, "session.intra_op.spin_duration_us": "100"}  # onnxruntime >= 1.26
+# spin at most 100 us in a pass (onnxruntime >= 1.26), none after it
+SPIN_100_US = {
+    **SPIN_ON,
+    "session.force_spinning_stop": "1",
+    "session.intra_op.spin_duration_us": "100",
+}
 
 
 def variant_table(own: dict[str, str]) -> dict[str, tuple[int, dict[str, str], dict[str, str]]]:
@@ -67,7 +71,6 @@ def variant_table(own: dict[str, str]) -> dict[str, tuple[int, dict[str, str], d
         "skclip's settings, session from the file": (2, own, {}),
         "spin off": (2, SPIN_OFF, {}),
         "spin on (ORT's default: 2**20 pauses)": (2, SPIN_ON, {}),
-        "spin on in a pass, stop after it": (2, SPIN_IN_RUN, {}),
         "spin <= 100 us in a pass, stop after it": (2, SPIN_100_US, {}),
         "1 intra-op thread": (1, own, {}),
         "graph optimization: basic": (2, own, {"opt": "basic"}),
@@ -114,14 +117,15 @@ def own_cpu() -> float:
 
 
 def table(title: str, got: dict[str, Timing], per: int, ref: float | None = None) -> None:
-    """Print a table: milliseconds per image (wall, CPU), images per second, and the
-    speed relative to the wall time ``ref`` if given."""
+    """Print a table: milliseconds per image (wall, CPU), images per second, cores used
+    (CPU / wall), and the speed relative to the wall time ``ref`` if given."""
     print(f"\n{title}")
-    print(f"  {'':<50s} {'wall ms':>8s} {'CPU ms':>8s} {'img/s':>7s}   (per image)")
+    print(f"  {'':<48s} {'wall ms':>8s} {'CPU ms':>8s} {'img/s':>7s} {'cores':>5s}  (per image)")
     for name, (wall, cpu) in got.items():
         extra = f"  {ref / wall:5.2f}x" if ref else ""
         print(
-            f"  {name:<50s} {wall / per * 1e3:8.2f} {cpu / per * 1e3:8.2f} {per / wall:7.1f}{extra}"
+            f"  {name:<48s} {wall / per * 1e3:8.2f} {cpu / per * 1e3:8.2f} {per / wall:7.1f} "
+            f"{cpu / wall:5.2f}{extra}"
         )
 
 
@@ -382,31 +386,24 @@ SKCLIP_ORT = "runtime=onnxruntime, as skclip runs it"
 
 
 def end_to_end(s: Setup) -> dict[str, Timing]:
-    """Table 5: CLIPFeaturizer from the paths, both runtimes, ONNX Runtime's settings."""
+    """Table 5: CLIPFeaturizer from the paths, both runtimes, and ONNX Runtime decoding
+    during its passes (on one thread) as skclip did before."""
     from skclip import CLIPFeaturizer
-    from skclip.backbones import onnx as _onnx
     from skclip.encoding import engine
 
     n, bs = len(s.paths), s.args.batch_size
-    own = dict(_onnx.SESSION_CONFIG)
 
-    def featurizer(
-        runtime: str, between: bool = True, config: dict[str, str] = own
-    ) -> Callable[[], None]:
+    def featurizer(runtime: str, between: bool = True) -> Callable[[], None]:
         f = CLIPFeaturizer(
             model=s.model_dir, runtime=runtime, batch_size=bs, cache=False, progress=False
         )
 
         def run() -> None:
             engine.ONNX_DECODE_BETWEEN = between
-            _onnx.SESSION_CONFIG.clear()
-            _onnx.SESSION_CONFIG.update(config)
             try:
                 f.transform(s.paths)
             finally:
                 engine.ONNX_DECODE_BETWEEN = True
-                _onnx.SESSION_CONFIG.clear()
-                _onnx.SESSION_CONFIG.update(own)
 
         return run
 
@@ -415,10 +412,9 @@ def end_to_end(s: Setup) -> dict[str, Timing]:
         "runtime=torch": featurizer("torch"),
         SKCLIP_ORT: featurizer("onnxruntime"),
         "  ... decoding during passes, 1 thread (before)": featurizer("onnxruntime", False),
-        "  ... spinning <= 100 us in a pass": featurizer("onnxruntime", config=SPIN_100_US),
     }
     for fn in fns.values():
-        fn()  # warm-up (sessions, threads)
+        fn()  # warm-up (threads)
     return rounds(fns, s.args.rounds)
 
 
