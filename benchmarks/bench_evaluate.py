@@ -39,7 +39,7 @@ def _evaluate(data: str, model: str, cache: str, report: str, cv: int) -> float:
     cmd = [sys.executable, "-m", "skclip", "evaluate", data, "--model", model]
     cmd += ["--cv", str(cv), "--cache-dir", cache, "--report", report, "-q"]
     start = time.perf_counter()
-    subprocess.run(cmd, check=True, stderr=subprocess.DEVNULL)
+    subprocess.run(cmd, check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     return time.perf_counter() - start
 
 
