@@ -44,7 +44,7 @@ from PIL import Image
 from .._hashing import DIGEST_SIZE as _DIGEST_SIZE
 from .._hashing import hasher as _hasher
 from .._images import read_image_bytes
-from .stamps import FileStamps
+from .stamps import FileStamps, Lease
 
 CacheInfo = namedtuple("CacheInfo", ["hits", "misses", "maxsize", "currsize"])
 
@@ -92,10 +92,16 @@ class _FileDigests:
 
     def known_many(self, paths: list[str]) -> list[str | None]:
         """:meth:`known` of each path, in one pass."""
-        stamps = self.stamps.stamps(paths)
+        return self.known_leased(paths)[0]
+
+    def known_leased(self, paths: list[str]) -> tuple[list[str | None], Lease | None]:
+        """:meth:`known_many`, and a lease on the files' stamps
+        (:meth:`~skclip.encoding.stamps.FileStamps.leased`) when every digest is known."""
+        stamps, lease = self.stamps.leased(paths)
         with self._lock:
             get = self._memo.get
-            return [None if stamp is None else get(stamp) for stamp in stamps]
+            digests = [None if stamp is None else get(stamp) for stamp in stamps]
+        return digests, lease if lease is not None and None not in digests else None
 
     def read(self, path: str, index: int = 0) -> tuple[str, bytes]:
         """Read the file once and hash those bytes; returns (digest, bytes): decode these
@@ -205,6 +211,75 @@ class MemoryStore:
 
 
 MEMORY = MemoryStore()
+
+
+class RowsMemo:
+    """The embeddings of whole lists of files, each of them a cache hit, kept while a
+    lease on the files' stamps holds: a search looks the same lists up again and again
+    (each fold's train and test images, once per candidate), and this answers with one
+    copy instead of a stamp, a digest and an entry per file.
+
+    A list is served only under the lease taken when its rows were gathered
+    (:meth:`~skclip.encoding.stamps.FileStamps.holds`: void after any change the stamps
+    would notice, and at the latest ``max_age`` after the oldest stamp), so it answers
+    exactly what the per-file lookup would. Bounded by ``max_bytes`` (a list over a
+    quarter of it is not kept) and ``max_entries``, least recently used first.
+
+    Parameters
+    ----------
+    max_bytes : int, default=128 MiB
+    max_entries : int, default=64
+    """
+
+    def __init__(self, max_bytes: int = 128 << 20, max_entries: int = 64) -> None:
+        self._data: OrderedDict[tuple, tuple[Lease, np.ndarray]] = OrderedDict()
+        self._lock = threading.Lock()
+        self.max_bytes = max_bytes
+        self.max_entries = max_entries
+        self._bytes = 0
+
+    def get(self, key: tuple) -> np.ndarray | None:
+        """A new copy of the rows of ``key`` if its lease holds, else None."""
+        with self._lock:
+            entry = self._data.get(key)
+        if entry is None:
+            return None
+        if not FILE_DIGESTS.stamps.holds(entry[0]):
+            self._drop(key, entry)
+            return None
+        with self._lock:
+            if key in self._data:
+                self._data.move_to_end(key)
+        return entry[1].copy()
+
+    def put(self, key: tuple, lease: Lease, rows: np.ndarray) -> None:
+        """Keep a copy of ``rows`` for ``key`` under ``lease``."""
+        if rows.nbytes > self.max_bytes // 4:
+            return
+        rows = rows.copy()
+        rows.setflags(write=False)
+        with self._lock:
+            old = self._data.pop(key, None)
+            if old is not None:
+                self._bytes -= old[1].nbytes
+            self._data[key] = (lease, rows)
+            self._bytes += rows.nbytes
+            while self._bytes > self.max_bytes or len(self._data) > self.max_entries:
+                self._bytes -= self._data.popitem(last=False)[1][1].nbytes
+
+    def _drop(self, key: tuple, entry: tuple) -> None:
+        with self._lock:
+            if self._data.get(key) is entry:
+                del self._data[key]
+                self._bytes -= entry[1].nbytes
+
+    def clear(self) -> None:
+        with self._lock:
+            self._data.clear()
+            self._bytes = 0
+
+
+ROWS = RowsMemo()
 
 #: Version of the on-disk layout and entry format: part of every entry's path
 #: (``<cache_dir>/v2-d<dim>/<shard>/<key>.emb``), so entries of another version are
@@ -940,10 +1015,11 @@ class EmbeddingCache:
 
 
 def clear() -> None:
-    """Empty the memory store, forget the digests and stamps of files (removing every
-    inotify watch) and which cache folders were found unusable (so they are tried, and
-    warned about, again)."""
+    """Empty the memory store and the gathered rows, forget the digests and stamps of
+    files (removing every inotify watch) and which cache folders were found unusable (so
+    they are tried, and warned about, again)."""
     MEMORY.clear()
+    ROWS.clear()
     FILE_DIGESTS.clear()
     with _DEGRADED_LOCK:
         _DEGRADED.clear()

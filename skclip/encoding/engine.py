@@ -45,6 +45,7 @@ from .claims import claim, release, wait_for
 from .cache import (
     FILE_DIGESTS,
     MEMORY,
+    ROWS,
     EmbeddingCache,
     _read_bytes,
     memory_digest,
@@ -54,6 +55,7 @@ from .cache import (
 from ..backbones import onnx as _onnx
 from .._images import DECODE_RULES, ImageLoadError, ImageLoadWarning, describe, open_image
 from ..backbones.identity import CheckpointInfo
+from .stamps import Lease
 from ..backbones.loading import Backbone, load_backbone, resolve_device
 from ..backbones.preprocess import Preprocessor
 
@@ -74,6 +76,7 @@ class Lookup(NamedTuple):
     hit_vecs: list[np.ndarray]  # their cached embeddings, in the same order
     todo: list[int]  # positions still to hash, look up or encode, in input order
     errors: list[ItemError]  # in-memory inputs that could not even be hashed
+    lease: Lease | None = None  # on the files' stamps, when all are files with known digests
 
 
 class Prepared(NamedTuple):
@@ -482,14 +485,15 @@ def crops(img: Image.Image, spec: EncodeSpec, digest: str | None) -> list[np.nda
 
 
 # -- steps --------------------------------------------------------------------------------------
-def _known_digests(items: list) -> tuple[list[str | None], list[ItemError]]:
+def _known_digests(items: list) -> tuple[list[str | None], list[ItemError], Lease | None]:
     """:func:`known_digest` of every input: the files' in one batch (no system call per
-    unchanged file, see ``skclip.encoding.stamps``), in-memory images one by one."""
+    unchanged file, see ``skclip.encoding.stamps``), in-memory images one by one; and a
+    lease on the files' stamps if every input is a file whose digest is known."""
     n = len(items)
     paths = [i for i, item in enumerate(items) if isinstance(item, (str, os.PathLike))]
-    known = FILE_DIGESTS.known_many([os.fspath(items[i]) for i in paths])
+    known, lease = FILE_DIGESTS.known_leased([os.fspath(items[i]) for i in paths])
     if len(paths) == n:  # the common case: only files
-        return known, []
+        return known, [], lease
     digests: list[str | None] = [None] * n
     for i, digest in zip(paths, known):
         digests[i] = digest
@@ -499,7 +503,22 @@ def _known_digests(items: list) -> tuple[list[str | None], list[ItemError]]:
             digests[i] = known_digest(items[i])
         except Exception as exc:  # noqa: BLE001 - e.g. a truncated, lazily opened image
             errors.append(item_error(items[i], i, exc))
-    return digests, errors
+    return digests, errors, None
+
+
+def rows_key(items: list, spec: EncodeSpec) -> tuple | None:
+    """The key of ``items`` in :data:`~skclip.encoding.cache.ROWS`: the cache's settings,
+    the working directory (relative paths) and the paths; None unless every input is a
+    path (``str`` or path-like), the cache is on and no progress bar was asked for."""
+    if spec.cache is None or spec.progress is True or not items:
+        return None
+    if not all(issubclass(kind, (str, os.PathLike)) for kind in set(map(type, items))):
+        return None
+    try:
+        cwd = os.getcwd()
+    except OSError:  # the working directory was removed
+        return None
+    return (spec.cache.prefix, cwd, tuple(items))
 
 
 def lookup(items: list, spec: EncodeSpec) -> Lookup:
@@ -508,8 +527,9 @@ def lookup(items: list, spec: EncodeSpec) -> Lookup:
     n = len(items)
     digests: list[str | None] = [None] * n
     errors: list[ItemError] = []
+    lease = None
     if spec.needs_digests:
-        digests, errors = _known_digests(items)
+        digests, errors, lease = _known_digests(items)
     hit_index: list[int] = []
     hit_vecs: list[np.ndarray] = []
     if spec.cache is not None:
@@ -517,7 +537,7 @@ def lookup(items: list, spec: EncodeSpec) -> Lookup:
         vecs = spec.cache.get_many([digest for digest in digests if digest is not None])
         if len(known) == n and all(vec is not None for vec in vecs):
             hits = cast("list[np.ndarray]", vecs)
-            return Lookup(digests, known, hits, [], errors)  # all hits: nothing to do
+            return Lookup(digests, known, hits, [], errors, lease)  # all hits: nothing to do
         for i, vec in zip(known, vecs):
             if vec is not None:
                 hit_index.append(i)
@@ -698,6 +718,10 @@ def encode(items: list, spec: EncodeSpec, keep_going: bool) -> Encoded:
     checked, to name every bad one.
     """
     n, dim = len(items), spec.clip.embedding_dim
+    key = rows_key(items, spec)
+    if key is not None and (rows := ROWS.get(key)) is not None:  # the same list again
+        MEMORY.count(hits=n, misses=0)
+        return Encoded(rows, [])
     out = np.empty((n, dim), dtype=np.float32)
     found = lookup(items, spec)
     n_hits = len(found.hit_index)
@@ -705,6 +729,8 @@ def encode(items: list, spec: EncodeSpec, keep_going: bool) -> Encoded:
         np.concatenate(found.hit_vecs, out=out.reshape(-1))
         if spec.cache is not None:
             MEMORY.count(hits=n, misses=0)
+        if key is not None and found.lease is not None:
+            ROWS.put(key, found.lease, out)
         return Encoded(out, [])
     if n_hits:
         out[found.hit_index] = np.concatenate(found.hit_vecs).reshape(n_hits, dim)

@@ -29,6 +29,12 @@ may have changed:
   name, in another folder) are stat'ed on every call, as is everything on systems
   without inotify or when a watch cannot be placed: the old behaviour.
 
+A *lease* (:meth:`FileStamps.leased`) lets a caller skip even the per-file work: it
+holds while no stamp it covered can have changed. It is void after any inotify event or
+queue overflow, any stamp taken again that differs (or a file gone), any stamp dropped
+to keep ``max_files``, a fork, :meth:`FileStamps.clear`, and once the oldest of its stamps
+is ``max_age`` old; files that are stat'ed on every call get no lease.
+
 Watches are a resource of the user, shared with every other program (IDEs, file
 synchronization, systemd): at most :func:`watch_cap` folders are watched (an eighth of
 the user's limit, at most 4096), files in other folders are stat'ed on every call, and
@@ -41,6 +47,7 @@ from __future__ import annotations
 import ctypes
 import ctypes.util
 import errno
+import math
 import os
 import stat
 import struct
@@ -80,6 +87,7 @@ _FOLDER_GONE = _IN_DELETE_SELF | _IN_MOVE_SELF | _IN_UNMOUNT | _IN_IGNORED
 _EVENT = struct.Struct("iIII")  # wd, mask, cookie, len; then len bytes of name
 
 Stamp = tuple  # (path, size, mtime_ns, inode, ctime_ns, device)
+Lease = tuple  # (generation, monotonic time it ends): see FileStamps.leased
 
 #: Most folders watched by one process, whatever the user's limit.
 MAX_WATCHES = 4096
@@ -245,6 +253,8 @@ class FileStamps:
         self._pid = os.getpid()
         # absolute path -> (stamp, time taken); only files whose folder is watched
         self._trusted: dict[str, tuple[Stamp, float]] = {}
+        # changes whenever a trusted stamp may have changed or been dropped: leases void
+        self._generation = 0
 
     def _watcher(self) -> _Inotify | None:
         if os.getpid() != self._pid:  # forked: the inherited queue belongs to the parent
@@ -253,6 +263,7 @@ class FileStamps:
                 self._inotify.close()  # this process's copy of the descriptor only
             self._inotify, self._inotify_failed = None, False
             self._trusted.clear()
+            self._generation += 1
         if self._inotify is None and not self._inotify_failed and self.use_inotify:
             if sys.platform.startswith("linux"):
                 cap = watch_cap() if self.max_watches is None else self.max_watches
@@ -265,6 +276,8 @@ class FileStamps:
         return self._inotify
 
     def _forget(self, changed: set[str], gone: set[str], overflow: bool) -> None:
+        if changed or gone or overflow:  # any event voids every lease: simple and safe
+            self._generation += 1
         if overflow:
             self._trusted.clear()
             return
@@ -286,13 +299,32 @@ class FileStamps:
         -------
         stamps : list of (path, size, mtime_ns, inode, ctime_ns, device) tuples or None
         """
+        return self.leased(paths)[0]
+
+    def leased(self, paths: list[str]) -> tuple[list[Stamp | None], Lease | None]:
+        """:meth:`stamps`, and a lease on them: while :meth:`holds` says so, the files
+        have these stamps still (as far as :meth:`stamps` could tell), so a result derived
+        from them can be reused without a call per file.
+
+        Parameters
+        ----------
+        paths : list of str
+
+        Returns
+        -------
+        stamps : list of stamp tuples or None
+        lease : tuple or None
+            None unless every file has a trusted stamp (watched folder, one link, no
+            symbolic link, a regular file).
+        """
         with self._lock:
             watcher = self._watcher()
             if watcher is None:
-                return [_stat_stamp(p) for p in paths]
+                return [_stat_stamp(p) for p in paths], None
             self._forget(*watcher.events())
             now = time.monotonic()
             oldest = now - self.max_age
+            first = now  # when the oldest stamp used was taken
             get = self._trusted.get
             out: list[Stamp | None] = []
             # relative paths are trusted under their absolute path
@@ -301,9 +333,25 @@ class FileStamps:
                 if entry is not None and entry[1] > oldest:
                     stamp = entry[0]
                     out.append(stamp if stamp[0] == path else (path, *stamp[1:]))
+                    if entry[1] < first:
+                        first = entry[1]
                 else:
                     out.append(self._check(watcher, path, full, now))
-            return out
+                    if full not in self._trusted:
+                        first = -math.inf  # stat'ed on every call: no lease
+            if first == -math.inf:
+                return out, None
+            return out, (self._generation, first + self.max_age)
+
+    def holds(self, lease: Lease) -> bool:
+        """Whether ``lease`` (from :meth:`leased`) still holds: no stamp it covered can
+        have changed since (inotify events are collected first)."""
+        with self._lock:
+            watcher = self._watcher()
+            if watcher is None:
+                return False
+            self._forget(*watcher.events())
+            return lease[0] == self._generation and time.monotonic() < lease[1]
 
     def _check(self, watcher: _Inotify, path: str, full: str, now: float) -> Stamp | None:
         """Watch the folder, then stat (in that order: no change slips in between)."""
@@ -314,17 +362,22 @@ class FileStamps:
                 st = os.stat(full)
                 watched = False  # the target may change in another folder
         except OSError:
-            self._trusted.pop(full, None)
+            if self._trusted.pop(full, None) is not None:
+                self._generation += 1
             return None
         stamp = _stamp(path, st)
         # inotify names the file as folder + "/" + name: a path spelled otherwise ("a//b",
         # "a/./b") would never match its events, so it is stat'ed every call instead
         canonical = os.path.join(os.path.dirname(full), os.path.basename(full)) == full
-        self._trusted.pop(full, None)  # re-inserted last: the most recently taken
-        if watched and canonical and st.st_nlink == 1 and stat.S_ISREG(st.st_mode):
+        before = self._trusted.pop(full, None)  # re-inserted last: the most recently taken
+        trusted = watched and canonical and st.st_nlink == 1 and stat.S_ISREG(st.st_mode)
+        if before is not None and (not trusted or before[0][1:] != stamp[1:]):
+            self._generation += 1  # changed unseen (another machine) or no longer watched
+        if trusted:
             self._trusted[full] = (stamp, now)
             if len(self._trusted) > self.max_files:
                 del self._trusted[next(iter(self._trusted))]  # the least recently taken
+                self._generation += 1
         return stamp
 
     @property
@@ -336,6 +389,7 @@ class FileStamps:
         """Forget every stamp and remove every watch (the next call stats every file)."""
         with self._lock:
             self._trusted.clear()
+            self._generation += 1
             if self._inotify is not None:
                 self._inotify.close()
             self._inotify = None
