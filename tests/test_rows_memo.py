@@ -228,3 +228,12 @@ def test_the_memo_is_bounded():
     memo.clear()
     assert memo._bytes == 0 and not memo._data
     assert isinstance(ROWS, RowsMemo)
+
+
+@linux
+def test_a_lease_holds_only_where_it_was_taken(tmp_path):
+    paths = files(tmp_path, 1)
+    lease = FileStamps().leased(paths)[1]
+    other = FileStamps()
+    other.leased(paths)
+    assert not other.holds(lease)  # e.g. FILE_DIGESTS.stamps replaced by a new instance

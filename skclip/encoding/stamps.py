@@ -47,6 +47,7 @@ from __future__ import annotations
 import ctypes
 import ctypes.util
 import errno
+import itertools
 import math
 import os
 import stat
@@ -88,6 +89,8 @@ _EVENT = struct.Struct("iIII")  # wd, mask, cookie, len; then len bytes of name
 
 Stamp = tuple  # (path, size, mtime_ns, inode, ctime_ns, device)
 Lease = tuple  # (generation, monotonic time it ends): see FileStamps.leased
+# generations are unique across instances: a lease never holds in another FileStamps
+_GENERATIONS = itertools.count()
 
 #: Most folders watched by one process, whatever the user's limit.
 MAX_WATCHES = 4096
@@ -254,7 +257,7 @@ class FileStamps:
         # absolute path -> (stamp, time taken); only files whose folder is watched
         self._trusted: dict[str, tuple[Stamp, float]] = {}
         # changes whenever a trusted stamp may have changed or been dropped: leases void
-        self._generation = 0
+        self._generation = next(_GENERATIONS)
 
     def _watcher(self) -> _Inotify | None:
         if os.getpid() != self._pid:  # forked: the inherited queue belongs to the parent
@@ -263,7 +266,7 @@ class FileStamps:
                 self._inotify.close()  # this process's copy of the descriptor only
             self._inotify, self._inotify_failed = None, False
             self._trusted.clear()
-            self._generation += 1
+            self._generation = next(_GENERATIONS)
         if self._inotify is None and not self._inotify_failed and self.use_inotify:
             if sys.platform.startswith("linux"):
                 cap = watch_cap() if self.max_watches is None else self.max_watches
@@ -277,7 +280,7 @@ class FileStamps:
 
     def _forget(self, changed: set[str], gone: set[str], overflow: bool) -> None:
         if changed or gone or overflow:  # any event voids every lease: simple and safe
-            self._generation += 1
+            self._generation = next(_GENERATIONS)
         if overflow:
             self._trusted.clear()
             return
@@ -363,7 +366,7 @@ class FileStamps:
                 watched = False  # the target may change in another folder
         except OSError:
             if self._trusted.pop(full, None) is not None:
-                self._generation += 1
+                self._generation = next(_GENERATIONS)
             return None
         stamp = _stamp(path, st)
         # inotify names the file as folder + "/" + name: a path spelled otherwise ("a//b",
@@ -372,12 +375,14 @@ class FileStamps:
         before = self._trusted.pop(full, None)  # re-inserted last: the most recently taken
         trusted = watched and canonical and st.st_nlink == 1 and stat.S_ISREG(st.st_mode)
         if before is not None and (not trusted or before[0][1:] != stamp[1:]):
-            self._generation += 1  # changed unseen (another machine) or no longer watched
+            self._generation = next(
+                _GENERATIONS
+            )  # changed unseen (another machine) or no longer watched
         if trusted:
             self._trusted[full] = (stamp, now)
             if len(self._trusted) > self.max_files:
                 del self._trusted[next(iter(self._trusted))]  # the least recently taken
-                self._generation += 1
+                self._generation = next(_GENERATIONS)
         return stamp
 
     @property
@@ -389,7 +394,7 @@ class FileStamps:
         """Forget every stamp and remove every watch (the next call stats every file)."""
         with self._lock:
             self._trusted.clear()
-            self._generation += 1
+            self._generation = next(_GENERATIONS)
             if self._inotify is not None:
                 self._inotify.close()
             self._inotify = None
