@@ -375,9 +375,8 @@ class FileStamps:
         before = self._trusted.pop(full, None)  # re-inserted last: the most recently taken
         trusted = watched and canonical and st.st_nlink == 1 and stat.S_ISREG(st.st_mode)
         if before is not None and (not trusted or before[0][1:] != stamp[1:]):
-            self._generation = next(
-                _GENERATIONS
-            )  # changed unseen (another machine) or no longer watched
+            # changed unseen (on another machine), or no longer watched: leases void
+            self._generation = next(_GENERATIONS)
         if trusted:
             self._trusted[full] = (stamp, now)
             if len(self._trusted) > self.max_files:
