@@ -294,10 +294,12 @@ def p6(args: argparse.Namespace) -> None:
         runs[1].clear()
     result = paired_times(search(1), search(2), args.rounds)
     walls = {n: sorted(r["wall"] for r in runs[n]) for n in runs}
+    runtime = RUNTIME.get("runtime", "auto (PyTorch on the CPU)")
+    if runtime == "onnxruntime":
+        runtime += f", ONNX export {'kept' if onnx_folder else 'made in every run'}"
     print(
         f"P6: first search in a new process, {args.p6_images} new images, ViT-B/32-size CLIP on "
-        f"{args.device}, GridSearchCV 3x2, cv=3 (18 fits + refit); ONNX export "
-        f"{'kept from an earlier run' if onnx_folder else 'made in every run (nothing on disk)'}"
+        f"{args.device}, GridSearchCV 3x2, cv=3 (18 fits + refit); runtime={runtime}"
         f"; {os.cpu_count()} cpus"
     )
     print(
