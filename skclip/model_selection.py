@@ -172,6 +172,15 @@ def _check_cv_classes(cv: Any, y_enc: np.ndarray, classes: np.ndarray) -> None:
 _SMALL_FACTORIZATION = 2048
 
 
+def _cv_and_scorer(search: Any, y_enc: np.ndarray) -> tuple[Any, Any]:
+    """A built-in CV's splitter (after :func:`_check_cv_classes`) and scorer (None for
+    accuracy, which the searches compute vectorized)."""
+    _check_cv_classes(search.cv, y_enc, search.classes_)
+    cv = check_cv(search.cv, y_enc, classifier=True)
+    scoring = search.scoring
+    return cv, None if scoring == "accuracy" else check_scoring(search, scoring=scoring)
+
+
 def _blas_threads(size: int) -> contextlib.AbstractContextManager:
     """One BLAS thread for a CV's loop of factorizations of ``(size, size)`` matrices
     when they are small (``size <= 2048``); no limit otherwise.
@@ -416,9 +425,7 @@ class TipAdapterClassifierCV(_BaseTipAdapter):
         betas = _check_grid("betas", self.betas, DEFAULT_BETAS)
         X, y_enc, views = self._prepare_views(X, y, self.train_views)
         n_classes = len(self.classes_)
-        _check_cv_classes(self.cv, y_enc, self.classes_)
-        cv = check_cv(self.cv, y_enc, classifier=True)
-        scorer = None if self.scoring == "accuracy" else check_scoring(self, scoring=self.scoring)
+        cv, scorer = _cv_and_scorer(self, y_enc)
         judge = _PrecomputedLogits(self.classes_).fit(None)  # scores precomputed logits
         W = self.text_features_
         text = None if W is None else torch.from_numpy(W)
@@ -588,9 +595,7 @@ class ProKeRClassifierCV(ProKeRClassifier):
         betas = _check_grid("betas", self.betas, PROKER_BETAS, strictly_positive=True)
         lmbdas = _check_grid("lmbdas", self.lmbdas, PROKER_LMBDAS, strictly_positive=True)
         X, y_enc = self._prepare(X, y)
-        _check_cv_classes(self.cv, y_enc, self.classes_)
-        cv = check_cv(self.cv, y_enc, classifier=True)
-        scorer = None if self.scoring == "accuracy" else check_scoring(self, scoring=self.scoring)
+        cv, scorer = _cv_and_scorer(self, y_enc)
         judge = _PrecomputedLogits(self.classes_).fit(None)
         zero_shot = self._zero_shot_params()
         fold_scores = []
@@ -734,9 +739,7 @@ class GDAClassifierCV(GDAClassifier):
         self._validate_params()
         alphas = _check_grid("alphas", self.alphas, GDA_ALPHAS)
         X, y_enc = self._prepare(X, y)
-        _check_cv_classes(self.cv, y_enc, self.classes_)
-        cv = check_cv(self.cv, y_enc, classifier=True)
-        scorer = None if self.scoring == "accuracy" else check_scoring(self, scoring=self.scoring)
+        cv, scorer = _cv_and_scorer(self, y_enc)
         priors = self._resolve_priors(y_enc)
         # one (d, d) Cholesky factorization per fold, and one for the refit
         with _blas_threads(X.shape[1]):
@@ -922,9 +925,7 @@ class APEClassifierCV(APEClassifier):
         }
         X, y_enc = self._prepare(X, y)
         self._n_selected(X.shape[1])  # a bad count fails before any fold
-        _check_cv_classes(self.cv, y_enc, self.classes_)
-        cv = check_cv(self.cv, y_enc, classifier=True)
-        scorer = None if self.scoring == "accuracy" else check_scoring(self, scoring=self.scoring)
+        cv, scorer = _cv_and_scorer(self, y_enc)
         scores = [self._fold_scores(X, y_enc, fold, grid, scorer) for fold in _folds(cv, X, y_enc)]
         best = _store_grid_results(self, np.array(scores), grid)
         self.alpha_, self.beta_, self.gamma_ = best["alpha"], best["beta"], best["gamma"]
