@@ -521,6 +521,16 @@ def rows_key(items: list, spec: EncodeSpec) -> tuple | None:
     return (spec.cache.prefix, cwd, tuple(items))
 
 
+def same_cwd(key: tuple) -> bool:
+    """Whether the working directory is still the one of ``key`` (:func:`rows_key`): if
+    another thread changed it while the files were looked up, relative paths may have
+    named other files, whose rows must not be kept under ``key``."""
+    try:
+        return os.getcwd() == key[1]
+    except OSError:
+        return False
+
+
 def lookup(items: list, spec: EncodeSpec) -> Lookup:
     """Step 1, in the calling thread: known digests and their cache hits, in one pass
     over the cache (no per-item work beyond dictionary lookups when all are hits)."""
@@ -729,7 +739,7 @@ def encode(items: list, spec: EncodeSpec, keep_going: bool) -> Encoded:
         np.concatenate(found.hit_vecs, out=out.reshape(-1))
         if spec.cache is not None:
             MEMORY.count(hits=n, misses=0)
-        if key is not None and found.lease is not None:
+        if key is not None and found.lease is not None and same_cwd(key):
             ROWS.put(key, found.lease, out)
         return Encoded(out, [])
     if n_hits:
