@@ -720,6 +720,18 @@ def store(cache: EmbeddingCache | None, keys: list[str | None], emb: np.ndarray)
             cache.put(key, vec)
 
 
+def gathered(found: Lookup, out: np.ndarray, spec: EncodeSpec, key: tuple | None) -> Encoded:
+    """Every input a cache hit: their embeddings gathered into ``out`` in one copy, and
+    kept in :data:`~skclip.encoding.cache.ROWS` under ``key`` (:func:`rows_key`) while the
+    lookup's lease holds, if it got one and the working directory did not change."""
+    np.concatenate(found.hit_vecs, out=out.reshape(-1))
+    if spec.cache is not None:
+        MEMORY.count(hits=len(out), misses=0)
+    if key is not None and found.lease is not None and same_cwd(key):
+        ROWS.put(key, found.lease, out)
+    return Encoded(out, [])
+
+
 def encode(items: list, spec: EncodeSpec, keep_going: bool) -> Encoded:
     """Embeddings of ``items`` and an :class:`ItemError` per bad input (its row is NaN).
 
@@ -736,12 +748,7 @@ def encode(items: list, spec: EncodeSpec, keep_going: bool) -> Encoded:
     found = lookup(items, spec)
     n_hits = len(found.hit_index)
     if n_hits == n and spec.progress is not True:  # all cached: one gather, no bar
-        np.concatenate(found.hit_vecs, out=out.reshape(-1))
-        if spec.cache is not None:
-            MEMORY.count(hits=n, misses=0)
-        if key is not None and found.lease is not None and same_cwd(key):
-            ROWS.put(key, found.lease, out)
-        return Encoded(out, [])
+        return gathered(found, out, spec, key)
     if n_hits:
         out[found.hit_index] = np.concatenate(found.hit_vecs).reshape(n_hits, dim)
     errors = list(found.errors)
