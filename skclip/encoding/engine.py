@@ -521,6 +521,16 @@ def rows_key(items: list, spec: EncodeSpec) -> tuple | None:
     return (spec.cache.prefix, cwd, tuple(items))
 
 
+def same_cwd(key: tuple) -> bool:
+    """Whether the working directory is still the one of ``key`` (:func:`rows_key`): if
+    another thread changed it while the files were looked up, relative paths may have
+    named other files, whose rows must not be kept under ``key``."""
+    try:
+        return os.getcwd() == key[1]
+    except OSError:
+        return False
+
+
 def lookup(items: list, spec: EncodeSpec) -> Lookup:
     """Step 1, in the calling thread: known digests and their cache hits, in one pass
     over the cache (no per-item work beyond dictionary lookups when all are hits)."""
@@ -710,6 +720,18 @@ def store(cache: EmbeddingCache | None, keys: list[str | None], emb: np.ndarray)
             cache.put(key, vec)
 
 
+def gathered(found: Lookup, out: np.ndarray, spec: EncodeSpec, key: tuple | None) -> Encoded:
+    """Every input a cache hit: their embeddings gathered into ``out`` in one copy, and
+    kept in :data:`~skclip.encoding.cache.ROWS` under ``key`` (:func:`rows_key`) while the
+    lookup's lease holds, if it got one and the working directory did not change."""
+    np.concatenate(found.hit_vecs, out=out.reshape(-1))
+    if spec.cache is not None:
+        MEMORY.count(hits=len(out), misses=0)
+    if key is not None and found.lease is not None and same_cwd(key):
+        ROWS.put(key, found.lease, out)
+    return Encoded(out, [])
+
+
 def encode(items: list, spec: EncodeSpec, keep_going: bool) -> Encoded:
     """Embeddings of ``items`` and an :class:`ItemError` per bad input (its row is NaN).
 
@@ -726,12 +748,7 @@ def encode(items: list, spec: EncodeSpec, keep_going: bool) -> Encoded:
     found = lookup(items, spec)
     n_hits = len(found.hit_index)
     if n_hits == n and spec.progress is not True:  # all cached: one gather, no bar
-        np.concatenate(found.hit_vecs, out=out.reshape(-1))
-        if spec.cache is not None:
-            MEMORY.count(hits=n, misses=0)
-        if key is not None and found.lease is not None:
-            ROWS.put(key, found.lease, out)
-        return Encoded(out, [])
+        return gathered(found, out, spec, key)
     if n_hits:
         out[found.hit_index] = np.concatenate(found.hit_vecs).reshape(n_hits, dim)
     errors = list(found.errors)
