@@ -33,9 +33,9 @@ def lookups(monkeypatch):
     counter = {"calls": 0}
     original = FILE_DIGESTS.known_leased
 
-    def counting(paths):
+    def counting(paths, cwd=None):
         counter["calls"] += 1
-        return original(paths)
+        return original(paths, cwd)
 
     monkeypatch.setattr(FILE_DIGESTS, "known_leased", counting)
     monkeypatch.setattr(_cache, "_RACY_NS", 0)  # stamps trusted at once

@@ -18,9 +18,13 @@ linux = pytest.mark.skipif(not sys.platform.startswith("linux"), reason="inotify
 
 
 @linux
-def test_a_chdir_during_the_lookup_keeps_no_rows(tiny_clip_path, tmp_path, monkeypatch, lookups):
+@pytest.mark.parametrize("back", [False, True], ids=["to b", "to b and back"])
+def test_a_chdir_during_the_lookup_keeps_no_rows_of_another_folder(
+    tiny_clip_path, tmp_path, monkeypatch, lookups, back
+):
     # The rows are keyed by the working directory read before the files are looked up;
-    # another thread's chdir in between must not file the rows of b/ under a/.
+    # another thread's chdir in between (and back) must not file the rows of b/ under a/:
+    # relative paths are looked up in the key's folder.
     for name, seed in (("a", 0), ("b", 50)):
         (tmp_path / name).mkdir()
         files(tmp_path / name, 2, seed)
@@ -29,16 +33,23 @@ def test_a_chdir_during_the_lookup_keeps_no_rows(tiny_clip_path, tmp_path, monke
     for name in ("b", "a"):  # both folders' digests and embeddings known
         monkeypatch.chdir(tmp_path / name)
         feat.transform(names)
+    expected = uncached(tiny_clip_path, names)  # a/'s images
     ROWS.clear()
     looked_up = FILE_DIGESTS.known_leased  # the counting one of the fixture
 
-    def chdir_meanwhile(paths):
+    def chdir_meanwhile(paths, cwd=None):
         os.chdir(tmp_path / "b")  # what another thread may do at this moment
-        return looked_up(paths)
+        try:
+            return looked_up(paths, cwd)
+        finally:
+            if back:
+                os.chdir(tmp_path / "a")
 
     monkeypatch.setattr(FILE_DIGESTS, "known_leased", chdir_meanwhile)
     monkeypatch.chdir(tmp_path / "a")
-    feat.transform(names)  # looked up in b/, while the key says a/
+    np.testing.assert_allclose(feat.transform(names), expected, atol=1e-6)  # a/'s, the key's
     monkeypatch.setattr(FILE_DIGESTS, "known_leased", looked_up)
     monkeypatch.chdir(tmp_path / "a")
-    np.testing.assert_allclose(feat.transform(names), uncached(tiny_clip_path, names), atol=1e-6)
+    calls = lookups["calls"]
+    np.testing.assert_allclose(feat.transform(names), expected, atol=1e-6)
+    assert lookups["calls"] == calls  # served from the rows kept for a/

@@ -94,10 +94,12 @@ class _FileDigests:
         """:meth:`known` of each path, in one pass."""
         return self.known_leased(paths)[0]
 
-    def known_leased(self, paths: list[str]) -> tuple[list[str | None], Lease | None]:
+    def known_leased(
+        self, paths: list[str], cwd: str | None = None
+    ) -> tuple[list[str | None], Lease | None]:
         """:meth:`known_many`, and a lease on the files' stamps
         (:meth:`~skclip.encoding.stamps.FileStamps.leased`) when every digest is known."""
-        stamps, lease = self.stamps.leased(paths)
+        stamps, lease = self.stamps.leased(paths, cwd)
         with self._lock:
             get = self._memo.get
             digests = [None if stamp is None else get(stamp) for stamp in stamps]

@@ -485,13 +485,16 @@ def crops(img: Image.Image, spec: EncodeSpec, digest: str | None) -> list[np.nda
 
 
 # -- steps --------------------------------------------------------------------------------------
-def _known_digests(items: list) -> tuple[list[str | None], list[ItemError], Lease | None]:
+def _known_digests(
+    items: list, cwd: str | None = None
+) -> tuple[list[str | None], list[ItemError], Lease | None]:
     """:func:`known_digest` of every input: the files' in one batch (no system call per
-    unchanged file, see ``skclip.encoding.stamps``), in-memory images one by one; and a
-    lease on the files' stamps if every input is a file whose digest is known."""
+    unchanged file, see ``skclip.encoding.stamps``; relative paths in ``cwd``, None: the
+    working directory), in-memory images one by one; and a lease on the files' stamps if
+    every input is a file whose digest is known."""
     n = len(items)
     paths = [i for i, item in enumerate(items) if isinstance(item, (str, os.PathLike))]
-    known, lease = FILE_DIGESTS.known_leased([os.fspath(items[i]) for i in paths])
+    known, lease = FILE_DIGESTS.known_leased([os.fspath(items[i]) for i in paths], cwd)
     if len(paths) == n:  # the common case: only files
         return known, [], lease
     digests: list[str | None] = [None] * n
@@ -521,25 +524,18 @@ def rows_key(items: list, spec: EncodeSpec) -> tuple | None:
     return (spec.cache.prefix, cwd, tuple(items))
 
 
-def same_cwd(key: tuple) -> bool:
-    """Whether the working directory is still the one of ``key`` (:func:`rows_key`): if
-    another thread changed it while the files were looked up, relative paths may have
-    named other files, whose rows must not be kept under ``key``."""
-    try:
-        return os.getcwd() == key[1]
-    except OSError:
-        return False
-
-
-def lookup(items: list, spec: EncodeSpec) -> Lookup:
+def lookup(items: list, spec: EncodeSpec, cwd: str | None = None) -> Lookup:
     """Step 1, in the calling thread: known digests and their cache hits, in one pass
-    over the cache (no per-item work beyond dictionary lookups when all are hits)."""
+    over the cache (no per-item work beyond dictionary lookups when all are hits).
+    Relative paths are looked up in ``cwd`` (None: the working directory): the folder of
+    the :func:`rows_key` the result may be kept under, whatever another thread's
+    ``chdir`` does meanwhile."""
     n = len(items)
     digests: list[str | None] = [None] * n
     errors: list[ItemError] = []
     lease = None
     if spec.needs_digests:
-        digests, errors, lease = _known_digests(items)
+        digests, errors, lease = _known_digests(items, cwd)
     hit_index: list[int] = []
     hit_vecs: list[np.ndarray] = []
     if spec.cache is not None:
@@ -723,11 +719,12 @@ def store(cache: EmbeddingCache | None, keys: list[str | None], emb: np.ndarray)
 def gathered(found: Lookup, out: np.ndarray, spec: EncodeSpec, key: tuple | None) -> Encoded:
     """Every input a cache hit: their embeddings gathered into ``out`` in one copy, and
     kept in :data:`~skclip.encoding.cache.ROWS` under ``key`` (:func:`rows_key`) while the
-    lookup's lease holds, if it got one and the working directory did not change."""
+    lookup's lease holds, if it got one (the lookup found relative paths in the key's
+    folder, whatever the working directory is now)."""
     np.concatenate(found.hit_vecs, out=out.reshape(-1))
     if spec.cache is not None:
         MEMORY.count(hits=len(out), misses=0)
-    if key is not None and found.lease is not None and same_cwd(key):
+    if key is not None and found.lease is not None:
         ROWS.put(key, found.lease, out)
     return Encoded(out, [])
 
@@ -745,7 +742,7 @@ def encode(items: list, spec: EncodeSpec, keep_going: bool) -> Encoded:
         MEMORY.count(hits=n, misses=0)
         return Encoded(rows, [])
     out = np.empty((n, dim), dtype=np.float32)
-    found = lookup(items, spec)
+    found = lookup(items, spec, None if key is None else key[1])
     n_hits = len(found.hit_index)
     if n_hits == n and spec.progress is not True:  # all cached: one gather, no bar
         return gathered(found, out, spec, key)

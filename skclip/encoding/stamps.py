@@ -304,7 +304,9 @@ class FileStamps:
         """
         return self.leased(paths)[0]
 
-    def leased(self, paths: list[str]) -> tuple[list[Stamp | None], Lease | None]:
+    def leased(
+        self, paths: list[str], cwd: str | None = None
+    ) -> tuple[list[Stamp | None], Lease | None]:
         """:meth:`stamps`, and a lease on them: while :meth:`holds` says so, the files
         have these stamps still (as far as :meth:`stamps` could tell), so a result derived
         from them can be reused without a call per file.
@@ -312,6 +314,8 @@ class FileStamps:
         Parameters
         ----------
         paths : list of str
+        cwd : str or None, default=None
+            The folder relative paths are in; None is the working directory (read once).
 
         Returns
         -------
@@ -331,7 +335,7 @@ class FileStamps:
             get = self._trusted.get
             out: list[Stamp | None] = []
             # relative paths are trusted under their absolute path
-            for path, full in zip(paths, _absolute(paths)):
+            for path, full in zip(paths, _absolute(paths, cwd)):
                 entry = get(full)
                 if entry is not None and entry[1] > oldest:
                     stamp = entry[0]
@@ -399,11 +403,12 @@ class FileStamps:
             self._inotify = None
 
 
-def _absolute(paths: list[str]) -> list[str]:
-    """The absolute form of each path (the working directory read once)."""
+def _absolute(paths: list[str], cwd: str | None = None) -> list[str]:
+    """The absolute form of each path, relative ones in ``cwd`` (None: the working
+    directory, read once)."""
     if os.name == "posix" and all(path[:1] == "/" for path in paths):
         return paths  # the common case, checked fast
-    cwd = os.getcwd()
+    cwd = os.getcwd() if cwd is None else cwd
     return [path if os.path.isabs(path) else os.path.join(cwd, path) for path in paths]
 
 
