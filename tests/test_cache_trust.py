@@ -128,9 +128,16 @@ def test_2_a_stale_digest_from_the_lookup_is_never_a_key(
     path = bmp(tmp_path / "a.bmp", 0)
     stale = FILE_DIGESTS.read(str(path))[0]
     bmp(path, 1)
-    monkeypatch.setattr(FILE_DIGESTS, "known_many", lambda paths: [stale] * len(paths))
+    served = []
+
+    def stale_lookup(paths, cwd=None):  # what the engine's lookup asks FILE_DIGESTS
+        served.append(paths)
+        return [stale] * len(paths), None
+
+    monkeypatch.setattr(FILE_DIGESTS, "known_leased", stale_lookup)
     feat = CLIPFeaturizer(model=tiny_clip_path, normalize=False)
     X = feat.transform([path])  # a miss under the stale digest: decoded and stored
+    assert served  # the stale digest was what the lookup saw
     np.testing.assert_allclose(X, uncached(tiny_clip_path, [path], normalize=False), atol=1e-6)
     spec = _encode.spec_for(feat, n_views=0, seed=None)
     assert spec.cache.get(stale) is None  # nothing stored under the old bytes' digest
